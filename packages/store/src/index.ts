@@ -1,0 +1,34 @@
+export type {
+  Account,
+  Alias,
+  AppendOptions,
+  Delivered,
+  DeliverOptions,
+  Directory,
+  Lease,
+  LeaseOptions,
+  Mailbox,
+  MailboxId,
+  MessageInfo,
+  ReadOptions,
+  Store,
+  StoreAdapter,
+  StoreCapabilities,
+  StoreOptions,
+  Uid,
+} from "./contract.js";
+export { StoreError, isStoreError, hasStoreErrorCode, isTemporaryError, type StoreErrorCode } from "./errors.js";
+export {
+  assertMailboxId,
+  assertUid,
+  domainOf,
+  isValidUid,
+  normalizeAddress,
+  normalizeAliasSource,
+  normalizeDomain,
+  splitAddress,
+} from "./names.js";
+export { authenticate, hashPassword, isPasswordHash, verifyPassword, type PasswordHashOptions } from "./password.js";
+export { resolveRecipient, type Resolution } from "./recipients.js";
+export { abortable, countBytes, fromBytes, guardAppendSource, limitBytes, readAll, takeTop } from "./streams.js";
+export { silentLogger, type LogFn, type Logger } from "./logger.js";

@@ -1,0 +1,95 @@
+import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from "node:crypto";
+import type { Account, Directory } from "./contract.js";
+import { normalizeAddress } from "./names.js";
+import { isStoreError } from "./errors.js";
+
+/**
+ * Passwords are kept only as scrypt hashes in PHC string form:
+ * `$scrypt$ln=15,r=8,p=1$<salt>$<hash>` (base64 without padding). The parameters travel with the hash,
+ * so they can be raised later without breaking existing accounts.
+ */
+export interface PasswordHashOptions {
+  /** log2 of the CPU/memory cost N. Default 15 (32 MiB, tens of milliseconds). */
+  readonly logN?: number;
+  readonly r?: number;
+  readonly p?: number;
+}
+
+const KEY_LENGTH = 32;
+const SALT_LENGTH = 16;
+
+function derive(password: string, salt: Uint8Array, logN: number, r: number, p: number): Promise<Buffer> {
+  const options: ScryptOptions = { N: 2 ** logN, r, p, maxmem: 256 * 1024 * 1024 };
+  return new Promise((resolve, reject) => {
+    scrypt(password.normalize("NFC"), salt, KEY_LENGTH, options, (error, key) => (error ? reject(error) : resolve(key)));
+  });
+}
+
+const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString("base64").replace(/=+$/, "");
+
+export async function hashPassword(password: string, options: PasswordHashOptions = {}): Promise<string> {
+  const logN = options.logN ?? 15;
+  const r = options.r ?? 8;
+  const p = options.p ?? 1;
+  const salt = randomBytes(SALT_LENGTH);
+  const key = await derive(password, salt, logN, r, p);
+  return `$scrypt$ln=${logN},r=${r},p=${p}$${b64(salt)}$${b64(key)}`;
+}
+
+interface ParsedHash {
+  logN: number;
+  r: number;
+  p: number;
+  salt: Buffer;
+  key: Buffer;
+}
+
+const PHC = /^\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)$/;
+
+function parseHash(hash: string): ParsedHash | null {
+  const m = PHC.exec(hash);
+  if (!m) return null;
+  const logN = Number(m[1]);
+  const r = Number(m[2]);
+  const p = Number(m[3]);
+  // Bounds stop a planted hash from making one login allocate gigabytes.
+  if (logN < 10 || logN > 20 || r < 1 || r > 32 || p < 1 || p > 16) return null;
+  return { logN, r, p, salt: Buffer.from(m[4]!, "base64"), key: Buffer.from(m[5]!, "base64") };
+}
+
+/** True if `hash` looks like a hash this module can verify. */
+export function isPasswordHash(hash: string): boolean {
+  return parseHash(hash) !== null;
+}
+
+/** Constant-time check of a password against a PHC scrypt hash. False for an unknown format. */
+export async function verifyPassword(password: string, hash: string): Promise<boolean> {
+  const parsed = parseHash(hash);
+  if (!parsed) return false;
+  const key = await derive(password, parsed.salt, parsed.logN, parsed.r, parsed.p);
+  return key.length === parsed.key.length && timingSafeEqual(key, parsed.key);
+}
+
+// A hash of nothing in particular with the default parameters: unknown logins are verified against it
+// so that they cost the same time as a wrong password for a real account.
+let dummyHash: Promise<string> | undefined;
+
+/**
+ * Checks a login. Unknown user, malformed login and wrong password all give null after the same amount
+ * of work, so the answer and its timing tell nothing about which accounts exist. Store failures are
+ * thrown (a protocol answers them with a temporary error, not "wrong password").
+ */
+export async function authenticate(directory: Directory, login: string, password: string): Promise<Account | null> {
+  let account: Account | null = null;
+  try {
+    account = await directory.getAccount(normalizeAddress(login));
+  } catch (error) {
+    if (!isStoreError(error) || error.code !== "invalid-name") throw error;
+  }
+  if (!account) {
+    dummyHash ??= hashPassword(randomBytes(12).toString("hex"));
+    await verifyPassword(password, await dummyHash);
+    return null;
+  }
+  return (await verifyPassword(password, account.passwordHash)) ? account : null;
+}

@@ -1,0 +1,210 @@
+import type { Socket } from "node:net";
+import { TLSSocket } from "node:tls";
+import type { TlsContext } from "./tls-context.js";
+
+/** What a protocol session hears from its connection. */
+export interface ConnectionEvents {
+  /** Bytes arrived. The chunk is only valid during the call if the session keeps a reference: copy it. */
+  data(chunk: Uint8Array): void;
+  /** The peer closed, the connection failed, or `destroy`/`end` finished. Called once. */
+  close(): void;
+  /** No bytes in either direction for the idle timeout. The session should reply and end. */
+  timeout?(): void;
+}
+
+export interface TlsInfo {
+  readonly protocol: string;
+  readonly cipher: string;
+}
+
+let counter = 0;
+const idPrefix = Math.floor(Date.now() / 1000).toString(36);
+
+/**
+ * One client connection, plain or TLS, with the few operations a line protocol needs. Everything that
+ * touches `node:net` and `node:tls` lives in this package, so a runtime-specific fix has one place to go.
+ */
+export class Connection {
+  /** Short unique id for logs. */
+  readonly id = `${idPrefix}${(counter++).toString(36)}`;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly localAddress: string;
+  readonly localPort: number;
+  #socket: Socket;
+  #events: ConnectionEvents | undefined;
+  #closed = false;
+  #tls: TlsInfo | null = null;
+  #upgrading = false;
+
+  constructor(socket: Socket) {
+    this.#socket = socket;
+    this.remoteAddress = normaliseAddress(socket.remoteAddress ?? "");
+    this.remotePort = socket.remotePort ?? 0;
+    this.localAddress = normaliseAddress(socket.localAddress ?? "");
+    this.localPort = socket.localPort ?? 0;
+    if (socket instanceof TLSSocket && socket.encrypted) this.#tls = tlsInfo(socket);
+    socket.setNoDelay(true);
+    this.#attach(socket);
+  }
+
+  /** True once the connection is encrypted (implicit TLS or after a STARTTLS/STLS upgrade). */
+  get secure(): boolean {
+    return this.#tls !== null;
+  }
+
+  get tls(): TlsInfo | null {
+    return this.#tls;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** The peer is on this machine (127.0.0.0/8 or ::1). */
+  get isLoopback(): boolean {
+    return this.remoteAddress === "::1" || this.remoteAddress.startsWith("127.");
+  }
+
+  /** Starts delivering events. Call once, right after the connection is handed over. */
+  start(events: ConnectionEvents): void {
+    this.#events = events;
+    if (this.#closed) events.close();
+  }
+
+  /**
+   * Queues bytes for the peer. Returns false when the kernel buffer is full: the caller should then
+   * `await drained()` before writing more, which is what keeps memory bounded for slow clients.
+   */
+  write(data: string | Uint8Array): boolean {
+    if (this.#closed) return false;
+    return this.#socket.write(data);
+  }
+
+  /** Resolves when queued bytes went out (or the connection closed). */
+  drained(): Promise<void> {
+    if (this.#closed || this.#socket.writableLength === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.#socket.off("drain", done);
+        this.#socket.off("close", done);
+        resolve();
+      };
+      this.#socket.once("drain", done);
+      this.#socket.once("close", done);
+    });
+  }
+
+  /** Stops reading from the peer (while a slow store write is under way). */
+  pause(): void {
+    this.#socket.pause();
+  }
+
+  resume(): void {
+    if (!this.#upgrading) this.#socket.resume();
+  }
+
+  /** Ends the session after `ms` without traffic; 0 turns it off. */
+  setIdleTimeout(ms: number): void {
+    this.#socket.setTimeout(ms);
+  }
+
+  /**
+   * Turns the plain connection into a TLS server connection (STARTTLS, STLS). The caller must already
+   * have written its "go ahead" reply and must throw away any bytes it received after the command:
+   * they were sent in the clear and could be an injection (CVE-2011-0411 family).
+   */
+  async upgradeToTls(context: TlsContext, handshakeTimeoutMs = 30_000): Promise<void> {
+    if (this.#tls) throw new Error("connection is already secure");
+    const raw = this.#socket;
+    this.#upgrading = true;
+    raw.pause();
+    // Let the go-ahead reply leave in the clear before the socket is handed to TLS.
+    await new Promise<void>((resolve) => raw.write("", () => resolve()));
+    this.#detach(raw);
+    const secure = new TLSSocket(raw, { isServer: true, secureContext: context.current });
+    this.#socket = secure;
+    this.#attach(secure);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("TLS handshake timed out")), handshakeTimeoutMs);
+        secure.once("secure", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        secure.once("error", (error) => {
+          clearTimeout(timer);
+          reject(error);
+        });
+        secure.once("close", () => {
+          clearTimeout(timer);
+          reject(new Error("connection closed during TLS handshake"));
+        });
+      });
+    } catch (error) {
+      this.destroy();
+      throw error;
+    } finally {
+      this.#upgrading = false;
+    }
+    this.#tls = tlsInfo(secure);
+    secure.resume();
+  }
+
+  /** Sends the last bytes, then closes. The connection is destroyed if the peer does not read them. */
+  end(data?: string | Uint8Array): void {
+    if (this.#closed) return;
+    const socket = this.#socket;
+    if (data !== undefined) socket.end(data);
+    else socket.end();
+    // A client that never reads must not keep the socket (and its buffers) forever.
+    setTimeout(() => socket.destroy(), 10_000).unref();
+  }
+
+  /** Closes at once, dropping anything unsent. */
+  destroy(): void {
+    this.#socket.destroy();
+  }
+
+  #attach(socket: Socket): void {
+    socket.on("data", this.#onData);
+    socket.on("timeout", this.#onTimeout);
+    socket.on("error", this.#onError);
+    socket.on("close", this.#onClose);
+  }
+
+  #detach(socket: Socket): void {
+    socket.off("data", this.#onData);
+    socket.off("timeout", this.#onTimeout);
+    socket.off("error", this.#onError);
+    socket.off("close", this.#onClose);
+  }
+
+  #onData = (chunk: Buffer): void => {
+    this.#events?.data(chunk);
+  };
+
+  #onTimeout = (): void => {
+    if (this.#events?.timeout) this.#events.timeout();
+    else this.destroy();
+  };
+
+  // Errors (ECONNRESET, TLS alerts) always end in "close"; the session learns of them there.
+  #onError = (): void => {};
+
+  #onClose = (): void => {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#events?.close();
+  };
+}
+
+function tlsInfo(socket: TLSSocket): TlsInfo {
+  const cipher = socket.getCipher();
+  return { protocol: socket.getProtocol() ?? "TLS", cipher: cipher?.standardName ?? cipher?.name ?? "unknown" };
+}
+
+/** `::ffff:127.0.0.1` → `127.0.0.1`, so limits and logs see one form per client. */
+function normaliseAddress(address: string): string {
+  return address.startsWith("::ffff:") && address.includes(".") ? address.slice(7) : address;
+}
