@@ -32,3 +32,4 @@ export { authenticate, hashPassword, isPasswordHash, verifyPassword, type Passwo
 export { resolveRecipient, type Resolution } from "./recipients.js";
 export { abortable, countBytes, fromBytes, guardAppendSource, limitBytes, readAll, takeTop } from "./streams.js";
 export { silentLogger, type LogFn, type Logger } from "./logger.js";
+export { createLoginThrottle, type LoginThrottle, type LoginThrottleOptions } from "./throttle.js";
