@@ -56,7 +56,8 @@ export function createLoginThrottle(options: LoginThrottleOptions = {}): LoginTh
     return entry;
   };
   const delayOf = (failures: number): number =>
-    failures >= refuseAfter ? Infinity : failures < free ? 0 : Math.min(max, base * 2 ** (failures - free));
+    // No failure never costs anything, also with freeFailures 0.
+    failures >= refuseAfter ? Infinity : failures === 0 || failures < free ? 0 : Math.min(max, base * 2 ** (failures - free));
   const bump = (key: string): void => {
     const entry = get(key) ?? { failures: 0, last: 0 };
     entry.failures++;

@@ -36,6 +36,14 @@ export class Connection {
   #closed = false;
   #tls: TlsInfo | null = null;
   #upgrading = false;
+  /** Kept so that the TLS socket that replaces the plain one after STARTTLS gets the same timeout. */
+  #idleMs = 0;
+  /**
+   * Decrypted bytes that arrived while an upgrade was finishing. Some runtimes (Deno) deliver the
+   * client's first TLS record before the handshake's "secure" event; the session must only see them
+   * once `upgradeToTls` has resolved and `secure` is true.
+   */
+  #held: Buffer[] | null = null;
 
   constructor(socket: Socket) {
     this.#socket = socket;
@@ -106,6 +114,7 @@ export class Connection {
 
   /** Ends the session after `ms` without traffic; 0 turns it off. */
   setIdleTimeout(ms: number): void {
+    this.#idleMs = ms;
     this.#socket.setTimeout(ms);
   }
 
@@ -124,6 +133,8 @@ export class Connection {
     this.#detach(raw);
     const secure = new TLSSocket(raw, { isServer: true, secureContext: context.current });
     this.#socket = secure;
+    if (this.#idleMs > 0) secure.setTimeout(this.#idleMs);
+    this.#held = [];
     this.#attach(secure);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -142,13 +153,22 @@ export class Connection {
         });
       });
     } catch (error) {
+      this.#held = null;
       this.destroy();
       throw error;
     } finally {
       this.#upgrading = false;
     }
     this.#tls = tlsInfo(secure);
+    // Hand over held bytes only after the caller's `await` went on, so it is ready to read them.
+    setTimeout(() => this.#releaseHeld(), 0);
     secure.resume();
+  }
+
+  #releaseHeld(): void {
+    const held = this.#held;
+    this.#held = null;
+    if (held && !this.#closed) for (const chunk of held) this.#events?.data(chunk);
   }
 
   /** Sends the last bytes, then closes. The connection is destroyed if the peer does not read them. */
@@ -181,7 +201,8 @@ export class Connection {
   }
 
   #onData = (chunk: Buffer): void => {
-    this.#events?.data(chunk);
+    if (this.#held) this.#held.push(chunk);
+    else this.#events?.data(chunk);
   };
 
   #onTimeout = (): void => {
@@ -194,6 +215,8 @@ export class Connection {
 
   #onClose = (): void => {
     if (this.#closed) return;
+    // Bytes that arrived just before the close still belong to the session.
+    if (this.#tls && this.#held) this.#releaseHeld();
     this.#closed = true;
     this.#events?.close();
   };

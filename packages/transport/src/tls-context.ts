@@ -1,3 +1,4 @@
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { createSecureContext, type SecureContext } from "node:tls";
 
 export interface TlsMaterial {
@@ -60,10 +61,33 @@ export class TlsContext {
   }
 }
 
+/**
+ * Not every runtime's createSecureContext checks its input (Deno accepts anything), so a bad reload
+ * would only show up as failed handshakes. Parse both and check that they belong together.
+ */
+function validate(cert: string | Buffer, key: string | Buffer): void {
+  let certificate: X509Certificate;
+  try {
+    certificate = new X509Certificate(cert);
+  } catch (error) {
+    throw new Error("TLS certificate is not a valid PEM certificate", { cause: error });
+  }
+  let privateKey: ReturnType<typeof createPrivateKey>;
+  try {
+    privateKey = createPrivateKey(key);
+  } catch (error) {
+    throw new Error("TLS key is not a valid PEM private key", { cause: error });
+  }
+  if (!certificate.checkPrivateKey(privateKey)) throw new Error("TLS key does not match the certificate");
+}
+
 function toOptions(material: TlsMaterial) {
+  const cert = typeof material.cert === "string" ? material.cert : Buffer.from(material.cert);
+  const key = typeof material.key === "string" ? material.key : Buffer.from(material.key);
+  validate(cert, key);
   return {
-    cert: typeof material.cert === "string" ? material.cert : Buffer.from(material.cert),
-    key: typeof material.key === "string" ? material.key : Buffer.from(material.key),
+    cert,
+    key,
     minVersion: material.minVersion ?? "TLSv1.2",
     ciphers: material.ciphers ?? DEFAULT_CIPHERS,
     honorCipherOrder: true,

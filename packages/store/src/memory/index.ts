@@ -293,7 +293,8 @@ class MemoryStore implements Store {
   }
 
   async listMailboxes(): Promise<readonly MailboxId[]> {
-    return [...this.state.mailboxes.keys()];
+    // Handles create state on first touch (a list, a lease); only mailboxes that got mail count.
+    return [...this.state.mailboxes].filter(([, box]) => box.everUsed.size > 0).map(([id]) => id);
   }
 
   async ping(): Promise<void> {

@@ -1,0 +1,164 @@
+/**
+ * `mailroom`: the command line. Exit codes: 0 done, 1 something failed at run time, 2 the command line
+ * or the configuration is wrong. Errors are one line on stderr.
+ */
+import { readFileSync } from "node:fs";
+import { parseArgs } from "node:util";
+import { loadConfig, type ServerConfig } from "../config.js";
+import { isConfigError, ConfigError } from "../errors.js";
+
+const USAGE = `Usage: mailroom <command> [options]
+
+Commands:
+  serve                          run the SMTP and POP3 server
+  user add ADDRESS               add a login (asks for the password, or --password-stdin)
+  user passwd ADDRESS            set a new password (asks, or --password-stdin)
+  user del ADDRESS               remove a login (its messages stay in the store)
+  user list [DOMAIN]             list logins
+  domain add|del DOMAIN          accept mail for a domain, or stop
+  domain list                    list local domains
+  alias add SOURCE TARGET        forward SOURCE (an address or @domain) to TARGET
+  alias del SOURCE [TARGET]      remove one forwarding, or all of SOURCE
+  alias list [DOMAIN]            list aliases
+  migrate                        create or upgrade the store's schema (PostgreSQL)
+
+Options:
+  -c, --config FILE              the TOML configuration (default: $MAILROOM_CONFIG, else the
+                                 development setup: ./data, localhost, ports 2525/2587/2465/2110/2995)
+      --password-stdin           read the password from standard input
+  -h, --help                     show this help
+  -V, --version                  show the version
+
+Settings can be overridden with MAILROOM_<SECTION>_<KEY> variables, e.g. MAILROOM_STORE_URL.`;
+
+function version(): string {
+  const text = readFileSync(new URL("../../package.json", import.meta.url), "utf8");
+  return (JSON.parse(text) as { version: string }).version;
+}
+
+const stdout = { out: (line: string) => void process.stdout.write(`${line}\n`) };
+
+function usage(message: string): never {
+  throw new ConfigError(`${message} (see mailroom --help)`);
+}
+
+function arity(positionals: readonly string[], min: number, max: number, synopsis: string): void {
+  if (positionals.length < min || positionals.length > max) usage(`usage: mailroom ${synopsis}`);
+}
+
+/** Runs one command; resolves with the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...argv],
+      allowPositionals: true,
+      strict: true,
+      options: {
+        config: { type: "string", short: "c" },
+        "password-stdin": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+      },
+    });
+  } catch (error) {
+    process.stderr.write(`mailroom: ${(error as Error).message.split("\n")[0]} (see mailroom --help)\n`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.version) {
+    stdout.out(`mailroom ${version()}`);
+    return 0;
+  }
+  const [command, sub, ...rest] = positionals;
+  if (values.help || command === "help") {
+    stdout.out(USAGE);
+    return 0;
+  }
+  if (command === undefined) {
+    process.stderr.write(`${USAGE}\n`);
+    return 2;
+  }
+
+  try {
+    // Loaded on demand: `--help` or `user list` should not pay for the protocol servers' start-up.
+    const admin = await import("./admin.js");
+    const file = values.config ?? process.env["MAILROOM_CONFIG"];
+    const config = (): ServerConfig => loadConfig(file === undefined || file === "" ? {} : { file });
+    const passwordStdin = values["password-stdin"] ?? false;
+    const args = sub === undefined ? [] : [sub, ...rest];
+    if (passwordStdin && !(command === "user" && (sub === "add" || sub === "passwd"))) {
+      usage("--password-stdin only goes with user add and user passwd");
+    }
+    switch (command) {
+      case "serve":
+        arity(args, 0, 0, "serve [--config FILE]");
+        return await (await import("./serve-command.js")).runServe(config());
+      case "migrate":
+        arity(args, 0, 0, "migrate [--config FILE]");
+        await admin.migrate(config(), stdout);
+        return 0;
+      case "user":
+        switch (sub) {
+          case "add":
+            arity(rest, 1, 1, "user add ADDRESS [--password-stdin]");
+            await admin.userAdd(config(), rest[0]!, passwordStdin, stdout);
+            return 0;
+          case "passwd":
+            arity(rest, 1, 1, "user passwd ADDRESS [--password-stdin]");
+            await admin.userPasswd(config(), rest[0]!, passwordStdin, stdout);
+            return 0;
+          case "del":
+            arity(rest, 1, 1, "user del ADDRESS");
+            await admin.userDel(config(), rest[0]!, stdout);
+            return 0;
+          case "list":
+            arity(rest, 0, 1, "user list [DOMAIN]");
+            await admin.userList(config(), rest[0], stdout);
+            return 0;
+          default:
+            return usage(`unknown command "user ${sub ?? ""}"; expected user add|passwd|del|list`);
+        }
+      case "domain":
+        switch (sub) {
+          case "add":
+            arity(rest, 1, 1, "domain add DOMAIN");
+            await admin.domainAdd(config(), rest[0]!, stdout);
+            return 0;
+          case "del":
+            arity(rest, 1, 1, "domain del DOMAIN");
+            await admin.domainDel(config(), rest[0]!, stdout);
+            return 0;
+          case "list":
+            arity(rest, 0, 0, "domain list");
+            await admin.domainList(config(), stdout);
+            return 0;
+          default:
+            return usage(`unknown command "domain ${sub ?? ""}"; expected domain add|del|list`);
+        }
+      case "alias":
+        switch (sub) {
+          case "add":
+            arity(rest, 2, 2, "alias add SOURCE TARGET");
+            await admin.aliasAdd(config(), rest[0]!, rest[1]!, stdout);
+            return 0;
+          case "del":
+            arity(rest, 1, 2, "alias del SOURCE [TARGET]");
+            await admin.aliasDel(config(), rest[0]!, rest[1], stdout);
+            return 0;
+          case "list":
+            arity(rest, 0, 1, "alias list [DOMAIN]");
+            await admin.aliasList(config(), rest[0], stdout);
+            return 0;
+          default:
+            return usage(`unknown command "alias ${sub ?? ""}"; expected alias add|del|list`);
+        }
+      default:
+        return usage(`unknown command "${command}"`);
+    }
+  } catch (error) {
+    const message = (error instanceof Error ? error.message : String(error)).split("\n")[0];
+    process.stderr.write(`mailroom: ${message}\n`);
+    return isConfigError(error) ? 2 : 1;
+  }
+}

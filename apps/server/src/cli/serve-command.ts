@@ -1,0 +1,87 @@
+/**
+ * `mailroom serve`: starts the server and keeps it running until SIGTERM or SIGINT. SIGHUP reloads
+ * the certificate.
+ */
+import type { ServerConfig } from "../config.js";
+import { createLogger } from "../logger.js";
+import { startServer, type RunningServer } from "../serve.js";
+
+function developmentHint(server: RunningServer): string {
+  const at = (name: string): string => server.listeners.find((l) => l.name === name)?.address ?? "(off)";
+  return [
+    "",
+    "Mailroom is running in the development setup (no --config): mail is kept in ./data.",
+    "  1. Add a user:        ./dev mailroom user add you@localhost",
+    `  2. Send mail to it:   SMTP ${at("smtp")}  (submission with AUTH: ${at("submission")}, STARTTLS; ${at("submissions")}, TLS)`,
+    `  3. Read it:           POP3 ${at("pop3")} (STLS) or POP3S ${at("pop3s")}, login you@localhost`,
+    "     The certificate is self-signed (./data/.tls/cert.pem): tell the client to accept it.",
+    "Stop with Ctrl-C.",
+    "",
+  ].join("\n");
+}
+
+export async function runServe(config: ServerConfig): Promise<number> {
+  const logger = createLogger(config.log.level);
+  const server = await startServer(config, logger);
+  if (config.development) process.stderr.write(developmentHint(server));
+
+  return new Promise<number>((resolve) => {
+    // A bug in one session must not take every other session down with it; log it and carry on.
+    process.on("unhandledRejection", (reason: unknown) => {
+      logger.error({ err: reason instanceof Error ? reason.stack ?? reason.message : String(reason) }, "unhandled rejection");
+    });
+    process.on("uncaughtException", (error: Error) => {
+      // State may be corrupt after a synchronous throw nobody caught: stop as cleanly as possible.
+      logger.error({ err: error.stack ?? error.message }, "uncaught exception; stopping");
+      crashed = true;
+      stop("uncaughtException");
+    });
+    let crashed = false;
+    let stopping = false;
+    const stop = (signal: string): void => {
+      if (stopping) {
+        // A second Ctrl-C means "now".
+        logger.warn({ signal }, "second signal: exiting without waiting");
+        logger.flush();
+        resolve(1);
+        return;
+      }
+      stopping = true;
+      logger.info({ signal }, "signal received, stopping");
+      // If something hangs past the deadline, do not hang with it.
+      const grace = (config.limits.shutdownTimeoutSeconds + 5) * 1000;
+      const force = setTimeout(() => {
+        logger.error({ graceMs: grace }, "shutdown took too long; exiting");
+        logger.flush();
+        resolve(1);
+      }, grace);
+      server.stop().then(
+        () => {
+          clearTimeout(force);
+          logger.flush();
+          resolve(crashed ? 1 : 0);
+        },
+        (error: unknown) => {
+          clearTimeout(force);
+          logger.error({ err: String(error) }, "error while stopping");
+          logger.flush();
+          resolve(1);
+        },
+      );
+    };
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
+    const reload = (): void => {
+      server.reloadTls().then(
+        () => logger.info({}, "TLS certificate reloaded"),
+        (error: unknown) =>
+          logger.error({ err: (error instanceof Error ? error.message : String(error)).split("\n")[0] }, "TLS reload failed; keeping the old certificate"),
+      );
+    };
+    try {
+      process.on("SIGHUP", reload);
+    } catch {
+      // Not every platform has SIGHUP (Windows); reloading then needs a restart.
+    }
+  });
+}

@@ -1,0 +1,47 @@
+/**
+ * Structured logs: one JSON object per line on stdout, through pino. The protocol packages get a child
+ * of this logger and add their own session ids.
+ */
+import { pino, type Logger as PinoLogger } from "pino";
+import type { Logger } from "@mailroom/store";
+import type { LogLevel } from "./config.js";
+
+export interface AppLogger extends Logger {
+  /** Writes out anything buffered; call before the process exits. */
+  flush(): void;
+}
+
+function wrap(inner: PinoLogger): AppLogger {
+  // pino's overloads are wider than the Logger shape; route each call explicitly.
+  const method =
+    (name: "debug" | "info" | "warn" | "error") =>
+    (fieldsOrMessage: Record<string, unknown> | string, message?: string): void => {
+      if (typeof fieldsOrMessage === "string") inner[name](fieldsOrMessage);
+      else if (message === undefined) inner[name](fieldsOrMessage);
+      else inner[name](fieldsOrMessage, message);
+    };
+  return {
+    debug: method("debug"),
+    info: method("info"),
+    warn: method("warn"),
+    error: method("error"),
+    child: (bindings) => wrap(inner.child(bindings)),
+    flush: () => inner.flush(),
+  };
+}
+
+export function createLogger(level: LogLevel, destination: number = 1): AppLogger {
+  const inner = pino(
+    {
+      level,
+      base: { service: "mailroom" },
+      // Belt and braces: no code path logs a password, but a mistake must not leak one.
+      redact: { paths: ["password", "*.password", "passwordHash", "*.passwordHash"], censor: "[redacted]" },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    // Synchronous writes: a line logged just before exit (start-up failure, shutdown) is never lost.
+    pino.destination({ dest: destination, sync: true }),
+  );
+  return wrap(inner);
+}

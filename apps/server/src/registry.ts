@@ -1,0 +1,152 @@
+/**
+ * Picks the store adapter by the URL's scheme. Built-in adapters are imported only when their scheme
+ * is used, so a Maildir installation never loads the PostgreSQL or Redis drivers. Packages named in
+ * `store.adapter_modules` plug in further schemes (and may replace a built-in one).
+ */
+import { createRequire } from "node:module";
+import { isAbsolute, join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { isStoreError, type Store, type StoreAdapter } from "@mailroom/store";
+import { ConfigError, closest } from "./errors.js";
+import type { ServerConfig } from "./config.js";
+
+type Loader = () => Promise<unknown>;
+
+const BUILT_IN: Readonly<Record<string, Loader>> = {
+  memory: () => import("@mailroom/store/memory") as Promise<unknown>,
+  maildir: () => import("@mailroom/store-fs") as Promise<unknown>,
+  postgres: () => import("@mailroom/store-postgres") as Promise<unknown>,
+  postgresql: () => import("@mailroom/store-postgres") as Promise<unknown>,
+  redis: () => import("@mailroom/store-redis") as Promise<unknown>,
+  rediss: () => import("@mailroom/store-redis") as Promise<unknown>,
+};
+
+/** True if `value` has the shape of a StoreAdapter (a module's default export). */
+export function isStoreAdapter(value: unknown): value is StoreAdapter {
+  if (typeof value !== "object" || value === null) return false;
+  const v = value as Partial<StoreAdapter>;
+  return (
+    typeof v.name === "string" &&
+    Array.isArray(v.schemes) &&
+    v.schemes.every((s) => typeof s === "string") &&
+    typeof v.open === "function" &&
+    (v.optionKeys === undefined || (Array.isArray(v.optionKeys) && v.optionKeys.every((k) => typeof k === "string")))
+  );
+}
+
+export function schemeOf(url: string): string {
+  return url.slice(0, url.indexOf(":")).toLowerCase();
+}
+
+export interface AdapterRegistry {
+  /** Every scheme that can be used, built-in and from modules. */
+  readonly schemes: readonly string[];
+  /** The adapter for a URL; ConfigError if no adapter claims its scheme. */
+  adapterFor(url: string): Promise<StoreAdapter>;
+}
+
+export interface RegistryOptions {
+  /** Package names or paths whose default export is a StoreAdapter. */
+  readonly adapterModules?: readonly string[];
+  /** Relative module paths and packages not installed next to the server are looked up from here. */
+  readonly baseDir?: string;
+  /** Names the config key in messages. */
+  readonly where?: (key: string) => string;
+}
+
+async function importModule(name: string, baseDir: string): Promise<unknown> {
+  if (name.startsWith(".") || isAbsolute(name)) return import(pathToFileURL(resolve(baseDir, name)).href);
+  try {
+    return await import(name);
+  } catch (error) {
+    if ((error as { code?: unknown }).code !== "ERR_MODULE_NOT_FOUND") throw error;
+    // Not installed next to the server: try where the config file lives (a site's own node_modules).
+    const path = createRequire(join(baseDir, "mailroom-config.js")).resolve(name);
+    return import(pathToFileURL(path).href);
+  }
+}
+
+export async function createRegistry(options: RegistryOptions = {}): Promise<AdapterRegistry> {
+  const where = options.where ?? ((key: string) => key);
+  const baseDir = options.baseDir ?? process.cwd();
+  const fromModules = new Map<string, StoreAdapter>();
+  for (const name of options.adapterModules ?? []) {
+    let module: unknown;
+    try {
+      module = await importModule(name, baseDir);
+    } catch (error) {
+      throw new ConfigError(`${where("store.adapter_modules")}: cannot load ${JSON.stringify(name)}: ${firstLine(error)}`);
+    }
+    const adapter = (module as { default?: unknown }).default;
+    if (!isStoreAdapter(adapter)) {
+      throw new ConfigError(`${where("store.adapter_modules")}: ${JSON.stringify(name)} has no StoreAdapter as its default export`);
+    }
+    for (const scheme of adapter.schemes) fromModules.set(scheme.toLowerCase(), adapter);
+  }
+  const schemes = [...new Set([...Object.keys(BUILT_IN), ...fromModules.keys()])];
+
+  return {
+    schemes,
+    async adapterFor(url) {
+      const scheme = schemeOf(url);
+      const own = fromModules.get(scheme);
+      if (own) return own;
+      const load = BUILT_IN[scheme];
+      if (!load) {
+        const guess = closest(scheme, schemes);
+        throw new ConfigError(
+          `${where("store.url")}: no store adapter for the scheme "${scheme}:"${guess ? ` (did you mean "${guess}:"?)` : ""}; known: ${schemes.join(", ")}; third-party adapters go in store.adapter_modules`,
+        );
+      }
+      let module: unknown;
+      try {
+        module = await load();
+      } catch (error) {
+        throw new Error(`cannot load the ${scheme} store adapter: ${firstLine(error)}`, { cause: error });
+      }
+      const adapter = (module as { default?: unknown }).default;
+      if (!isStoreAdapter(adapter)) throw new Error(`the built-in ${scheme} store adapter is not available in this build`);
+      return adapter;
+    },
+  };
+}
+
+function firstLine(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.split("\n")[0]!;
+}
+
+/** Checks the adapter-specific keys of `[store]` against what the adapter declares. */
+export function checkStoreOptions(adapter: StoreAdapter, options: Readonly<Record<string, unknown>>, where: (key: string) => string): void {
+  const known = adapter.optionKeys ?? [];
+  for (const key of Object.keys(options)) {
+    if (known.includes(key)) continue;
+    const guess = closest(key, [...known, "url", "adapter_modules"]);
+    const list = known.length > 0 ? `; it knows ${known.join(", ")}` : "; it takes no options";
+    throw new ConfigError(
+      `${where(`store.${key}`)}: unknown key for the ${adapter.name} store${guess ? ` (did you mean store.${guess}?)` : ""}${list}`,
+    );
+  }
+}
+
+/** Picks the adapter for the configured URL, checks its options and opens the store. */
+export async function openStore(config: ServerConfig, registry?: AdapterRegistry): Promise<{ store: Store; adapter: StoreAdapter }> {
+  const where = (key: string) => config.where(key);
+  const reg =
+    registry ??
+    (await createRegistry({
+      adapterModules: config.store.adapterModules,
+      baseDir: config.file === null ? process.cwd() : resolve(config.file, ".."),
+      where,
+    }));
+  const adapter = await reg.adapterFor(config.store.url);
+  checkStoreOptions(adapter, config.store.options, where);
+  try {
+    const store = await adapter.open(config.store.url, config.store.options);
+    return { store, adapter };
+  } catch (error) {
+    // A malformed URL or option is the operator's to fix; an unreachable backend is a run-time failure.
+    if (isStoreError(error) && error.code === "invalid-name") throw new ConfigError(`${where("store.url")}: ${error.message}`);
+    throw error;
+  }
+}

@@ -1,0 +1,223 @@
+// Each suite runs the same driver against every target in turn and keeps the raw rows.
+import { execFileSync, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { rssKb, sampleRss } from "./proc.js";
+import { parseTsv } from "./stats.js";
+import { DOMAIN, PASSWORD, type Target } from "./targets.js";
+
+export interface SuiteContext {
+  readonly refTools: string;
+  readonly outDir: string;
+  readonly repeats: number;
+  readonly quick: boolean;
+  log(message: string): void;
+}
+
+const SMTP_COLS = ["label", "conns", "size", "sent", "accepted", "t_accept", "acc_rate", "delivered", "t_deliver", "del_rate", "cpu_s", "cpu_ms_per_msg", "note"];
+const POP3_COLS = ["label", "tls", "clients", "msgs", "mb", "wall", "msg_rate", "mb_rate", "login_ms", "cpu_s", "cpu_ms_per_msg"];
+const IDLE_COLS = ["label", "proto", "n", "greeted", "alive_after_hold", "failed", "not_greeted", "t_open", "rss_mb", "pss_mb", "rss_kb_per_conn", "pss_kb_per_conn", "procs_before", "procs_after", "cpu_s"];
+
+function python(ctx: SuiteContext, script: string, args: string[]): void {
+  const result = spawnSync("python3", [join(ctx.refTools, script), ...args], { stdio: ["ignore", "inherit", "inherit"], timeout: 30 * 60_000 });
+  if (result.status !== 0) ctx.log(`${script} exited with ${result.status}`);
+}
+
+const pidArgs = (t: Target) => t.pidSpecs.flatMap((p) => ["--pidfile", p]);
+
+/** Messages in a mailbox, by POP3 STAT (for stores whose files are not on this disk). */
+function popStat(target: Target, user: string): number {
+  const code = `import poplib,sys\np=poplib.POP3("127.0.0.1",${target.pop3Port},timeout=60)\np.user(sys.argv[1]);p.pass_(sys.argv[2])\nprint(p.stat()[0]);p.quit()`;
+  return Number(execFileSync("python3", ["-c", code, target.login(user), PASSWORD]).toString().trim());
+}
+
+function popEmpty(target: Target, user: string): void {
+  const code = `import poplib,sys\np=poplib.POP3("127.0.0.1",${target.pop3Port},timeout=120)\np.user(sys.argv[1]);p.pass_(sys.argv[2])\nn=p.stat()[0]\nfor i in range(1,n+1): p.dele(i)\np.quit()`;
+  execFileSync("python3", ["-c", code, target.login(user), PASSWORD]);
+}
+
+export function smtpIngest(ctx: SuiteContext, targets: readonly Target[]): Record<string, string>[] {
+  const out = join(ctx.outDir, "smtp_ingest.tsv");
+  const counts = ctx.quick ? "300,120" : "1500,600";
+  for (const target of targets) {
+    ctx.log(`SMTP ingest: ${target.label}`);
+    const before = target.ingestMaildir || !target.pop3Port ? 0 : popStat(target, "ingest");
+    python(ctx, "smtp_ingest.py", [
+      "--label", target.label, "--port", String(target.smtpPort), "--rcpt", `ingest@${DOMAIN}`,
+      ...(target.ingestMaildir ? ["--maildir", target.ingestMaildir] : []),
+      ...pidArgs(target), "--counts", counts, "--repeats", String(ctx.repeats), "--out", out,
+    ]);
+    if (!target.ingestMaildir && target.pop3Port) {
+      // No Maildir to count: check over POP3 that everything acknowledged is in the mailbox.
+      const rows = parseTsv(readFileSync(out, "utf8"), SMTP_COLS).filter((r) => r.label === target.label);
+      const accepted = rows.reduce((sum, r) => sum + Number(r.accepted || 0), 0);
+      const found = popStat(target, "ingest") - before;
+      ctx.log(`${target.label}: ${accepted} accepted, ${found} found in the mailbox`);
+      if (found !== accepted) ctx.log(`${target.label}: MISMATCH between accepted and delivered`);
+      popEmpty(target, "ingest");
+    }
+  }
+  return parseTsv(readFileSync(out, "utf8"), SMTP_COLS);
+}
+
+function fill(target: Target, user: string, count: number, size: number): void {
+  popEmpty(target, user);
+  const source = spawnSync("timeout", ["600", "smtp-source", "-s", "8", "-d", "-m", String(count), "-l", String(size),
+    "-f", "fill@client.test", "-t", `${user}@${DOMAIN}`, "-M", "client.test", `127.0.0.1:${target.smtpPort}`], { stdio: "ignore" });
+  if (source.status !== 0) throw new Error(`filling ${user} on ${target.label} failed`);
+  const deadline = Date.now() + 180_000;
+  while (popStat(target, user) < count) {
+    if (Date.now() > deadline) throw new Error(`${user} on ${target.label}: mail did not arrive`);
+    spawnSync("sleep", ["0.5"]);
+  }
+}
+
+export function pop3Retrieve(ctx: SuiteContext, targets: readonly Target[]): Record<string, string>[] {
+  const out = join(ctx.outDir, "pop3_retr.tsv");
+  const small = ctx.quick ? 500 : 2000;
+  const large = ctx.quick ? 100 : 300;
+  for (const target of targets.filter((t) => t.pop3Port)) {
+    ctx.log(`POP3: filling ${target.label}`);
+    for (const user of ["pop1", "pop2", "pop3", "pop4"]) fill(target, user, small, 4096);
+    for (const user of ["big1", "big2", "big3", "big4"]) fill(target, user, large, 102400);
+  }
+  for (const target of targets.filter((t) => t.pop3Port)) {
+    const users = (names: string[]) => names.map((u) => target.login(u)).join(",");
+    const common = ["--password", PASSWORD, "--clients", "1,4", "--repeats", String(ctx.repeats), ...pidArgs(target), "--out", out];
+    ctx.log(`POP3: RETR ${target.label}`);
+    python(ctx, "pop3_retr.py", ["--label", `${target.label}-4k`, "--port", String(target.pop3Port), "--users", users(["pop1", "pop2", "pop3", "pop4"]), "--passes", "5", ...common]);
+    python(ctx, "pop3_retr.py", ["--label", `${target.label}-100k`, "--port", String(target.pop3Port), "--users", users(["big1", "big2", "big3", "big4"]), "--passes", "3", ...common]);
+    if (target.pop3sPort) {
+      python(ctx, "pop3_retr.py", ["--label", `${target.label}-100k-pop3s`, "--tls", "ssl", "--port", String(target.pop3sPort), "--users", users(["big1", "big2", "big3", "big4"]), "--passes", "3", ...common]);
+    }
+  }
+  return parseTsv(readFileSync(out, "utf8"), POP3_COLS);
+}
+
+export async function idleConnections(ctx: SuiteContext, targets: readonly Target[], counts: readonly number[]): Promise<Record<string, string>[]> {
+  const out = join(ctx.outDir, "idle.tsv");
+  for (const target of targets) {
+    const protos: Array<["smtp" | "pop3", number | null]> = [["smtp", target.smtpPort], ["pop3", target.pop3Port]];
+    for (const [proto, port] of protos) {
+      if (!port) continue;
+      for (const n of counts) {
+        // Postfix forks an smtpd per connection: 5,000 of them take minutes, so it gets the small counts only.
+        if (target.label === "postfix+dovecot" && proto === "smtp" && n > 1000) continue;
+        for (let i = 0; i < ctx.repeats; i++) {
+          await target.restart();
+          ctx.log(`idle: ${target.label} ${proto} ${n}`);
+          python(ctx, "idle_conns.py", ["--label", target.label, "--port", String(port), "--proto", proto, "-n", String(n),
+            "--repeats", "1", "--settle", "2", "--open-timeout", "180", ...pidArgs(target), "--out", out]);
+        }
+      }
+    }
+  }
+  return parseTsv(readFileSync(out, "utf8"), IDLE_COLS);
+}
+
+// ---- the 50 MB message: in over SMTP, out over POP3, peak server memory each way ----
+
+interface Dialogue {
+  send(line: string): void;
+  write(data: Buffer): boolean;
+  reply(): Promise<string>;
+  drain(): Promise<void>;
+  close(): void;
+  /** From now on hand every received byte to `fn` instead of splitting lines. */
+  raw(fn: (chunk: Buffer) => void): void;
+}
+
+function dialogue(port: number): Promise<Dialogue> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: "127.0.0.1", port }, () => {
+      let buffer = "";
+      const lines: string[] = [];
+      const waiters: Array<(line: string) => void> = [];
+      let rawHandler: ((chunk: Buffer) => void) | null = null;
+      socket.on("data", (chunk: Buffer) => {
+        if (rawHandler) return rawHandler(chunk);
+        buffer += chunk.toString("latin1");
+        let at;
+        while ((at = buffer.indexOf("\r\n")) >= 0) {
+          lines.push(buffer.slice(0, at));
+          buffer = buffer.slice(at + 2);
+        }
+        while (lines.length && waiters.length) waiters.shift()!(lines.shift()!);
+      });
+      resolve({
+        send: (line) => void socket.write(`${line}\r\n`),
+        write: (data) => socket.write(data),
+        reply: () => new Promise((r) => (lines.length ? r(lines.shift()!) : waiters.push(r))),
+        drain: () => new Promise((r) => socket.once("drain", () => r())),
+        close: () => socket.destroy(),
+        raw: (fn) => {
+          rawHandler = fn;
+          if (buffer) fn(Buffer.from(buffer, "latin1"));
+        },
+      });
+    });
+    socket.once("error", reject);
+  });
+}
+
+export async function bigMessage(ctx: SuiteContext, target: Target, megabytes = 50): Promise<Record<string, number | string>> {
+  const pid = target.pid();
+  if (!pid || !target.pop3Port) throw new Error("big message needs a Mailroom target");
+  popEmpty(target, "big1");
+  const line = Buffer.from(`${"x".repeat(76)}\r\n`);
+  const lines = Math.ceil((megabytes * 1024 * 1024) / line.length);
+
+  const baselineIn = rssKb(pid);
+  const inPeak = sampleRss(pid);
+  const smtp = await dialogue(target.smtpPort);
+  await smtp.reply();
+  for (const command of ["EHLO bench.test", `MAIL FROM:<big@client.test>`, `RCPT TO:<big1@${DOMAIN}>`, "DATA"]) {
+    smtp.send(command);
+    let reply = await smtp.reply();
+    while (/^\d{3}-/.test(reply)) reply = await smtp.reply();
+  }
+  const head = Buffer.from(`Subject: big\r\nFrom: big@client.test\r\n\r\n`);
+  smtp.write(head);
+  for (let i = 0; i < lines; i++) {
+    if (!smtp.write(line)) await smtp.drain();
+  }
+  smtp.write(Buffer.from(".\r\n"));
+  const accepted = await smtp.reply();
+  smtp.send("QUIT");
+  smtp.close();
+  const peakIn = inPeak.stop();
+  ctx.log(`big message in: ${accepted}`);
+
+  const baselineOut = rssKb(pid);
+  const outPeak = sampleRss(pid);
+  const pop = await dialogue(target.pop3Port);
+  await pop.reply();
+  pop.send(`USER ${target.login("big1")}`);
+  await pop.reply();
+  pop.send(`PASS ${PASSWORD}`);
+  await pop.reply();
+  pop.send("RETR 1");
+  let received = 0;
+  await new Promise<void>((resolve) => {
+    let tail = "";
+    pop.raw((chunk) => {
+      received += chunk.length;
+      tail = (tail + chunk.toString("latin1")).slice(-5);
+      if (tail === "\r\n.\r\n") resolve();
+    });
+  });
+  pop.send("QUIT");
+  pop.close();
+  const peakOut = outPeak.stop();
+  return {
+    label: target.label,
+    megabytes,
+    accepted: accepted.slice(0, 40),
+    rss_before_in_mb: baselineIn / 1024,
+    growth_in_mb: (peakIn - baselineIn) / 1024,
+    rss_before_out_mb: baselineOut / 1024,
+    growth_out_mb: (peakOut - baselineOut) / 1024,
+    retrieved_mb: received / 1024 / 1024,
+  };
+}

@@ -1,0 +1,421 @@
+import { hasStoreErrorCode, type Account, type Logger } from "@mailroom/store";
+import type { Connection } from "@mailroom/transport";
+import { beginSasl, checkLogin, SASL_MECHANISMS, type SaslStep } from "./auth.js";
+import { capabilityLines } from "./capabilities.js";
+import type { SessionContext } from "./context.js";
+import { openMaildrop } from "./login.js";
+import { ALLOWED, type Command } from "./commands.js";
+import { MAX_COMMAND_OCTETS, parseCommand, takeLine } from "./parser.js";
+import { err, multiline, ok, storeErrorReply } from "./replies.js";
+import { handleTransaction, maildropSummary, MidReplyError, type ReplyChannel, type TransactionState } from "./transaction.js";
+import { commitUpdate } from "./update.js";
+
+interface AuthorizationState {
+  readonly name: "authorization";
+  /** Name given by USER, waiting for PASS. */
+  readonly user: string | null;
+  /** An AUTH exchange waiting for the client's next line. */
+  readonly sasl: SaslStep & { kind: "challenge" } | null;
+}
+
+/**
+ * AUTHORIZATION → TRANSACTION → UPDATE (QUIT) → closed. Only TRANSACTION carries the mailbox and lease.
+ * "releasing" is the way out of TRANSACTION without QUIT (drop, timeout, shutdown): nothing is deleted.
+ */
+type State =
+  | AuthorizationState
+  | TransactionState
+  | { readonly name: "update" }
+  | { readonly name: "releasing" }
+  | { readonly name: "closed" };
+
+const EMPTY = new Uint8Array(0);
+/** SASL responses are not commands; RFC 5034 lets them be longer than 255 octets. */
+const MAX_SASL_OCTETS = 8192;
+/** Pipelined input kept while a command runs; beyond it, reading pauses until the backlog shrinks. */
+const MAX_BUFFERED_INPUT = 64 * 1024;
+const SHUTTING_DOWN = err("server shutting down", "SYS/TEMP");
+
+export class Session {
+  readonly #conn: Connection;
+  readonly #ctx: SessionContext;
+  readonly #log: Logger;
+  #state: State = { name: "authorization", user: null, sasl: null };
+  #input: Uint8Array = EMPTY;
+  #busy = false;
+  #paused = false;
+  #ending = false;
+  #connClosed = false;
+  #shuttingDown = false;
+  #streaming = false;
+  #badCommands = 0;
+  #resolveClosed!: () => void;
+  /** Resolves once the connection is gone and no lease is held any more. */
+  readonly closed = new Promise<void>((resolve) => (this.#resolveClosed = resolve));
+
+  constructor(connection: Connection, context: SessionContext) {
+    this.#conn = connection;
+    this.#ctx = context;
+    this.#log = context.logger.child({
+      session: connection.id,
+      remote: `${connection.remoteAddress}:${connection.remotePort}`,
+    });
+  }
+
+  start(): void {
+    this.#log.info({ tls: this.#conn.secure }, "connected");
+    this.#conn.setIdleTimeout(this.#ctx.idleTimeoutMs);
+    this.#conn.start({
+      data: (chunk) => this.#onData(chunk),
+      close: () => this.#onClose(),
+      timeout: () => this.#onTimeout(),
+    });
+    // No APOP timestamp: there is no shared secret to check it against.
+    this.#conn.write(ok(`${this.#ctx.hostname} Mailroom POP3 server ready`));
+  }
+
+  /** Server shutdown begins: a session that has not logged in is ended now; a logged-in one may finish. */
+  shutdown(): void {
+    this.#shuttingDown = true;
+    if (this.#state.name === "authorization" && !this.#busy) this.#endWith(SHUTTING_DOWN);
+  }
+
+  /** The shutdown deadline passed: end without deleting anything. A QUIT already in UPDATE completes. */
+  forceClose(): void {
+    if (this.#state.name === "update" || this.#connClosed) return;
+    this.#log.info({ state: this.#state.name }, "dropped at shutdown deadline");
+    this.#leaveTransaction();
+    // Inside a multi-line reply an -ERR would read as message text; an ended session just goes.
+    if (this.#streaming || this.#ending) {
+      this.#ending = true;
+      this.#conn.destroy();
+      return;
+    }
+    this.#ending = true;
+    this.#conn.end(SHUTTING_DOWN);
+    // Past the deadline a client that does not read its goodbye gets only a moment more.
+    setTimeout(() => this.#conn.destroy(), 1000).unref?.();
+  }
+
+  #onData(chunk: Uint8Array): void {
+    if (this.#ending) return;
+    const joined = new Uint8Array(this.#input.length + chunk.length);
+    joined.set(this.#input);
+    joined.set(chunk, this.#input.length);
+    this.#input = joined;
+    if (this.#input.length > MAX_BUFFERED_INPUT && !this.#paused) {
+      this.#paused = true;
+      this.#conn.pause();
+    }
+    void this.#pump();
+  }
+
+  #onTimeout(): void {
+    this.#log.info({ state: this.#state.name }, "idle timeout");
+    // Mid-reply an -ERR would be read as message text; just drop.
+    if (this.#streaming) {
+      this.#ending = true;
+      this.#conn.destroy();
+    } else {
+      this.#endWith(err("idle timeout, closing connection", "SYS/TEMP"));
+    }
+  }
+
+  #onClose(): void {
+    this.#connClosed = true;
+    this.#ending = true;
+    this.#log.info({ state: this.#state.name }, "disconnected");
+    this.#leaveTransaction();
+    this.#maybeFinish();
+  }
+
+  /** Leaves TRANSACTION without UPDATE: nothing is deleted, the lease is given back. */
+  #leaveTransaction(): void {
+    const state = this.#state;
+    if (state.name !== "transaction") return;
+    this.#state = { name: "releasing" };
+    clearInterval(state.renewTimer);
+    void state.lease
+      .release()
+      .catch((error: unknown) => this.#log.warn({ err: error }, "lease release failed"))
+      .finally(() => {
+        this.#state = { name: "closed" };
+        this.#maybeFinish();
+      });
+  }
+
+  #maybeFinish(): void {
+    const name = this.#state.name;
+    if (this.#connClosed && name !== "transaction" && name !== "update" && name !== "releasing") this.#resolveClosed();
+  }
+
+  #endWith(text: string): void {
+    if (this.#ending) return;
+    this.#ending = true;
+    this.#conn.end(text);
+  }
+
+  async #send(text: string): Promise<void> {
+    if (!this.#conn.write(text)) await this.#conn.drained();
+  }
+
+  /** Built on first use: field initialisers run before the constructor has set up the logger. */
+  #channelCache: ReplyChannel | undefined;
+  get #channel(): ReplyChannel {
+    return (this.#channelCache ??= {
+      send: (text) => this.#send(text),
+      write: async (chunk) => {
+        if (this.#conn.closed) return false;
+        // Waiting here is what keeps a slow reader from making us hold the message.
+        if (!this.#conn.write(chunk)) await this.#conn.drained();
+        return !this.#conn.closed;
+      },
+      log: this.#log,
+    });
+  }
+
+  async #pump(): Promise<void> {
+    if (this.#busy) return;
+    this.#busy = true;
+    try {
+      while (!this.#ending) {
+        const sasl = this.#state.name === "authorization" && this.#state.sasl !== null;
+        const line = takeLine(this.#input, sasl ? MAX_SASL_OCTETS : MAX_COMMAND_OCTETS);
+        if (line.kind === "needs-more") break;
+        if (line.kind === "too-long") {
+          this.#log.info({}, "line too long");
+          this.#endWith(err("line too long, closing connection"));
+          break;
+        }
+        this.#input = this.#input.subarray(line.consumed);
+        await this.#handleLine(line.text);
+        if (this.#shuttingDown && this.#state.name === "authorization" && this.#state.sasl === null) {
+          this.#endWith(SHUTTING_DOWN);
+        }
+      }
+    } catch (error) {
+      if (!(error instanceof MidReplyError)) this.#log.error({ err: error }, "session failed");
+      this.#ending = true;
+      this.#conn.destroy();
+    } finally {
+      this.#busy = false;
+      if (this.#paused && this.#input.length <= MAX_BUFFERED_INPUT) {
+        this.#paused = false;
+        this.#conn.resume();
+      }
+    }
+  }
+
+  async #bad(reply: string): Promise<void> {
+    if (++this.#badCommands >= this.#ctx.maxBadCommands) {
+      this.#log.info({ bad: this.#badCommands }, "too many bad commands");
+      this.#endWith(err("too many bad commands, closing connection"));
+      return;
+    }
+    await this.#send(reply);
+  }
+
+  async #handleLine(text: string): Promise<void> {
+    const state = this.#state;
+    if (state.name === "authorization" && state.sasl) return this.#continueSasl(state.sasl, text);
+    const parsed = parseCommand(text);
+    if (parsed.kind === "error") return this.#bad(err(parsed.message));
+    const command = parsed.command;
+    this.#log.debug({ command: command.name }, "command");
+    if (state.name !== "authorization" && state.name !== "transaction") return;
+    if (!ALLOWED[state.name].has(command.name)) {
+      return this.#bad(err(`${command.name} is not allowed ${state.name === "authorization" ? "before" : "after"} login`));
+    }
+    if (state.name === "transaction") return this.#transactionCommand(state, command);
+    return this.#authorizationCommand(state, command);
+  }
+
+  async #transactionCommand(tx: TransactionState, command: Command): Promise<void> {
+    switch (command.name) {
+      case "CAPA":
+        return this.#send(multiline(ok("capability list follows"), capabilityLines(this.#capabilityInput(false))));
+      case "QUIT":
+        return this.#update(tx);
+      case "STAT":
+      case "LIST":
+      case "UIDL":
+      case "RETR":
+      case "TOP":
+      case "DELE":
+      case "NOOP":
+      case "RSET":
+        this.#streaming = command.name === "RETR" || command.name === "TOP";
+        try {
+          return await handleTransaction(tx, command, this.#channel);
+        } finally {
+          this.#streaming = false;
+        }
+      default:
+        return this.#bad(err(`${command.name} is not allowed after login`));
+    }
+  }
+
+  #plaintextAllowed(): boolean {
+    return this.#ctx.allowPlaintextAuth || this.#conn.secure || this.#ctx.isLocalAddress(this.#conn.remoteAddress);
+  }
+
+  #capabilityInput(authorization: boolean) {
+    return {
+      stls: authorization && this.#ctx.tls !== undefined && !this.#conn.secure,
+      plaintextAuth: this.#plaintextAllowed(),
+      expireDays: this.#ctx.expireDays,
+      loginDelaySeconds: this.#ctx.loginDelaySeconds,
+    };
+  }
+
+  async #authorizationCommand(state: AuthorizationState, command: Command): Promise<void> {
+    const noPlaintext = err("plaintext authentication requires STLS first", "AUTH");
+    switch (command.name) {
+      case "CAPA":
+        return this.#send(multiline(ok("capability list follows"), capabilityLines(this.#capabilityInput(true))));
+      case "QUIT":
+        this.#log.info({}, "quit before login");
+        return this.#endWith(ok(`${this.#ctx.hostname} Mailroom POP3 server signing off`));
+      case "APOP":
+        return this.#send(err("APOP is not supported (no shared secrets are stored); use USER/PASS or AUTH over TLS"));
+      case "STLS":
+        return this.#startTls();
+      case "USER":
+        if (!this.#plaintextAllowed()) return this.#send(noPlaintext);
+        this.#state = { name: "authorization", user: command.user, sasl: null };
+        // The same answer for every name: it must not tell whether the account exists.
+        return this.#send(ok("send PASS"));
+      case "PASS": {
+        if (!this.#plaintextAllowed()) return this.#send(noPlaintext);
+        if (state.user === null) return this.#bad(err("USER first"));
+        this.#state = { name: "authorization", user: null, sasl: null };
+        return this.#login(state.user, command.password);
+      }
+      case "AUTH": {
+        if (command.mechanism === null) {
+          // Pre-RFC 5034 clients probe with a bare AUTH to learn the mechanisms.
+          return this.#send(multiline(ok("methods supported"), this.#plaintextAllowed() ? [...SASL_MECHANISMS] : []));
+        }
+        if (!this.#plaintextAllowed()) return this.#send(noPlaintext);
+        const step = beginSasl(command.mechanism, command.initialResponse);
+        if (!step) return this.#send(err("unsupported authentication mechanism"));
+        return this.#saslStep(step);
+      }
+      default:
+        return this.#bad(err(`${command.name} is not allowed before login`));
+    }
+  }
+
+  async #continueSasl(pending: SaslStep & { kind: "challenge" }, line: string): Promise<void> {
+    this.#state = { name: "authorization", user: null, sasl: null };
+    if (line === "*") return this.#send(err("authentication cancelled"));
+    return this.#saslStep(pending.next(line));
+  }
+
+  async #saslStep(step: SaslStep): Promise<void> {
+    switch (step.kind) {
+      case "challenge":
+        this.#state = { name: "authorization", user: null, sasl: step };
+        return this.#send(`+ ${step.challenge}\r\n`);
+      case "invalid":
+        return this.#send(err(step.message));
+      case "credentials":
+        return this.#login(step.login, step.password);
+    }
+  }
+
+  async #startTls(): Promise<void> {
+    const tls = this.#ctx.tls;
+    if (!tls) return this.#send(err("STLS is not available"));
+    if (this.#conn.secure) return this.#send(err("already using TLS"));
+    await this.#send(ok("begin TLS negotiation"));
+    // Whatever the client pipelined after STLS came in the clear and could be injected: drop it.
+    this.#input = EMPTY;
+    this.#state = { name: "authorization", user: null, sasl: null };
+    try {
+      await this.#conn.upgradeToTls(tls);
+    } catch (error) {
+      this.#log.info({ err: error }, "TLS handshake failed");
+      this.#ending = true;
+      return;
+    }
+    // The idle timer lives on the socket object, which the upgrade replaced.
+    this.#conn.setIdleTimeout(this.#ctx.idleTimeoutMs);
+    this.#log.info({ tls: this.#conn.tls }, "TLS started");
+  }
+
+  async #login(login: string, password: string): Promise<void> {
+    const ctx = this.#ctx;
+    let account: Account;
+    try {
+      const outcome = await checkLogin(ctx.store.directory, ctx.throttle, this.#conn.remoteAddress, login, password);
+      if (outcome.kind === "throttled") {
+        this.#log.warn({ user: login }, "login refused by throttle");
+        return this.#send(err("too many failed logins, try later", "AUTH"));
+      }
+      if (outcome.kind === "bad-credentials") {
+        this.#log.warn({ user: login }, "login failed");
+        return this.#send(err("invalid user name or password", "AUTH"));
+      }
+      account = outcome.account;
+    } catch (error) {
+      this.#log.error({ err: error, user: login }, "directory failed during login");
+      return this.#send(storeErrorReply(error, "cannot check the login"));
+    }
+
+    if (this.#shuttingDown) return this.#endWith(SHUTTING_DOWN);
+    const holder = `pop3 ${this.#conn.remoteAddress}:${this.#conn.remotePort} on ${ctx.hostname}`;
+    const opened = await openMaildrop(ctx, account, holder, () => this.#ending, this.#log);
+    if (opened.kind === "gone") return;
+    if (opened.kind === "refused") return this.#send(opened.reply);
+    const { mailbox, lease, messages } = opened;
+    const renewTimer = setInterval(() => this.#renew(), Math.max(1, Math.floor(ctx.leaseTtlMs / 3)));
+    renewTimer.unref?.();
+    const tx: TransactionState = {
+      name: "transaction",
+      account,
+      mailbox,
+      lease,
+      messages,
+      deleted: new Set(),
+      retrieved: new Set(),
+      renewTimer,
+    };
+    this.#state = tx;
+    this.#log.info({ user: account.address, messages: messages.length }, "logged in");
+    return this.#send(ok(maildropSummary(tx)));
+  }
+
+  #renew(): void {
+    const state = this.#state;
+    if (state.name !== "transaction") return;
+    state.lease.renew().catch((error: unknown) => {
+      if (this.#state !== state) return;
+      if (hasStoreErrorCode(error, "lease-lost")) {
+        // Someone else may change the mailbox now; our message numbers can no longer be trusted.
+        this.#log.error({ err: error }, "mailbox lease lost");
+        this.#leaveTransaction();
+        if (this.#busy) {
+          this.#ending = true;
+          this.#conn.destroy();
+        } else {
+          this.#endWith(err("mailbox lock lost, please reconnect", "SYS/TEMP"));
+        }
+      } else {
+        this.#log.warn({ err: error }, "lease renew failed, will retry");
+      }
+    });
+  }
+
+  /** QUIT in TRANSACTION: record retrievals, delete the marked messages, and only then say +OK. */
+  async #update(tx: TransactionState): Promise<void> {
+    this.#state = { name: "update" };
+    clearInterval(tx.renewTimer);
+    const reply = await commitUpdate(tx, this.#ctx.hostname, this.#log);
+    // Released before the reply, so a client that reconnects at once does not find it in use.
+    await tx.lease.release().catch((error: unknown) => this.#log.warn({ err: error }, "lease release failed"));
+    this.#state = { name: "closed" };
+    this.#endWith(reply);
+    this.#maybeFinish();
+  }
+}

@@ -1,0 +1,231 @@
+import type { Command, ParseResult, Params, Path } from "./commands.js";
+
+/**
+ * Pure parsing: one command line (without its line ending) to a typed Command. No I/O, no state,
+ * so it can be tested with tables and with input split at every byte.
+ */
+
+const ATEXT = /^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~\u0080-\u{10ffff}]$/u;
+const DOMAIN_CHAR = /^[A-Za-z0-9\-\u0080-\u{10ffff}]$/u;
+const KEYWORD = /^[A-Za-z0-9][A-Za-z0-9-]*$/;
+// esmtp-value: any printable ASCII except "=" and space (RFC 5321 4.1.2); UTF-8 for SMTPUTF8 clients.
+const VALUE = /^[\x21-\x3c\x3e-\x7e\u0080-\u{10ffff}]+$/u;
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\x00-\x1f\x7f]/;
+
+const fail = (error: "unknown" | "syntax", message: string): ParseResult => ({ ok: false, error, message });
+const ok = (command: Command): ParseResult => ({ ok: true, command });
+
+export function parseCommand(line: string): ParseResult {
+  if (CONTROL.test(line)) return fail("syntax", "control characters in command");
+  const space = line.indexOf(" ");
+  const verb = (space < 0 ? line : line.slice(0, space)).toUpperCase();
+  const rest = space < 0 ? "" : line.slice(space + 1);
+  const arg = rest.trim();
+  switch (verb) {
+    case "EHLO":
+    case "HELO": {
+      if (arg === "") return fail("syntax", `${verb} needs a domain`);
+      const domain = arg.split(" ")[0] ?? arg;
+      return ok({ verb, domain });
+    }
+    case "MAIL":
+      return parsePathCommand("MAIL", "FROM:", rest);
+    case "RCPT":
+      return parsePathCommand("RCPT", "TO:", rest);
+    case "DATA":
+    case "RSET":
+    case "QUIT":
+    case "STARTTLS":
+      return arg === "" ? ok({ verb }) : fail("syntax", `${verb} takes no parameters`);
+    case "NOOP":
+    case "EXPN":
+      return ok({ verb });
+    case "VRFY":
+      return arg === "" ? fail("syntax", "VRFY needs an argument") : ok({ verb, argument: arg });
+    case "HELP":
+      return ok({ verb, argument: arg });
+    case "AUTH": {
+      const parts = arg.split(" ").filter((p) => p !== "");
+      if (parts.length < 1 || parts.length > 2) return fail("syntax", "AUTH mechanism [initial-response]");
+      return ok({ verb, mechanism: parts[0]!.toUpperCase(), initial: parts[1] ?? null });
+    }
+    case "BDAT": {
+      const parts = arg.split(" ").filter((p) => p !== "");
+      const size = parts[0];
+      if (size === undefined || !/^\d{1,15}$/.test(size)) return fail("syntax", "BDAT chunk-size [LAST]");
+      if (parts.length > 2 || (parts.length === 2 && parts[1]!.toUpperCase() !== "LAST")) {
+        return fail("syntax", "BDAT chunk-size [LAST]");
+      }
+      return ok({ verb, size: Number(size), last: parts.length === 2 });
+    }
+    default:
+      return fail("unknown", "command not recognized");
+  }
+}
+
+function parsePathCommand(verb: "MAIL" | "RCPT", keyword: string, rest: string): ParseResult {
+  if (rest.slice(0, keyword.length).toUpperCase() !== keyword) return fail("syntax", `expected ${verb} ${keyword}<address>`);
+  // Many clients put a space after the colon; RFC 5321 does not allow it, but refusing helps nobody.
+  const text = rest.slice(keyword.length).replace(/^ +/, "");
+  if (!text.startsWith("<")) return fail("syntax", "address must be in angle brackets");
+  const parsed = parsePath(text, verb === "MAIL");
+  if (typeof parsed === "string") return fail("syntax", parsed);
+  const params = parseParams(text.slice(parsed.end));
+  if (typeof params === "string") return fail("syntax", params);
+  return ok({ verb, path: parsed.path, params });
+}
+
+/** Parses `<...>` at the start of `text`. Returns the path and where it ended, or an error text. */
+export function parsePath(text: string, allowNull: boolean): { path: Path; end: number } | string {
+  const chars = Array.from(text);
+  let i = 1;
+  // Offsets in `text` are needed for the parameters, so count UTF-16 units as we go.
+  let offset = 1;
+  const next = (): string | undefined => {
+    const c = chars[i++];
+    if (c !== undefined) offset += c.length;
+    return c;
+  };
+  const peek = (): string | undefined => chars[i];
+
+  if (peek() === ">") {
+    next();
+    if (!allowNull) return "empty address";
+    return { path: { address: "", local: "", domain: "", utf8: false }, end: offset };
+  }
+  // A source route (`<@a,@b:user@c>`) is obsolete; RFC 5321 C says to accept and ignore it.
+  if (peek() === "@") {
+    while (peek() !== undefined && peek() !== ":" && peek() !== ">") next();
+    if (next() !== ":") return "bad source route";
+  }
+  let local = "";
+  if (peek() === '"') {
+    local += next();
+    for (;;) {
+      const c = next();
+      if (c === undefined) return "unterminated quoted string";
+      local += c;
+      if (c === "\\") {
+        const escaped = next();
+        if (escaped === undefined) return "unterminated quoted string";
+        local += escaped;
+      } else if (c === '"') break;
+    }
+  } else {
+    while (peek() !== undefined && (ATEXT.test(peek()!) || peek() === ".")) local += next();
+  }
+  if (local === "" || local.length > 256) return "bad local part";
+  if (peek() === ">" && local.toLowerCase() === "postmaster") {
+    next();
+    return { path: { address: local, local, domain: "", utf8: false }, end: offset };
+  }
+  if (next() !== "@") return "expected local@domain";
+  let domain = "";
+  if (peek() === "[") {
+    while (peek() !== undefined && peek() !== "]") domain += next();
+    if (peek() !== "]") return "unterminated address literal";
+    domain += next();
+  } else {
+    while (peek() !== undefined && (DOMAIN_CHAR.test(peek()!) || peek() === ".")) domain += next();
+    if (domain === "" || domain.startsWith(".") || domain.endsWith(".") || domain.includes("..")) return "bad domain";
+  }
+  if (domain.length > 255) return "domain too long";
+  if (next() !== ">") return "expected > after address";
+  const address = `${local}@${domain}`;
+  // eslint-disable-next-line no-control-regex
+  return { path: { address, local, domain, utf8: /[^\x00-\x7f]/.test(address) }, end: offset };
+}
+
+function parseParams(text: string): Params | string {
+  const params = new Map<string, string | true>();
+  if (text === "") return params;
+  if (!text.startsWith(" ")) return "expected a space before parameters";
+  for (const part of text.split(" ")) {
+    if (part === "") continue;
+    const eq = part.indexOf("=");
+    const key = (eq < 0 ? part : part.slice(0, eq)).toUpperCase();
+    if (!KEYWORD.test(key)) return `bad parameter ${part.slice(0, 40)}`;
+    if (eq < 0) params.set(key, true);
+    else {
+      const value = part.slice(eq + 1);
+      if (!VALUE.test(value)) return `bad parameter value for ${key}`;
+      params.set(key, value);
+    }
+  }
+  return params;
+}
+
+/**
+ * Splits a byte stream into command lines. A line ends at LF (a CR before it is dropped): RFC 5321
+ * wants CRLF, but accepting a bare LF on command lines is harmless and common. Lines longer than
+ * `maxLine` octets (with the line ending) are swallowed up to their end and reported as too long,
+ * so memory stays bounded whatever the client sends.
+ */
+export class LineReader {
+  #parts: Uint8Array[] = [];
+  #length = 0;
+  #overflow = false;
+
+  constructor(public maxLine: number) {}
+
+  /** Bytes held for an unfinished line. */
+  get pending(): number {
+    return this.#length;
+  }
+
+  /**
+   * Takes bytes from `input` up to and including the first LF. Returns the line (bytes without the
+   * line ending), "too-long", or null when `input` ended first (all of it was consumed), and how many
+   * octets were consumed.
+   */
+  take(input: Uint8Array, maxLine = this.maxLine): { line: Uint8Array | "too-long" | null; used: number } {
+    const lf = input.indexOf(0x0a);
+    const used = lf < 0 ? input.length : lf + 1;
+    const piece = input.subarray(0, used);
+    if (!this.#overflow) {
+      if (this.#length + piece.length > maxLine) {
+        // Allow exactly maxLine octets including CRLF; anything longer is swallowed.
+        const endsHere = lf >= 0;
+        const lineLength = this.#length + piece.length;
+        if (!(endsHere && lineLength <= maxLine)) {
+          this.#overflow = true;
+          this.#parts = [];
+          this.#length = 0;
+        }
+      }
+      if (!this.#overflow) {
+        this.#parts.push(piece.slice());
+        this.#length += piece.length;
+      }
+    }
+    if (lf < 0) return { line: null, used };
+    if (this.#overflow) {
+      this.#overflow = false;
+      return { line: "too-long", used };
+    }
+    const whole = concat(this.#parts, this.#length);
+    this.#parts = [];
+    this.#length = 0;
+    let end = whole.length - 1;
+    if (end > 0 && whole[end - 1] === 0x0d) end--;
+    return { line: whole.subarray(0, end), used };
+  }
+
+  reset(): void {
+    this.#parts = [];
+    this.#length = 0;
+    this.#overflow = false;
+  }
+}
+
+export function concat(parts: readonly Uint8Array[], length?: number): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
+  const out = new Uint8Array(length ?? parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}

@@ -1,0 +1,89 @@
+import { normalizeAddress, normalizeDomain, resolveRecipient, type Account, type MailboxId, type Store } from "@mailroom/store";
+import type { Path } from "./commands.js";
+import { R, rejectReply, type Reply } from "./replies.js";
+import type { ListenerMode, RecipientVerdict, SessionInfo, SmtpHooks } from "./types.js";
+
+/**
+ * Who may send what to whom. An MX listener accepts mail only for local recipients and never relays;
+ * a submission listener accepts mail only from authenticated users, only with a sender address that
+ * belongs to them, and hands recipients on other domains to `onRelay` (refused until an outbound queue
+ * exists).
+ */
+export interface PolicyContext {
+  readonly store: Store;
+  readonly hostname: string;
+  readonly mode: ListenerMode;
+  readonly hooks: SmtpHooks;
+  readonly info: SessionInfo;
+}
+
+export type Decision<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly reply: Reply };
+
+const refuse = (reply: Reply): Decision<never> => ({ ok: false, reply });
+
+async function isLocalDomain(store: Store, domain: string): Promise<boolean> {
+  let normal: string;
+  try {
+    normal = normalizeDomain(domain);
+  } catch {
+    // Address literals and malformed names are never ours: we do not accept mail "for an IP".
+    return false;
+  }
+  return store.directory.hasDomain(normal);
+}
+
+export async function checkSender(ctx: PolicyContext, path: Path): Promise<Decision<string>> {
+  if (ctx.mode === "submission") {
+    const user = ctx.info.user;
+    if (!user) return refuse(R.authRequired());
+    if (path.address === "") return refuse(R.nullSenderRefused());
+    if (!(await ownsAddress(ctx.store, user, path.address))) return refuse(R.senderNotOwned());
+  }
+  if (ctx.hooks.onMailFrom) {
+    const verdict = await ctx.hooks.onMailFrom(path.address, ctx.info);
+    if (!("ok" in verdict)) return refuse(rejectReply("mail", verdict));
+  }
+  return { ok: true, value: path.address };
+}
+
+/** The user's own address, or an address that is delivered to the user's mailbox (an alias of theirs). */
+async function ownsAddress(store: Store, user: Account, address: string): Promise<boolean> {
+  let normal: string;
+  try {
+    normal = normalizeAddress(address);
+  } catch {
+    return false;
+  }
+  if (normal === user.address) return true;
+  const resolution = await resolveRecipient(store.directory, normal);
+  return resolution.kind === "local" && resolution.mailboxes.includes(user.mailbox);
+}
+
+export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<Decision<readonly MailboxId[]>> {
+  if (ctx.hooks.onRcptTo) return fromVerdict(await ctx.hooks.onRcptTo(path.address, ctx.info));
+  // `<postmaster>` without a domain must always be accepted (RFC 5321 4.5.1): it means ours.
+  if (path.domain === "") return postmaster(ctx);
+  if (!(await isLocalDomain(ctx.store, path.domain))) {
+    if (ctx.mode === "mx") return refuse(R.relayDenied());
+    return ctx.hooks.onRelay ? fromVerdict(await ctx.hooks.onRelay(path.address, ctx.info)) : refuse(R.relayNotEnabled());
+  }
+  // The domain is ours. Anything that does not resolve to a mailbox (including `%`, `!` and quoted
+  // local parts, which the store refuses as names) is an unknown user, never a relay.
+  const resolution = await resolveRecipient(ctx.store.directory, path.address);
+  if (resolution.kind === "local") return { ok: true, value: resolution.mailboxes };
+  return refuse(R.unknownUser());
+}
+
+/** The postmaster of our host name, else of the first local domain that has one. */
+async function postmaster(ctx: PolicyContext): Promise<Decision<readonly MailboxId[]>> {
+  const domains = [ctx.hostname, ...(await ctx.store.directory.listDomains())];
+  for (const domain of domains) {
+    const resolution = await resolveRecipient(ctx.store.directory, `postmaster@${domain}`);
+    if (resolution.kind === "local") return { ok: true, value: resolution.mailboxes };
+  }
+  return refuse(R.unknownUser());
+}
+
+function fromVerdict(verdict: RecipientVerdict): Decision<readonly MailboxId[]> {
+  return "ok" in verdict ? { ok: true, value: verdict.mailboxes } : refuse(rejectReply("rcpt", verdict));
+}

@@ -1,0 +1,161 @@
+import type { Account, Logger, LoginThrottle, MailboxId, Store } from "@mailroom/store";
+import type { Listener, TlsContext, TlsInfo } from "@mailroom/transport";
+
+export type ListenerMode = "mx" | "submission";
+
+/** What hooks learn about the session that calls them. */
+export interface SessionInfo {
+  readonly id: string;
+  readonly mode: ListenerMode;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly localAddress: string;
+  readonly localPort: number;
+  readonly secure: boolean;
+  readonly tls: TlsInfo | null;
+  /** The HELO/EHLO name, or null before it. */
+  readonly helo: string | null;
+  /** The authenticated account (submission), or null. */
+  readonly user: Account | null;
+}
+
+/** A refusal. The protocol picks the reply code: "permanent" → 5xx, "temporary" → 4xx. */
+export interface Reject {
+  readonly reject: "permanent" | "temporary";
+  /** One line for the client; no CR/LF (they are replaced). Default: a generic text. */
+  readonly message?: string;
+}
+
+export type Verdict = { readonly ok: true } | Reject;
+export type RecipientVerdict = { readonly ok: true; readonly mailboxes: readonly MailboxId[] } | Reject;
+
+export interface Recipient {
+  /** The address as the client sent it. */
+  readonly address: string;
+  readonly mailboxes: readonly MailboxId[];
+}
+
+export interface Envelope {
+  /** The id the 250 reply and the Received header name. */
+  readonly id: string;
+  /** The reverse path; "" for the null sender `<>` (bounces). */
+  readonly mailFrom: string;
+  readonly recipients: readonly Recipient[];
+  /** The client asked for SMTPUTF8. */
+  readonly utf8: boolean;
+}
+
+/**
+ * Typed, async policy hooks. Each returns a verdict; the mapping to reply codes is the server's. A hook
+ * that throws is answered with a temporary failure (details only in the log).
+ */
+export interface SmtpHooks {
+  /** Before the greeting. A refusal gets 554 5.7.1 (permanent) or 421 4.7.0 (temporary) and a close. */
+  onConnect?(info: SessionInfo): Promise<Verdict> | Verdict;
+  /** Replaces the store's password check for AUTH. */
+  onAuth?(login: string, password: string, info: SessionInfo): Promise<Account | null> | Account | null;
+  /** An extra check after the built-in sender rules (which it cannot loosen). */
+  onMailFrom?(address: string, info: SessionInfo): Promise<Verdict> | Verdict;
+  /** Replaces the built-in recipient lookup and policy (local domains, relay refusal) entirely. */
+  onRcptTo?(address: string, info: SessionInfo): Promise<RecipientVerdict> | RecipientVerdict;
+  /**
+   * Submission only: a recipient outside the local domains. Default: refused with 550 5.7.1 "delivery to
+   * other domains is not enabled yet". An outbound queue plugs in here by returning the mailbox(es) the
+   * message should be stored in for later sending.
+   */
+  onRelay?(address: string, info: SessionInfo): Promise<RecipientVerdict> | RecipientVerdict;
+  /**
+   * Replaces store delivery. `message` yields exactly the octets a store would get (Return-Path and
+   * Received first). Consume it to the end before resolving with ok. The 250 is sent after it resolves.
+   * `signal` aborts when the client disconnects or the message is refused.
+   */
+  onData?(envelope: Envelope, message: AsyncIterable<Uint8Array>, info: SessionInfo & { readonly signal: AbortSignal }):
+    | Promise<Verdict>
+    | Verdict;
+}
+
+export interface SmtpTimeouts {
+  /** Waiting for a command (and for the first one after the greeting). Default 5 minutes. */
+  readonly command: number;
+  /** Waiting for the next bytes inside DATA or a BDAT chunk. Default 3 minutes. */
+  readonly dataBlock: number;
+  /** The store's delivery after the end of data, before the client gives up. Default 10 minutes. */
+  readonly dataEnd: number;
+}
+
+export interface SmtpLimits {
+  /** Largest message, also advertised as SIZE. Default 25 MiB. */
+  readonly maxMessageBytes: number;
+  /** Recipients per transaction. Default 100. */
+  readonly maxRecipients: number;
+  /** Command line length including CRLF. Default 512. */
+  readonly maxCommandLine: number;
+  /** Message line length including CRLF. Default 1000. */
+  readonly maxTextLine: number;
+  /** Unrecognised commands before 421 and close. Default 10. */
+  readonly maxUnknownCommands: number;
+  /** Error replies (4xx/5xx) before 421 and close. Default 20. */
+  readonly maxErrors: number;
+  /** Mail transactions (MAIL commands) per connection. Default 100. */
+  readonly maxTransactionsPerConnection: number;
+  /** Open connections per listener. Default 1000. */
+  readonly maxConnections: number;
+  /** Open connections from one address per listener. Default 20. */
+  readonly maxConnectionsPerAddress: number;
+  readonly timeouts: SmtpTimeouts;
+}
+
+export type SmtpLimitsOptions = Partial<Omit<SmtpLimits, "timeouts">> & { readonly timeouts?: Partial<SmtpTimeouts> };
+
+export const DEFAULT_LIMITS: SmtpLimits = {
+  maxMessageBytes: 25 * 1024 * 1024,
+  maxRecipients: 100,
+  maxCommandLine: 512,
+  maxTextLine: 1000,
+  maxUnknownCommands: 10,
+  maxErrors: 20,
+  maxTransactionsPerConnection: 100,
+  maxConnections: 1000,
+  maxConnectionsPerAddress: 20,
+  timeouts: { command: 5 * 60_000, dataBlock: 3 * 60_000, dataEnd: 10 * 60_000 },
+};
+
+export function resolveLimits(options: SmtpLimitsOptions | undefined): SmtpLimits {
+  return { ...DEFAULT_LIMITS, ...options, timeouts: { ...DEFAULT_LIMITS.timeouts, ...options?.timeouts } };
+}
+
+export interface SmtpServerOptions {
+  readonly store: Store;
+  /** Our name in the greeting, EHLO and Received headers. */
+  readonly hostname: string;
+  /** STARTTLS on plain listeners; required for implicit-TLS listeners. */
+  readonly tls?: TlsContext;
+  /** One line per session event, with the session id. Never passwords or message bodies. */
+  readonly logger?: Logger;
+  /** Shared with POP3 by the app, so that guessing is slowed across both. */
+  readonly loginThrottle?: LoginThrottle;
+  /** Offer and accept AUTH without TLS from loopback clients. Default false. */
+  readonly allowLoopbackPlaintextAuth?: boolean;
+  /** Bare CR or LF in a message: refuse it (default) or turn it into CRLF. */
+  readonly bareLineEndings?: "reject" | "normalize";
+  readonly limits?: SmtpLimitsOptions;
+  readonly hooks?: SmtpHooks;
+}
+
+export interface SmtpListenOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly mode: ListenerMode;
+  readonly implicitTls?: boolean;
+}
+
+export interface SmtpServer {
+  listen(options: SmtpListenOptions): Promise<Listener>;
+  /**
+   * Stops accepting. Idle sessions get "421 4.3.2 <host> shutting down"; a transaction in DATA may
+   * finish until the deadline (default 30 s), after which every remaining connection is dropped.
+   */
+  close(options?: { readonly deadlineMs?: number }): Promise<void>;
+  /** Sessions open now, over all listeners. */
+  readonly sessionCount: number;
+}

@@ -1,0 +1,99 @@
+import { promises as fsp } from "node:fs";
+import type { Logger } from "@mailroom/store";
+import type { SyncPolicy } from "./fsutil.js";
+import { isErrno } from "./errors.js";
+
+/** What every part of one store instance shares. */
+export interface StoreContext {
+  readonly root: string;
+  readonly policy: SyncPolicy;
+  readonly host: string;
+  readonly logger: Logger;
+  readonly cache: MailboxCaches;
+  /** Maildirs whose stale tmp/ files this instance already cleaned. */
+  readonly prepared: Set<string>;
+}
+
+/** What listing learns about one message file, kept so the next listing needs no stat or read. */
+export interface FileFacts {
+  readonly receivedAt: number;
+  /** Octets a reader gets. */
+  readonly size: number;
+  /** Bare LF must become CRLF on the way out (foreign mail only). */
+  readonly convert: boolean;
+}
+
+export interface MailboxCache {
+  /** Keyed by base name, which survives flag renames. */
+  readonly facts: Map<string, FileFacts>;
+  /** UID → file as of the last scan, so that reading message after message needs no readdir each. */
+  paths: Map<string, { readonly path: string; readonly base: string }>;
+  /** CRLF sizes of foreign files without `W=`, shared with later processes via `mailroom-sizes.json`. */
+  crlfSizes: Map<string, number> | null;
+  crlfSizesDirty: boolean;
+}
+
+/** Per-mailbox caches, least recently used evicted, so a server with many users stays bounded. */
+export class MailboxCaches {
+  private readonly boxes = new Map<string, MailboxCache>();
+
+  constructor(private readonly max = 1_000) {}
+
+  get(dir: string): MailboxCache {
+    let box = this.boxes.get(dir);
+    if (box) {
+      this.boxes.delete(dir);
+    } else {
+      box = { facts: new Map(), paths: new Map(), crlfSizes: null, crlfSizesDirty: false };
+    }
+    this.boxes.set(dir, box);
+    if (this.boxes.size > this.max) this.boxes.delete(this.boxes.keys().next().value!);
+    return box;
+  }
+}
+
+/**
+ * A small JSON file re-read only when it changed on disk (inode, size or mtime), because another
+ * process may rewrite it at any time (`mailroom user add` while the server runs).
+ */
+export class JsonFile<T> {
+  private signature = "";
+  private value: T | undefined;
+
+  constructor(
+    readonly path: string,
+    private readonly parse: (raw: unknown) => T,
+    private readonly empty: () => T,
+  ) {}
+
+  async load(): Promise<T> {
+    let signature: string;
+    try {
+      const info = await fsp.stat(this.path);
+      signature = `${info.ino}:${info.size}:${info.mtimeMs}:${info.ctimeMs}`;
+    } catch (error) {
+      if (!isErrno(error, "ENOENT")) throw error;
+      this.signature = "";
+      this.value = undefined;
+      return this.empty();
+    }
+    if (signature === this.signature && this.value !== undefined) return this.value;
+    let text: string;
+    try {
+      text = await fsp.readFile(this.path, "utf8");
+    } catch (error) {
+      if (!isErrno(error, "ENOENT")) throw error;
+      return this.empty();
+    }
+    const value = this.parse(JSON.parse(text));
+    this.signature = signature;
+    this.value = value;
+    return value;
+  }
+
+  /** Forget the cached copy (after we wrote the file ourselves). */
+  invalidate(): void {
+    this.signature = "";
+    this.value = undefined;
+  }
+}

@@ -1,0 +1,445 @@
+import { promises as fsp } from "node:fs";
+import { basename, join } from "node:path";
+import {
+  StoreError,
+  assertUid,
+  hasStoreErrorCode,
+  guardAppendSource,
+  takeTop,
+  type AppendOptions,
+  type Lease,
+  type LeaseOptions,
+  type Mailbox,
+  type MailboxId,
+  type MessageInfo,
+  type ReadOptions,
+  type Uid,
+} from "@mailroom/store";
+import { JsonFile, type FileFacts, type MailboxCache, type StoreContext } from "./context.js";
+import { attempt, fsError, isErrno } from "./errors.js";
+import { compareArrival, messageName, newBase, parseName, uidOfBase, withSeenFlag, type ParsedName } from "./filenames.js";
+import { fsyncDir, makeDirs, readTextOrNull, readdirOrEmpty, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
+import { ID_FILE, locateMailbox } from "./layout.js";
+import { LeaseManager } from "./lease.js";
+import { crlfSizeOf, fileChunks, toCrlf } from "./streams.js";
+import { linkOrCopy, mapLimited, writeMessageFile } from "./writing.js";
+
+export const STATE_FILE = "mailroom-state.json";
+export const JOURNAL_FILE = "mailroom-expunge.journal";
+export const SIZES_FILE = "mailroom-sizes.json";
+const STATE_LOCK = "mailroom-state.lock";
+/** The Maildir spec's limit: a tmp/ file this old was left by a crashed delivery. */
+const STALE_TMP_MS = 36 * 3600 * 1000;
+
+interface Journal {
+  readonly gen: number;
+  readonly bases: ReadonlySet<string>;
+}
+
+interface MailboxState {
+  /** First retrieval time per UID. */
+  retrieved: Record<string, number>;
+}
+
+function parseState(raw: unknown): MailboxState {
+  const retrieved: Record<string, number> = {};
+  const source = (raw as { retrieved?: unknown } | null)?.retrieved;
+  if (source && typeof source === "object") {
+    for (const [uid, value] of Object.entries(source)) if (typeof value === "number") retrieved[uid] = value;
+  }
+  return { retrieved };
+}
+
+/** One message file found by a scan. */
+export interface Found {
+  readonly uid: Uid;
+  readonly parsed: ParsedName;
+  readonly sub: "new" | "cur";
+  readonly path: string;
+  readonly facts: FileFacts;
+}
+
+export class FsMailbox implements Mailbox {
+  readonly dir: string;
+  private readonly hashed: boolean;
+  private readonly leases: LeaseManager;
+  private readonly state: JsonFile<MailboxState>;
+  private readonly cache: MailboxCache;
+
+  constructor(
+    private readonly ctx: StoreContext,
+    readonly id: MailboxId,
+  ) {
+    const location = locateMailbox(ctx.root, id);
+    this.dir = location.dir;
+    this.hashed = location.hashed;
+    this.leases = new LeaseManager(this.dir, id, ctx.policy);
+    this.state = new JsonFile(join(this.dir, STATE_FILE), parseState, () => ({ retrieved: {} }));
+    this.cache = ctx.cache.get(this.dir);
+  }
+
+  private sub(name: "new" | "cur" | "tmp", file?: string): string {
+    return file === undefined ? join(this.dir, name) : join(this.dir, name, file);
+  }
+
+  /** Creates the maildir on first write and cleans crash leftovers in tmp/ once per store instance. */
+  async ensureDirs(): Promise<void> {
+    if (this.ctx.prepared.has(this.dir)) return;
+    await attempt("create mailbox", this.dir, async () => {
+      await makeDirs(this.dir, this.ctx.policy);
+      if (this.hashed && (await readTextOrNull(join(this.dir, ID_FILE))) === null) {
+        await writeFileAtomic(join(this.dir, ID_FILE), this.id, this.ctx.policy);
+      }
+      for (const sub of ["tmp", "new", "cur"] as const) await makeDirs(this.sub(sub), this.ctx.policy);
+    });
+    await this.cleanTmp();
+    this.ctx.prepared.add(this.dir);
+  }
+
+  private async cleanTmp(): Promise<void> {
+    const cutoff = Date.now() - STALE_TMP_MS;
+    try {
+      for (const name of await readdirOrEmpty(this.sub("tmp"))) {
+        const path = this.sub("tmp", name);
+        const info = await fsp.stat(path).catch(() => null);
+        if (info?.isFile() && info.mtimeMs < cutoff && (await unlinkQuiet(path))) {
+          this.ctx.logger.info({ mailbox: this.id, file: name }, "maildir: removed stale tmp file");
+        }
+      }
+      // Temp files of our small atomic writes that a crash left next to the real ones.
+      const hourAgo = Date.now() - 3600 * 1000;
+      for (const name of await readdirOrEmpty(this.dir)) {
+        if (!/^mailroom-.*\.(tmp|new)-\d+\.[0-9a-f]+$/.test(name)) continue;
+        const path = join(this.dir, name);
+        const info = await fsp.stat(path).catch(() => null);
+        if (info?.isFile() && info.mtimeMs < hourAgo) await unlinkQuiet(path);
+      }
+    } catch (error) {
+      this.ctx.logger.warn({ mailbox: this.id, err: String(error) }, "maildir: could not clean tmp/");
+    }
+  }
+
+  private withStateLock<T>(body: () => Promise<T>): Promise<T> {
+    return withDirLock(join(this.dir, STATE_LOCK), body);
+  }
+
+  private async facts(parsed: ParsedName, path: string): Promise<FileFacts> {
+    const known = this.cache.facts.get(parsed.base);
+    if (known) return known;
+    const info = await fsp.stat(path);
+    const receivedAt = Math.round(info.mtimeMs);
+    let facts: FileFacts;
+    if (parsed.ours) {
+      facts = { receivedAt, size: info.size, convert: false };
+    } else if (parsed.crlfSize !== undefined) {
+      facts = { receivedAt, size: parsed.crlfSize, convert: parsed.crlfSize !== info.size };
+    } else {
+      const sizes = await this.crlfSizes();
+      let size = sizes.get(parsed.base);
+      if (size === undefined) {
+        size = await crlfSizeOf(path);
+        sizes.set(parsed.base, size);
+        this.cache.crlfSizesDirty = true;
+      }
+      facts = { receivedAt, size, convert: size !== info.size };
+    }
+    this.cache.facts.set(parsed.base, facts);
+    return facts;
+  }
+
+  /**
+   * Sizes that took a full read of a foreign file to learn. Kept in a cache file so that a restart does
+   * not read a whole Postfix-delivered mailbox again; losing or corrupting it only costs that read.
+   */
+  private async crlfSizes(): Promise<Map<string, number>> {
+    if (this.cache.crlfSizes) return this.cache.crlfSizes;
+    const sizes = new Map<string, number>();
+    try {
+      const raw = JSON.parse((await readTextOrNull(join(this.dir, SIZES_FILE))) ?? "{}") as Record<string, unknown>;
+      for (const [base, size] of Object.entries(raw)) if (typeof size === "number") sizes.set(base, size);
+    } catch {
+      // an unreadable cache is an empty one
+    }
+    this.cache.crlfSizes = sizes;
+    return sizes;
+  }
+
+  private async saveCrlfSizes(live: ReadonlySet<string>): Promise<void> {
+    const sizes = this.cache.crlfSizes;
+    if (!sizes || !this.cache.crlfSizesDirty) return;
+    this.cache.crlfSizesDirty = false;
+    for (const base of sizes.keys()) if (!live.has(base)) sizes.delete(base);
+    try {
+      await writeFileAtomic(join(this.dir, SIZES_FILE), JSON.stringify(Object.fromEntries(sizes)), { fsync: false });
+    } catch (error) {
+      this.ctx.logger.debug({ mailbox: this.id, err: String(error) }, "maildir: could not save the size cache");
+    }
+  }
+
+  /**
+   * The expunge journal. It stays in place between expunges: `gen` counts them, and `bases` is non-empty
+   * only while one is in progress (or was cut short by a crash).
+   */
+  private async journal(): Promise<Journal> {
+    const text = await readTextOrNull(join(this.dir, JOURNAL_FILE));
+    if (text === null) return { gen: 0, bases: new Set() };
+    try {
+      const value = JSON.parse(text) as { gen?: unknown; bases?: unknown };
+      const bases = Array.isArray(value.bases) ? value.bases.filter((b): b is string => typeof b === "string") : [];
+      return { gen: typeof value.gen === "number" ? value.gen : 0, bases: new Set(bases) };
+    } catch {
+      // A journal is only renamed into place complete; garbage here was never ours to act on.
+      return { gen: 0, bases: new Set() };
+    }
+  }
+
+  /**
+   * All message files in arrival order, one readdir of new/ and cur/ each. Messages named in a pending
+   * expunge journal are left out, and a listing that overlapped an expunge (the journal's generation
+   * moved meanwhile) is taken again, so an expunge is seen all at once or not at all.
+   */
+  async scan(): Promise<Found[]> {
+    for (let round = 0; ; round++) {
+      const before = await this.journal();
+      // new/ strictly before cur/: a message moving new/ → cur/ meanwhile is then seen in one of them.
+      const fresh = await readdirOrEmpty(this.sub("new"));
+      const current = await readdirOrEmpty(this.sub("cur"));
+      const after = await this.journal();
+      if (before.gen !== after.gen && round < 5) continue;
+      const hidden = new Set([...before.bases, ...after.bases]);
+      const byBase = new Map<string, { parsed: ParsedName; sub: "new" | "cur" }>();
+      for (const [sub, names] of [["new", fresh], ["cur", current]] as const) {
+        for (const name of names) {
+          const parsed = parseName(name);
+          // cur/ wins: a file moved between the two readdirs shows up in both.
+          if (parsed && !hidden.has(parsed.base)) byBase.set(parsed.base, { parsed, sub });
+        }
+      }
+      const entries = [...byBase.values()].sort((a, b) => compareArrival(a.parsed, b.parsed));
+      let vanished = false;
+      const found = await mapLimited(entries, 32, async ({ parsed, sub }) => {
+        const path = this.sub(sub, parsed.name);
+        try {
+          return { uid: uidOfBase(parsed.base), parsed, sub, path, facts: await this.facts(parsed, path) };
+        } catch (error) {
+          if (!isErrno(error, "ENOENT")) throw error;
+          vanished = true;
+          return null;
+        }
+      });
+      // Another client renamed or deleted a file under our feet: look again, a few times at most.
+      if (vanished && round < 3) continue;
+      const seen = new Set<string>();
+      const out: Found[] = [];
+      for (const item of found) {
+        if (!item || seen.has(item.uid)) continue;
+        seen.add(item.uid);
+        out.push(item);
+      }
+      this.cache.paths = new Map(out.map((f) => [f.uid, { path: f.path, base: f.parsed.base }]));
+      const live = new Set(out.map((f) => f.parsed.base));
+      await this.saveCrlfSizes(live);
+      if (this.cache.facts.size > out.length * 2 + 64) {
+        for (const base of this.cache.facts.keys()) if (!live.has(base)) this.cache.facts.delete(base);
+      }
+      return out;
+    }
+  }
+
+  async append(source: AsyncIterable<Uint8Array>, options: AppendOptions = {}): Promise<MessageInfo> {
+    if (options.uid !== undefined) assertUid(options.uid);
+    await this.ensureDirs();
+    const uid = options.uid;
+    if (uid !== undefined) {
+      const present = await attempt("list", this.dir, () => this.scan());
+      if (present.some((f) => f.uid === uid)) {
+        throw new StoreError("exists", `maildir: uid ${uid} already in mailbox ${this.id}`);
+      }
+    }
+    const base = newBase(this.ctx.host, uid);
+    const temp = this.sub("tmp", base);
+    const receivedAt = Math.round(options.receivedAt ?? Date.now());
+    const { size, crlfSize } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, receivedAt);
+    const retrievedAt = options.retrievedAt ?? null;
+    const final =
+      retrievedAt === null
+        ? this.sub("new", messageName(base, size, crlfSize, null))
+        : this.sub("cur", messageName(base, size, crlfSize, "S"));
+    const info: MessageInfo = { uid: uid ?? uidOfBase(base), size, receivedAt, retrievedAt };
+    const publish = async (): Promise<void> => {
+      // Checked again at the last moment, under the state lock, so two imports of one UID cannot both win.
+      if (uid !== undefined && (await this.scan()).some((f) => f.uid === uid)) {
+        throw new StoreError("exists", `maildir: uid ${uid} already in mailbox ${this.id}`);
+      }
+      if (retrievedAt !== null) await this.writeRetrieved(new Map([[info.uid, retrievedAt]]));
+      await linkOrCopy(temp, final, this.sub("tmp"), this.ctx.policy);
+      await fsyncDir(join(final, ".."), this.ctx.policy);
+    };
+    try {
+      await attempt("deliver", final, () =>
+        uid !== undefined || retrievedAt !== null ? this.withStateLock(publish) : publish(),
+      );
+    } catch (error) {
+      if (!hasStoreErrorCode(error, "exists")) await unlinkQuiet(final).catch(() => undefined);
+      await unlinkQuiet(temp).catch(() => undefined);
+      throw error;
+    }
+    await unlinkQuiet(temp).catch(() => undefined);
+    this.cache.facts.set(base, { receivedAt, size, convert: false });
+    this.cache.paths.set(info.uid, { path: final, base });
+    return info;
+  }
+
+  /**
+   * Adds first-retrieval times (never overwriting one) and drops entries of UIDs outside `keep`.
+   * The caller holds the state lock.
+   */
+  private async writeRetrieved(times: ReadonlyMap<Uid, number>, keep?: ReadonlySet<Uid>): Promise<void> {
+    this.state.invalidate();
+    const current = await this.state.load();
+    const retrieved: Record<string, number> = {};
+    for (const [u, t] of Object.entries(current.retrieved)) if (!keep || keep.has(u)) retrieved[u] = t;
+    for (const [u, t] of times) retrieved[u] ??= t;
+    await writeFileAtomic(this.state.path, JSON.stringify({ version: 1, retrieved }), this.ctx.policy);
+    this.state.invalidate();
+  }
+
+  async list(): Promise<readonly MessageInfo[]> {
+    return attempt("list", this.dir, async () => {
+      if ((await this.journal()).bases.size > 0 && !(await this.leases.held())) {
+        await this.withStateLock(() => this.rollForward());
+      }
+      const [found, state] = await Promise.all([this.scan(), this.state.load()]);
+      return found.map((f) => ({
+        uid: f.uid,
+        size: f.facts.size,
+        receivedAt: f.facts.receivedAt,
+        retrievedAt: state.retrieved[f.uid] ?? null,
+      }));
+    });
+  }
+
+  async read(uid: Uid, options: ReadOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+    const notFound = () => new StoreError("not-found", `maildir: no message ${uid} in ${this.id}`);
+    for (let round = 0; round < 4; round++) {
+      // The path from the last scan is tried first: a POP3 session reads message after message, and a
+      // readdir per RETR would make fetching a large mailbox quadratic.
+      let known = round === 0 ? this.cache.paths.get(uid) : undefined;
+      if (!known) {
+        const found = (await attempt("list", this.dir, () => this.scan())).find((f) => f.uid === uid);
+        if (!found) throw notFound();
+        known = { path: found.path, base: found.parsed.base };
+      }
+      let handle: fsp.FileHandle;
+      try {
+        handle = await fsp.open(known.path, "r");
+      } catch (error) {
+        // Renamed (flags) or deleted by another client since the scan: look again.
+        if (isErrno(error, "ENOENT")) continue;
+        throw fsError(error, "open", known.path);
+      }
+      let facts = this.cache.facts.get(known.base);
+      if (!facts) {
+        const parsed = parseName(basename(known.path));
+        try {
+          facts = parsed ? await this.facts(parsed, known.path) : undefined;
+        } catch (error) {
+          await handle.close();
+          throw fsError(error, "read", known.path);
+        }
+      }
+      let stream = fileChunks(handle, known.path);
+      if (facts?.convert) stream = toCrlf(stream);
+      return options.bodyLines === undefined ? stream : takeTop(stream, options.bodyLines);
+    }
+    throw notFound();
+  }
+
+  /** Carries out the journal's pending deletions (a crash's leftover, or our own). State lock held. */
+  private async rollForward(recovering = true): Promise<number> {
+    const { gen, bases } = await this.journal();
+    if (bases.size === 0) return 0;
+    let removed = 0;
+    for (const sub of ["new", "cur"] as const) {
+      for (const name of await readdirOrEmpty(this.sub(sub))) {
+        const parsed = parseName(name);
+        if (parsed && bases.has(parsed.base) && (await unlinkQuiet(this.sub(sub, name)))) removed++;
+      }
+      await fsyncDir(this.sub(sub), this.ctx.policy);
+    }
+    await writeFileAtomic(join(this.dir, JOURNAL_FILE), JSON.stringify({ gen, bases: [] }), this.ctx.policy);
+    for (const base of bases) this.cache.facts.delete(base);
+    if (recovering && removed > 0) this.ctx.logger.info({ mailbox: this.id, removed }, "maildir: finished an interrupted expunge");
+    return removed;
+  }
+
+  async expunge(uids: readonly Uid[], lease: Lease): Promise<number> {
+    await this.leases.check(lease);
+    const wanted = new Set(uids);
+    return attempt("expunge", this.dir, () =>
+      this.withStateLock(async () => {
+        await this.rollForward();
+        await this.leases.check(lease);
+        const targets = (await this.scan()).filter((f) => wanted.has(f.uid));
+        if (targets.length === 0) return 0;
+        // Journal first: once it is durable, the deletion will complete, if need be after a crash.
+        const bases = targets.map((f) => f.parsed.base);
+        // The state file also marks "this mailbox held mail" for listMailboxes once it is empty.
+        if ((await readTextOrNull(this.state.path)) === null) {
+          await writeFileAtomic(this.state.path, JSON.stringify({ version: 1, retrieved: {} }), this.ctx.policy);
+        }
+        const gen = (await this.journal()).gen + 1;
+        await writeFileAtomic(join(this.dir, JOURNAL_FILE), JSON.stringify({ gen, bases }), this.ctx.policy);
+        await this.rollForward(false);
+        return targets.length;
+      }),
+    );
+  }
+
+  async markRetrieved(uids: readonly Uid[], lease: Lease): Promise<void> {
+    await this.leases.check(lease);
+    const wanted = new Set(uids);
+    await attempt("mark retrieved", this.dir, () =>
+      this.withStateLock(async () => {
+        // Scanned under the lock: pruning the state to the listed UIDs must not drop an entry that an
+        // append with retrievedAt is adding right now.
+        const found = await this.scan();
+        const targets = found.filter((f) => wanted.has(f.uid));
+        if (targets.length === 0) return;
+        await this.leases.check(lease);
+        const now = Date.now();
+        await this.writeRetrieved(
+          new Map(targets.map((f) => [f.uid, now])),
+          new Set(found.map((f) => f.uid)),
+        );
+        // The standard "seen" move, so other Maildir readers agree the message was fetched.
+        let moved = false;
+        for (const f of targets) {
+          if (f.sub === "cur" && f.parsed.flags.includes("S")) continue;
+          try {
+            await fsp.rename(f.path, this.sub("cur", withSeenFlag(f.parsed)));
+            moved = true;
+          } catch (error) {
+            if (!isErrno(error, "ENOENT")) throw error;
+          }
+        }
+        if (moved) {
+          await fsyncDir(this.sub("new"), this.ctx.policy);
+          await fsyncDir(this.sub("cur"), this.ctx.policy);
+        }
+      }),
+    );
+  }
+
+  async acquireLease(options: LeaseOptions): Promise<Lease> {
+    await this.ensureDirs();
+    const lease = await this.leases.acquire(options);
+    try {
+      if ((await this.journal()).bases.size > 0) await this.withStateLock(() => this.rollForward());
+    } catch (error) {
+      await lease.release().catch(() => undefined);
+      throw fsError(error, "expunge recovery", this.dir);
+    }
+    return lease;
+  }
+}

@@ -1,0 +1,138 @@
+import { constants, promises as fsp, type Dir } from "node:fs";
+import { join } from "node:path";
+import {
+  StoreError,
+  assertMailboxId,
+  guardAppendSource,
+  type Delivered,
+  type DeliverOptions,
+  type Directory,
+  type Mailbox,
+  type MailboxId,
+  type Store,
+  type StoreCapabilities,
+} from "@mailroom/store";
+import type { StoreContext } from "./context.js";
+import { FsDirectory } from "./directory.js";
+import { attempt } from "./errors.js";
+import { messageName, newBase, uidOfBase } from "./filenames.js";
+import { fsyncDir, readTextOrNull, readdirOrEmpty, unlinkQuiet } from "./fsutil.js";
+import { ID_FILE, RESERVED_PREFIX, idFromSegments, locateMailbox } from "./layout.js";
+import { FsMailbox, STATE_FILE } from "./maildir.js";
+import { linkOrCopy, writeMessageFile } from "./writing.js";
+
+async function hasEntry(dir: string): Promise<boolean> {
+  let handle: Dir | undefined;
+  try {
+    handle = await fsp.opendir(dir);
+    return (await handle.read()) !== null;
+  } catch {
+    return false;
+  } finally {
+    await handle?.close().catch(() => undefined);
+  }
+}
+
+/**
+ * A maildir counts as a mailbox once it holds mail or held some (expunge leaves the state file
+ * behind); one that only saw a failed append or a lease does not.
+ */
+async function heldMail(dir: string): Promise<boolean> {
+  if ((await hasEntry(join(dir, "new"))) || (await hasEntry(join(dir, "cur")))) return true;
+  return fsp.stat(join(dir, STATE_FILE)).then(
+    () => true,
+    () => false,
+  );
+}
+
+export class FsStore implements Store {
+  readonly kind = "maildir";
+  readonly capabilities: StoreCapabilities = { sharedAcrossProcesses: true, boundedMemory: true };
+  readonly directory: Directory;
+  private closed = false;
+
+  constructor(private readonly ctx: StoreContext) {
+    this.directory = new FsDirectory(ctx);
+  }
+
+  mailbox(id: MailboxId): Mailbox {
+    return this.open(id);
+  }
+
+  private open(id: MailboxId): FsMailbox {
+    assertMailboxId(id);
+    return new FsMailbox(this.ctx, id);
+  }
+
+  /**
+   * Writes the message once into the first mailbox's tmp/, then hard-links it into every mailbox's new/
+   * (one inode, many names, as Postfix's virtual delivery of a multi-recipient message would not, but
+   * Dovecot's LDA with hardlinks does). Any failure unlinks the copies made so far.
+   */
+  async deliver(
+    mailboxes: readonly MailboxId[],
+    source: AsyncIterable<Uint8Array>,
+    options: DeliverOptions = {},
+  ): Promise<readonly Delivered[]> {
+    const boxes = mailboxes.map((id) => this.open(id));
+    if (boxes.length === 0) return [];
+    for (const box of boxes) await box.ensureDirs();
+    const first = boxes[0]!;
+    const base = newBase(this.ctx.host);
+    const temp = join(first.dir, "tmp", base);
+    const receivedAt = Math.round(options.receivedAt ?? Date.now());
+    const { size, crlfSize } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, receivedAt);
+    const linked: string[] = [];
+    const delivered: Delivered[] = [];
+    try {
+      for (const [i, box] of boxes.entries()) {
+        const own = i === 0 ? base : newBase(this.ctx.host);
+        const target = join(box.dir, "new", messageName(own, size, crlfSize, null));
+        await attempt("deliver", target, () => linkOrCopy(temp, target, join(box.dir, "tmp"), this.ctx.policy));
+        linked.push(target);
+        delivered.push({ mailbox: box.id, message: { uid: uidOfBase(own), size, receivedAt, retrievedAt: null } });
+      }
+      const dirs = new Set(boxes.map((b) => join(b.dir, "new")));
+      for (const dir of dirs) await attempt("fsync", dir, () => fsyncDir(dir, this.ctx.policy));
+    } catch (error) {
+      for (const path of linked) await unlinkQuiet(path).catch(() => undefined);
+      await unlinkQuiet(temp).catch(() => undefined);
+      throw error;
+    }
+    await unlinkQuiet(temp).catch(() => undefined);
+    return delivered;
+  }
+
+  /** Every `<domain>/<local>` directory that is a maildir, with the id it was created for. */
+  async listMailboxes(): Promise<readonly MailboxId[]> {
+    return attempt("list mailboxes", this.ctx.root, async () => {
+      const ids: MailboxId[] = [];
+      for (const domain of (await readdirOrEmpty(this.ctx.root)).sort()) {
+        if (domain.startsWith(".") || domain.startsWith(RESERVED_PREFIX)) continue;
+        for (const local of (await readdirOrEmpty(join(this.ctx.root, domain))).sort()) {
+          if (local.startsWith(".") || local.startsWith(RESERVED_PREFIX)) continue;
+          const dir = join(this.ctx.root, domain, local);
+          if (!(await heldMail(dir))) continue;
+          const id = idFromSegments(domain, local) ?? (await readTextOrNull(join(dir, ID_FILE)));
+          // Only ids that lead back here: a foreign directory our encoding would never produce
+          // (`Alice`, which we would spell `%41lice`) is not one of our mailboxes.
+          if (id !== null && id.length > 0 && locateMailbox(this.ctx.root, id).dir === dir) ids.push(id);
+        }
+      }
+      return ids;
+    });
+  }
+
+  async ping(): Promise<void> {
+    if (this.closed) throw new StoreError("unavailable", "maildir: store is closed");
+    try {
+      await fsp.access(this.ctx.root, constants.W_OK);
+    } catch (error) {
+      throw new StoreError("unavailable", `maildir: ${this.ctx.root} is not writable: ${String(error)}`, { cause: error });
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}

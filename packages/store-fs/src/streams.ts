@@ -1,0 +1,106 @@
+import { promises as fsp } from "node:fs";
+import { fsError } from "./errors.js";
+
+const CHUNK = 64 * 1024;
+const CR = 0x0d;
+const LF = 0x0a;
+
+/**
+ * A file as a stream of 64 KiB chunks. The file is opened before this is returned (so a message
+ * expunged later can still be read to the end), and closed when the stream ends, fails or the consumer
+ * stops early (`return()`), even if it never pulled a chunk.
+ */
+export function fileChunks(handle: fsp.FileHandle, path: string): AsyncIterable<Uint8Array> {
+  let closed = false;
+  const close = async (): Promise<void> => {
+    if (closed) return;
+    closed = true;
+    await handle.close().catch(() => undefined);
+  };
+  const iterator: AsyncIterableIterator<Uint8Array> = {
+    async next(): Promise<IteratorResult<Uint8Array>> {
+      if (closed) return { done: true, value: undefined };
+      try {
+        const buffer = new Uint8Array(CHUNK);
+        const { bytesRead } = await handle.read(buffer, 0, CHUNK, null);
+        if (bytesRead === 0) {
+          await close();
+          return { done: true, value: undefined };
+        }
+        return { done: false, value: bytesRead === CHUNK ? buffer : buffer.subarray(0, bytesRead) };
+      } catch (error) {
+        await close();
+        throw fsError(error, "read", path);
+      }
+    },
+    async return(): Promise<IteratorResult<Uint8Array>> {
+      await close();
+      return { done: true, value: undefined };
+    },
+    [Symbol.asyncIterator]() {
+      return iterator;
+    },
+  };
+  return iterator;
+}
+
+/** Counts the LF octets that have no CR before them, carrying the last octet across chunks. */
+export class BareLfCounter {
+  count = 0;
+  octets = 0;
+
+  constructor(private prevCr = false) {}
+
+  get endsWithCr(): boolean {
+    return this.prevCr;
+  }
+
+  push(chunk: Uint8Array): number {
+    let found = 0;
+    let at = chunk.indexOf(LF);
+    while (at >= 0) {
+      const before = at === 0 ? this.prevCr : chunk[at - 1] === CR;
+      if (!before) found++;
+      at = chunk.indexOf(LF, at + 1);
+    }
+    if (chunk.length > 0) this.prevCr = chunk[chunk.length - 1] === CR;
+    this.count += found;
+    this.octets += chunk.length;
+    return found;
+  }
+}
+
+/**
+ * Turns bare LF line ends into CRLF on the fly (mail delivered by Postfix or Dovecot's LDA is stored
+ * with LF; POP3 and our size contract need CRLF). Chunks without a bare LF pass through untouched.
+ */
+export async function* toCrlf(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  let prevCr = false;
+  for await (const chunk of source) {
+    const bare = new BareLfCounter(prevCr).push(chunk);
+    if (bare === 0) {
+      if (chunk.length > 0) prevCr = chunk[chunk.length - 1] === CR;
+      yield chunk;
+      continue;
+    }
+    const out = new Uint8Array(chunk.length + bare);
+    let o = 0;
+    let last = prevCr;
+    for (let i = 0; i < chunk.length; i++) {
+      const b = chunk[i]!;
+      if (b === LF && !last) out[o++] = CR;
+      out[o++] = b;
+      last = b === CR;
+    }
+    prevCr = last;
+    yield out;
+  }
+}
+
+/** The size a file has once converted to CRLF, read once without keeping it. */
+export async function crlfSizeOf(path: string): Promise<number> {
+  const handle = await fsp.open(path, "r");
+  const counter = new BareLfCounter();
+  for await (const chunk of fileChunks(handle, path)) counter.push(chunk);
+  return counter.octets + counter.count;
+}

@@ -1,0 +1,15 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll } from "vitest";
+import { describeStoreConformance } from "@mailroom/store/conformance";
+import { createFsStore } from "../src/index.js";
+
+const tmp = await mkdtemp(join(tmpdir(), "mailroom-store-fs-conformance-"));
+afterAll(() => rm(tmp, { recursive: true, force: true }));
+
+describeStoreConformance({
+  name: "maildir",
+  open: (ns) => createFsStore({ root: join(tmp, ns) }),
+  destroy: (ns) => rm(join(tmp, ns), { recursive: true, force: true }),
+});

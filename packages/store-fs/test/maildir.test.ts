@@ -1,0 +1,247 @@
+import { describe, expect, it } from "vitest";
+import { execFileSync } from "node:child_process";
+import { mkdir, readdir, readFile, rename, stat, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { hasStoreErrorCode } from "@mailroom/store";
+import { DIRECTORY_FILE, JOURNAL_FILE, locateMailbox } from "../src/index.js";
+import { openStore, readText, tempRoot, text } from "./helpers.js";
+
+const root = await tempRoot("maildir");
+let n = 0;
+const fresh = () => join(root, `ns${++n}`);
+
+const LF_MSG = "Return-Path: <x@y.test>\nSubject: from postfix\n\nbody 1\nbody 2\r\nbody 3\n";
+const CRLF_OF_LF_MSG = LF_MSG.replace(/\r?\n/g, "\r\n");
+
+async function maildir(ns: string, id: string): Promise<string> {
+  const dir = locateMailbox(ns, id).dir;
+  for (const sub of ["cur", "new", "tmp"]) await mkdir(join(dir, sub), { recursive: true });
+  return dir;
+}
+
+describe("maildir specifics", () => {
+  it("uses the Postfix/Dovecot layout <root>/<domain>/<local>/{cur,new,tmp} and names with S= and W=", async () => {
+    const ns = fresh();
+    const store = await openStore(ns);
+    const info = await store.mailbox("alice@example.test").append(text("Subject: x\r\n\r\nhi\r\n"));
+    const files = await readdir(join(ns, "example.test", "alice", "new"));
+    expect(files).toHaveLength(1);
+    expect(files[0]).toBe(`${info.uid},S=${info.size},W=${info.size}`);
+    expect(info.uid).toMatch(/^\d+\.M\d+P\d+Q\d+R[0-9a-f]{16}\.test\.host$/);
+  });
+
+  it("serves foreign LF mail (Postfix name without S=) as CRLF with the CRLF size", async () => {
+    const ns = fresh();
+    const dir = await maildir(ns, "bob@example.test");
+    await writeFile(join(dir, "new", "1764200000.V801I1a2bM123456.mx.example.test"), LF_MSG);
+    await writeFile(join(dir, "cur", "1764200001.M5P6.mx,S=10,W=12:2,S"), "a\nb\nc\r\n\n");
+    const box = (await openStore(ns)).mailbox("bob@example.test");
+    const list = await box.list();
+    expect(list.map((m) => m.uid)).toEqual(["1764200000.V801I1a2bM123456.mx.example.test", "1764200001.M5P6.mx"]);
+    expect(list[0]!.size).toBe(Buffer.byteLength(CRLF_OF_LF_MSG));
+    expect(await readText(box.read(list[0]!.uid))).toBe(CRLF_OF_LF_MSG);
+    expect(list[1]!.size).toBe(12);
+    expect(await readText(box.read(list[1]!.uid))).toBe("a\r\nb\r\nc\r\n\r\n");
+    expect(await readText(box.read(list[0]!.uid, { bodyLines: 1 }))).toBe(
+      "Return-Path: <x@y.test>\r\nSubject: from postfix\r\n\r\nbody 1\r\n",
+    );
+    // a second listing uses the cached size, and a fresh instance finds it in the size cache file
+    expect(await box.list()).toEqual(list);
+    expect(JSON.parse(await readFile(join(dir, "mailroom-sizes.json"), "utf8"))).toEqual({
+      [list[0]!.uid]: Buffer.byteLength(CRLF_OF_LF_MSG),
+    });
+    expect(await (await openStore(ns)).mailbox("bob@example.test").list()).toEqual(list);
+  });
+
+  it("gives long or odd foreign base names a stable short uid", async () => {
+    const ns = fresh();
+    const dir = await maildir(ns, "c@example.test");
+    const long = `1764200000.${"x".repeat(90)}.host`;
+    await writeFile(join(dir, "new", long), "Subject: a\r\n\r\n");
+    const [first] = await (await openStore(ns)).mailbox("c@example.test").list();
+    expect(first!.uid).toMatch(/^H[0-9a-f]{40}$/);
+    const [again] = await (await openStore(ns)).mailbox("c@example.test").list();
+    expect(again!.uid).toBe(first!.uid);
+  });
+
+  it("keeps the uid when another client moves the file to cur/ and sets flags", async () => {
+    const ns = fresh();
+    const box = (await openStore(ns)).mailbox("d@example.test");
+    const info = await box.append(text("Subject: a\r\n\r\nbody\r\n"));
+    const dir = locateMailbox(ns, "d@example.test").dir;
+    const [name] = await readdir(join(dir, "new"));
+    await rename(join(dir, "new", name!), join(dir, "cur", `${name}:2,RS`));
+    expect(await box.list()).toEqual([info]);
+    expect(await readText(box.read(info.uid))).toBe("Subject: a\r\n\r\nbody\r\n");
+    const lease = await box.acquireLease({ holder: "t", ttlMs: 5000 });
+    await box.markRetrieved([info.uid], lease);
+    expect(await readdir(join(dir, "cur"))).toEqual([`${name}:2,RS`]);
+    expect(await box.expunge([info.uid], lease)).toBe(1);
+    expect(await readdir(join(dir, "cur"))).toEqual([]);
+  });
+
+  it("markRetrieved moves new/ files to cur/ with :2,S", async () => {
+    const ns = fresh();
+    const box = (await openStore(ns)).mailbox("e@example.test");
+    const info = await box.append(text("Subject: a\r\n\r\n"));
+    const lease = await box.acquireLease({ holder: "t", ttlMs: 5000 });
+    await box.markRetrieved([info.uid], lease);
+    const dir = locateMailbox(ns, "e@example.test").dir;
+    expect(await readdir(join(dir, "new"))).toEqual([]);
+    expect(await readdir(join(dir, "cur"))).toEqual([`${info.uid},S=${info.size},W=${info.size}:2,S`]);
+  });
+
+  it("never shows tmp/ files and removes ones older than 36 hours on open", async () => {
+    const ns = fresh();
+    const dir = await maildir(ns, "f@example.test");
+    await writeFile(join(dir, "tmp", "1.M1P1.crashed"), "Subject: half");
+    await writeFile(join(dir, "tmp", "2.M2P2.fresh"), "Subject: in progress");
+    const old = new Date(Date.now() - 37 * 3600 * 1000);
+    await utimes(join(dir, "tmp", "1.M1P1.crashed"), old, old);
+    await writeFile(join(dir, "mailroom-state.json.tmp-99.abc123"), "{");
+    await utimes(join(dir, "mailroom-state.json.tmp-99.abc123"), old, old);
+    const box = (await openStore(ns)).mailbox("f@example.test");
+    expect(await box.list()).toEqual([]);
+    await box.append(text("Subject: real\r\n\r\n"));
+    expect((await box.list()).length).toBe(1);
+    expect(await readdir(join(dir, "tmp"))).toEqual(["2.M2P2.fresh"]);
+    expect(await readdir(dir)).not.toContain("mailroom-state.json.tmp-99.abc123");
+  });
+
+  it("removes the tmp/ file of a failed, aborted or too-big append", async () => {
+    const ns = fresh();
+    const box = (await openStore(ns)).mailbox("t@example.test");
+    await expect(box.append(text("x".repeat(1000)), { maxBytes: 10 })).rejects.toSatisfy((e) => hasStoreErrorCode(e, "too-big"));
+    async function* broken() {
+      yield new TextEncoder().encode("Subject: a\r\n");
+      throw new Error("socket reset");
+    }
+    await expect(box.append(broken())).rejects.toThrow("socket reset");
+    await expect(box.append(text("Subject: a\r\n\r\n"), { signal: AbortSignal.abort() })).rejects.toThrow();
+    const dir = locateMailbox(ns, "t@example.test").dir;
+    for (const sub of ["tmp", "new", "cur"]) expect(await readdir(join(dir, sub))).toEqual([]);
+  });
+
+  it("rolls an interrupted expunge forward: all listed files go, and nothing shows half-deleted", async () => {
+    const ns = fresh();
+    const store = await openStore(ns);
+    const box = store.mailbox("g@example.test");
+    const a = await box.append(text("Subject: a\r\n\r\n"));
+    const b = await box.append(text("Subject: b\r\n\r\n"));
+    const c = await box.append(text("Subject: c\r\n\r\n"));
+    const dir = locateMailbox(ns, "g@example.test").dir;
+    // The crash happened after the journal was written and one of two files was unlinked.
+    await writeFile(join(dir, JOURNAL_FILE), JSON.stringify({ bases: [a.uid, c.uid] }));
+    const [cFile] = (await readdir(join(dir, "new"))).filter((f) => f.startsWith(c.uid));
+    await (await import("node:fs/promises")).unlink(join(dir, "new", cFile!));
+
+    // While someone holds a live lease the journal's messages are hidden, not half-visible.
+    const other = (await openStore(ns)).mailbox("g@example.test");
+    const lease = await other.acquireLease({ holder: "restarted server", ttlMs: 5000 });
+    // acquiring the lease already rolled the journal forward
+    expect(JSON.parse(await readFile(join(dir, JOURNAL_FILE), "utf8")).bases).toEqual([]);
+    expect((await box.list()).map((m) => m.uid)).toEqual([b.uid]);
+    expect((await readdir(join(dir, "new"))).length).toBe(1);
+    await lease.release();
+
+    // Without anyone holding the lease, list() itself finishes the job.
+    const d = await box.append(text("Subject: d\r\n\r\n"));
+    await writeFile(join(dir, JOURNAL_FILE), JSON.stringify({ gen: 7, bases: [b.uid] }));
+    expect((await (await openStore(ns)).mailbox("g@example.test").list()).map((m) => m.uid)).toEqual([d.uid]);
+    expect(JSON.parse(await readFile(join(dir, JOURNAL_FILE), "utf8"))).toEqual({ gen: 7, bases: [] });
+    expect((await readdir(join(dir, "new"))).length).toBe(1);
+  });
+
+  it("never lists an expunge half-done, even while it runs", async () => {
+    const ns = fresh();
+    const box = (await openStore(ns)).mailbox("v@example.test");
+    const uids: string[] = [];
+    for (let i = 0; i < 300; i++) uids.push((await box.append(text(`Subject: ${i}\r\n\r\n`))).uid);
+    const watcher = (await openStore(ns)).mailbox("v@example.test");
+    const lease = await box.acquireLease({ holder: "t", ttlMs: 10_000 });
+    let done = false;
+    const expunging = box.expunge(uids.filter((_, i) => i % 2 === 0), lease).finally(() => {
+      done = true;
+    });
+    const seen = new Set<number>();
+    while (!done) seen.add((await watcher.list()).length);
+    expect(await expunging).toBe(150);
+    seen.add((await watcher.list()).length);
+    expect([...seen].every((count) => count === 300 || count === 150)).toBe(true);
+    expect(seen.has(150)).toBe(true);
+  });
+
+  it("lets only one of several racing imports of one explicit UID win", async () => {
+    const ns = fresh();
+    const boxes = await Promise.all([openStore(ns), openStore(ns)]);
+    const results = await Promise.allSettled(
+      Array.from({ length: 6 }, (_, i) => boxes[i % 2]!.mailbox("w@example.test").append(text(`Subject: ${i}\r\n\r\n`), { uid: "imported-1" })),
+    );
+    expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
+    for (const r of results) if (r.status === "rejected") expect(hasStoreErrorCode(r.reason, "exists")).toBe(true);
+    const dir = locateMailbox(ns, "w@example.test").dir;
+    expect((await readdir(join(dir, "new"))).length).toBe(1);
+    expect(await readdir(join(dir, "tmp"))).toEqual([]);
+  });
+
+  it("picks up directory changes made by another process", async () => {
+    const ns = fresh();
+    const server = await openStore(ns);
+    const cli = await openStore(ns);
+    await server.directory.addDomain("example.test");
+    expect(await server.directory.getAccount("zed@example.test")).toBeNull();
+    await cli.directory.addAccount({ address: "zed@example.test", passwordHash: "h1" });
+    expect((await server.directory.getAccount("zed@example.test"))?.passwordHash).toBe("h1");
+
+    // A real second process rewrites the file (as an operator's script or `mailroom user passwd` would).
+    const file = join(ns, DIRECTORY_FILE);
+    const script = `
+      const fs = require("node:fs");
+      const data = JSON.parse(fs.readFileSync(${JSON.stringify(file)}, "utf8"));
+      data.accounts[0].passwordHash = "h2";
+      data.domains.push("other.test");
+      fs.writeFileSync(${JSON.stringify(file)} + ".new", JSON.stringify(data));
+      fs.renameSync(${JSON.stringify(file)} + ".new", ${JSON.stringify(file)});`;
+    execFileSync(process.execPath, ["-e", script], { timeout: 10_000 });
+    expect((await server.directory.getAccount("zed@example.test"))?.passwordHash).toBe("h2");
+    expect(await server.directory.listDomains()).toEqual(["example.test", "other.test"]);
+    expect(JSON.parse(await readFile(file, "utf8")).accounts).toHaveLength(1);
+  });
+
+  it("serialises directory writers across instances", async () => {
+    const ns = fresh();
+    const stores = await Promise.all([openStore(ns), openStore(ns), openStore(ns)]);
+    await stores[0]!.directory.addDomain("example.test");
+    await Promise.all(
+      Array.from({ length: 15 }, (_, i) => stores[i % 3]!.directory.addAccount({ address: `u${i}@example.test`, passwordHash: "h" })),
+    );
+    expect(await stores[1]!.directory.listAccounts()).toHaveLength(15);
+  });
+
+  it("lease file is JSON with token, holder and expiresAt", async () => {
+    const ns = fresh();
+    const box = (await openStore(ns)).mailbox("h@example.test");
+    const lease = await box.acquireLease({ holder: "pop3 127.0.0.1:1234", ttlMs: 5000 });
+    const dir = locateMailbox(ns, "h@example.test").dir;
+    expect(JSON.parse(await readFile(join(dir, "mailroom-lease"), "utf8"))).toEqual({
+      token: lease.token,
+      holder: "pop3 127.0.0.1:1234",
+      expiresAt: lease.expiresAt,
+    });
+    await lease.release();
+    await expect(stat(join(dir, "mailroom-lease"))).rejects.toThrow();
+  });
+
+  it("maps file system errors to store error codes", async () => {
+    const { fsError } = await import("../src/errors.js");
+    const err = (code: string) => Object.assign(new Error(code), { code });
+    expect(fsError(err("ENOSPC"), "write", "/x").code).toBe("no-space");
+    expect(fsError(err("EDQUOT"), "write", "/x").code).toBe("no-space");
+    expect(fsError(err("EACCES"), "write", "/x")).toMatchObject({ code: "permanent", message: expect.stringContaining("(/x)") });
+    expect(fsError(err("EROFS"), "write", "/x").code).toBe("permanent");
+    for (const c of ["EMFILE", "ENFILE", "EAGAIN", "EBUSY"]) expect(fsError(err(c), "open", "/x").code).toBe("temporary");
+    expect(fsError(err("ENOENT"), "read", "/x", { enoent: "not-found" }).code).toBe("not-found");
+    expect(fsError(err("EIO"), "read", "/x").message).toMatch(/^maildir: /);
+    expect(hasStoreErrorCode(fsError(err("ENOSPC"), "w", "/x"), "no-space")).toBe(true);
+  });
+});

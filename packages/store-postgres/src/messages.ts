@@ -1,0 +1,214 @@
+import {
+  StoreError,
+  assertUid,
+  guardAppendSource,
+  type AppendOptions,
+  type MailboxId,
+  type MessageInfo,
+  type Uid,
+} from "@mailroom/store";
+import { Buffer } from "node:buffer";
+import type pg from "pg";
+import { nextFromSource, type Db } from "./db.js";
+import { msToTs, tsToMs } from "./schema.js";
+
+/** Rows of body_chunks hold this many octets: big enough for few round trips, small enough to bound memory. */
+export const CHUNK_SIZE = 256 * 1024;
+
+/** Octets per result row when reading (hex text doubles it on the wire). */
+const READ_SLICE = 16 * 1024;
+
+/** Generated UIDs are `u<counter>`; the counter lives in the mailbox row and never goes back. */
+const GENERATED_UID = /^u([1-9][0-9]{0,17})$/;
+
+export function messageSql(s: string) {
+  return {
+    newBody: `INSERT INTO ${s}.bodies DEFAULT VALUES RETURNING id`,
+    chunk: `INSERT INTO ${s}.body_chunks (body_id, seq, data) VALUES ($1, $2, $3)`,
+    finishBody: `UPDATE ${s}.bodies SET size = $2, refs = $3 WHERE id = $1`,
+    // Taking a number locks the mailbox row until commit, so arrival order (messages.seq) follows
+    // commit order within a mailbox. It happens last, after the body is stored, to keep that lock short.
+    nextUid: `
+      INSERT INTO ${s}.mailboxes AS m (id, next_uid) VALUES ($1, 2)
+      ON CONFLICT (id) DO UPDATE SET next_uid = m.next_uid + 1
+      RETURNING (next_uid - 1)::text AS n`,
+    // An explicit UID of the generated shape moves the counter past it, so the counter never produces it.
+    keepUid: `
+      INSERT INTO ${s}.mailboxes AS m (id, next_uid) VALUES ($1, $2::bigint + 1)
+      ON CONFLICT (id) DO UPDATE SET next_uid = GREATEST(m.next_uid, EXCLUDED.next_uid)`,
+    uidTaken: `SELECT 1 FROM ${s}.messages WHERE mailbox = $1 AND uid = $2`,
+    insertMessage: `
+      INSERT INTO ${s}.messages (mailbox, uid, body_id, size, received_at, retrieved_at)
+      VALUES ($1, $2, $3, $4, COALESCE(${msToTs("$5")}, now()), ${msToTs("$6")})
+      RETURNING ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at`,
+    list: `
+      SELECT uid, size::float8 AS size, ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at
+      FROM ${s}.messages WHERE mailbox = $1 ORDER BY seq`,
+    locate: `SELECT body_id::text AS body_id, size::float8 AS size FROM ${s}.messages WHERE mailbox = $1 AND uid = $2`,
+    // A chunk is sent as slices small enough that each result row fits in one socket read: pg then
+    // parses it in place, where a 512 KiB hex row would make it grow and copy a buffer several times.
+    // With STORAGE EXTERNAL, substring reads only the TOAST pieces it needs.
+    readChunk: `
+      SELECT substring(c.data FROM g.off + 1 FOR $3) AS data
+      FROM ${s}.body_chunks c, generate_series(0, octet_length(c.data) - 1, $3) AS g (off)
+      WHERE c.body_id = $1 AND c.seq = $2
+      ORDER BY g.off`,
+    // Shared bodies are locked in id order before their counts change, so two expunges of messages
+    // delivered to the same pair of mailboxes cannot deadlock on each other's bodies.
+    lockBodies: `
+      SELECT b.id FROM ${s}.bodies b
+      WHERE b.id IN (SELECT body_id FROM ${s}.messages WHERE mailbox = $1 AND uid = ANY ($2::text[]))
+      ORDER BY b.id FOR UPDATE`,
+    expunge: `
+      WITH gone AS (DELETE FROM ${s}.messages WHERE mailbox = $1 AND uid = ANY ($2::text[]) RETURNING body_id),
+           counts AS (SELECT body_id, count(*)::int AS n FROM gone GROUP BY body_id)
+      UPDATE ${s}.bodies b SET refs = b.refs - c.n FROM counts c WHERE b.id = c.body_id
+      RETURNING b.id::text AS id, b.refs, c.n`,
+    // Chunks go with their body (ON DELETE CASCADE).
+    dropBodies: `DELETE FROM ${s}.bodies WHERE id = ANY ($1::bigint[]) AND refs <= 0`,
+    markRetrieved: `
+      UPDATE ${s}.messages SET retrieved_at = now()
+      WHERE mailbox = $1 AND uid = ANY ($2::text[]) AND retrieved_at IS NULL`,
+    listMailboxes: `SELECT id FROM ${s}.mailboxes ORDER BY id`,
+  };
+}
+
+export type MessageSql = ReturnType<typeof messageSql>;
+
+interface MessageRow {
+  uid: string;
+  size: number;
+  received_at: number;
+  retrieved_at: number | null;
+}
+
+export function toInfo(row: MessageRow): MessageInfo {
+  return { uid: row.uid, size: row.size, receivedAt: row.received_at, retrievedAt: row.retrieved_at };
+}
+
+/**
+ * Streams the source into body_chunks inside the caller's transaction. At most one chunk of the
+ * message is in memory, and the source is pulled only after the previous chunk was written, so a slow
+ * database slows the sender down instead of filling memory.
+ */
+export async function storeBody(
+  client: pg.PoolClient,
+  sql: MessageSql,
+  source: AsyncIterable<Uint8Array>,
+  refs: number,
+  signal?: AbortSignal,
+): Promise<{ bodyId: string; size: number }> {
+  const created = await client.query<{ id: string }>(sql.newBody);
+  const bodyId = created.rows[0]!.id;
+  const buffer = Buffer.allocUnsafe(CHUNK_SIZE);
+  let fill = 0;
+  let seq = 0;
+  let size = 0;
+  const flush = async (): Promise<void> => {
+    if (fill === 0) return;
+    // Awaiting the insert before refilling the buffer means pg is done with these bytes.
+    await client.query(sql.chunk, [bodyId, seq++, buffer.subarray(0, fill)]);
+    fill = 0;
+  };
+  const iterator = source[Symbol.asyncIterator]();
+  let done = false;
+  try {
+    for (;;) {
+      const next = await nextFromSource(iterator, signal);
+      if (next.done) {
+        done = true;
+        break;
+      }
+      const chunk = next.value;
+      size += chunk.length;
+      let offset = 0;
+      while (offset < chunk.length) {
+        const n = Math.min(CHUNK_SIZE - fill, chunk.length - offset);
+        buffer.set(chunk.subarray(offset, offset + n), fill);
+        fill += n;
+        offset += n;
+        if (fill === CHUNK_SIZE) await flush();
+      }
+    }
+    await flush();
+  } finally {
+    // Stopped early: let the source clean up (close a file, stop a socket read). Not awaited, because
+    // after an abort the source may still be stuck in the pending next(), and return() queues behind it.
+    if (!done) {
+      try {
+        iterator.return?.().catch(() => undefined);
+      } catch {
+        // A source whose return() throws has nothing left for us to release.
+      }
+    }
+  }
+  await client.query(sql.finishBody, [bodyId, size, refs]);
+  return { bodyId, size };
+}
+
+/** Takes the next UID of a mailbox (or registers a kept one) and inserts the message row. */
+export async function insertMessage(
+  client: pg.PoolClient,
+  sql: MessageSql,
+  mailbox: MailboxId,
+  body: { bodyId: string; size: number },
+  options: { uid?: Uid | undefined; receivedAt?: number | undefined; retrievedAt?: number | null | undefined },
+): Promise<MessageInfo> {
+  let uid = options.uid;
+  if (uid === undefined) {
+    const n = await client.query<{ n: string }>(sql.nextUid, [mailbox]);
+    uid = `u${n.rows[0]!.n}`;
+  } else {
+    const bump = GENERATED_UID.exec(uid)?.[1] ?? "0";
+    await client.query(sql.keepUid, [mailbox, bump]);
+  }
+  const ms = (t: number | null | undefined): string | null =>
+    t === undefined || t === null ? null : String(Math.round(t));
+  const inserted = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessage, [
+    mailbox,
+    uid,
+    body.bodyId,
+    body.size,
+    ms(options.receivedAt),
+    ms(options.retrievedAt),
+  ]);
+  const row = inserted.rows[0]!;
+  return { uid, size: body.size, receivedAt: row.received_at, retrievedAt: row.retrieved_at };
+}
+
+export async function appendMessage(
+  db: Db,
+  sql: MessageSql,
+  mailbox: MailboxId,
+  source: AsyncIterable<Uint8Array>,
+  options: AppendOptions,
+): Promise<MessageInfo> {
+  if (options.uid !== undefined) assertUid(options.uid);
+  const uid = options.uid;
+  return db.transaction(`append to ${mailbox}`, async (client) => {
+    // Fail before taking in megabytes; the unique constraint still guards against a racing append.
+    if (uid !== undefined && ((await client.query(sql.uidTaken, [mailbox, uid])).rowCount ?? 0) > 0) {
+      throw new StoreError("exists", `postgres: uid ${uid} already in ${mailbox}`);
+    }
+    const body = await storeBody(client, sql, guardAppendSource(source, options), 1, options.signal);
+    return insertMessage(client, sql, mailbox, body, options);
+  });
+}
+
+/**
+ * The message's octets, one stored chunk per query, so reading 50 MB never holds more than one chunk.
+ * Each chunk comes back as several small rows (see readChunk), and each row is yielded as it is.
+ */
+export async function* readBody(db: Db, sql: MessageSql, bodyId: string, size: number): AsyncGenerator<Uint8Array> {
+  let seq = 0;
+  let sent = 0;
+  while (sent < size) {
+    const result = await db.query<{ data: Buffer }>("read message", sql.readChunk, [bodyId, seq, READ_SLICE]);
+    if (result.rows.length === 0) throw new StoreError("not-found", "postgres: message was deleted while being read");
+    seq++;
+    for (const row of result.rows) {
+      sent += row.data.length;
+      yield row.data;
+    }
+  }
+}

@@ -1,0 +1,165 @@
+import type pg from "pg";
+import { quoteIdent } from "./schema.js";
+
+/**
+ * Versioned schema changes. A migration is never edited once released: changes come as a new entry.
+ * `sql` receives the quoted schema name, the only identifier we ever splice into SQL text.
+ */
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: (s: string) => string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "initial",
+    sql: (s) => `
+      CREATE TABLE ${s}.domains (
+        name text PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE TABLE ${s}.accounts (
+        address text PRIMARY KEY,
+        domain text NOT NULL REFERENCES ${s}.domains (name),
+        mailbox text NOT NULL,
+        password_hash text NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE INDEX accounts_domain ON ${s}.accounts (domain);
+      CREATE TABLE ${s}.aliases (
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        source text NOT NULL,
+        target text NOT NULL,
+        domain text NOT NULL REFERENCES ${s}.domains (name),
+        PRIMARY KEY (source, target)
+      );
+      CREATE INDEX aliases_domain ON ${s}.aliases (domain);
+
+      -- next_uid only ever grows, so a generated UID is never handed out twice, also after deletes.
+      CREATE TABLE ${s}.mailboxes (
+        id text PRIMARY KEY,
+        next_uid bigint NOT NULL DEFAULT 1,
+        created_at timestamptz NOT NULL DEFAULT now()
+      );
+
+      -- One body per delivered message, shared by every mailbox it was delivered to; refs counts them.
+      CREATE TABLE ${s}.bodies (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        size bigint NOT NULL DEFAULT 0,
+        refs integer NOT NULL DEFAULT 0
+      );
+      CREATE TABLE ${s}.body_chunks (
+        body_id bigint NOT NULL REFERENCES ${s}.bodies (id) ON DELETE CASCADE,
+        seq integer NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (body_id, seq)
+      );
+      -- Uncompressed: mail is mostly base64 attachments that barely compress, and substring() on an
+      -- uncompressed value reads only the TOAST pieces it needs (reads fetch chunks in slices).
+      ALTER TABLE ${s}.body_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+
+      -- seq is the arrival order (assigned while the mailbox row is locked, so it matches commit order).
+      CREATE TABLE ${s}.messages (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        mailbox text NOT NULL REFERENCES ${s}.mailboxes (id),
+        uid text NOT NULL,
+        body_id bigint NOT NULL REFERENCES ${s}.bodies (id),
+        size bigint NOT NULL,
+        received_at timestamptz NOT NULL,
+        retrieved_at timestamptz,
+        CONSTRAINT messages_mailbox_uid UNIQUE (mailbox, uid)
+      );
+      CREATE INDEX messages_body ON ${s}.messages (body_id);
+
+      CREATE TABLE ${s}.leases (
+        mailbox text PRIMARY KEY,
+        token text NOT NULL,
+        holder text NOT NULL,
+        acquired_at timestamptz NOT NULL DEFAULT now(),
+        expires_at timestamptz NOT NULL
+      );
+    `,
+  },
+];
+
+export const LATEST_VERSION = MIGRATIONS.reduce((max, m) => Math.max(max, m.version), 0);
+
+export interface MigrationResult {
+  /** Versions applied by this call, in order (empty when the schema was up to date). */
+  readonly applied: readonly number[];
+  /** The schema version after this call. */
+  readonly version: number;
+}
+
+/**
+ * The advisory lock key: one per schema, so two schemas in one database migrate independently.
+ * hashtextextended is computed by the server, so every client derives the same key.
+ */
+const LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7193))";
+
+/**
+ * Applies pending migrations, each in its own transaction. Every transaction first takes a
+ * transaction-scoped advisory lock, so servers starting at the same moment queue up instead of racing:
+ * the second one finds the work done and applies nothing. The lock ends with the transaction, so a
+ * crashed migrator never leaves it behind.
+ */
+export async function runMigrations(pool: pg.Pool, schema: string): Promise<MigrationResult> {
+  const s = quoteIdent(schema);
+  const applied: number[] = [];
+  let version = 0;
+  for (const migration of [...MIGRATIONS].sort((a, b) => a.version - b.version)) {
+    const client = await pool.connect();
+    let broken: unknown;
+    const onError = (error: unknown): void => {
+      broken = error;
+    };
+    client.on("error", onError);
+    try {
+      await client.query("BEGIN");
+      await client.query(LOCK_SQL, [`mailroom:${schema}`]);
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
+      await client.query(
+        `CREATE TABLE IF NOT EXISTS ${s}.migrations (
+           version integer PRIMARY KEY,
+           name text NOT NULL,
+           applied_at timestamptz NOT NULL DEFAULT now()
+         )`,
+      );
+      const current = await client.query<{ v: number | null }>(`SELECT max(version) AS v FROM ${s}.migrations`);
+      version = current.rows[0]?.v ?? 0;
+      if (version >= migration.version) {
+        await client.query("COMMIT");
+        continue;
+      }
+      await client.query(migration.sql(s));
+      await client.query(`INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`, [
+        migration.version,
+        migration.name,
+      ]);
+      await client.query("COMMIT");
+      applied.push(migration.version);
+      version = migration.version;
+    } catch (error) {
+      await client.query("ROLLBACK").catch((rollbackError: unknown) => {
+        broken ??= rollbackError;
+      });
+      throw error;
+    } finally {
+      client.off("error", onError);
+      client.release(broken instanceof Error ? broken : broken !== undefined);
+    }
+  }
+  return { applied, version };
+}
+
+/** The version recorded in the schema, or 0 when the schema has never been migrated. */
+export async function schemaVersion(pool: pg.Pool, schema: string): Promise<number> {
+  const exists = await pool.query<{ t: string | null }>("SELECT to_regclass($1) AS t", [
+    `${quoteIdent(schema)}.migrations`,
+  ]);
+  if (!exists.rows[0]?.t) return 0;
+  const result = await pool.query<{ v: number | null }>(`SELECT max(version) AS v FROM ${quoteIdent(schema)}.migrations`);
+  return result.rows[0]?.v ?? 0;
+}

@@ -1,0 +1,100 @@
+import { afterAll, describe, expect, it } from "vitest";
+import { fromBytes, readAll, type Store } from "@mailroom/store";
+import postgresAdapter, { LATEST_VERSION, createPostgresStore, migrate } from "../src/index.js";
+import { PG_URL, adminQuery, dropSchemas, postgresAvailable, uniqueSchema } from "./pg-env.js";
+
+const available = await postgresAvailable();
+const schemas: string[] = [];
+const fresh = (label: string): string => {
+  const schema = uniqueSchema(label);
+  schemas.push(schema);
+  return schema;
+};
+
+afterAll(async () => {
+  if (available && schemas.length > 0) await dropSchemas(...schemas);
+});
+
+describe.skipIf(!available)("postgres schema and migrations", () => {
+  it("migrates once when four servers start at the same moment", async () => {
+    const schema = fresh("race");
+    const results = await Promise.all(Array.from({ length: 4 }, () => migrate({ url: PG_URL, schema, poolSize: 2 })));
+    expect(results.flatMap((r) => r.applied)).toEqual([1]);
+    expect(results.every((r) => r.version === LATEST_VERSION)).toBe(true);
+    const again = await migrate({ url: PG_URL, schema });
+    expect(again).toEqual({ applied: [], version: LATEST_VERSION });
+    const recorded = await adminQuery<{ version: number }>(`SELECT version FROM "${schema}".migrations`);
+    expect(recorded).toEqual([{ version: 1 }]);
+  });
+
+  it("opens a store concurrently from four pools on a new schema", async () => {
+    const schema = fresh("open");
+    const stores = await Promise.all(Array.from({ length: 4 }, () => createPostgresStore({ url: PG_URL, schema, poolSize: 2 })));
+    try {
+      await stores[0]!.mailbox("m").append(fromBytes("from the first"));
+      for (const store of stores) expect((await store.mailbox("m").list()).map((m) => m.uid)).toEqual(["u1"]);
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+    }
+  });
+
+  it("keeps everything inside the configured schema", async () => {
+    const schema = fresh("tables");
+    await migrate({ url: PG_URL, schema });
+    const tables = await adminQuery<{ table_name: string }>(
+      "SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name",
+      [schema],
+    );
+    expect(tables.map((t) => t.table_name)).toEqual([
+      "accounts",
+      "aliases",
+      "bodies",
+      "body_chunks",
+      "domains",
+      "leases",
+      "mailboxes",
+      "messages",
+      "migrations",
+    ]);
+  });
+
+  it("shows a second store on the same schema the first one's data", async () => {
+    const schema = fresh("shared");
+    const first = await postgresAdapter.open(PG_URL, { schema, pool_size: 2 });
+    const second: Store = await createPostgresStore({ url: PG_URL, schema, migrate: false });
+    try {
+      expect(first.kind).toBe("postgres");
+      expect(first.capabilities).toEqual({ sharedAcrossProcesses: true, boundedMemory: true });
+      await first.directory.addDomain("example.test");
+      await first.mailbox("a@example.test").append(fromBytes("hello"));
+      expect(await second.directory.listDomains()).toEqual(["example.test"]);
+      const box = second.mailbox("a@example.test");
+      expect(new TextDecoder().decode(await readAll(await box.read("u1")))).toBe("hello");
+    } finally {
+      await first.close();
+      await second.close();
+      await first.close();
+    }
+  });
+
+  it("refuses to run on an unmigrated schema when migrate is off, until `mailroom migrate` ran", async () => {
+    const schema = fresh("nomigrate");
+    await expect(createPostgresStore({ url: PG_URL, schema, migrate: false })).rejects.toMatchObject({
+      code: "permanent",
+      message: expect.stringContaining("mailroom migrate"),
+    });
+    expect(await postgresAdapter.migrate(PG_URL, { schema })).toEqual({ applied: [1], version: LATEST_VERSION });
+    const store = await postgresAdapter.open(PG_URL, { schema, migrate: false });
+    await store.ping();
+    await store.close();
+  });
+
+  it.each(["bad-name", 'x"; DROP SCHEMA public; --', "pg_catalog", "", "1abc", "a".repeat(64)])(
+    "rejects the schema name %j before connecting",
+    async (schema) => {
+      await expect(createPostgresStore({ url: "postgres://nobody@127.0.0.1:1/none", schema })).rejects.toMatchObject({
+        code: "invalid-name",
+      });
+    },
+  );
+});

@@ -1,0 +1,143 @@
+import { Redis, type RedisOptions } from "ioredis";
+import { StoreError, type Logger } from "@mailroom/store";
+
+/**
+ * Client settings for a mail server: a command fails at once while Redis is unreachable (the SMTP
+ * session answers 451 and the sender retries later) instead of waiting in an offline queue, and the
+ * connection comes back by itself. Commands that were in flight when the socket broke are not resent:
+ * replaying a commit could store a message twice.
+ */
+export function connectionOptions(connectionName: string | undefined): Omit<RedisOptions, "replyMapping"> {
+  return {
+    maxRetriesPerRequest: 0,
+    enableOfflineQueue: false,
+    autoResendUnfulfilledCommands: false,
+    connectTimeout: 5_000,
+    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2_000),
+    ...(connectionName === undefined ? {} : { connectionName }),
+  };
+}
+
+export function createClient(url: string, connectionName: string | undefined): Redis {
+  return new Redis(url, connectionOptions(connectionName));
+}
+
+/**
+ * Logs connection trouble without ever letting an 'error' event go unhandled (which would crash the
+ * process). One warning per outage; the repeats of a reconnect loop go to debug.
+ */
+export function watchConnection(client: Redis, logger: Logger): () => void {
+  let failing = false;
+  const onError = (error: Error): void => {
+    if (failing) {
+      logger.debug({ error: error.message }, "redis store: still no connection");
+      return;
+    }
+    failing = true;
+    logger.warn({ error: error.message }, "redis store: connection problem; commands fail until it is back");
+  };
+  const onReady = (): void => {
+    if (failing) logger.info("redis store: connection is back");
+    failing = false;
+  };
+  client.on("error", onError);
+  client.on("ready", onReady);
+  return () => {
+    client.off("error", onError);
+    client.off("ready", onReady);
+  };
+}
+
+/** Waits (bounded) for the first connection; ioredis keeps retrying underneath meanwhile. */
+export function waitReady(client: Redis, timeoutMs: number): Promise<void> {
+  if (client.status === "ready") return Promise.resolve();
+  if (client.status === "wait") client.connect().catch(() => {});
+  return new Promise((resolve, reject) => {
+    let lastError: Error | undefined;
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      client.off("ready", onReady);
+      client.off("error", onError);
+      client.off("end", onEnd);
+    };
+    const fail = (why: string): void => {
+      cleanup();
+      const cause = lastError === undefined ? "" : `: ${lastError.message}`;
+      reject(new StoreError("unavailable", `redis: ${why}${cause}`, { cause: lastError }));
+    };
+    const onReady = (): void => {
+      cleanup();
+      resolve();
+    };
+    const onError = (error: Error): void => {
+      lastError = error;
+    };
+    const onEnd = (): void => fail("connection ended before it was ready");
+    const timer = setTimeout(() => fail(`no connection within ${timeoutMs} ms`), timeoutMs);
+    client.on("ready", onReady);
+    client.on("error", onError);
+    client.on("end", onEnd);
+  });
+}
+
+function pairs(reply: unknown): Map<string, string> {
+  const out = new Map<string, string>();
+  if (Array.isArray(reply)) {
+    for (let i = 0; i + 1 < reply.length; i += 2) out.set(String(reply[i]), String(reply[i + 1]));
+  } else if (reply && typeof reply === "object") {
+    for (const [k, v] of Object.entries(reply)) out.set(k, String(v));
+  }
+  return out;
+}
+
+/**
+ * Tells the operator at start-up when Redis is set up so that mail acknowledged with 250 can vanish in
+ * a crash. Managed services often disable CONFIG; then we can only say that we could not check.
+ */
+export async function checkDurability(client: Redis, logger: Logger, waitReplicas: number): Promise<void> {
+  let config: Map<string, string>;
+  try {
+    config = pairs(await client.call("CONFIG", "GET", "append*"));
+  } catch (error) {
+    logger.info(
+      { error: error instanceof Error ? error.message : String(error) },
+      "redis store: cannot read CONFIG; make sure Redis uses appendonly yes with appendfsync always",
+    );
+    return;
+  }
+  const appendonly = config.get("appendonly");
+  const appendfsync = config.get("appendfsync");
+  if (appendonly !== "yes") {
+    logger.warn(
+      { appendonly },
+      "redis store: Redis runs without AOF; mail acknowledged since the last RDB snapshot is lost if Redis crashes or restarts",
+    );
+  } else if (appendfsync !== "always") {
+    logger.warn(
+      { appendfsync },
+      "redis store: appendfsync is not 'always'; about the last second of acknowledged mail can be lost if the Redis host crashes",
+    );
+  }
+  try {
+    const policy = pairs(await client.call("CONFIG", "GET", "maxmemory-policy")).get("maxmemory-policy");
+    if (policy !== undefined && policy !== "noeviction") {
+      logger.warn(
+        { policy },
+        "redis store: maxmemory-policy is not 'noeviction'; under memory pressure Redis may evict stored mail",
+      );
+    }
+  } catch {
+    // Same as above: CONFIG may be restricted.
+  }
+  if (waitReplicas > 0) {
+    try {
+      const info = String(await client.call("INFO", "replication"));
+      const connected = Number(/connected_slaves:(\d+)/.exec(info)?.[1] ?? 0);
+      if (connected < waitReplicas) {
+        logger.warn({ connected, waitReplicas }, "redis store: fewer replicas connected than waitReplicas asks for");
+      }
+    } catch {
+      // INFO may be disabled as well; the per-write WAIT still reports shortfalls.
+    }
+  }
+}

@@ -1,0 +1,137 @@
+import { randomUUID } from "node:crypto";
+import {
+  StoreError,
+  assertUid,
+  guardAppendSource,
+  takeTop,
+  type AppendOptions,
+  type Lease,
+  type LeaseOptions,
+  type Mailbox,
+  type MailboxId,
+  type MessageInfo,
+  type ReadOptions,
+  type Uid,
+} from "@mailroom/store";
+import { afterDurableWrite, call, runScript, type Context } from "./context.js";
+import type { DirectoryKeys, MailboxKeys } from "./keys.js";
+import { Staging, commit, parseInfo, readChunks, stageAll } from "./messages.js";
+
+export class RedisMailbox implements Mailbox {
+  constructor(
+    private readonly ctx: Context,
+    private readonly dir: DirectoryKeys,
+    private readonly keys: MailboxKeys,
+    readonly id: MailboxId,
+  ) {}
+
+  async append(source: AsyncIterable<Uint8Array>, options: AppendOptions = {}): Promise<MessageInfo> {
+    if (options.uid !== undefined) assertUid(options.uid);
+    const receivedAt = options.receivedAt ?? Date.now();
+    const staging = new Staging(this.ctx, this.keys);
+    try {
+      const size = await stageAll(guardAppendSource(source, options), [staging], this.ctx.chunkBytes);
+      await call(this.ctx, "register mailbox", () => this.ctx.client.sadd(this.dir.mailboxes, this.id));
+      const info = await commit(this.ctx, this.id, staging, {
+        uid: options.uid,
+        size,
+        receivedAt,
+        retrievedAt: options.retrievedAt ?? null,
+      });
+      await afterDurableWrite(this.ctx, "append");
+      return info;
+    } catch (error) {
+      // Source errors (client gone, abort, too-big) pass through unchanged; Redis errors are mapped
+      // where they happen.
+      await staging.discard();
+      throw error;
+    }
+  }
+
+  async list(): Promise<readonly MessageInfo[]> {
+    const flat = (await runScript(this.ctx, "list mailbox", "mailroomList", [this.keys.order, this.keys.info], [])) as string[];
+    const out: MessageInfo[] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) out.push(parseInfo(flat[i]!, flat[i + 1]!));
+    return out;
+  }
+
+  async read(uid: Uid, options: ReadOptions = {}): Promise<AsyncIterable<Uint8Array>> {
+    const body = this.keys.body(uid);
+    const found = (await runScript(this.ctx, "open message", "mailroomOpen", [this.keys.info, body], [uid])) as
+      | [string, number]
+      | null;
+    if (!found) throw new StoreError("not-found", `redis: no message ${uid} in ${this.id}`);
+    const whole = readChunks(this.ctx, body, Number(found[1]), `message ${uid} of ${this.id}`);
+    return options.bodyLines === undefined ? whole : takeTop(whole, options.bodyLines);
+  }
+
+  async expunge(uids: readonly Uid[], lease: Lease): Promise<number> {
+    const k = this.keys;
+    const removed = Number(
+      await runScript(
+        this.ctx,
+        "expunge",
+        "mailroomExpunge",
+        [k.lease, k.info, k.order, ...uids.map((uid) => k.body(uid))],
+        [lease.token, ...uids],
+      ),
+    );
+    if (removed < 0) throw this.leaseLost(lease);
+    await afterDurableWrite(this.ctx, "expunge");
+    return removed;
+  }
+
+  async markRetrieved(uids: readonly Uid[], lease: Lease): Promise<void> {
+    const result = Number(
+      await runScript(
+        this.ctx,
+        "mark retrieved",
+        "mailroomMarkRetrieved",
+        [this.keys.lease, this.keys.info],
+        [lease.token, Date.now(), ...uids],
+      ),
+    );
+    if (result < 0) throw this.leaseLost(lease);
+  }
+
+  async acquireLease(options: LeaseOptions): Promise<Lease> {
+    const ttlMs = Math.max(1, Math.ceil(options.ttlMs));
+    const token = randomUUID();
+    const keys = [this.keys.lease, this.keys.leaseHolder];
+    const result = (await runScript(this.ctx, "acquire lease", "mailroomAcquire", keys, [token, options.holder, ttlMs])) as [
+      number,
+      string?,
+    ];
+    if (Number(result[0]) !== 1) {
+      throw new StoreError("in-use", `redis: ${this.id} is in use by ${result[1] || "another session"}`);
+    }
+    const ctx = this.ctx;
+    const id = this.id;
+    let expiresAt = Date.now() + ttlMs;
+    return {
+      mailbox: id,
+      token,
+      holder: options.holder,
+      get expiresAt() {
+        return expiresAt;
+      },
+      async renew() {
+        const renewed = Number(await runScript(ctx, "renew lease", "mailroomRenew", keys, [token, ttlMs]));
+        if (renewed !== 1) throw new StoreError("lease-lost", `redis: lease on ${id} expired and was taken over`);
+        expiresAt = Date.now() + ttlMs;
+      },
+      async release() {
+        try {
+          await runScript(ctx, "release lease", "mailroomRelease", keys, [token]);
+        } catch (error) {
+          // Releasing is a courtesy: an unreleased lease expires on its own after its ttl.
+          ctx.logger.warn({ mailbox: id, error: String(error) }, "redis store: could not release lease");
+        }
+      },
+    };
+  }
+
+  private leaseLost(lease: Lease): StoreError {
+    return new StoreError("lease-lost", `redis: lease ${lease.token} on ${this.id} is no longer held`);
+  }
+}

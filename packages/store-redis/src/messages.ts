@@ -1,0 +1,136 @@
+import { Buffer } from "node:buffer";
+import { randomBytes } from "node:crypto";
+import { StoreError, type MessageInfo, type Uid } from "@mailroom/store";
+import { call, runScript, type Context } from "./context.js";
+import type { MailboxKeys } from "./keys.js";
+
+/**
+ * Cuts a source into chunks of exactly `size` octets (the last one may be shorter). Only one chunk is
+ * held at a time, whatever the size of the message.
+ */
+export async function* rechunk(source: AsyncIterable<Uint8Array>, size: number): AsyncGenerator<Buffer> {
+  let pending = Buffer.allocUnsafe(size);
+  let filled = 0;
+  for await (const piece of source) {
+    let offset = 0;
+    while (offset < piece.length) {
+      const n = Math.min(size - filled, piece.length - offset);
+      pending.set(piece.subarray(offset, offset + n), filled);
+      filled += n;
+      offset += n;
+      if (filled === size) {
+        yield pending;
+        // A fresh buffer each time: the previous one may still sit in the client's write queue.
+        pending = Buffer.allocUnsafe(size);
+        filled = 0;
+      }
+    }
+  }
+  if (filled > 0) yield pending.subarray(0, filled);
+}
+
+/** One append in progress: a chunk list under the mailbox's hash tag that expires unless committed. */
+export class Staging {
+  readonly key: string;
+  chunks = 0;
+
+  constructor(
+    private readonly ctx: Context,
+    readonly keys: MailboxKeys,
+  ) {
+    this.key = keys.stage(randomBytes(12).toString("hex"));
+  }
+
+  async push(chunk: Buffer): Promise<void> {
+    await runScript(this.ctx, "stage message chunk", "mailroomStageChunk", [this.key], [chunk, this.ctx.stagingTtlMs]);
+    this.chunks++;
+  }
+
+  /** Best effort: if Redis is unreachable now, the expiry removes the staging list later. */
+  async discard(): Promise<void> {
+    if (this.chunks === 0) return;
+    try {
+      await this.ctx.client.del(this.key);
+    } catch (error) {
+      this.ctx.logger.debug({ key: this.key, error: String(error) }, "redis store: staging left to expire");
+    }
+  }
+}
+
+/** Feeds every chunk to every staging list before pulling the next one (backpressure for all copies). */
+export async function stageAll(source: AsyncIterable<Uint8Array>, stagings: readonly Staging[], chunkBytes: number): Promise<number> {
+  let size = 0;
+  for await (const chunk of rechunk(source, chunkBytes)) {
+    // Settle every push before failing, so that no write lands after the caller discarded the lists.
+    const results = await Promise.allSettled(stagings.map((s) => s.push(chunk)));
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
+    size += chunk.length;
+  }
+  return size;
+}
+
+export interface CommitRequest {
+  readonly uid?: Uid | undefined;
+  readonly size: number;
+  readonly receivedAt: number;
+  readonly retrievedAt: number | null;
+}
+
+/**
+ * Makes a staged message visible in one atomic step. A generated UID comes from the mailbox counter;
+ * if a concurrent import took that very string in the meantime, the counter simply moves on.
+ */
+export async function commit(ctx: Context, mailboxId: string, staging: Staging, request: CommitRequest): Promise<MessageInfo> {
+  const keys = staging.keys;
+  const explicit = request.uid !== undefined;
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const uid =
+      request.uid ?? String(await runScript(ctx, "allocate uid", "mailroomAllocUid", [keys.next, keys.used, keys.info], []));
+    const status = await runScript(
+      ctx,
+      "commit message",
+      "mailroomCommit",
+      [keys.info, keys.order, keys.seq, keys.used, staging.key, keys.body(uid)],
+      [
+        uid,
+        explicit ? "1" : "0",
+        request.size,
+        request.receivedAt,
+        request.retrievedAt === null ? "-" : request.retrievedAt,
+        staging.chunks,
+      ],
+    );
+    if (status === "ok") return { uid, size: request.size, receivedAt: request.receivedAt, retrievedAt: request.retrievedAt };
+    if (status === "staging-lost") {
+      throw new StoreError("temporary", `redis: staged copy for ${mailboxId} expired or was evicted before commit`);
+    }
+    if (explicit) throw new StoreError("exists", `redis: uid ${uid} already in mailbox ${mailboxId}`);
+  }
+  throw new StoreError("temporary", `redis: could not allocate a uid in ${mailboxId}`);
+}
+
+/** Takes a committed copy back (a later copy of the same delivery failed). */
+export async function uncommit(ctx: Context, keys: MailboxKeys, uid: Uid): Promise<void> {
+  await runScript(ctx, "roll back delivery", "mailroomUncommit", [keys.info, keys.order, keys.body(uid)], [uid]);
+}
+
+/** Parses the "size receivedAt retrievedAt" value of the info hash. */
+export function parseInfo(uid: Uid, value: string): MessageInfo {
+  const [size, receivedAt, retrievedAt] = value.split(" ");
+  return {
+    uid,
+    size: Number(size),
+    receivedAt: Number(receivedAt),
+    retrievedAt: retrievedAt === undefined || retrievedAt === "-" ? null : Number(retrievedAt),
+  };
+}
+
+/** Yields the chunk list one LINDEX at a time, so a 50 MB message never sits in memory whole. */
+export async function* readChunks(ctx: Context, key: string, count: number, what: string): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < count; i++) {
+    const chunk = await call(ctx, `read ${what}`, () => ctx.client.lindexBuffer(key, i));
+    if (chunk === null) throw new StoreError("not-found", `redis: ${what} was removed while being read`);
+    yield chunk;
+  }
+}

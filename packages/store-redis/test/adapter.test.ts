@@ -1,0 +1,106 @@
+import { describe, expect, it } from "vitest";
+import { fromBytes, type Logger } from "@mailroom/store";
+import redisAdapter, { createRedisStore } from "../src/index.js";
+import { adminClient, deletePrefix, redisUrl, requireRedis } from "./services.js";
+
+const available = await requireRedis();
+
+interface Line {
+  level: string;
+  fields: Record<string, unknown>;
+  message: string;
+}
+
+function capturingLogger(lines: Line[]): Logger {
+  const at =
+    (level: string) =>
+    (fieldsOrMessage: Record<string, unknown> | string, message?: string): void => {
+      if (typeof fieldsOrMessage === "string") lines.push({ level, fields: {}, message: fieldsOrMessage });
+      else lines.push({ level, fields: fieldsOrMessage, message: message ?? "" });
+    };
+  const logger: Logger = { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error"), child: () => logger };
+  return logger;
+}
+
+const prefix = (what: string) => `mrtest:adapter_${what}_${process.pid}_${Date.now().toString(36)}:`;
+
+describe("redisAdapter", () => {
+  it("claims the redis and rediss schemes and lists its option keys", () => {
+    expect(redisAdapter.name).toBe("redis");
+    expect(redisAdapter.schemes).toEqual(["redis", "rediss"]);
+    expect(redisAdapter.optionKeys).toContain("prefix");
+  });
+
+  it("rejects option values of the wrong type, naming the key", async () => {
+    await expect(redisAdapter.open(redisUrl, { chunk_bytes: "big" })).rejects.toThrow(/"chunk_bytes"/);
+    await expect(redisAdapter.open(redisUrl, { prefix: 42 })).rejects.toThrow(/"prefix"/);
+    await expect(redisAdapter.open(redisUrl, { wait_replicas: -1 })).rejects.toThrow(/"wait_replicas"/);
+    await expect(redisAdapter.open(redisUrl, { colour: "blue" })).rejects.toThrow(/"colour"/);
+  });
+
+  it("refuses a prefix with braces, which would become every key's hash tag", async () => {
+    await expect(createRedisStore({ url: redisUrl, prefix: "mail{room}:" })).rejects.toThrow(/"prefix"/);
+  });
+});
+
+describe.skipIf(!available)("redis store set-up", () => {
+  it("opens through the adapter and answers ping", async () => {
+    const p = prefix("open");
+    // Config files may hand integers over as bigint.
+    const store = await redisAdapter.open(redisUrl, { prefix: p, chunk_bytes: 4096n, connect_timeout_ms: 5000 });
+    try {
+      expect(store.kind).toBe("redis");
+      expect(store.capabilities).toEqual({ sharedAcrossProcesses: true, boundedMemory: true });
+      await store.ping();
+      const box = store.mailbox("alice@example.test");
+      const info = await box.append(fromBytes("x".repeat(10_000)));
+      const admin = adminClient();
+      await admin.connect();
+      expect(await admin.llen(`${p}{mb:alice@example.test}:body:${info.uid}`)).toBe(3);
+      await admin.quit();
+    } finally {
+      await store.close();
+      await store.close();
+      await deletePrefix(p);
+    }
+  });
+
+  it("warns at start-up exactly when Redis could lose acknowledged mail", async () => {
+    const admin = adminClient();
+    await admin.connect();
+    const config = (await admin.call("CONFIG", "GET", "append*")) as string[];
+    const [, policy] = (await admin.call("CONFIG", "GET", "maxmemory-policy")) as string[];
+    await admin.quit();
+    const get = (name: string) => config[config.indexOf(name) + 1];
+    const safe = get("appendonly") === "yes" && get("appendfsync") === "always";
+
+    const lines: Line[] = [];
+    const store = await createRedisStore({ url: redisUrl, prefix: prefix("durability"), logger: capturingLogger(lines) });
+    await store.close();
+    const warnings = lines.filter((l) => l.level === "warn" && /AOF|appendfsync/.test(l.message));
+    expect(warnings.length).toBe(safe ? 0 : 1);
+    const eviction = lines.filter((l) => l.level === "warn" && /maxmemory-policy/.test(l.message));
+    expect(eviction.length).toBe(policy === "noeviction" ? 0 : 1);
+  });
+
+  it("with waitReplicas and no replica: the mail is kept and the shortfall is logged", async () => {
+    const p = prefix("wait");
+    const lines: Line[] = [];
+    const store = await createRedisStore({
+      url: redisUrl,
+      prefix: p,
+      waitReplicas: 1,
+      waitTimeoutMs: 50,
+      logger: capturingLogger(lines),
+    });
+    try {
+      const box = store.mailbox("alice@example.test");
+      const info = await box.append(fromBytes("Subject: hi\r\n\r\nhello\r\n"));
+      expect((await box.list()).map((m) => m.uid)).toEqual([info.uid]);
+      expect(lines.some((l) => l.level === "warn" && /reached only 0 of 1 replicas/.test(l.message))).toBe(true);
+    } finally {
+      await store.close();
+      await deletePrefix(p);
+    }
+  });
+});
