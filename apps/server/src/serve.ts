@@ -49,6 +49,11 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
   const runtime = runtimeName();
   for (const limitation of runtimeLimitations(runtime)) logger.warn({ runtime }, limitation);
 
+  // Certificate problems are found before the store is touched.
+  const files: TlsFiles | null = await tlsFiles(config);
+  const tls = files ? contextFrom(await readMaterial(files), files) : undefined;
+  if (!tls) logger.warn({}, "no [tls] configured: STARTTLS and STLS are off, and AUTH works only where plaintext is allowed");
+
   const { store, adapter } = await openStore(config);
   const cleanups: Array<() => Promise<void>> = [() => store.close()];
   const undo = async (): Promise<void> => {
@@ -57,10 +62,6 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
   try {
     logger.info({ store: adapter.name, runtime }, "store opened");
     await ensureDevelopmentDomain(store, config, logger);
-
-    const files: TlsFiles | null = await tlsFiles(config);
-    const tls = files ? contextFrom(await readMaterial(files), files) : undefined;
-    if (!tls) logger.warn({}, "no [tls] configured: STARTTLS and STLS are off, and AUTH works only where plaintext is allowed");
 
     const loginThrottle = createLoginThrottle();
     const smtp = createSmtpServer({
@@ -136,11 +137,19 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     const expireDays = config.pop3.expireDays;
     if (expireDays !== null) {
       const holder = `expire job on ${osHostname()} pid ${process.pid}`;
+      let running = false;
       const run = (): void => {
-        expiring = runExpire(store, { days: expireDays, holder, leaseTtlMs: config.pop3.leaseTtlSeconds * 1000 }).then(
-          (result) => logger.info({ ...result, days: expireDays }, "expire run finished"),
-          (error: unknown) => logger.error({ err: String(error) }, "expire run failed; retrying in an hour"),
-        );
+        // A run that takes longer than the interval (a huge store) is not started twice.
+        if (running) return;
+        running = true;
+        expiring = runExpire(store, { days: expireDays, holder, leaseTtlMs: config.pop3.leaseTtlSeconds * 1000 })
+          .then(
+            (result) => logger.info({ ...result, days: expireDays }, "expire run finished"),
+            (error: unknown) => logger.error({ err: String(error) }, "expire run failed; retrying in an hour"),
+          )
+          .finally(() => {
+            running = false;
+          });
       };
       retention = setInterval(run, HOUR_MS);
       retention.unref?.();

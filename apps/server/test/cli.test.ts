@@ -189,6 +189,19 @@ print(json.dumps({"out": out.decode(), "code": os.WEXITSTATUS(status)}))
     expect(unknownScheme.stderr).toMatch(new RegExp(`^mailroom: ${scheme.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: store\\.url: no store adapter for the scheme "mysql:"`));
   });
 
+  it("refuses to serve with a certificate that is not one, naming the keys", async () => {
+    writeFile(dir, "junk-cert.pem", "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n");
+    writeFile(dir, "junk-key.pem", "nothing\n");
+    const file = writeFile(
+      dir,
+      "junk-tls.toml",
+      `hostname = "localhost"\n[store]\nurl = "maildir:./mail"\n[smtp]\nlisten = ["127.0.0.1:0"]\nsubmission = []\nsubmissions = []\n[pop3]\nlisten = ["127.0.0.1:0"]\npop3s = []\n[tls]\ncert = "junk-cert.pem"\nkey = "junk-key.pem"\n`,
+    );
+    const result = await runCli(["serve", "--config", file]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(new RegExp(`^mailroom: ${file.replace(/[.*+?^\${}()|[\]\\]/g, "\\$&")}: tls\\.cert / tls\\.key: not a usable certificate and key: .+\\n$`));
+  });
+
   it("names the environment variable when an override is bad", async () => {
     const result = await runCli(["user", "list", "--config", config], { env: { MAILROOM_SMTP_MAX_RECIPIENTS: "many" } });
     expect(result).toMatchObject({ code: 2, stderr: 'mailroom: MAILROOM_SMTP_MAX_RECIPIENTS: expected an integer, got the string "many"\n' });

@@ -192,6 +192,28 @@ describe("mailroom serve", () => {
     expect(all).not.toContain(Buffer.from(`\0bob@example.test\0${PASSWORD}`).toString("base64"));
   });
 
+  it("passes `mailroom doctor` against the running listeners, without printing the password", async () => {
+    const env: Record<string, string> = {
+      MAILROOM_SMTP_LISTEN: server.addresses["smtp"]!,
+      MAILROOM_SMTP_SUBMISSION: server.addresses["submission"]!,
+      MAILROOM_SMTP_SUBMISSIONS: server.addresses["submissions"]!,
+      MAILROOM_POP3_LISTEN: server.addresses["pop3"]!,
+      MAILROOM_POP3_POP3S: server.addresses["pop3s"]!,
+    };
+    const result = await runCli(
+      ["doctor", "--config", config, "--host", "localhost", "--ca", cert, "--user", "bob@example.test", "--password-stdin"],
+      { stdin: `${PASSWORD}\n`, env },
+    );
+    expect(result.stderr).toBe("");
+    expect(result.code).toBe(0);
+    expect(result.stdout).not.toContain(PASSWORD);
+    expect(result.stdout).not.toContain("✘");
+    // One section per listener, headed by its name and address.
+    for (const name of ["smtp", "submission", "submissions", "pop3", "pop3s"]) {
+      expect(result.stdout).toMatch(new RegExp(`^${name} .*${server.addresses[name]!.replace(/\./g, "\\.")}`, "m"));
+    }
+  });
+
   it("reloads the certificate on SIGHUP and keeps the old one when the new one is bad", async () => {
     const fresh = opensslCertificate(dir, "fresh");
     copyFileSync(fresh.cert, liveCert);
@@ -223,30 +245,32 @@ p.quit()
   });
 
   it("stops on SIGTERM: tells open sessions, exits 0 within the deadline", async () => {
-    const socket = connect(server.port("pop3"), "127.0.0.1");
-    let received = "";
-    socket.setEncoding("utf8").on("data", (d: string) => (received += d));
-    const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()));
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("no greeting")), 10_000);
-      const check = setInterval(() => {
-        if (received.includes("\r\n")) {
-          clearTimeout(timer);
-          clearInterval(check);
-          resolve();
-        }
-      }, 10);
-    });
-    expect(received).toMatch(/^\+OK /);
+    const openSession = async (port: number, greeting: RegExp) => {
+      const socket = connect(port, "127.0.0.1");
+      const state = { received: "" };
+      socket.setEncoding("utf8").on("data", (d: string) => (state.received += d));
+      const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()));
+      socket.on("error", () => {});
+      const end = Date.now() + 10_000;
+      while (!state.received.includes("\r\n")) {
+        if (Date.now() > end) throw new Error("no greeting");
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(state.received).toMatch(greeting);
+      return { state, closed };
+    };
+    const pop3 = await openSession(server.port("pop3"), /^\+OK /);
+    const smtp = await openSession(server.port("smtp"), /^220 /);
 
     const started = Date.now();
     server.child.kill("SIGTERM");
     const code = await server.exited;
     const elapsed = Date.now() - started;
-    await closed;
+    await Promise.all([pop3.closed, smtp.closed]);
     expect(code).toBe(0);
     expect(elapsed).toBeLessThan(3_000 + 2_000);
-    expect(received.split("\r\n")[1]).toMatch(/^-ERR /);
+    expect(pop3.state.received.split("\r\n")[1]).toMatch(/^-ERR /);
+    expect(smtp.state.received.split("\r\n")[1]).toMatch(/^421 /);
     expect(server.lines).toContainEqual(expect.objectContaining({ msg: "stopped" }));
   });
 });

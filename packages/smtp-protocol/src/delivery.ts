@@ -42,6 +42,18 @@ export async function deliver(ctx: DeliverContext, envelope: Envelope, source: A
     if (ctx.hooks.onData) {
       const verdict = await ctx.hooks.onData(envelope, source, { ...ctx.info, signal });
       if (!("ok" in verdict)) return rejectReply("data", verdict);
+    } else if (envelope.recipients.some((r) => r.relay) && ctx.store.queue) {
+      // One durable queue item for the whole transaction: the worker delivers the local recipients
+      // straight into their mailboxes and relays the rest, as an MTA's queue manager does.
+      await ctx.store.queue.enqueue(
+        {
+          sender: envelope.mailFrom,
+          recipients: envelope.recipients.map((r) => r.address),
+          meta: { smtputf8: envelope.utf8 ? "1" : "0", ...(ctx.info.user ? { user: ctx.info.user.address } : {}) },
+        },
+        source,
+        { signal, maxBytes: ctx.maxBytes },
+      );
     } else {
       const mailboxes = [...new Set(envelope.recipients.flatMap((r) => r.mailboxes))];
       await ctx.store.deliver(mailboxes, source, { signal, maxBytes: ctx.maxBytes });

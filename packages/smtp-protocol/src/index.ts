@@ -20,3 +20,4 @@ export { parseCommand, LineReader } from "./parser.js";
 export type { Command, ParseResult, Path, Params } from "./commands.js";
 export { DataDecoder, type DataDecoderOptions, type DataProblem, type DecodeResult } from "./data-stream.js";
 export { formatReply, type Reply } from "./replies.js";
+export type { Listener } from "@mailroom/transport";

@@ -15,6 +15,13 @@ export interface PolicyContext {
   readonly mode: ListenerMode;
   readonly hooks: SmtpHooks;
   readonly info: SessionInfo;
+  readonly relay: "queue" | "refuse";
+}
+
+/** Where a recipient's copy goes (see RecipientVerdict). */
+export interface Target {
+  readonly mailboxes: readonly MailboxId[];
+  readonly relay: boolean;
 }
 
 export type Decision<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly reply: Reply };
@@ -59,31 +66,33 @@ async function ownsAddress(store: Store, user: Account, address: string): Promis
   return resolution.kind === "local" && resolution.mailboxes.includes(user.mailbox);
 }
 
-export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<Decision<readonly MailboxId[]>> {
+export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<Decision<Target>> {
   if (ctx.hooks.onRcptTo) return fromVerdict(await ctx.hooks.onRcptTo(path.address, ctx.info));
   // `<postmaster>` without a domain must always be accepted (RFC 5321 4.5.1): it means ours.
   if (path.domain === "") return postmaster(ctx);
   if (!(await isLocalDomain(ctx.store, path.domain))) {
     if (ctx.mode === "mx") return refuse(R.relayDenied());
-    return ctx.hooks.onRelay ? fromVerdict(await ctx.hooks.onRelay(path.address, ctx.info)) : refuse(R.relayNotEnabled());
+    if (ctx.hooks.onRelay) return fromVerdict(await ctx.hooks.onRelay(path.address, ctx.info));
+    return ctx.relay === "queue" && ctx.store.queue ? { ok: true, value: { mailboxes: [], relay: true } } : refuse(R.relayNotEnabled());
   }
   // The domain is ours. Anything that does not resolve to a mailbox (including `%`, `!` and quoted
   // local parts, which the store refuses as names) is an unknown user, never a relay.
   const resolution = await resolveRecipient(ctx.store.directory, path.address);
-  if (resolution.kind === "local") return { ok: true, value: resolution.mailboxes };
+  if (resolution.kind === "local") return { ok: true, value: { mailboxes: resolution.mailboxes, relay: false } };
   return refuse(R.unknownUser());
 }
 
 /** The postmaster of our host name, else of the first local domain that has one. */
-async function postmaster(ctx: PolicyContext): Promise<Decision<readonly MailboxId[]>> {
+async function postmaster(ctx: PolicyContext): Promise<Decision<Target>> {
   const domains = [ctx.hostname, ...(await ctx.store.directory.listDomains())];
   for (const domain of domains) {
     const resolution = await resolveRecipient(ctx.store.directory, `postmaster@${domain}`);
-    if (resolution.kind === "local") return { ok: true, value: resolution.mailboxes };
+    if (resolution.kind === "local") return { ok: true, value: { mailboxes: resolution.mailboxes, relay: false } };
   }
   return refuse(R.unknownUser());
 }
 
-function fromVerdict(verdict: RecipientVerdict): Decision<readonly MailboxId[]> {
-  return "ok" in verdict ? { ok: true, value: verdict.mailboxes } : refuse(rejectReply("rcpt", verdict));
+function fromVerdict(verdict: RecipientVerdict): Decision<Target> {
+  if (!("ok" in verdict)) return refuse(rejectReply("rcpt", verdict));
+  return "relay" in verdict ? { ok: true, value: { mailboxes: [], relay: true } } : { ok: true, value: { mailboxes: verdict.mailboxes, relay: false } };
 }

@@ -22,6 +22,7 @@ export function createSmtpServer(options: SmtpServerOptions): SmtpServer {
     bareLineEndings: options.bareLineEndings ?? "reject",
     limits,
     hooks: options.hooks ?? {},
+    relay: options.relay ?? "refuse",
   };
   const listeners = new Set<Listener>();
   const sessions = new Set<Session>();

@@ -20,6 +20,7 @@ export interface ServerContext {
   readonly bareLineEndings: "reject" | "normalize";
   readonly limits: SmtpLimits;
   readonly hooks: SmtpHooks;
+  readonly relay: "queue" | "refuse";
 }
 
 /**
@@ -354,7 +355,7 @@ export class Session {
   }
 
   #policy(): PolicyContext {
-    return { store: this.#ctx.store, hostname: this.#ctx.hostname, mode: this.#mode, hooks: this.#ctx.hooks, info: this.info };
+    return { store: this.#ctx.store, hostname: this.#ctx.hostname, mode: this.#mode, hooks: this.#ctx.hooks, info: this.info, relay: this.#ctx.relay };
   }
 
   async #mail(c: Extract<Command, { verb: "MAIL" }>): Promise<void> {
@@ -367,7 +368,8 @@ export class Session {
     }
     let utf8 = false;
     for (const [key, value] of c.params) {
-      if (key === "SIZE" && typeof value === "string" && /^\d{1,15}$/.test(value)) {
+      if (key === "SIZE") {
+        if (typeof value !== "string" || !/^\d{1,15}$/.test(value)) return this.#error(R.syntax("SIZE needs a number"));
         // RFC 1870: refuse before any data is sent when the declared size is already too big.
         if (Number(value) > this.#ctx.limits.maxMessageBytes) return this.#error(R.sizeExceeded());
       } else if (key === "BODY" && typeof value === "string" && ["7BIT", "8BITMIME"].includes(value.toUpperCase())) {
@@ -405,7 +407,7 @@ export class Session {
       return this.#error(decision.reply);
     }
     if (this.#phase !== phase) return; // the session ended while we looked the address up
-    phase.tx.recipients.push({ address: c.path.address, mailboxes: decision.value });
+    phase.tx.recipients.push({ address: c.path.address, mailboxes: decision.value.mailboxes, relay: decision.value.relay });
     this.#log.info({ id: phase.tx.id, to }, "rcpt");
     this.#write(R.recipientOk());
   }
@@ -564,7 +566,7 @@ export class Session {
   // ---- delivery ----------------------------------------------------------------------------------
 
   #startDelivery(tx: Transaction, mode: "dot" | "raw"): Delivery {
-    return startDelivery({
+    const context = {
       store: this.#ctx.store,
       hooks: this.#ctx.hooks,
       info: this.info,
@@ -572,8 +574,9 @@ export class Session {
       extended: this.#helo?.extended ?? false,
       limits: this.#ctx.limits,
       bareLineEndings: this.#ctx.bareLineEndings,
-      log: (fields, message) => this.#log.warn(fields, message),
-    }, tx, mode);
+      log: (fields: Record<string, unknown>, message: string) => this.#log.warn(fields, message),
+    };
+    return startDelivery(context, tx, mode);
   }
 
   /** The message is complete: wait for the store, then answer. */

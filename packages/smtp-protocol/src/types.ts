@@ -27,12 +27,22 @@ export interface Reject {
 }
 
 export type Verdict = { readonly ok: true } | Reject;
-export type RecipientVerdict = { readonly ok: true; readonly mailboxes: readonly MailboxId[] } | Reject;
+/**
+ * Where one recipient's copy goes: local mailboxes, or (`relay: true`) the store's outbound queue, from
+ * which a delivery worker sends it on.
+ */
+export type RecipientVerdict =
+  | { readonly ok: true; readonly mailboxes: readonly MailboxId[] }
+  | { readonly ok: true; readonly relay: true }
+  | Reject;
 
 export interface Recipient {
   /** The address as the client sent it. */
   readonly address: string;
+  /** Local mailboxes that get a copy; empty for a relayed recipient. */
   readonly mailboxes: readonly MailboxId[];
+  /** Sent on through the outbound queue. */
+  readonly relay: boolean;
 }
 
 export interface Envelope {
@@ -59,9 +69,8 @@ export interface SmtpHooks {
   /** Replaces the built-in recipient lookup and policy (local domains, relay refusal) entirely. */
   onRcptTo?(address: string, info: SessionInfo): Promise<RecipientVerdict> | RecipientVerdict;
   /**
-   * Submission only: a recipient outside the local domains. Default: refused with 550 5.7.1 "delivery to
-   * other domains is not enabled yet". An outbound queue plugs in here by returning the mailbox(es) the
-   * message should be stored in for later sending.
+   * Submission only: a recipient outside the local domains. Default: queued for relaying when the server
+   * was created with `relay: "queue"` (and the store has a queue), else refused with 550 5.7.1.
    */
   onRelay?(address: string, info: SessionInfo): Promise<RecipientVerdict> | RecipientVerdict;
   /**
@@ -140,6 +149,11 @@ export interface SmtpServerOptions {
   readonly bareLineEndings?: "reject" | "normalize";
   readonly limits?: SmtpLimitsOptions;
   readonly hooks?: SmtpHooks;
+  /**
+   * Submission to other domains: "queue" puts such messages in `store.queue` for the outbound worker;
+   * "refuse" (the default) answers 550 5.7.1. Inbound (mx) listeners never relay, whatever this says.
+   */
+  readonly relay?: "queue" | "refuse";
 }
 
 export interface SmtpListenOptions {

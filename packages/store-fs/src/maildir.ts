@@ -102,7 +102,8 @@ export class FsMailbox implements Mailbox {
       for (const name of await readdirOrEmpty(this.sub("tmp"))) {
         const path = this.sub("tmp", name);
         const info = await fsp.stat(path).catch(() => null);
-        if (info?.isFile() && info.mtimeMs < cutoff && (await unlinkQuiet(path))) {
+        // ctime too: an append in progress may have set an old mtime (receivedAt) on its tmp file.
+        if (info?.isFile() && Math.max(info.mtimeMs, info.ctimeMs) < cutoff && (await unlinkQuiet(path))) {
           this.ctx.logger.info({ mailbox: this.id, file: name }, "maildir: removed stale tmp file");
         }
       }

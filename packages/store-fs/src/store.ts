@@ -9,6 +9,7 @@ import {
   type Directory,
   type Mailbox,
   type MailboxId,
+  type Queue,
   type Store,
   type StoreCapabilities,
 } from "@mailroom/store";
@@ -19,6 +20,7 @@ import { messageName, newBase, uidOfBase } from "./filenames.js";
 import { fsyncDir, readTextOrNull, readdirOrEmpty, unlinkQuiet } from "./fsutil.js";
 import { ID_FILE, RESERVED_PREFIX, idFromSegments, locateMailbox } from "./layout.js";
 import { FsMailbox, STATE_FILE } from "./maildir.js";
+import { FsQueue } from "./queue.js";
 import { linkOrCopy, writeMessageFile } from "./writing.js";
 
 async function hasEntry(dir: string): Promise<boolean> {
@@ -49,10 +51,12 @@ export class FsStore implements Store {
   readonly kind = "maildir";
   readonly capabilities: StoreCapabilities = { sharedAcrossProcesses: true, boundedMemory: true };
   readonly directory: Directory;
+  readonly queue: Queue;
   private closed = false;
 
   constructor(private readonly ctx: StoreContext) {
     this.directory = new FsDirectory(ctx);
+    this.queue = new FsQueue(ctx);
   }
 
   mailbox(id: MailboxId): Mailbox {

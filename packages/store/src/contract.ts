@@ -1,3 +1,5 @@
+import type { Queue } from "./queue.js";
+
 /**
  * The store contract: what the protocol packages need from storage, and nothing more.
  * README.md in this package is the prose version; the conformance suite (`@mailroom/store/conformance`)
@@ -183,6 +185,8 @@ export interface Store {
   readonly kind: string;
   readonly capabilities: StoreCapabilities;
   readonly directory: Directory;
+  /** Mail waiting for delivery to other domains (see queue.ts). */
+  readonly queue?: Queue;
 
   /** A handle on one mailbox; no I/O. Throws "invalid-name" for an id it cannot hold safely. */
   mailbox(id: MailboxId): Mailbox;

@@ -33,3 +33,13 @@ export { resolveRecipient, type Resolution } from "./recipients.js";
 export { abortable, countBytes, fromBytes, guardAppendSource, limitBytes, readAll, takeTop } from "./streams.js";
 export { silentLogger, type LogFn, type Logger } from "./logger.js";
 export { createLoginThrottle, type LoginThrottle, type LoginThrottleOptions } from "./throttle.js";
+export type {
+  ClaimOptions,
+  EnqueueOptions,
+  Queue,
+  QueueClaim,
+  QueueItem,
+  QueueRecipient,
+  RescheduleOptions,
+} from "./queue.js";
+export { compareAge, compareDue, isQueueId, mergeRecipients, newQueueId } from "./queue.js";

@@ -21,6 +21,12 @@ Commands:
   alias del SOURCE [TARGET]      remove one forwarding, or all of SOURCE
   alias list [DOMAIN]            list aliases
   migrate                        create or upgrade the store's schema (PostgreSQL)
+  store copy --to URL [--from URL] [--verify] [--verify-content] [--prune]
+                                 copy everything to another store, keeping every UIDL
+  import dovecot --maildir DIR --address ADDRESS [--uidl-format FORMAT]
+                                 import a Dovecot Maildir, keeping Dovecot's UIDLs
+  doctor [--host NAME] [--ca FILE] [--only LISTENERS] [--user ADDRESS [--password-stdin]]
+                                 check every configured listener from the outside, read-only
 
 Options:
   -c, --config FILE              the TOML configuration (default: $MAILROOM_CONFIG, else the
@@ -59,6 +65,19 @@ export async function main(argv: readonly string[]): Promise<number> {
         "password-stdin": { type: "boolean" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
+        from: { type: "string" },
+        to: { type: "string" },
+        verify: { type: "boolean" },
+        "verify-content": { type: "boolean" },
+        prune: { type: "boolean" },
+        resume: { type: "boolean" },
+        maildir: { type: "string" },
+        address: { type: "string" },
+        "uidl-format": { type: "string" },
+        host: { type: "string" },
+        ca: { type: "string" },
+        only: { type: "string" },
+        user: { type: "string" },
       },
     });
   } catch (error) {
@@ -87,8 +106,19 @@ export async function main(argv: readonly string[]): Promise<number> {
     const config = (): ServerConfig => loadConfig(file === undefined || file === "" ? {} : { file });
     const passwordStdin = values["password-stdin"] ?? false;
     const args = sub === undefined ? [] : [sub, ...rest];
-    if (passwordStdin && !(command === "user" && (sub === "add" || sub === "passwd"))) {
-      usage("--password-stdin only goes with user add and user passwd");
+    if (passwordStdin && !(command === "user" && (sub === "add" || sub === "passwd")) && command !== "doctor") {
+      usage("--password-stdin only goes with user add, user passwd and doctor --user");
+    }
+    for (const flag of ["host", "ca", "only", "user"] as const) {
+      if (values[flag] !== undefined && command !== "doctor") usage(`--${flag} only goes with doctor`);
+    }
+    const isCopy = command === "store" && sub === "copy";
+    const isImport = command === "import" && sub === "dovecot";
+    for (const flag of ["from", "to", "verify", "verify-content", "prune", "resume"] as const) {
+      if (values[flag] !== undefined && !isCopy) usage(`--${flag} only goes with store copy`);
+    }
+    for (const flag of ["maildir", "address", "uidl-format"] as const) {
+      if (values[flag] !== undefined && !isImport) usage(`--${flag} only goes with import dovecot`);
     }
     switch (command) {
       case "serve":
@@ -98,6 +128,58 @@ export async function main(argv: readonly string[]): Promise<number> {
         arity(args, 0, 0, "migrate [--config FILE]");
         await admin.migrate(config(), stdout);
         return 0;
+      case "store": {
+        if (sub !== "copy") return usage(`unknown command "store ${sub ?? ""}"; expected store copy`);
+        arity(rest, 0, 0, "store copy --to URL [--from URL] [--verify] [--verify-content] [--prune]");
+        const { storeCopy } = await import("./migration-commands.js");
+        // Resuming is what every run does anyway; --resume is accepted for scripts that say so.
+        return await storeCopy(
+          config(),
+          {
+            ...(values.from === undefined ? {} : { from: values.from }),
+            ...(values.to === undefined ? {} : { to: values.to }),
+            verify: values.verify ?? false,
+            verifyContent: values["verify-content"] ?? false,
+            prune: values.prune ?? false,
+          },
+          stdout,
+        );
+      }
+      case "import": {
+        if (sub !== "dovecot") return usage(`unknown command "import ${sub ?? ""}"; expected import dovecot`);
+        arity(rest, 0, 0, "import dovecot --maildir DIR --address ADDRESS [--uidl-format FORMAT]");
+        const { importDovecot } = await import("./migration-commands.js");
+        return await importDovecot(
+          config(),
+          {
+            ...(values.maildir === undefined ? {} : { maildir: values.maildir }),
+            ...(values.address === undefined ? {} : { address: values.address }),
+            ...(values["uidl-format"] === undefined ? {} : { uidlFormat: values["uidl-format"] }),
+          },
+          stdout,
+        );
+      }
+      case "doctor": {
+        arity(args, 0, 0, "doctor [--host NAME] [--ca FILE] [--only LISTENERS] [--user ADDRESS [--password-stdin]]");
+        if (passwordStdin && values.user === undefined) usage("--password-stdin goes with --user ADDRESS");
+        const names = ["smtp", "submission", "submissions", "pop3", "pop3s"] as const;
+        type Name = (typeof names)[number];
+        const only = values.only?.split(",").map((n) => n.trim()).filter((n) => n.length > 0);
+        for (const name of only ?? []) {
+          if (!(names as readonly string[]).includes(name)) usage(`--only: unknown listener "${name}"; expected ${names.join(", ")}`);
+        }
+        const loaded = config();
+        const { readPassword } = await import("./password.js");
+        const account = values.user === undefined ? undefined : { address: values.user, password: await readPassword(passwordStdin) };
+        const { doctorCommand } = await import("../doctor/command.js");
+        return await doctorCommand(loaded, {
+          ...(values.host === undefined ? {} : { host: values.host }),
+          ...(values.ca === undefined ? {} : { caFile: values.ca }),
+          ...(only === undefined ? {} : { only: only as Name[] }),
+          ...(account === undefined ? {} : { account }),
+          out: stdout.out,
+        });
+      }
       case "user":
         switch (sub) {
           case "add":

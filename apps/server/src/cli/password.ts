@@ -61,3 +61,14 @@ export async function readNewPassword(fromStdin: boolean): Promise<string> {
   if (first !== second) throw new ConfigError("the passwords do not match");
   return first;
 }
+
+/** An existing password (to log in with, e.g. `doctor --user`): asked once, or read from stdin. */
+export async function readPassword(fromStdin: boolean): Promise<string> {
+  if (fromStdin) return passwordFromStdinText(await readAllStdin());
+  if (!process.stdin.isTTY) {
+    throw new ConfigError("no terminal to ask for the password: pipe it in with --password-stdin");
+  }
+  const password = await promptHidden("Password: ");
+  if (password.length === 0) throw new ConfigError("the password is empty");
+  return password;
+}

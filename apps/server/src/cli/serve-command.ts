@@ -15,6 +15,7 @@ function developmentHint(server: RunningServer): string {
     `  2. Send mail to it:   SMTP ${at("smtp")}  (submission with AUTH: ${at("submission")}, STARTTLS; ${at("submissions")}, TLS)`,
     `  3. Read it:           POP3 ${at("pop3")} (STLS) or POP3S ${at("pop3s")}, login you@localhost`,
     "     The certificate is self-signed (./data/.tls/cert.pem): tell the client to accept it.",
+    "  4. Check it all:      ./dev mailroom doctor --user you@localhost",
     "Stop with Ctrl-C.",
     "",
   ].join("\n");

@@ -74,7 +74,7 @@ export async function handshake(client: LineClient, target: DoctorTarget, ctx: D
       kind === "implicit"
         ? `wrong port for implicit TLS? ${target.port} may be a plain port (STARTTLS/STLS); implicit TLS is usually 465 (submissions) and 995 (pop3s)`
         : "the server accepted the upgrade but the handshake failed: check [tls] cert and key, and the server log";
-    ctx.report.fail("tls", `TLS handshake failed: ${problem.message}`, hint);
+    ctx.report.fail("tls", `TLS handshake failed: ${tlsReason(problem.message)}`, hint);
     client.close();
     return false;
   }
@@ -94,4 +94,10 @@ export function reportReadProblem(ctx: DoctorContext, target: DoctorTarget, step
   } else {
     ctx.report.fail(step, `${what}: ${problem.message}`);
   }
+}
+
+/** OpenSSL's "8000…:error:0A00010B:SSL routines:ssl3_get_record:wrong version number:…" → "wrong version number". */
+function tlsReason(message: string): string {
+  const match = /SSL routines:[^:]*:([^:]+):/.exec(message);
+  return match ? match[1]! : message;
 }

@@ -85,7 +85,7 @@ export class LineClient {
     this.#detach(plain);
     // Errors now surface on the TLS socket; keep the plain one from throwing an unhandled 'error'.
     plain.on("error", () => {});
-    const leftover = this.#buffer;
+    // Nothing the server sent before the handshake may be read as if it had come over TLS.
     this.#buffer = "";
     const tls = tlsConnect({
       socket: plain,
@@ -114,10 +114,6 @@ export class LineClient {
         resolve();
       });
     });
-    if (leftover.length > 0) {
-      // Bytes the server sent in the clear right before the handshake: a sign of a plain port.
-      this.#problem = new NetProblem("EPROTO", `unexpected plaintext before TLS: ${JSON.stringify(leftover.slice(0, 60))}`);
-    }
     this.#socket = tls;
     this.#tls = tls;
     this.#attach(tls);

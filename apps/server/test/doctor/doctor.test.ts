@@ -1,3 +1,4 @@
+import { Buffer } from "node:buffer";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { runDoctor, targetsFromConfig, type DoctorOptions } from "../../src/doctor/index.js";
 import {
@@ -7,7 +8,7 @@ import {
 const LOCALHOST = selfSigned("localhost");
 const open: Servers[] = [];
 
-async function servers(material = LOCALHOST, options: { pop3Remote?: boolean } = {}): Promise<Servers> {
+async function servers(material = LOCALHOST, options: { pop3Remote?: boolean; storeDown?: boolean } = {}): Promise<Servers> {
   const s = await startServers(material, options);
   open.push(s);
   return s;
@@ -16,7 +17,6 @@ async function servers(material = LOCALHOST, options: { pop3Remote?: boolean } =
 async function doctor(options: Omit<DoctorOptions, "out">): Promise<{ ok: boolean; text: string; lines: string[] }> {
   const out = collector();
   const result = await runDoctor({ timeoutMs: 5000, ...options, out: out.out });
-  if (process.env["DOCTOR_PRINT"]) process.stdout.write(`${out.text()}\n=====\n`);
   return { ok: result.ok, text: out.text(), lines: out.lines };
 }
 
@@ -114,6 +114,20 @@ describe("runDoctor against real listeners", () => {
     }
   });
 
+  it("reports [SYS/TEMP] and a temporary AUTH failure when the store is unavailable", async () => {
+    const s = await servers(LOCALHOST, { storeDown: true });
+    const { ok, text } = await doctor({
+      targets: [s.target("pop3s"), s.target("submissions")],
+      expectedHostname: "localhost",
+      ca: LOCALHOST.cert,
+      account: { address: ADDRESS, password: PASSWORD },
+    });
+    expect(ok).toBe(false);
+    expect(text).toMatch(/✘ login as alice@local\.test failed: -ERR \[SYS\/TEMP\][^\n]*\n {6}→ store unavailable or server busy/);
+    expect(text).toMatch(/✘ AUTH PLAIN as alice@local\.test: temporary failure: 454 4\.7\.0[^\n]*\n {6}→ store unavailable/);
+    expect(text).not.toContain(PASSWORD);
+  });
+
   it("notes that plaintext login is refused before STLS for a remote client, then logs in after STLS", async () => {
     const s = await servers(LOCALHOST, { pop3Remote: true });
     const { ok, text } = await doctor({ targets: [s.target("pop3")], expectedHostname: "localhost", ca: LOCALHOST.cert, account: { address: ADDRESS, password: PASSWORD } });
@@ -134,7 +148,7 @@ describe("runDoctor against real listeners", () => {
     const s = await servers();
     const { ok, text } = await doctor({ targets: [{ ...s.target("pop3"), name: "pop3s", implicitTls: true }] });
     expect(ok).toBe(false);
-    expect(text).toMatch(/✘ TLS handshake failed: .*\n {6}→ wrong port for implicit TLS\?/);
+    expect(text).toMatch(/✘ TLS handshake failed: [^\n]*\n {6}→ wrong port for implicit TLS\?/);
   });
 
   it("reports a silent port as a greeting timeout with the implicit-TLS hint", async () => {

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createPop3Server } from "@mailroom/pop3-protocol";
 import { createSmtpServer } from "@mailroom/smtp-protocol";
-import { fromBytes, hashPassword, type Store } from "@mailroom/store";
+import { StoreError, fromBytes, hashPassword, type Store } from "@mailroom/store";
 import { createMemoryStore } from "@mailroom/store/memory";
 import { TlsContext } from "@mailroom/transport";
 import type { DoctorTarget } from "../../src/doctor/index.js";
@@ -81,7 +81,7 @@ export interface Servers {
 }
 
 /** SMTP (mx + submission + submissions) and POP3 (+ pop3s) on loopback port 0, over one memory store. */
-export async function startServers(material: Material, options: { pop3Remote?: boolean } = {}): Promise<Servers> {
+export async function startServers(material: Material, options: { pop3Remote?: boolean; storeDown?: boolean } = {}): Promise<Servers> {
   const store = createMemoryStore();
   await store.directory.addDomain("local.test");
   await store.directory.addAccount({ address: ADDRESS, passwordHash: await hashPassword(PASSWORD, { logN: 10 }) });
@@ -89,9 +89,10 @@ export async function startServers(material: Material, options: { pop3Remote?: b
   await box.append(fromBytes("Subject: one\r\n\r\nfirst\r\n"));
   await box.append(fromBytes("Subject: two\r\n\r\nsecond\r\n"));
   const tls = new TlsContext(material);
-  const smtp = createSmtpServer({ store, hostname: "localhost", tls });
+  const served = options.storeDown ? unavailable(store) : store;
+  const smtp = createSmtpServer({ store: served, hostname: "localhost", tls });
   const pop3 = createPop3Server({
-    store,
+    store: served,
     hostname: "localhost",
     tls,
     // Pretend every client is remote, so that the plaintext rule applies to the test's loopback client.
@@ -113,6 +114,32 @@ export async function startServers(material: Material, options: { pop3Remote?: b
       await Promise.all([smtp.close({ deadlineMs: 1000 }), pop3.close({ deadlineMs: 1000 })]);
       await store.close();
     },
+  };
+}
+
+/**
+ * The same store as seen by a server whose backend just went away: account lookups and mailbox
+ * leases fail with the store's own "unavailable" error, as a PostgreSQL or Redis outage would.
+ */
+function unavailable(store: Store): Store {
+  const down = (): Promise<never> => Promise.reject(new StoreError("unavailable", "memory: backend down (test)"));
+  const failing = <T extends object>(target: T, names: readonly string[]): T =>
+    new Proxy(target, {
+      get(object, property) {
+        if (typeof property === "string" && names.includes(property)) return down;
+        const value: unknown = Reflect.get(object, property, object);
+        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(object) : value;
+      },
+    });
+  return {
+    kind: store.kind,
+    capabilities: store.capabilities,
+    directory: failing(store.directory, ["getAccount"]),
+    mailbox: (id) => failing(store.mailbox(id), ["acquireLease", "list"]),
+    deliver: (mailboxes, source, deliverOptions) => store.deliver(mailboxes, source, deliverOptions),
+    listMailboxes: () => store.listMailboxes(),
+    ping: down,
+    close: () => store.close(),
   };
 }
 

@@ -19,13 +19,16 @@ import type { ConformanceOptions } from "./harness.js";
 import { largeMessageTests } from "./large-message.js";
 import { leaseTests } from "./lease.js";
 import { nameTests } from "./names.js";
+import { queueTests } from "./queue.js";
 import { uidTests } from "./uids.js";
 
 export type { ConformanceOptions } from "./harness.js";
 
 /** Registers the conformance suite (vitest `describe`/`it` blocks) for one adapter. */
 export function describeStoreConformance(options: ConformanceOptions): void {
-  describe(`store conformance: ${options.name}`, () => {
+  // Generous per-test time, so that a slow backend (a remote database, a loaded CI box) does not
+  // depend on its package's vitest defaults; the large-message test sets its own.
+  describe(`store conformance: ${options.name}`, { timeout: 60_000 }, () => {
     directoryTests(options);
     appendListReadTests(options);
     uidTests(options);
@@ -35,5 +38,6 @@ export function describeStoreConformance(options: ConformanceOptions): void {
     deliverTests(options);
     nameTests(options);
     largeMessageTests(options);
+    queueTests(options);
   });
 }

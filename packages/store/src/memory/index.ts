@@ -24,7 +24,9 @@ import type {
 } from "../contract.js";
 import { StoreError } from "../errors.js";
 import { assertMailboxId, assertUid, domainOf, normalizeAddress, normalizeAliasSource, normalizeDomain } from "../names.js";
+import type { Queue } from "../queue.js";
 import { fromBytes, guardAppendSource, readAll, takeTop } from "../streams.js";
+import { MemoryQueue, newQueueState, type QueueState } from "./queue.js";
 
 interface StoredMessage {
   info: MessageInfo;
@@ -50,12 +52,13 @@ interface State {
   accounts: Map<string, Account>;
   aliases: Alias[];
   mailboxes: Map<MailboxId, MailboxState>;
+  queue: QueueState;
 }
 
 const namespaces = new Map<string, State>();
 
 function newState(): State {
-  return { domains: new Set(), accounts: new Map(), aliases: [], mailboxes: new Map() };
+  return { domains: new Set(), accounts: new Map(), aliases: [], mailboxes: new Map(), queue: newQueueState() };
 }
 
 export interface MemoryStoreOptions {
@@ -269,10 +272,12 @@ class MemoryStore implements Store {
   readonly kind = "memory";
   readonly capabilities = { sharedAcrossProcesses: false, boundedMemory: false };
   readonly directory: Directory;
+  readonly queue: Queue;
   private closed = false;
 
   constructor(private readonly state: State) {
     this.directory = new MemoryDirectory(state);
+    this.queue = new MemoryQueue(state.queue);
   }
 
   mailbox(id: MailboxId): Mailbox {

@@ -1,0 +1,95 @@
+import type { Queue, QueueItem } from "@mailroom/store";
+
+/** What `mailroom queue list` shows per item. */
+export interface QueueRow {
+  readonly id: string;
+  readonly state: "queued" | "dead";
+  readonly sender: string;
+  /** Recipients still waiting. */
+  readonly pending: readonly string[];
+  readonly delivered: number;
+  readonly failed: number;
+  readonly size: number;
+  readonly attempts: number;
+  readonly ageMs: number;
+  readonly nextAttemptAt: number;
+  readonly lastError: string | null;
+}
+
+export interface QueueStats {
+  /** Items waiting for delivery. */
+  readonly queued: number;
+  /** Items given up and kept for the operator. */
+  readonly dead: number;
+  /** Age of the oldest waiting item, or 0. */
+  readonly oldestAgeMs: number;
+  /** Octets of all items. */
+  readonly bytes: number;
+}
+
+export function toRow(item: QueueItem, now = Date.now()): QueueRow {
+  return {
+    id: item.id,
+    state: item.state,
+    sender: item.sender,
+    pending: item.recipients.filter((r) => r.status === "pending").map((r) => r.address),
+    delivered: item.recipients.filter((r) => r.status === "delivered").length,
+    failed: item.recipients.filter((r) => r.status === "failed").length,
+    size: item.size,
+    attempts: item.attempts,
+    ageMs: Math.max(0, now - item.createdAt),
+    nextAttemptAt: item.nextAttemptAt,
+    lastError: item.lastError,
+  };
+}
+
+export async function listQueue(queue: Queue, now = Date.now()): Promise<QueueRow[]> {
+  return (await queue.list()).map((item) => toRow(item, now));
+}
+
+export async function queueStats(queue: Queue, now = Date.now()): Promise<QueueStats> {
+  const items = await queue.list();
+  const queued = items.filter((i) => i.state === "queued");
+  const oldest = queued.reduce((min, i) => Math.min(min, i.createdAt), Number.POSITIVE_INFINITY);
+  return {
+    queued: queued.length,
+    dead: items.length - queued.length,
+    oldestAgeMs: queued.length > 0 ? Math.max(0, now - oldest) : 0,
+    bytes: items.reduce((sum, i) => sum + i.size, 0),
+  };
+}
+
+/** Makes an item (also a dead one) due now. Throws the store's "not-found" for an unknown id. */
+export function retryItem(queue: Queue, id: string): Promise<void> {
+  return queue.retry(id);
+}
+
+/** Deletes an item without a bounce. Throws the store's "not-found" for an unknown id. */
+export function deleteItem(queue: Queue, id: string): Promise<void> {
+  return queue.remove(id);
+}
+
+/** `5m`, `3h`, `2d`: short enough for a table column. */
+export function formatAge(ms: number): string {
+  const s = Math.floor(ms / 1000);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+
+/** The `mailroom queue list` table, one item per block, like `postqueue -p`. */
+export function formatQueue(rows: readonly QueueRow[], now = Date.now()): string {
+  if (rows.length === 0) return "Mail queue is empty\n";
+  const lines: string[] = [];
+  for (const row of rows) {
+    const next = row.state === "dead" ? "dead" : row.nextAttemptAt <= now ? "due now" : `next in ${formatAge(row.nextAttemptAt - now)}`;
+    lines.push(`${row.id}  ${row.size} B  age ${formatAge(row.ageMs)}  ${row.attempts} attempts  ${next}  from <${row.sender}>`);
+    for (const r of row.pending) lines.push(`    <${r}>`);
+    if (row.delivered + row.failed > 0) lines.push(`    (${row.delivered} delivered, ${row.failed} failed)`);
+    if (row.lastError) lines.push(`    last error: ${row.lastError}`);
+  }
+  const total = rows.reduce((sum, r) => sum + r.size, 0);
+  lines.push(`-- ${rows.length} item${rows.length === 1 ? "" : "s"}, ${total} B`);
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,456 @@
+import { randomBytes } from "node:crypto";
+import {
+  fromBytes,
+  isStoreError,
+  resolveRecipient,
+  silentLogger,
+  type Logger,
+  type Queue,
+  type QueueClaim,
+  type QueueItem,
+  type QueueRecipient,
+  type Store,
+} from "@mailroom/store";
+import { ConnectionError, formatReply, SmtpReplyError, SmtpSession } from "./client.js";
+import { MailRouter, type MailHost } from "./dns.js";
+import { buildDsn, readHeaders } from "./dsn.js";
+import { queueStats } from "./admin.js";
+import type { TlsClientOptions } from "./socket.js";
+
+export interface SmarthostOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly tls: "starttls" | "implicit" | "none";
+  readonly auth?: { readonly username: string; readonly password: string };
+  /** Refuse to send over an unencrypted connection. Default true when `auth` is set. */
+  readonly requireTls?: boolean;
+}
+
+export interface OutboundOptions {
+  /** Uses `store.queue`. */
+  readonly store: Store;
+  /** Our EHLO name, Reporting-MTA and MAILER-DAEMON@ domain. */
+  readonly hostname: string;
+  readonly logger?: Logger;
+  /** DNS servers, "127.0.0.1:5353" style; default the system's. */
+  readonly resolver?: { readonly servers: readonly string[]; readonly timeoutMs?: number };
+  /** Send everything to this host instead of looking up MX records. */
+  readonly smarthost?: SmarthostOptions;
+  /** Port of MX hosts. Default 25; only tests and unusual networks change it. */
+  readonly mxPort?: number;
+  /** Milliseconds to wait after each failed attempt; after the last, remaining recipients fail. */
+  readonly retrySchedule?: readonly number[];
+  /** Items delivered in parallel. Default 8. */
+  readonly concurrency?: number;
+  /** Connections to one destination domain at once. Default 2. */
+  readonly perDomainConcurrency?: number;
+  /** How often `start()` looks for due items. Default 1 s. */
+  readonly pollIntervalMs?: number;
+  /** Claim lease; renewed while a delivery runs. Default 5 minutes. */
+  readonly claimTtlMs?: number;
+  /** Connect and per-reply timeout. Default 60 s (RFC 5321 4.5.3.2 suggests minutes; we are impatient). */
+  readonly connectTimeoutMs?: number;
+  /** TLS towards MX hosts and the smarthost. Opportunistic STARTTLS does not verify by default. */
+  readonly tlsOptions?: TlsClientOptions;
+  /** How often `start()` logs the queue size and the oldest item's age. Default 60 s. */
+  readonly statsIntervalMs?: number;
+}
+
+export interface Outbound {
+  start(): void;
+  /** Stops claiming; running deliveries may finish until the deadline (default 30 s), then are cut off. */
+  stop(options?: { readonly deadlineMs?: number }): Promise<void>;
+  /** Claims and delivers what is due now; resolves with the number of items handled. */
+  runOnce(): Promise<number>;
+}
+
+const MINUTE = 60_000;
+const HOUR = 60 * MINUTE;
+
+/** 5m, 10m, 20m, 40m, 1h, 2h, 4h, 8h, then every 8h until five days have passed in all. */
+export function defaultRetrySchedule(): number[] {
+  const schedule = [5, 10, 20, 40].map((m) => m * MINUTE).concat([1, 2, 4, 8].map((h) => h * HOUR));
+  const limit = 5 * 24 * HOUR;
+  let total = schedule.reduce((a, b) => a + b, 0);
+  while (total + 8 * HOUR <= limit) {
+    schedule.push(8 * HOUR);
+    total += 8 * HOUR;
+  }
+  if (limit > total) schedule.push(limit - total);
+  return schedule;
+}
+
+class Semaphore {
+  #free: number;
+  #waiting: (() => void)[] = [];
+  constructor(size: number) {
+    this.#free = size;
+  }
+  get free(): number {
+    return this.#free;
+  }
+  async acquire(): Promise<() => void> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.#waiting.shift();
+      if (next) next();
+      else this.#free++;
+    };
+  }
+}
+
+interface Outcome {
+  readonly status: "delivered" | "failed" | "pending";
+  readonly diagnostic: string;
+}
+
+const isPermanent = (code: number): boolean => code >= 500;
+
+export function createOutbound(options: OutboundOptions): Outbound {
+  const queue = options.store.queue;
+  if (!queue) throw new Error(`the ${options.store.kind} store has no outbound queue`);
+  const log = (options.logger ?? silentLogger).child({ component: "outbound" });
+  const router = new MailRouter({
+    ...(options.resolver ? { servers: options.resolver.servers } : {}),
+    ...(options.resolver?.timeoutMs !== undefined ? { timeoutMs: options.resolver.timeoutMs } : {}),
+  });
+  const schedule = options.retrySchedule ?? defaultRetrySchedule();
+  const concurrency = Math.max(1, options.concurrency ?? 8);
+  const perDomain = Math.max(1, options.perDomainConcurrency ?? 2);
+  const claimTtlMs = options.claimTtlMs ?? 5 * MINUTE;
+  const timeoutMs = options.connectTimeoutMs ?? MINUTE;
+  const holder = `outbound ${options.hostname} ${randomBytes(4).toString("hex")}`;
+
+  const slots = new Semaphore(concurrency);
+  const domainSlots = new Map<string, Semaphore>();
+  const running = new Set<Promise<void>>();
+  const sessions = new Set<SmtpSession>();
+  let started = false;
+  let stopping = false;
+  let pollTimer: ReturnType<typeof setTimeout> | null = null;
+  let statsTimer: ReturnType<typeof setInterval> | null = null;
+
+  const domainSlot = (key: string): Semaphore => {
+    let slot = domainSlots.get(key);
+    if (!slot) domainSlots.set(key, (slot = new Semaphore(perDomain)));
+    return slot;
+  };
+
+  async function destinations(domain: string): Promise<{ hosts: readonly MailHost[]; port: number } | Outcome> {
+    if (options.smarthost) {
+      return { hosts: [{ name: options.smarthost.host, addresses: [options.smarthost.host] }], port: options.smarthost.port };
+    }
+    const route = await router.route(domain);
+    if (route.kind === "failed") return { status: route.permanent ? "failed" : "pending", diagnostic: `${route.status} ${route.message}` };
+    return { hosts: route.hosts, port: options.mxPort ?? 25 };
+  }
+
+  async function needsEightBit(item: QueueItem): Promise<boolean> {
+    const declared = item.meta["body"]?.toUpperCase();
+    if (declared === "8BITMIME") return true;
+    if (declared === "7BIT") return false;
+    for await (const chunk of await queue!.readMessage(item.id)) {
+      if (chunk.some((byte) => byte >= 0x80)) return true;
+    }
+    return false;
+  }
+
+  /** One domain's recipients of one item: tries its hosts in order until one gives an answer. */
+  async function deliverDomain(item: QueueItem, domain: string, recipients: readonly string[], eightBit: boolean): Promise<Map<string, Outcome>> {
+    const outcomes = new Map<string, Outcome>();
+    const all = (outcome: Outcome): Map<string, Outcome> => {
+      for (const r of recipients) outcomes.set(r, outcome);
+      return outcomes;
+    };
+    const target = await destinations(domain);
+    if ("status" in target) {
+      log.info({ item: item.id, domain, host: null, result: target.diagnostic }, "delivery attempt");
+      return all(target);
+    }
+    const smarthost = options.smarthost;
+    let lastError = "4.4.1 no host could be reached";
+    for (const host of target.hosts) {
+      for (const address of host.addresses) {
+        const where = `${host.name}[${address}]:${target.port}`;
+        let session: SmtpSession;
+        try {
+          session = await SmtpSession.open({
+            host: address,
+            port: target.port,
+            hostname: options.hostname,
+            tls: smarthost ? smarthost.tls : "starttls",
+            servername: host.name,
+            timeoutMs,
+            ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
+            ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
+            ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
+          });
+        } catch (error) {
+          // The host did not take the session: the next MX may (RFC 5321 5.1). Even a 5xx here (a refused
+          // greeting, a smarthost password) says nothing about the recipients, so it stays temporary.
+          lastError = error instanceof SmtpReplyError ? `${formatReply(error.reply)} (${where}, ${error.stage})` : `4.4.1 ${where}: ${message(error)}`;
+          log.info({ item: item.id, domain, host: where, result: lastError }, "delivery attempt");
+          continue;
+        }
+        sessions.add(session);
+        try {
+          if (item.meta["smtputf8"] === "1" && !session.has("SMTPUTF8")) {
+            log.info({ item: item.id, domain, host: where, result: "no SMTPUTF8" }, "delivery attempt");
+            return all({ status: "failed", diagnostic: `5.6.7 ${where} does not support SMTPUTF8, which the message needs` });
+          }
+          if (eightBit && !session.has("8BITMIME")) {
+            // Downgrading would mean rewriting MIME parts; like most MTAs we send as is.
+            log.warn({ item: item.id, domain, host: where }, "8-bit message sent to a server without 8BITMIME");
+          }
+          const result = await session.send({
+            sender: item.sender,
+            recipients,
+            size: item.size,
+            eightBit,
+            utf8: item.meta["smtputf8"] === "1",
+            body: () => queue!.readMessage(item.id),
+          });
+          for (const r of recipients) {
+            const reply = result.recipients.get(r);
+            if (!reply) continue;
+            const text = `${formatReply(reply)} (${where})`;
+            outcomes.set(r, { status: reply.code < 400 ? "delivered" : isPermanent(reply.code) ? "failed" : "pending", diagnostic: text });
+          }
+          log.info({ item: item.id, domain, host: where, result: summary(outcomes) }, "delivery attempt");
+          return outcomes;
+        } catch (error) {
+          if (error instanceof SmtpReplyError) {
+            const text = `${formatReply(error.reply)} (${where}, ${error.stage})`;
+            log.info({ item: item.id, domain, host: where, result: text }, "delivery attempt");
+            return all({ status: error.permanent ? "failed" : "pending", diagnostic: text });
+          }
+          // Cut off mid-transaction: the server may or may not have the message; retry later.
+          const text = `4.4.2 ${where}: ${message(error)}`;
+          log.info({ item: item.id, domain, host: where, result: text }, "delivery attempt");
+          return all({ status: "pending", diagnostic: text });
+        } finally {
+          sessions.delete(session);
+          await session.quit();
+        }
+      }
+    }
+    return all({ status: "pending", diagnostic: lastError });
+  }
+
+  async function process(initial: QueueClaim): Promise<void> {
+    let claim = initial;
+    let lost = false;
+    let done = false;
+    const renewer = setInterval(() => {
+      if (done) return;
+      queue!.renew(claim).then(
+        (renewed) => {
+          claim = renewed;
+        },
+        (error: unknown) => {
+          if (done) return;
+          lost = true;
+          log.warn({ item: claim.item.id, error: message(error) }, "claim renewal failed");
+        },
+      );
+    }, Math.max(50, Math.floor(claimTtlMs / 3)));
+    const item = initial.item;
+    try {
+      const pending = item.recipients.filter((r) => r.status === "pending").map((r) => r.address);
+      const byDomain = new Map<string, string[]>();
+      for (const address of pending) {
+        const domain = safeDomain(address);
+        byDomain.set(domain, [...(byDomain.get(domain) ?? []), address]);
+      }
+      const eightBit = pending.length > 0 ? await needsEightBit(item) : false;
+      const results = await Promise.all(
+        [...byDomain].map(async ([domain, addresses]) => {
+          const release = await domainSlot(options.smarthost ? "smarthost" : domain).acquire();
+          try {
+            return await deliverDomain(item, domain, addresses, eightBit);
+          } catch (error) {
+            const outcome: Outcome = { status: "pending", diagnostic: `4.3.0 ${message(error)}` };
+            log.warn({ item: item.id, domain, error: message(error) }, "delivery attempt failed");
+            return new Map(addresses.map((a) => [a, outcome] as const));
+          } finally {
+            release();
+          }
+        }),
+      );
+      const outcomes = new Map<string, Outcome>(results.flatMap((m) => [...m]));
+      const exhausted = item.attempts >= schedule.length;
+      let recipients: QueueRecipient[] = item.recipients.map((r) => {
+        const outcome = outcomes.get(r.address);
+        return outcome ? { address: r.address, status: outcome.status, diagnostic: outcome.diagnostic } : r;
+      });
+      if (lost) return;
+      const stillPending = recipients.filter((r) => r.status === "pending");
+      if (stillPending.length > 0 && !exhausted) {
+        const delay = schedule[item.attempts] ?? 0;
+        await queue!.reschedule(claim, {
+          nextAttemptAt: Date.now() + delay,
+          error: stillPending.map((r) => `<${r.address}>: ${r.diagnostic ?? "pending"}`).join("; "),
+          recipients,
+        });
+        return;
+      }
+      if (stillPending.length > 0) {
+        const attempts = item.attempts + 1;
+        recipients = recipients.map((r) =>
+          r.status === "pending"
+            ? { address: r.address, status: "failed", diagnostic: `${expiredStatus(r.diagnostic)} gave up after ${attempts} attempts; last error: ${r.diagnostic ?? "none"}` }
+            : r,
+        );
+      }
+      const failed = recipients.filter((r) => r.status === "failed");
+      if (failed.length > 0 && item.sender !== "") {
+        try {
+          await sendDsn(item, failed);
+        } catch (error) {
+          log.error({ item: item.id, error: message(error) }, "could not make the delivery status notification");
+          await queue!.deadLetter(claim, { error: `bounce failed: ${message(error)}`, recipients });
+          return;
+        }
+      }
+      if (failed.length > 0 && item.sender === "") log.info({ item: item.id, failed: failed.length }, "bounce undeliverable; no bounce for a bounce");
+      await queue!.finish(claim);
+      log.info({ item: item.id, delivered: recipients.length - failed.length, failed: failed.length }, "item done");
+    } catch (error) {
+      log.error({ item: item.id, error: message(error) }, isStoreError(error) && error.code === "lease-lost" ? "claim lost" : "delivery failed");
+    } finally {
+      done = true;
+      clearInterval(renewer);
+    }
+  }
+
+  async function sendDsn(item: QueueItem, failed: readonly QueueRecipient[]): Promise<void> {
+    const originalHeaders = await readHeaders(await queue!.readMessage(item.id));
+    const text = buildDsn({
+      hostname: options.hostname,
+      to: item.sender,
+      arrivalDate: new Date(item.createdAt),
+      failed: failed.map((r) => ({ address: r.address, diagnostic: r.diagnostic ?? "5.0.0 delivery failed" })),
+      originalHeaders,
+    });
+    const bytes = new TextEncoder().encode(text);
+    const resolution = await resolveRecipient(options.store.directory, item.sender);
+    if (resolution.kind === "local") {
+      const withPath = new TextEncoder().encode(`Return-Path: <>\r\n${text}`);
+      await options.store.deliver(resolution.mailboxes, fromBytes(withPath));
+      log.info({ item: item.id, to: item.sender }, "bounce delivered locally");
+    } else if (resolution.kind === "unknown") {
+      // Our own domain but nobody there: nowhere to bounce to.
+      log.warn({ item: item.id, to: item.sender }, "bounce dropped: the sender is not a local user");
+    } else {
+      const bounce = await queue!.enqueue({ sender: "", recipients: [item.sender] }, fromBytes(bytes));
+      log.info({ item: item.id, bounce: bounce.id, to: item.sender }, "bounce queued");
+    }
+  }
+
+  function launch(claim: QueueClaim, release: () => void): Promise<void> {
+    const task = process(claim).finally(() => {
+      release();
+      running.delete(task);
+    });
+    running.add(task);
+    return task;
+  }
+
+  async function runOnce(): Promise<number> {
+    let handled = 0;
+    const seen = new Set<string>();
+    for (;;) {
+      const claims = await queue!.claim({ holder, ttlMs: claimTtlMs, limit: concurrency });
+      if (claims.length === 0) break;
+      let repeat = false;
+      const tasks: Promise<void>[] = [];
+      for (const claim of claims) {
+        if (seen.has(claim.item.id)) repeat = true;
+        seen.add(claim.item.id);
+        tasks.push(launch(claim, await slots.acquire()));
+      }
+      await Promise.all(tasks);
+      handled += claims.length;
+      // Items rescheduled with a short delay come back at once; one pass over them is enough.
+      if (repeat || claims.length < concurrency || stopping) break;
+    }
+    return handled;
+  }
+
+  async function poll(): Promise<void> {
+    pollTimer = null;
+    try {
+      const free = slots.free;
+      if (free > 0 && !stopping) {
+        const claims = await queue!.claim({ holder, ttlMs: claimTtlMs, limit: free });
+        for (const claim of claims) void launch(claim, await slots.acquire());
+      }
+    } catch (error) {
+      log.warn({ error: message(error) }, "claiming from the queue failed");
+    }
+    if (started && !stopping) pollTimer = setTimeout(() => void poll(), options.pollIntervalMs ?? 1_000);
+  }
+
+  async function logStats(): Promise<void> {
+    try {
+      const stats = await queueStats(queue!);
+      log.info({ ...stats }, "queue");
+    } catch (error) {
+      log.warn({ error: message(error) }, "queue stats failed");
+    }
+  }
+
+  return {
+    start() {
+      if (started) return;
+      started = true;
+      stopping = false;
+      void poll();
+      statsTimer = setInterval(() => void logStats(), options.statsIntervalMs ?? MINUTE);
+    },
+    async stop(stopOptions) {
+      stopping = true;
+      started = false;
+      if (pollTimer) clearTimeout(pollTimer);
+      if (statsTimer) clearInterval(statsTimer);
+      pollTimer = null;
+      statsTimer = null;
+      const deadline = stopOptions?.deadlineMs ?? 30_000;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const expired = new Promise<"expired">((resolve) => {
+        timer = setTimeout(() => resolve("expired"), deadline);
+      });
+      const result = await Promise.race([Promise.allSettled([...running]).then(() => "done" as const), expired]);
+      clearTimeout(timer);
+      if (result === "expired") {
+        // Cut the connections: the deliveries record a temporary failure, or their claims expire.
+        for (const session of sessions) session.abort();
+        await Promise.race([Promise.allSettled([...running]), new Promise((resolve) => setTimeout(resolve, 2_000))]);
+      }
+    },
+    runOnce,
+  };
+}
+
+/** Recipients are grouped case-insensitively by domain: one connection serves them all. */
+function safeDomain(address: string): string {
+  return address.slice(address.lastIndexOf("@") + 1).toLowerCase();
+}
+
+function expiredStatus(diagnostic: string | undefined): string {
+  const status = /\b4\.(\d{1,3}\.\d{1,3})\b/.exec(diagnostic ?? "")?.[1];
+  return status ? `4.${status}` : "4.4.7";
+}
+
+function summary(outcomes: ReadonlyMap<string, Outcome>): string {
+  return [...outcomes].map(([r, o]) => `<${r}> ${o.status}: ${o.diagnostic}`).join("; ");
+}
+
+function message(error: unknown): string {
+  if (error instanceof ConnectionError || error instanceof Error) return error.message;
+  return String(error);
+}

@@ -1,0 +1,364 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import dns2 from "dns2";
+import {
+  fromBytes,
+  hashPassword,
+  readAll,
+  StoreError,
+  type ClaimOptions,
+  type EnqueueOptions,
+  type Queue,
+  type QueueClaim,
+  type QueueItem,
+  type QueueRecipient,
+  type RescheduleOptions,
+  type Store,
+} from "@mailroom/store";
+import { createMemoryStore } from "@mailroom/store/memory";
+
+/**
+ * A queue for tests, used only while the memory store has no `queue` of its own: same contract, kept
+ * in a Map. Once `createMemoryStore().queue` exists, `withQueue` returns the store unchanged.
+ */
+class TestQueue implements Queue {
+  #items = new Map<string, { item: QueueItem; body: Uint8Array; token: string | null; expiresAt: number; ttl: number }>();
+  #next = 0;
+
+  async enqueue(
+    envelope: { readonly sender: string; readonly recipients: readonly string[]; readonly meta?: Readonly<Record<string, string>> },
+    source: AsyncIterable<Uint8Array>,
+    options?: EnqueueOptions,
+  ): Promise<QueueItem> {
+    const body = await readAll(source);
+    if (options?.maxBytes !== undefined && body.length > options.maxBytes) throw new StoreError("too-big", "too big");
+    const now = Date.now();
+    const item: QueueItem = {
+      id: `q${now.toString(36)}${(this.#next++).toString(36)}`,
+      sender: envelope.sender,
+      recipients: envelope.recipients.map((address) => ({ address, status: "pending" })),
+      size: body.length,
+      createdAt: now,
+      attempts: 0,
+      nextAttemptAt: options?.notBefore ?? now,
+      lastError: null,
+      state: "queued",
+      meta: { ...envelope.meta },
+    };
+    this.#items.set(item.id, { item, body, token: null, expiresAt: 0, ttl: 0 });
+    return item;
+  }
+
+  async claim(options: ClaimOptions): Promise<readonly QueueClaim[]> {
+    const now = options.now ?? Date.now();
+    const due = [...this.#items.values()]
+      .filter((e) => e.item.state === "queued" && e.item.nextAttemptAt <= now && (e.token === null || e.expiresAt <= now))
+      .sort((a, b) => a.item.nextAttemptAt - b.item.nextAttemptAt)
+      .slice(0, options.limit ?? 1);
+    return due.map((e) => {
+      e.token = `${Math.random()}`;
+      e.expiresAt = Date.now() + options.ttlMs;
+      e.ttl = options.ttlMs;
+      return { item: e.item, token: e.token, expiresAt: e.expiresAt };
+    });
+  }
+
+  #held(claim: QueueClaim) {
+    const entry = this.#items.get(claim.item.id);
+    if (!entry || entry.token !== claim.token) throw new StoreError("lease-lost", "claim lost");
+    return entry;
+  }
+
+  async renew(claim: QueueClaim): Promise<QueueClaim> {
+    const entry = this.#held(claim);
+    entry.expiresAt = Date.now() + entry.ttl;
+    return { item: entry.item, token: claim.token, expiresAt: entry.expiresAt };
+  }
+
+  async readMessage(id: string): Promise<AsyncIterable<Uint8Array>> {
+    const entry = this.#items.get(id);
+    if (!entry) throw new StoreError("not-found", id);
+    return fromBytes(entry.body, 7);
+  }
+
+  async finish(claim: QueueClaim): Promise<void> {
+    this.#held(claim);
+    this.#items.delete(claim.item.id);
+  }
+
+  #merge(item: QueueItem, recipients: readonly QueueRecipient[] | undefined): QueueRecipient[] {
+    return item.recipients.map((r) => recipients?.find((n) => n.address === r.address) ?? r);
+  }
+
+  async reschedule(claim: QueueClaim, options: RescheduleOptions): Promise<void> {
+    const entry = this.#held(claim);
+    entry.item = {
+      ...entry.item,
+      recipients: this.#merge(entry.item, options.recipients),
+      attempts: entry.item.attempts + 1,
+      nextAttemptAt: options.nextAttemptAt,
+      lastError: options.error,
+    };
+    entry.token = null;
+  }
+
+  async deadLetter(claim: QueueClaim, options: { readonly error: string; readonly recipients?: readonly QueueRecipient[] }): Promise<void> {
+    const entry = this.#held(claim);
+    entry.item = { ...entry.item, recipients: this.#merge(entry.item, options.recipients), state: "dead", lastError: options.error, attempts: entry.item.attempts + 1 };
+    entry.token = null;
+  }
+
+  async list(): Promise<readonly QueueItem[]> {
+    return [...this.#items.values()].map((e) => e.item).sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  async get(id: string): Promise<QueueItem | null> {
+    return this.#items.get(id)?.item ?? null;
+  }
+
+  async retry(id: string): Promise<void> {
+    const entry = this.#items.get(id);
+    if (!entry) throw new StoreError("not-found", id);
+    entry.item = { ...entry.item, state: "queued", nextAttemptAt: Date.now() };
+    entry.token = null;
+  }
+
+  async remove(id: string): Promise<void> {
+    if (!this.#items.delete(id)) throw new StoreError("not-found", id);
+  }
+}
+
+export function withQueue(store: Store): Store & { readonly queue: Queue } {
+  if (store.queue) return store as Store & { readonly queue: Queue };
+  const queue = new TestQueue();
+  return new Proxy(store, {
+    get(target, property) {
+      if (property === "queue") return queue;
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+    },
+  }) as Store & { readonly queue: Queue };
+}
+
+/** A store with one local domain and accounts, plus a queue. */
+export async function makeStore(domain: string, users: readonly string[], password = "secret"): Promise<Store & { readonly queue: Queue }> {
+  const store = withQueue(createMemoryStore());
+  await store.directory.addDomain(domain);
+  const hash = await hashPassword(password);
+  for (const user of users) await store.directory.addAccount({ address: `${user}@${domain}`, passwordHash: hash });
+  return store;
+}
+
+export async function mailboxTexts(store: Store, address: string): Promise<string[]> {
+  const mailbox = store.mailbox(address);
+  const texts: string[] = [];
+  for (const info of await mailbox.list()) texts.push(new TextDecoder().decode(await readAll(await mailbox.read(info.uid))));
+  return texts;
+}
+
+// ---------------------------------------------------------------- DNS
+
+export interface Zone {
+  readonly mx?: readonly (readonly [number, string])[];
+  readonly a?: readonly string[];
+  readonly aaaa?: readonly string[];
+  /** Answer every question for this name with this error. */
+  readonly rcode?: "NXDOMAIN" | "SERVFAIL";
+}
+
+/** A DNS server on 127.0.0.1:0 for `zones`; unknown names are NXDOMAIN. */
+export async function startDns(zones: Record<string, Zone>): Promise<{ server: string; close(): Promise<void> }> {
+  const { Packet } = dns2;
+  const server = dns2.createUDPServer((request, send) => {
+    const response = Packet.createResponseFromRequest(request);
+    const question = request.questions[0];
+    const name = (question?.name ?? "").toLowerCase();
+    const zone = zones[name];
+    if (!zone || zone.rcode) {
+      response.header.rcode = zone?.rcode === "SERVFAIL" ? 2 : 3; // RFC 1035 4.1.1
+      send(response);
+      return;
+    }
+    // dns2's Resource type wants methods that plain records (which it encodes fine) do not have.
+    const answers = response.answers as unknown as Record<string, unknown>[];
+    const base = { name: question?.name ?? name, class: Packet.CLASS.IN, ttl: 60 };
+    if (question?.type === Packet.TYPE.MX) {
+      for (const [priority, exchange] of zone.mx ?? []) answers.push({ ...base, type: Packet.TYPE.MX, priority, exchange });
+    } else if (question?.type === Packet.TYPE.A) {
+      for (const address of zone.a ?? []) answers.push({ ...base, type: Packet.TYPE.A, address });
+    } else if (question?.type === Packet.TYPE.AAAA) {
+      for (const address of zone.aaaa ?? []) answers.push({ ...base, type: Packet.TYPE.AAAA, address });
+    }
+    send(response);
+  });
+  await server.listen(0, "127.0.0.1");
+  const address = server.address();
+  return {
+    server: `127.0.0.1:${address.port}`,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+// ---------------------------------------------------------------- scripted receiver
+
+export interface Script {
+  readonly greeting?: string;
+  readonly ehlo?: readonly string[];
+  /** Reply to RCPT for this address; default 250. */
+  rcpt?(address: string): string;
+  /** Reply after the data; default 250. Return null to never answer (a hung server). */
+  data?(count: number): string | null;
+}
+
+export interface Received {
+  readonly from: string;
+  readonly to: readonly string[];
+  readonly body: string;
+  readonly mailLine: string;
+}
+
+/** A tiny SMTP server that answers as scripted and records the messages it accepted. */
+export async function startScripted(host: string, port: number, script: Script = {}): Promise<{ port: number; received: Received[]; connections: number; close(): Promise<void> }> {
+  const received: Received[] = [];
+  const sockets = new Set<Socket>();
+  const state = { connections: 0 };
+  const server: Server = createServer((socket) => {
+    state.connections++;
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => undefined);
+    socket.setEncoding("latin1");
+    socket.write(`${script.greeting ?? "220 scripted ESMTP"}\r\n`);
+    let buffer = "";
+    let inData = false;
+    let from = "";
+    let mailLine = "";
+    let to: string[] = [];
+    let dataLines: string[] = [];
+    socket.on("data", (chunk: string) => {
+      buffer += chunk;
+      let index: number;
+      while ((index = buffer.indexOf("\r\n")) >= 0) {
+        const line = buffer.slice(0, index);
+        buffer = buffer.slice(index + 2);
+        if (inData) {
+          if (line === ".") {
+            inData = false;
+            const reply = script.data ? script.data(received.length) : "250 2.0.0 ok";
+            if (reply === null) continue;
+            if (reply.startsWith("2")) received.push({ from, to, body: dataLines.map((l) => `${l}\r\n`).join(""), mailLine });
+            socket.write(`${reply}\r\n`);
+          } else dataLines.push(line.startsWith(".") ? line.slice(1) : line);
+          continue;
+        }
+        const verb = line.slice(0, 4).toUpperCase();
+        if (verb === "EHLO") {
+          const lines = ["scripted", ...(script.ehlo ?? ["8BITMIME", "SIZE 1000000"])];
+          socket.write(lines.map((l, i) => `250${i === lines.length - 1 ? " " : "-"}${l}\r\n`).join(""));
+        }
+        else if (verb === "HELO") socket.write("250 scripted\r\n");
+        else if (verb === "MAIL") {
+          mailLine = line;
+          from = /<([^>]*)>/.exec(line)?.[1] ?? "";
+          to = [];
+          socket.write("250 2.1.0 ok\r\n");
+        } else if (verb === "RCPT") {
+          const address = /<([^>]*)>/.exec(line)?.[1] ?? "";
+          const reply = script.rcpt ? script.rcpt(address) : "250 2.1.5 ok";
+          if (reply.startsWith("2")) to.push(address);
+          socket.write(`${reply}\r\n`);
+        } else if (verb === "DATA") {
+          inData = true;
+          dataLines = [];
+          socket.write("354 go ahead\r\n");
+        } else if (verb === "RSET") socket.write("250 ok\r\n");
+        else if (verb === "QUIT") {
+          socket.write("221 bye\r\n");
+          socket.end();
+        } else socket.write("502 5.5.1 unknown\r\n");
+      }
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve());
+  });
+  const actual = (server.address() as { port: number }).port;
+  return {
+    port: actual,
+    received,
+    get connections() {
+      return state.connections;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+// ---------------------------------------------------------------- TLS
+
+export function selfSignedCert(): { cert: string; key: string; cleanup(): void } {
+  const dir = mkdtempSync(join(tmpdir(), "outbound-tls-"));
+  execFileSync(
+    "openssl",
+    [
+      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+      "-subj", "/CN=localhost",
+      "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
+    ],
+    { stdio: "ignore", timeout: 20_000 },
+  );
+  const result = { cert: readFileSync(join(dir, "cert.pem"), "utf8"), key: readFileSync(join(dir, "key.pem"), "utf8") };
+  return { ...result, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+// ---------------------------------------------------------------- DSN parsing
+
+export interface ParsedDsn {
+  readonly headers: string;
+  readonly contentType: string;
+  readonly parts: readonly { readonly contentType: string; readonly body: string }[];
+  /** The per-recipient blocks of the message/delivery-status part, as field maps. */
+  readonly recipients: readonly Record<string, string>[];
+  readonly perMessage: Record<string, string>;
+}
+
+export function parseDsn(text: string): ParsedDsn {
+  const split = text.indexOf("\r\n\r\n");
+  const headers = text.slice(0, split);
+  const contentType = /^Content-Type: (.*)$/im.exec(headers)?.[1] ?? "";
+  const boundary = /boundary="([^"]+)"/.exec(contentType)?.[1] ?? "";
+  const body = text.slice(split + 4);
+  const parts = body
+    .split(`--${boundary}`)
+    .slice(1, -1)
+    .map((raw) => {
+      const part = raw.replace(/^\r\n/, "");
+      const end = part.indexOf("\r\n\r\n");
+      return { contentType: /^Content-Type: ([^;\r\n]*)/im.exec(part.slice(0, end))?.[1] ?? "", body: part.slice(end + 4) };
+    });
+  const status = parts.find((p) => p.contentType === "message/delivery-status")?.body ?? "";
+  const blocks = status
+    .split(/\r\n\r\n/)
+    .map((b) => b.trim())
+    .filter((b) => b.length > 0)
+    .map((b) => Object.fromEntries(b.split("\r\n").map((l) => [l.slice(0, l.indexOf(":")).toLowerCase(), l.slice(l.indexOf(":") + 1).trim()])));
+  return { headers, contentType, parts, perMessage: blocks[0] ?? {}, recipients: blocks.slice(1) };
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error("timed out waiting");
+    await sleep(20);
+  }
+}

@@ -1,0 +1,431 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { fromBytes, type Queue, type Store } from "@mailroom/store";
+import { createSmtpServer } from "@mailroom/smtp-protocol";
+import { TlsContext } from "@mailroom/transport";
+import { createOutbound, enqueueRelay, type Outbound, type OutboundOptions } from "../src/index.js";
+import { SmtpSession } from "../src/client.js";
+import { relayToQueue } from "../src/relay.js";
+import { makeStore, mailboxTexts, parseDsn, selfSignedCert, sleep, startDns, startScripted, waitFor, type Zone } from "./helpers.js";
+
+const zones: Record<string, Zone> = {
+  "far.test": { mx: [[10, "mx1.far.test"]] },
+  "mx1.far.test": { a: ["127.0.0.2"] },
+  // Preference 5 refuses connections, 10 takes the mail, 20 must not be needed.
+  "pref.test": { mx: [[20, "mx-c.pref.test"], [5, "mx-a.pref.test"], [10, "mx-b.pref.test"]] },
+  "mx-a.pref.test": { a: ["127.0.0.3"] },
+  "mx-b.pref.test": { a: ["127.0.0.4"] },
+  "mx-c.pref.test": { a: ["127.0.0.5"] },
+  "bare.test": { a: ["127.0.0.6"] },
+  "nullmx.test": { mx: [[0, ""]] },
+  "broken.test": { rcode: "SERVFAIL" },
+  "script.test": { mx: [[10, "mx.script.test"]] },
+  "mx.script.test": { a: ["127.0.0.7"] },
+};
+
+let dns: Awaited<ReturnType<typeof startDns>>;
+const cleanups: (() => Promise<void> | void)[] = [];
+const workers: Outbound[] = [];
+
+beforeAll(async () => {
+  dns = await startDns(zones);
+});
+afterAll(async () => {
+  await dns.close();
+});
+afterEach(async () => {
+  for (const worker of workers.splice(0)) await worker.stop({ deadlineMs: 0 });
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** The sending side: a server for ours.test with alice, and its queue. */
+async function ours(): Promise<Store & { readonly queue: Queue }> {
+  return makeStore("ours.test", ["alice"]);
+}
+
+function worker(store: Store, options: Partial<OutboundOptions> & { mxPort: number }): Outbound {
+  const outbound = createOutbound({
+    store,
+    hostname: "mail.ours.test",
+    resolver: { servers: [dns.server], timeoutMs: 2_000 },
+    connectTimeoutMs: 3_000,
+    retrySchedule: [50, 50, 50],
+    ...options,
+  });
+  workers.push(outbound);
+  return outbound;
+}
+
+/** A real Mailroom MX (smtp-protocol) for far.test with bob and carol, on `host`. */
+async function farMx(host: string, port = 0) {
+  const store = await makeStore("far.test", ["bob", "carol"]);
+  const server = createSmtpServer({ store, hostname: "mx1.far.test" });
+  const listener = await server.listen({ host, port, mode: "mx" });
+  cleanups.push(async () => {
+    await listener.close();
+    await server.close({ deadlineMs: 100 });
+  });
+  return { store, port: listener.port };
+}
+
+async function scripted(host: string, port: number, script?: Parameters<typeof startScripted>[2]) {
+  const server = await startScripted(host, port, script);
+  cleanups.push(() => server.close());
+  return server;
+}
+
+const MESSAGE = [
+  "From: Alice <alice@ours.test>",
+  "To: Bob <bob@far.test>",
+  "Subject: hello",
+  "Message-ID: <m1@ours.test>",
+  "",
+  "First line.",
+  ".",
+  "..two dots",
+  ".leading dot",
+  "",
+  "Last line.",
+  "",
+].join("\r\n");
+
+async function enqueue(store: Store & { readonly queue: Queue }, sender: string, recipients: string[], text = MESSAGE) {
+  return enqueueRelay(store.queue, { sender, recipients }, fromBytes(text));
+}
+
+async function dsnsOf(store: Store, address = "alice@ours.test") {
+  return (await mailboxTexts(store, address)).map((text) => {
+    expect(text.startsWith("Return-Path: <>\r\n")).toBe(true);
+    return parseDsn(text.slice("Return-Path: <>\r\n".length));
+  });
+}
+
+describe("delivery over MX", () => {
+  it("delivers the exact bytes, dot lines intact, and removes the item", async () => {
+    const mx = await farMx("127.0.0.2");
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["bob@far.test"]);
+    expect(await worker(store, { mxPort: mx.port }).runOnce()).toBe(1);
+    const [copy] = await mailboxTexts(mx.store, "bob@far.test");
+    expect(copy).toBeDefined();
+    expect(copy!.startsWith("Return-Path: <alice@ours.test>\r\nReceived: from mail.ours.test")).toBe(true);
+    expect(copy!.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("tries MX hosts by preference and falls back when the first refuses the connection", async () => {
+    const b = await scripted("127.0.0.4", 0);
+    const c = await scripted("127.0.0.5", b.port);
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["someone@pref.test"]);
+    await worker(store, { mxPort: b.port }).runOnce();
+    expect(b.received.map((m) => m.to)).toEqual([["someone@pref.test"]]);
+    expect(c.connections).toBe(0);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("uses the domain's own address when it has no MX", async () => {
+    const server = await scripted("127.0.0.6", 0);
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@bare.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received).toHaveLength(1);
+    expect(server.received[0]!.body).toBe(MESSAGE);
+  });
+
+  it("sends SIZE and BODY=8BITMIME when the server offers them and the message is 8-bit", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@script.test"], "Subject: caf\u00e9\r\n\r\nna\u00efve\r\n");
+    await worker(store, { mxPort: server.port }).runOnce();
+    const size = (await store.queue.list()).length;
+    expect(size).toBe(0);
+    expect(server.received[0]!.mailLine).toMatch(/^MAIL FROM:<alice@ours\.test> SIZE=\d+ BODY=8BITMIME$/);
+  });
+});
+
+describe("failures and retries", () => {
+  it("reschedules on 4xx and delivers on the next attempt", async () => {
+    let tries = 0;
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => (tries++ === 0 ? "451 4.3.0 try again later" : "250 2.1.5 ok") });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [150] });
+    await outbound.runOnce();
+    const waiting = await store.queue.get(item.id);
+    expect(waiting?.attempts).toBe(1);
+    expect(waiting?.recipients[0]?.status).toBe("pending");
+    expect(waiting?.lastError).toContain("451 4.3.0 try again later");
+    expect(await outbound.runOnce()).toBe(0); // not due yet
+    await sleep(200);
+    expect(await outbound.runOnce()).toBe(1);
+    expect(server.received).toHaveLength(1);
+    expect(await store.queue.list()).toEqual([]);
+    expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
+  });
+
+  it("bounces a 5xx with one multipart/report in the sender's local mailbox", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 no such user here" });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["nobody@script.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    const dsns = await dsnsOf(store);
+    expect(dsns).toHaveLength(1);
+    const dsn = dsns[0]!;
+    expect(dsn.headers).toContain("From: Mail Delivery System <MAILER-DAEMON@mail.ours.test>");
+    expect(dsn.headers).toContain("To: <alice@ours.test>");
+    expect(dsn.contentType).toMatch(/^multipart\/report; report-type=delivery-status; boundary=/);
+    expect(dsn.parts.map((p) => p.contentType)).toEqual(["text/plain", "message/delivery-status", "text/rfc822-headers"]);
+    expect(dsn.perMessage["reporting-mta"]).toBe("dns; mail.ours.test");
+    expect(dsn.perMessage["arrival-date"]).toMatch(/^\w{3}, \d+ \w{3} \d{4} /);
+    expect(dsn.recipients).toEqual([
+      {
+        "final-recipient": "rfc822; nobody@script.test",
+        action: "failed",
+        status: "5.1.1",
+        "diagnostic-code": expect.stringMatching(/^smtp; 550 5\.1\.1 no such user here/),
+      },
+    ]);
+    expect(dsn.parts[2]!.body).toContain("Subject: hello");
+    expect(dsn.parts[2]!.body).not.toContain("First line.");
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("names only the failed recipients when others were delivered", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: (a) => (a.startsWith("nobody") ? "550 5.1.1 unknown" : "250 2.1.5 ok") });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["bob@script.test", "nobody@script.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received.map((m) => m.to)).toEqual([["bob@script.test"]]);
+    const dsns = await dsnsOf(store);
+    expect(dsns).toHaveLength(1);
+    expect(dsns[0]!.recipients.map((r) => r["final-recipient"])).toEqual(["rfc822; nobody@script.test"]);
+    expect(dsns[0]!.parts[0]!.body).not.toContain("bob@script.test");
+  });
+
+  it("never bounces a bounce (null sender)", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 unknown" });
+    const store = await ours();
+    await enqueue(store, "", ["nobody@script.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received).toEqual([]);
+    expect(await store.queue.list()).toEqual([]);
+    expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
+  });
+
+  it("fails the remaining recipients with a DSN when the schedule is used up", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.3.0 busy" });
+    const store = await ours();
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [30, 30] });
+    await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    for (let i = 0; i < 3; i++) {
+      await outbound.runOnce();
+      await sleep(50);
+    }
+    expect(await store.queue.list()).toEqual([]);
+    const dsns = await dsnsOf(store);
+    expect(dsns).toHaveLength(1);
+    expect(dsns[0]!.recipients[0]).toMatchObject({ action: "failed", status: "4.3.0" });
+    expect(dsns[0]!.recipients[0]!["diagnostic-code"]).toContain("gave up after 3 attempts");
+  });
+
+  it("bounces a null MX with 5.1.10", async () => {
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@nullmx.test"]);
+    await worker(store, { mxPort: 9 }).runOnce();
+    const dsns = await dsnsOf(store);
+    expect(dsns[0]!.recipients[0]).toMatchObject({ "final-recipient": "rfc822; x@nullmx.test", status: "5.1.10" });
+    expect(dsns[0]!.recipients[0]!["diagnostic-code"]).toContain("does not accept mail");
+  });
+
+  it("bounces a domain that does not exist (NXDOMAIN) and retries a SERVFAIL", async () => {
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@nowhere.test"]);
+    const temp = await enqueue(store, "alice@ours.test", ["x@broken.test"]);
+    await worker(store, { mxPort: 9 }).runOnce();
+    const dsns = await dsnsOf(store);
+    expect(dsns.map((d) => d.recipients[0]?.status)).toEqual(["5.1.2"]);
+    const left = await store.queue.list();
+    expect(left.map((i) => i.id)).toEqual([temp.id]);
+    expect(left[0]!.lastError).toContain("4.4.3");
+  });
+
+  it("fails a message that needs SMTPUTF8 with 5.6.7 when the server lacks it", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    await enqueueRelay(store.queue, { sender: "alice@ours.test", recipients: ["j\u00fcrgen@script.test"], utf8: true }, fromBytes(MESSAGE));
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received).toEqual([]);
+    expect((await dsnsOf(store))[0]!.recipients[0]!.status).toBe("5.6.7");
+  });
+});
+
+describe("smarthost", () => {
+  it("sends everything to the smarthost over STARTTLS with AUTH", async () => {
+    const tls = selfSignedCert();
+    cleanups.push(() => tls.cleanup());
+    const relayStore = await makeStore("far.test", ["bob"], "relay-pass");
+    await relayStore.directory.addDomain("ours.test");
+    await relayStore.directory.addAccount({ address: "alice@ours.test", passwordHash: (await relayStore.directory.getAccount("bob@far.test"))!.passwordHash });
+    const server = createSmtpServer({ store: relayStore, hostname: "localhost", tls: new TlsContext({ cert: tls.cert, key: tls.key }) });
+    const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission" });
+    cleanups.push(async () => {
+      await listener.close();
+      await server.close({ deadlineMs: 100 });
+    });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["bob@far.test"]);
+    const outbound = worker(store, {
+      mxPort: 9,
+      smarthost: { host: "127.0.0.1", port: listener.port, tls: "starttls", auth: { username: "alice@ours.test", password: "relay-pass" }, requireTls: true },
+      tlsOptions: { ca: tls.cert, rejectUnauthorized: true },
+    });
+    await outbound.runOnce();
+    const [copy] = await mailboxTexts(relayStore, "bob@far.test");
+    expect(copy).toMatch(/with ESMTPSA id/);
+    expect(copy!.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("keeps the mail queued when the smarthost refuses the password", async () => {
+    const tls = selfSignedCert();
+    cleanups.push(() => tls.cleanup());
+    const relayStore = await makeStore("ours.test", ["alice"], "right");
+    const server = createSmtpServer({ store: relayStore, hostname: "localhost", tls: new TlsContext({ cert: tls.cert, key: tls.key }) });
+    const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission" });
+    cleanups.push(async () => {
+      await listener.close();
+      await server.close({ deadlineMs: 100 });
+    });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["bob@far.test"]);
+    await worker(store, {
+      mxPort: 9,
+      smarthost: { host: "127.0.0.1", port: listener.port, tls: "starttls", auth: { username: "alice@ours.test", password: "wrong" } },
+    }).runOnce();
+    const left = await store.queue.get(item.id);
+    expect(left?.attempts).toBe(1);
+    expect(left?.lastError).toContain("535");
+  });
+});
+
+describe("concurrency and crashes", () => {
+  it("two workers on one store deliver every item exactly once", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    for (let i = 0; i < 12; i++) await enqueue(store, "alice@ours.test", [`r${i}@script.test`]);
+    const a = worker(store, { mxPort: server.port, concurrency: 3 });
+    const b = worker(store, { mxPort: server.port, concurrency: 3 });
+    await Promise.all([a.runOnce(), b.runOnce(), a.runOnce(), b.runOnce()]);
+    await Promise.all([a.runOnce(), b.runOnce()]);
+    const recipients = server.received.flatMap((m) => m.to).sort();
+    expect(recipients).toEqual(Array.from({ length: 12 }, (_, i) => `r${i}@script.test`).sort());
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("delivers an item whose worker died mid-delivery once its claim expires", async () => {
+    let first = true;
+    const server = await scripted("127.0.0.7", 0, {
+      data: () => {
+        if (!first) return "250 2.0.0 ok";
+        first = false;
+        return null; // the first worker's transaction hangs here, then the worker "dies"
+      },
+    });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    // A frozen process: its renewals never complete, so its claim runs out.
+    const frozenQueue = new Proxy(store.queue, {
+      get(target, property) {
+        if (property === "renew") return () => new Promise(() => undefined);
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const frozenStore = new Proxy(store, { get: (t, p) => (p === "queue" ? frozenQueue : Reflect.get(t, p, t)) });
+    const dying = worker(frozenStore, { mxPort: server.port, claimTtlMs: 300, connectTimeoutMs: 10_000 });
+    const run = dying.runOnce();
+    await waitFor(() => server.connections === 1 && !first);
+    await sleep(350);
+    const restarted = worker(store, { mxPort: server.port, claimTtlMs: 300 });
+    expect(await restarted.runOnce()).toBe(1);
+    expect(server.received).toHaveLength(1);
+    expect(await store.queue.list()).toEqual([]);
+    await dying.stop({ deadlineMs: 0 });
+    await run;
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("a stopped worker leaves unfinished items queued for the next one", async () => {
+    let first = true;
+    const server = await scripted("127.0.0.7", 0, {
+      data: () => {
+        if (!first) return "250 2.0.0 ok";
+        first = false;
+        return null;
+      },
+    });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    const stopping = worker(store, { mxPort: server.port, retrySchedule: [0, 0], pollIntervalMs: 20 });
+    stopping.start();
+    await waitFor(() => !first);
+    await stopping.stop({ deadlineMs: 50 });
+    const left = await store.queue.list();
+    expect(left).toHaveLength(1);
+    expect(left[0]!.recipients[0]!.status).toBe("pending");
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received).toHaveLength(1);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("start() picks up new items by polling", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    const outbound = worker(store, { mxPort: server.port, pollIntervalMs: 20 });
+    outbound.start();
+    await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    await waitFor(() => server.received.length === 1);
+    await waitFor(async () => (await store.queue.list()).length === 0);
+  });
+});
+
+describe("submission relay (relayToQueue)", () => {
+  it("queues remote recipients without Return-Path and stores local copies", async () => {
+    const store = await ours();
+    const server = createSmtpServer({ store, hostname: "mail.ours.test", allowLoopbackPlaintextAuth: true, hooks: { ...relayToQueue(store) } });
+    const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission" });
+    cleanups.push(async () => {
+      await listener.close();
+      await server.close({ deadlineMs: 100 });
+    });
+    const client = await SmtpSession.open({
+      host: "127.0.0.1",
+      port: listener.port,
+      hostname: "client.test",
+      tls: "none",
+      auth: { username: "alice@ours.test", password: "secret" },
+      timeoutMs: 5_000,
+    });
+    const result = await client.send({
+      sender: "alice@ours.test",
+      recipients: ["bob@far.test", "alice@ours.test"],
+      size: MESSAGE.length,
+      eightBit: false,
+      utf8: false,
+      body: async () => fromBytes(MESSAGE),
+    });
+    await client.quit();
+    expect([...result.recipients.values()].map((r) => r.code)).toEqual([250, 250]);
+    const [item] = await store.queue.list();
+    expect(item).toMatchObject({ sender: "alice@ours.test", recipients: [{ address: "bob@far.test", status: "pending" }], meta: { user: "alice@ours.test" } });
+    const queued = new TextDecoder().decode(await (await import("@mailroom/store")).readAll(await store.queue.readMessage(item!.id)));
+    expect(queued.startsWith("Received: from client.test")).toBe(true);
+    expect(queued.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+    const [local] = await mailboxTexts(store, "alice@ours.test");
+    expect(local).toBe(`Return-Path: <alice@ours.test>\r\n${queued}`);
+
+    const mx = await farMx("127.0.0.2");
+    await worker(store, { mxPort: mx.port }).runOnce();
+    expect((await mailboxTexts(mx.store, "bob@far.test"))[0]!.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+  });
+});
