@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import {
   fromBytes,
   isStoreError,
+  isTemporaryError,
   resolveRecipient,
   silentLogger,
   type Logger,
@@ -14,6 +15,7 @@ import {
 import { ConnectionError, formatReply, SmtpReplyError, SmtpSession } from "./client.js";
 import { MailRouter, type MailHost } from "./dns.js";
 import { buildDsn, readHeaders } from "./dsn.js";
+import { withoutReturnPath, withReturnPath } from "./message.js";
 import { queueStats } from "./admin.js";
 import type { TlsClientOptions } from "./socket.js";
 
@@ -212,7 +214,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
             size: item.size,
             eightBit,
             utf8: item.meta["smtputf8"] === "1",
-            body: () => queue!.readMessage(item.id),
+            body: async () => withoutReturnPath(await queue!.readMessage(item.id)),
           });
           for (const r of recipients) {
             const reply = result.recipients.get(r);
@@ -261,12 +263,14 @@ export function createOutbound(options: OutboundOptions): Outbound {
     const item = initial.item;
     try {
       const pending = item.recipients.filter((r) => r.status === "pending").map((r) => r.address);
+      const { local, remote, outcomes: localOutcomes } = await partition(item, pending);
       const byDomain = new Map<string, string[]>();
-      for (const address of pending) {
+      for (const address of remote) {
         const domain = safeDomain(address);
         byDomain.set(domain, [...(byDomain.get(domain) ?? []), address]);
       }
-      const eightBit = pending.length > 0 ? await needsEightBit(item) : false;
+      if (local.size > 0) for (const [address, outcome] of await deliverLocal(item, local)) localOutcomes.set(address, outcome);
+      const eightBit = remote.length > 0 ? await needsEightBit(item) : false;
       const results = await Promise.all(
         [...byDomain].map(async ([domain, addresses]) => {
           const release = await domainSlot(options.smarthost ? "smarthost" : domain).acquire();
@@ -281,7 +285,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
           }
         }),
       );
-      const outcomes = new Map<string, Outcome>(results.flatMap((m) => [...m]));
+      const outcomes = new Map<string, Outcome>([...localOutcomes, ...results.flatMap((m) => [...m])]);
       const exhausted = item.attempts >= schedule.length;
       let recipients: QueueRecipient[] = item.recipients.map((r) => {
         const outcome = outcomes.get(r.address);
@@ -325,6 +329,44 @@ export function createOutbound(options: OutboundOptions): Outbound {
       done = true;
       clearInterval(renewer);
     }
+  }
+
+  /**
+   * The listener queues a whole transaction, local recipients included (an MTA's queue manager does the
+   * same): those go straight into their mailboxes here, the rest go out over SMTP.
+   */
+  async function partition(item: QueueItem, pending: readonly string[]) {
+    const local = new Map<string, readonly string[]>();
+    const remote: string[] = [];
+    const outcomes = new Map<string, Outcome>();
+    for (const address of pending) {
+      try {
+        const resolution = await resolveRecipient(options.store.directory, address);
+        if (resolution.kind === "local") local.set(address, resolution.mailboxes);
+        else if (resolution.kind === "unknown") outcomes.set(address, { status: "failed", diagnostic: "5.1.1 no such local mailbox" });
+        else remote.push(address);
+      } catch (error) {
+        outcomes.set(address, { status: "pending", diagnostic: `4.3.0 recipient lookup failed: ${message(error)}` });
+        log.warn({ item: item.id, to: address, error: message(error) }, "recipient lookup failed");
+      }
+    }
+    return { local, remote, outcomes };
+  }
+
+  async function deliverLocal(item: QueueItem, local: ReadonlyMap<string, readonly string[]>): Promise<Map<string, Outcome>> {
+    const mailboxes = [...new Set([...local.values()].flat())];
+    let outcome: Outcome;
+    try {
+      await options.store.deliver(mailboxes, withReturnPath(item.sender, await queue!.readMessage(item.id)));
+      outcome = { status: "delivered", diagnostic: "2.0.0 delivered to a local mailbox" };
+    } catch (error) {
+      const tooBig = isStoreError(error) && error.code === "too-big";
+      outcome = isTemporaryError(error)
+        ? { status: "pending", diagnostic: `4.3.0 local delivery failed: ${message(error)}` }
+        : { status: "failed", diagnostic: tooBig ? "5.2.3 message too big for the mailbox" : `5.3.0 local delivery failed: ${message(error)}` };
+    }
+    log.info({ item: item.id, domain: "(local)", host: null, result: outcome.diagnostic }, "delivery attempt");
+    return new Map([...local.keys()].map((address) => [address, outcome] as const));
   }
 
   async function sendDsn(item: QueueItem, failed: readonly QueueRecipient[]): Promise<void> {

@@ -20,127 +20,10 @@ import {
 } from "@mailroom/store";
 import { createMemoryStore } from "@mailroom/store/memory";
 
-/**
- * A queue for tests, used only while the memory store has no `queue` of its own: same contract, kept
- * in a Map. Once `createMemoryStore().queue` exists, `withQueue` returns the store unchanged.
- */
-class TestQueue implements Queue {
-  #items = new Map<string, { item: QueueItem; body: Uint8Array; token: string | null; expiresAt: number; ttl: number }>();
-  #next = 0;
-
-  async enqueue(
-    envelope: { readonly sender: string; readonly recipients: readonly string[]; readonly meta?: Readonly<Record<string, string>> },
-    source: AsyncIterable<Uint8Array>,
-    options?: EnqueueOptions,
-  ): Promise<QueueItem> {
-    const body = await readAll(source);
-    if (options?.maxBytes !== undefined && body.length > options.maxBytes) throw new StoreError("too-big", "too big");
-    const now = Date.now();
-    const item: QueueItem = {
-      id: `q${now.toString(36)}${(this.#next++).toString(36)}`,
-      sender: envelope.sender,
-      recipients: envelope.recipients.map((address) => ({ address, status: "pending" })),
-      size: body.length,
-      createdAt: now,
-      attempts: 0,
-      nextAttemptAt: options?.notBefore ?? now,
-      lastError: null,
-      state: "queued",
-      meta: { ...envelope.meta },
-    };
-    this.#items.set(item.id, { item, body, token: null, expiresAt: 0, ttl: 0 });
-    return item;
-  }
-
-  async claim(options: ClaimOptions): Promise<readonly QueueClaim[]> {
-    const now = options.now ?? Date.now();
-    const due = [...this.#items.values()]
-      .filter((e) => e.item.state === "queued" && e.item.nextAttemptAt <= now && (e.token === null || e.expiresAt <= now))
-      .sort((a, b) => a.item.nextAttemptAt - b.item.nextAttemptAt)
-      .slice(0, options.limit ?? 1);
-    return due.map((e) => {
-      e.token = `${Math.random()}`;
-      e.expiresAt = Date.now() + options.ttlMs;
-      e.ttl = options.ttlMs;
-      return { item: e.item, token: e.token, expiresAt: e.expiresAt };
-    });
-  }
-
-  #held(claim: QueueClaim) {
-    const entry = this.#items.get(claim.item.id);
-    if (!entry || entry.token !== claim.token) throw new StoreError("lease-lost", "claim lost");
-    return entry;
-  }
-
-  async renew(claim: QueueClaim): Promise<QueueClaim> {
-    const entry = this.#held(claim);
-    entry.expiresAt = Date.now() + entry.ttl;
-    return { item: entry.item, token: claim.token, expiresAt: entry.expiresAt };
-  }
-
-  async readMessage(id: string): Promise<AsyncIterable<Uint8Array>> {
-    const entry = this.#items.get(id);
-    if (!entry) throw new StoreError("not-found", id);
-    return fromBytes(entry.body, 7);
-  }
-
-  async finish(claim: QueueClaim): Promise<void> {
-    this.#held(claim);
-    this.#items.delete(claim.item.id);
-  }
-
-  #merge(item: QueueItem, recipients: readonly QueueRecipient[] | undefined): QueueRecipient[] {
-    return item.recipients.map((r) => recipients?.find((n) => n.address === r.address) ?? r);
-  }
-
-  async reschedule(claim: QueueClaim, options: RescheduleOptions): Promise<void> {
-    const entry = this.#held(claim);
-    entry.item = {
-      ...entry.item,
-      recipients: this.#merge(entry.item, options.recipients),
-      attempts: entry.item.attempts + 1,
-      nextAttemptAt: options.nextAttemptAt,
-      lastError: options.error,
-    };
-    entry.token = null;
-  }
-
-  async deadLetter(claim: QueueClaim, options: { readonly error: string; readonly recipients?: readonly QueueRecipient[] }): Promise<void> {
-    const entry = this.#held(claim);
-    entry.item = { ...entry.item, recipients: this.#merge(entry.item, options.recipients), state: "dead", lastError: options.error, attempts: entry.item.attempts + 1 };
-    entry.token = null;
-  }
-
-  async list(): Promise<readonly QueueItem[]> {
-    return [...this.#items.values()].map((e) => e.item).sort((a, b) => a.createdAt - b.createdAt);
-  }
-
-  async get(id: string): Promise<QueueItem | null> {
-    return this.#items.get(id)?.item ?? null;
-  }
-
-  async retry(id: string): Promise<void> {
-    const entry = this.#items.get(id);
-    if (!entry) throw new StoreError("not-found", id);
-    entry.item = { ...entry.item, state: "queued", nextAttemptAt: Date.now() };
-    entry.token = null;
-  }
-
-  async remove(id: string): Promise<void> {
-    if (!this.#items.delete(id)) throw new StoreError("not-found", id);
-  }
-}
-
+/** The memory store with its queue, typed as present. */
 export function withQueue(store: Store): Store & { readonly queue: Queue } {
-  if (store.queue) return store as Store & { readonly queue: Queue };
-  const queue = new TestQueue();
-  return new Proxy(store, {
-    get(target, property) {
-      if (property === "queue") return queue;
-      const value: unknown = Reflect.get(target, property, target);
-      return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-    },
-  }) as Store & { readonly queue: Queue };
+  if (!store.queue) throw new Error("this store has no queue");
+  return store as Store & { readonly queue: Queue };
 }
 
 /** A store with one local domain and accounts, plus a queue. */
@@ -340,7 +223,8 @@ export function parseDsn(text: string): ParsedDsn {
     .split(`--${boundary}`)
     .slice(1, -1)
     .map((raw) => {
-      const part = raw.replace(/^\r\n/, "");
+      // The CRLFs around a delimiter belong to the delimiter (RFC 2046 5.1.1).
+      const part = raw.replace(/^\r\n/, "").replace(/\r\n$/, "");
       const end = part.indexOf("\r\n\r\n");
       return { contentType: /^Content-Type: ([^;\r\n]*)/im.exec(part.slice(0, end))?.[1] ?? "", body: part.slice(end + 4) };
     });

@@ -390,7 +390,7 @@ describe("concurrency and crashes", () => {
 });
 
 describe("submission relay (relayToQueue)", () => {
-  it("queues remote recipients without Return-Path and stores local copies", async () => {
+  it("queues the transaction; the worker stores local copies and relays the rest without our Return-Path", async () => {
     const store = await ours();
     const server = createSmtpServer({ store, hostname: "mail.ours.test", allowLoopbackPlaintextAuth: true, hooks: { ...relayToQueue(store) } });
     const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission" });
@@ -417,15 +417,28 @@ describe("submission relay (relayToQueue)", () => {
     await client.quit();
     expect([...result.recipients.values()].map((r) => r.code)).toEqual([250, 250]);
     const [item] = await store.queue.list();
-    expect(item).toMatchObject({ sender: "alice@ours.test", recipients: [{ address: "bob@far.test", status: "pending" }], meta: { user: "alice@ours.test" } });
-    const queued = new TextDecoder().decode(await (await import("@mailroom/store")).readAll(await store.queue.readMessage(item!.id)));
-    expect(queued.startsWith("Received: from client.test")).toBe(true);
-    expect(queued.endsWith(`\r\n${MESSAGE}`)).toBe(true);
-    const [local] = await mailboxTexts(store, "alice@ours.test");
-    expect(local).toBe(`Return-Path: <alice@ours.test>\r\n${queued}`);
+    expect(item).toMatchObject({ sender: "alice@ours.test", recipients: [{ address: "bob@far.test" }, { address: "alice@ours.test" }], meta: { user: "alice@ours.test" } });
 
     const mx = await farMx("127.0.0.2");
     await worker(store, { mxPort: mx.port }).runOnce();
-    expect((await mailboxTexts(mx.store, "bob@far.test"))[0]!.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+    const [local] = await mailboxTexts(store, "alice@ours.test");
+    expect(local).toMatch(/^Return-Path: <alice@ours\.test>\r\nReceived: from client\.test /);
+    expect(local!.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+    const [remote] = await mailboxTexts(mx.store, "bob@far.test");
+    // The far MX writes its own Return-Path; ours must not travel along.
+    expect(remote!.match(/^Return-Path:/gim)).toHaveLength(1);
+    expect(remote).toMatch(/^Return-Path: <alice@ours\.test>\r\nReceived: from mail\.ours\.test [^]*\r\nReceived: from client\.test /);
+    expect(remote!.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("bounces queued local recipients that do not exist", async () => {
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["ghost@ours.test", "alice@ours.test"]);
+    await worker(store, { mxPort: 9 }).runOnce();
+    const texts = await mailboxTexts(store, "alice@ours.test");
+    expect(texts).toHaveLength(2);
+    const dsn = parseDsn(texts.find((t) => t.includes("multipart/report"))!.slice("Return-Path: <>\r\n".length));
+    expect(dsn.recipients.map((r) => [r["final-recipient"], r.status])).toEqual([["rfc822; ghost@ours.test", "5.1.1"]]);
   });
 });

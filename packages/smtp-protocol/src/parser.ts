@@ -158,16 +158,25 @@ function parseParams(text: string): Params | string {
 
 /**
  * Splits a byte stream into command lines. A line ends at LF (a CR before it is dropped): RFC 5321
- * wants CRLF, but accepting a bare LF on command lines is harmless and common. Lines longer than
- * `maxLine` octets (with the line ending) are swallowed up to their end and reported as too long,
- * so memory stays bounded whatever the client sends.
+ * wants CRLF, but accepting a bare LF on command lines is harmless and common. A line longer than
+ * `maxLine` octets (with the line ending) is reported as too long once, as soon as it crosses the
+ * limit (a client that never sends LF still gets its answer), and is then swallowed up to its end,
+ * so memory stays bounded whatever the client sends. `discarding` tells how much was swallowed.
  */
 export class LineReader {
   #parts: Uint8Array[] = [];
   #length = 0;
   #overflow = false;
+  /** "too-long" was already given out for the line being swallowed. */
+  #reported = false;
+  #discarded = 0;
 
   constructor(public maxLine: number) {}
+
+  /** Octets of an over-long line swallowed so far, or 0 when no line is being swallowed. */
+  get discarding(): number {
+    return this.#overflow ? this.#discarded : 0;
+  }
 
   /** Bytes held for an unfinished line. */
   get pending(): number {
@@ -176,8 +185,9 @@ export class LineReader {
 
   /**
    * Takes bytes from `input` up to and including the first LF. Returns the line (bytes without the
-   * line ending), "too-long", or null when `input` ended first (all of it was consumed), and how many
-   * octets were consumed.
+   * line ending), "too-long" (once per over-long line, possibly before its LF arrived), or null when
+   * `input` ended first or the end of an already reported line was swallowed, and how many octets
+   * were consumed.
    */
   take(input: Uint8Array, maxLine = this.maxLine): { line: Uint8Array | "too-long" | null; used: number } {
     const lf = input.indexOf(0x0a);
@@ -199,10 +209,20 @@ export class LineReader {
         this.#length += piece.length;
       }
     }
-    if (lf < 0) return { line: null, used };
+    if (this.#overflow) this.#discarded += piece.length;
+    if (lf < 0) {
+      if (this.#overflow && !this.#reported) {
+        this.#reported = true;
+        return { line: "too-long", used };
+      }
+      return { line: null, used };
+    }
     if (this.#overflow) {
+      const reported = this.#reported;
       this.#overflow = false;
-      return { line: "too-long", used };
+      this.#reported = false;
+      this.#discarded = 0;
+      return { line: reported ? null : "too-long", used };
     }
     const whole = concat(this.#parts, this.#length);
     this.#parts = [];
@@ -216,6 +236,8 @@ export class LineReader {
     this.#parts = [];
     this.#length = 0;
     this.#overflow = false;
+    this.#reported = false;
+    this.#discarded = 0;
   }
 }
 

@@ -45,6 +45,8 @@ const EMPTY = new Uint8Array(0);
 const decoder = new TextDecoder();
 /** RFC 4954 4: AUTH response lines may be up to 12288 octets. */
 const MAX_AUTH_LINE = 12_288;
+/** After "500 Line too long", how much more of that line is swallowed before the session is ended. */
+const MAX_DISCARDED_LINE = 64 * 1024;
 const PAUSE_ABOVE = 256 * 1024;
 const RESUME_BELOW = 64 * 1024;
 
@@ -228,6 +230,12 @@ export class Session {
           if (phase.kind === "auth") await this.#authResponse(phase, text);
           else await this.#command(text);
         }
+        if (this.#lines.discarding > MAX_DISCARDED_LINE) {
+          // A line that never ends would otherwise keep the connection (and its slot) forever.
+          this.#log.info({ discarded: this.#lines.discarding }, "endless command line");
+          this.#close(R.lineTooLongClose(this.#ctx.hostname));
+          return EMPTY;
+        }
         if (this.#dropRest) {
           this.#dropRest = false;
           return EMPTY;
@@ -399,7 +407,9 @@ export class Session {
     if (phase.tx.bdat) return this.#error(R.badSequence("RCPT not allowed after BDAT"));
     for (const key of c.params.keys()) return this.#error(R.badParam(key));
     if (c.path.utf8 && !phase.tx.utf8) return this.#error(R.needUtf8());
-    if (phase.tx.recipients.length >= this.#ctx.limits.maxRecipients) return this.#error(R.tooManyRecipients());
+    // RFC 5321 4.5.3.1.10: the client sends the rest in another transaction. Not counted as an error, or
+    // a client pipelining more than maxErrors extra recipients would lose the whole message to a 421.
+    if (phase.tx.recipients.length >= this.#ctx.limits.maxRecipients) return this.#write(R.tooManyRecipients());
     const decision = await checkRecipient(this.#policy(), c.path);
     const to = cleanText(c.path.address, 100);
     if (!decision.ok) {

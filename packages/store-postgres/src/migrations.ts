@@ -82,6 +82,34 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    version: 2,
+    name: "outbound queue",
+    sql: (s) => `
+      -- Mail waiting for delivery to other domains. The octets live in bodies/body_chunks (refs = 1),
+      -- like a message delivered to one mailbox. The claim columns are all NULL or all set.
+      CREATE TABLE ${s}.queue_items (
+        id text PRIMARY KEY,
+        sender text NOT NULL,
+        recipients jsonb NOT NULL,
+        meta jsonb NOT NULL DEFAULT '{}'::jsonb,
+        body_id bigint NOT NULL REFERENCES ${s}.bodies (id),
+        size bigint NOT NULL,
+        created_at timestamptz NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        next_attempt_at timestamptz NOT NULL,
+        last_error text,
+        state text NOT NULL CHECK (state IN ('queued', 'dead')),
+        claim_token text,
+        claim_holder text,
+        claim_expires_at timestamptz,
+        claim_ttl_ms bigint
+      );
+      -- What claim scans: queued rows in due order.
+      CREATE INDEX queue_items_due ON ${s}.queue_items (next_attempt_at, created_at, id) WHERE state = 'queued';
+      CREATE INDEX queue_items_age ON ${s}.queue_items (created_at, id);
+    `,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((max, m) => Math.max(max, m.version), 0);

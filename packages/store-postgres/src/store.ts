@@ -15,6 +15,7 @@ import {
   type Mailbox,
   type MailboxId,
   type MessageInfo,
+  type Queue,
   type ReadOptions,
   type Store,
   type Uid,
@@ -33,6 +34,7 @@ import {
   type MessageSql,
 } from "./messages.js";
 import { LATEST_VERSION, runMigrations, schemaVersion, type MigrationResult } from "./migrations.js";
+import { PostgresQueue, queueSql } from "./queue.js";
 import { DEFAULT_SCHEMA, assertSchemaName, quoteIdent } from "./schema.js";
 
 export interface PostgresSslOptions {
@@ -123,6 +125,7 @@ class PostgresStore implements Store {
   readonly kind = "postgres";
   readonly capabilities = { sharedAcrossProcesses: true, boundedMemory: true };
   readonly directory: Directory;
+  readonly queue: Queue;
   private readonly sql: MessageSql;
   private readonly leases: LeaseSql;
   private closed = false;
@@ -140,6 +143,7 @@ class PostgresStore implements Store {
     this.sql = messageSql(s);
     this.leases = leaseSql(s);
     this.directory = new PostgresDirectory(this.db, s);
+    this.queue = new PostgresQueue(this.db, queueSql(s), this.sql);
   }
 
   mailbox(id: MailboxId): Mailbox {

@@ -11,6 +11,7 @@ import {
   type Logger,
   type Mailbox,
   type MailboxId,
+  type Queue,
   type Store,
 } from "@mailroom/store";
 import { checkDurability, createClient, waitReady, watchConnection } from "./connection.js";
@@ -20,6 +21,7 @@ import { toStoreError } from "./errors.js";
 import { DirectoryKeys, MailboxKeys, assertPrefix } from "./keys.js";
 import { RedisMailbox } from "./mailbox.js";
 import { Staging, commit, stageAll, uncommit } from "./messages.js";
+import { RedisQueue } from "./queue.js";
 import { defineScripts } from "./scripts.js";
 
 export interface RedisStoreOptions {
@@ -84,6 +86,7 @@ class RedisStore implements Store {
   readonly kind = "redis";
   readonly capabilities = { sharedAcrossProcesses: true, boundedMemory: true } as const;
   readonly directory: Directory;
+  readonly queue: Queue;
   private readonly dirKeys: DirectoryKeys;
   private closed = false;
 
@@ -95,6 +98,7 @@ class RedisStore implements Store {
   ) {
     this.dirKeys = new DirectoryKeys(ctx.prefix);
     this.directory = new RedisDirectory(ctx, this.dirKeys);
+    this.queue = new RedisQueue(ctx);
   }
 
   mailbox(id: MailboxId): Mailbox {

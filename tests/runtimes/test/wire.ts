@@ -87,8 +87,12 @@ export class LineClient {
 
   /** Reads one reply (SMTP multi-line replies are joined) and checks it. */
   async reply(pattern: RegExp, step: string): Promise<string> {
-    let text = await this.line(step);
-    while (/^\d{3}-/.test(text)) text += `\n${await this.line(step)}`;
+    let last = await this.line(step);
+    let text = last;
+    while (/^\d{3}-/.test(last)) {
+      last = await this.line(step);
+      text += `\n${last}`;
+    }
     if (!pattern.test(text)) throw new Error(`${step}: unexpected reply ${JSON.stringify(text)}`);
     return text;
   }

@@ -1,0 +1,365 @@
+import { randomBytes } from "node:crypto";
+import type { Redis } from "ioredis";
+import {
+  StoreError,
+  compareAge,
+  compareDue,
+  guardAppendSource,
+  mergeRecipients,
+  newQueueId,
+  type ClaimOptions,
+  type EnqueueOptions,
+  type Queue,
+  type QueueClaim,
+  type QueueItem,
+  type QueueRecipient,
+  type RescheduleOptions,
+} from "@mailroom/store";
+import { afterDurableWrite, call, runScript, type Context } from "./context.js";
+import { escapeKeyPart } from "./keys.js";
+import { readChunks, rechunk } from "./messages.js";
+
+/**
+ * The outbound queue. Every key shares the hash tag `{queue}`, so each script below touches one slot:
+ *
+ *   <p>{queue}:items          hash    id -> QueueItem as JSON
+ *   <p>{queue}:due            zset    ids of "queued" items, scored by nextAttemptAt (dead ones leave it)
+ *   <p>{queue}:claims         hash    id -> "token expiresAt ttl holder" (times by the Redis clock)
+ *   <p>{queue}:body:<id>      list    the message octets in chunks
+ *   <p>{queue}:stage:<random> list    an enqueue in progress; expires unless committed
+ *
+ * Claims are fenced: finish, reschedule, dead-letter and renew compare the token and a live expiry
+ * inside the same script that makes the change. Changes that rewrite the item JSON (reschedule,
+ * dead-letter, retry) compute it here and commit it only if the stored JSON is still the one they read
+ * (compare-and-set), so an operator's retry and a worker's reschedule never overwrite each other.
+ */
+
+// Current Redis time in milliseconds; scripts use it for claim expiry so every host agrees.
+const CLOCK = String.raw`
+  local t = redis.call('TIME')
+  local clock = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+// Is the claim on ARGV[1] held with token ARGV[2] and still live? (KEYS[claims] passed as `claims`.)
+const HELD = String.raw`
+  local function held(claims, id, token, clock)
+    local c = redis.call('HGET', claims, id)
+    if not c then return false end
+    local tok, exp = string.match(c, '^(%S+) (%S+)')
+    return tok == token and tonumber(exp) > clock
+  end`;
+
+const QUEUE_SCRIPTS = {
+  // KEYS: items, due, stage, body. ARGV: id, json, nextAttemptAt, chunks.
+  mailroomQueueCommit: String.raw`
+    local chunks = tonumber(ARGV[4])
+    if chunks > 0 then
+      if redis.call('LLEN', KEYS[3]) ~= chunks then return 'staging-lost' end
+      redis.call('RENAME', KEYS[3], KEYS[4])
+      redis.call('PERSIST', KEYS[4])
+    end
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+    redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+    return 'ok'`,
+
+  // KEYS: due, items, claims. ARGV: now, limit, ttl, holder, token seed.
+  // Returns id, json, token, expiresAt, … for each item claimed.
+  mailroomQueueClaim: String.raw`
+    ${CLOCK}
+    local limit = tonumber(ARGV[2])
+    local out = {}
+    local got = 0
+    local offset = 0
+    while got < limit do
+      local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', offset, 100)
+      if #ids == 0 then break end
+      offset = offset + #ids
+      for _, id in ipairs(ids) do
+        if got >= limit then break end
+        local c = redis.call('HGET', KEYS[3], id)
+        local free = true
+        if c then
+          local exp = string.match(c, '^%S+ (%S+)')
+          free = tonumber(exp) <= clock
+        end
+        local json = redis.call('HGET', KEYS[2], id)
+        if free and json then
+          got = got + 1
+          local token = ARGV[5] .. '.' .. got
+          local exp = clock + tonumber(ARGV[3])
+          redis.call('HSET', KEYS[3], id, token .. ' ' .. exp .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+          out[#out + 1] = id
+          out[#out + 1] = json
+          out[#out + 1] = token
+          out[#out + 1] = tostring(exp)
+        end
+      end
+    end
+    return out`,
+
+  // KEYS: claims. ARGV: id, token, ttl ('' = the one claimed with). {expiresAt, ttl} or 'lost'.
+  mailroomQueueRenew: String.raw`
+    ${CLOCK}
+    ${HELD}
+    if not held(KEYS[1], ARGV[1], ARGV[2], clock) then return 'lost' end
+    local c = redis.call('HGET', KEYS[1], ARGV[1])
+    local tok, _, ttl, holder = string.match(c, '^(%S+) (%S+) (%S+) ?(.*)$')
+    if ARGV[3] ~= '' then ttl = ARGV[3] end
+    local exp = clock + tonumber(ttl)
+    redis.call('HSET', KEYS[1], ARGV[1], tok .. ' ' .. exp .. ' ' .. ttl .. ' ' .. holder)
+    return {tostring(exp), ttl}`,
+
+  // KEYS: items, due, claims, body. ARGV: id, token.
+  mailroomQueueFinish: String.raw`
+    ${CLOCK}
+    ${HELD}
+    if not held(KEYS[3], ARGV[1], ARGV[2], clock) then return 'lost' end
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('DEL', KEYS[4])
+    return 'ok'`,
+
+  // KEYS: items, due, claims. ARGV: id, token ('' = operator, no claim needed), expected json, new json,
+  // nextAttemptAt ('' = dead: leaves the due set). Ends any claim.
+  mailroomQueueUpdate: String.raw`
+    ${CLOCK}
+    ${HELD}
+    if ARGV[2] ~= '' and not held(KEYS[3], ARGV[1], ARGV[2], clock) then return 'lost' end
+    local current = redis.call('HGET', KEYS[1], ARGV[1])
+    if not current then return 'not-found' end
+    if current ~= ARGV[3] then return 'changed' end
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+    if ARGV[5] == '' then
+      redis.call('ZREM', KEYS[2], ARGV[1])
+    else
+      redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+    end
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    return 'ok'`,
+
+  // KEYS: items, due, claims, body. ARGV: id.
+  mailroomQueueRemove: String.raw`
+    if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 'not-found' end
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('DEL', KEYS[4])
+    return 'ok'`,
+} as const;
+
+type QueueScript = keyof typeof QUEUE_SCRIPTS;
+type Method = (numberOfKeys: number, ...args: Array<string | number | Uint8Array>) => Promise<unknown>;
+
+const defined = new WeakSet<Redis>();
+
+function script(ctx: Context, what: string, name: QueueScript, keys: readonly string[], args: ReadonlyArray<string | number | Uint8Array>): Promise<unknown> {
+  const client = ctx.client;
+  if (!defined.has(client)) {
+    for (const [n, lua] of Object.entries(QUEUE_SCRIPTS)) client.defineCommand(n, { lua });
+    defined.add(client);
+  }
+  const method = (client as unknown as Record<QueueScript, Method>)[name];
+  return call(ctx, what, () => method.call(client, keys.length, ...keys, ...args));
+}
+
+class QueueKeys {
+  readonly items: string;
+  readonly due: string;
+  readonly claims: string;
+  private readonly base: string;
+
+  constructor(prefix: string) {
+    this.base = `${prefix}{queue}:`;
+    this.items = `${this.base}items`;
+    this.due = `${this.base}due`;
+    this.claims = `${this.base}claims`;
+  }
+
+  body(id: string): string {
+    return `${this.base}body:${escapeKeyPart(id)}`;
+  }
+
+  stage(): string {
+    return `${this.base}stage:${randomBytes(12).toString("hex")}`;
+  }
+}
+
+const lost = (id: string): StoreError => new StoreError("lease-lost", `redis: claim on queue item ${id} expired or was taken over`);
+const missing = (id: string): StoreError => new StoreError("not-found", `redis: no queue item ${JSON.stringify(id)}`);
+
+function parseItem(json: string): QueueItem {
+  return JSON.parse(json) as QueueItem;
+}
+
+export class RedisQueue implements Queue {
+  private readonly keys: QueueKeys;
+
+  constructor(private readonly ctx: Context) {
+    this.keys = new QueueKeys(ctx.prefix);
+  }
+
+  async enqueue(
+    envelope: { readonly sender: string; readonly recipients: readonly string[]; readonly meta?: Readonly<Record<string, string>> },
+    source: AsyncIterable<Uint8Array>,
+    options: EnqueueOptions = {},
+  ): Promise<QueueItem> {
+    const now = Date.now();
+    const id = newQueueId(now);
+    const stage = this.keys.stage();
+    let chunks = 0;
+    let size = 0;
+    try {
+      for await (const chunk of rechunk(guardAppendSource(source, options), this.ctx.chunkBytes)) {
+        await runScript(this.ctx, "stage queued message", "mailroomStageChunk", [stage], [chunk, this.ctx.stagingTtlMs]);
+        chunks++;
+        size += chunk.length;
+      }
+      const item: QueueItem = {
+        id,
+        sender: envelope.sender,
+        recipients: envelope.recipients.map((address) => ({ address, status: "pending" as const })),
+        size,
+        createdAt: now,
+        attempts: 0,
+        nextAttemptAt: Math.round(options.notBefore ?? now),
+        lastError: null,
+        state: "queued",
+        meta: { ...envelope.meta },
+      };
+      const status = await script(
+        this.ctx,
+        "commit queued message",
+        "mailroomQueueCommit",
+        [this.keys.items, this.keys.due, stage, this.keys.body(id)],
+        [id, JSON.stringify(item), item.nextAttemptAt, chunks],
+      );
+      if (status !== "ok") throw new StoreError("temporary", `redis: staged queue message ${id} expired or was evicted before commit`);
+      await afterDurableWrite(this.ctx, "enqueue");
+      return item;
+    } catch (error) {
+      if (chunks > 0) await this.ctx.client.del(stage).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async claim(options: ClaimOptions): Promise<readonly QueueClaim[]> {
+    const limit = Math.max(0, Math.floor(options.limit ?? 1));
+    if (limit === 0) return [];
+    const ttl = Math.max(0, Math.ceil(options.ttlMs));
+    // Holder text goes last in the claim record, so spaces in it are harmless.
+    const raw = (await script(
+      this.ctx,
+      "claim queue items",
+      "mailroomQueueClaim",
+      [this.keys.due, this.keys.items, this.keys.claims],
+      [Math.round(options.now ?? Date.now()), limit, ttl, options.holder.replace(/[\r\n]/g, " "), randomBytes(12).toString("hex")],
+    )) as string[];
+    const claims: QueueClaim[] = [];
+    for (let i = 0; i + 3 < raw.length; i += 4) {
+      claims.push({ item: parseItem(raw[i + 1]!), token: raw[i + 2]!, expiresAt: Number(raw[i + 3]), ttlMs: ttl });
+    }
+    return claims.sort((a, b) => compareDue(a.item, b.item));
+  }
+
+  async renew(claim: QueueClaim): Promise<QueueClaim> {
+    const id = claim.item.id;
+    const ttl = claim.ttlMs === undefined ? "" : String(Math.max(0, Math.ceil(claim.ttlMs)));
+    const result = await script(this.ctx, "renew queue claim", "mailroomQueueRenew", [this.keys.claims], [id, claim.token, ttl]);
+    if (!Array.isArray(result)) throw lost(id);
+    const item = await this.get(id);
+    if (!item) throw lost(id);
+    return { item, token: claim.token, expiresAt: Number(result[0]), ttlMs: Number(result[1]) };
+  }
+
+  async readMessage(id: string): Promise<AsyncIterable<Uint8Array>> {
+    const item = await this.get(id);
+    if (!item) throw missing(id);
+    const key = this.keys.body(id);
+    const count = item.size === 0 ? 0 : await call(this.ctx, "open queued message", () => this.ctx.client.llen(key));
+    if (item.size > 0 && count === 0) throw missing(id);
+    return readChunks(this.ctx, key, count, `queued message ${id}`);
+  }
+
+  async finish(claim: QueueClaim): Promise<void> {
+    const id = claim.item.id;
+    const status = await script(
+      this.ctx,
+      "finish queue item",
+      "mailroomQueueFinish",
+      [this.keys.items, this.keys.due, this.keys.claims, this.keys.body(id)],
+      [id, claim.token],
+    );
+    if (status !== "ok") throw lost(id);
+    await afterDurableWrite(this.ctx, "finish");
+  }
+
+  /** Read, change, compare-and-set; a concurrent change by someone else makes it start over. */
+  private async update(id: string, claim: QueueClaim | null, change: (item: QueueItem) => QueueItem): Promise<void> {
+    for (let round = 0; round < 20; round++) {
+      const json = await call(this.ctx, "read queue item", () => this.ctx.client.hget(this.keys.items, id));
+      if (json === null) throw claim ? lost(id) : missing(id);
+      const next = change(parseItem(json));
+      const status = await script(
+        this.ctx,
+        "update queue item",
+        "mailroomQueueUpdate",
+        [this.keys.items, this.keys.due, this.keys.claims],
+        [id, claim?.token ?? "", json, JSON.stringify(next), next.state === "dead" ? "" : Math.round(next.nextAttemptAt)],
+      );
+      if (status === "ok") {
+        await afterDurableWrite(this.ctx, "queue update");
+        return;
+      }
+      if (status === "lost") throw lost(id);
+      if (status === "not-found") throw claim ? lost(id) : missing(id);
+    }
+    throw new StoreError("temporary", `redis: queue item ${id} keeps changing; try again`);
+  }
+
+  reschedule(claim: QueueClaim, options: RescheduleOptions): Promise<void> {
+    return this.update(claim.item.id, claim, (item) => ({
+      ...item,
+      attempts: item.attempts + 1,
+      nextAttemptAt: Math.round(options.nextAttemptAt),
+      lastError: options.error,
+      recipients: mergeRecipients(item.recipients, options.recipients),
+      state: "queued",
+    }));
+  }
+
+  deadLetter(claim: QueueClaim, options: { readonly error: string; readonly recipients?: readonly QueueRecipient[] }): Promise<void> {
+    return this.update(claim.item.id, claim, (item) => ({
+      ...item,
+      attempts: item.attempts + 1,
+      lastError: options.error,
+      recipients: mergeRecipients(item.recipients, options.recipients),
+      state: "dead",
+    }));
+  }
+
+  async list(): Promise<readonly QueueItem[]> {
+    const all = await call(this.ctx, "list queue", () => this.ctx.client.hvals(this.keys.items));
+    return all.map(parseItem).sort(compareAge);
+  }
+
+  async get(id: string): Promise<QueueItem | null> {
+    const json = await call(this.ctx, "get queue item", () => this.ctx.client.hget(this.keys.items, id));
+    return json === null ? null : parseItem(json);
+  }
+
+  retry(id: string): Promise<void> {
+    const now = Date.now();
+    return this.update(id, null, (item) => ({ ...item, state: "queued", nextAttemptAt: now }));
+  }
+
+  async remove(id: string): Promise<void> {
+    const status = await script(
+      this.ctx,
+      "remove queue item",
+      "mailroomQueueRemove",
+      [this.keys.items, this.keys.due, this.keys.claims, this.keys.body(id)],
+      [id],
+    );
+    if (status !== "ok") throw missing(id);
+    await afterDurableWrite(this.ctx, "queue remove");
+  }
+}
