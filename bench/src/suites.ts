@@ -188,6 +188,7 @@ export async function bigMessage(ctx: SuiteContext, target: Target, megabytes = 
   smtp.close();
   const peakIn = inPeak.stop();
   ctx.log(`big message in: ${accepted}`);
+  if (!accepted.startsWith("250")) throw new Error(`${target.label}: the big message was refused: ${accepted}`);
 
   const baselineOut = rssKb(pid);
   const outPeak = sampleRss(pid);
@@ -199,12 +200,17 @@ export async function bigMessage(ctx: SuiteContext, target: Target, megabytes = 
   await pop.reply();
   pop.send("RETR 1");
   let received = 0;
-  await new Promise<void>((resolve) => {
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("RETR of the big message timed out")), 300_000);
     let tail = "";
     pop.raw((chunk) => {
       received += chunk.length;
       tail = (tail + chunk.toString("latin1")).slice(-5);
-      if (tail === "\r\n.\r\n") resolve();
+      if (received < 200 && chunk.toString("latin1").startsWith("-ERR")) reject(new Error(`RETR refused: ${chunk.toString("latin1").trim()}`));
+      if (tail === "\r\n.\r\n") {
+        clearTimeout(timer);
+        resolve();
+      }
     });
   });
   pop.send("QUIT");

@@ -74,7 +74,8 @@ export async function mailroomTarget(options: MailroomTargetOptions): Promise<Ta
   writeFileSync(config, [
     `hostname = "bench.example.test"`,
     `[store]`, ...storeLines,
-    `[smtp]`, `listen = ["127.0.0.1:${ports.smtp}"]`, `submission = []`, `submissions = []`,
+    // Room for the 50 MB message of the big-message suite (the default limit is 25 MiB).
+    `[smtp]`, `listen = ["127.0.0.1:${ports.smtp}"]`, `submission = []`, `submissions = []`, `max_message_size = 62914560`,
     // The drivers send 64 connections and hold 10,000 idle ones from one address.
     `[limits]`, `max_connections = 20000`, `max_connections_per_address = 20000`,
     `[pop3]`, `listen = ["127.0.0.1:${ports.pop3}"]`, `pop3s = ["127.0.0.1:${ports.pop3s}"]`, `allow_plaintext_auth = true`,
@@ -85,6 +86,8 @@ export async function mailroomTarget(options: MailroomTargetOptions): Promise<Ta
     execFileSync(process.execPath, [cli, ...args, "--config", config], { input, stdio: ["pipe", "ignore", "inherit"] });
   admin(["domain", "add", DOMAIN]);
   for (const user of USERS) admin(["user", "add", `${user}@${DOMAIN}`, "--password-stdin"], `${PASSWORD}\n`);
+  // The ingest driver counts files in the Maildir and refuses one without new/: make it exist up front.
+  if (store === "fs") for (const sub of ["new", "cur", "tmp"]) mkdirSync(join(mailRoot, DOMAIN, "ingest", sub), { recursive: true });
 
   const pidfile = join(dir, "mailroom.pid");
   let child: ChildProcess | null = null;

@@ -19,6 +19,8 @@ export interface SessionOptions {
   readonly servername?: string;
   readonly auth?: { readonly username: string; readonly password: string };
   readonly timeoutMs: number;
+  /** Waiting for the reply to the end of data, when the server stores the message. Default 10 minutes (RFC 5321 4.5.3.2.6). */
+  readonly dataTimeoutMs?: number;
 }
 
 /** A reply that ends an attempt: the server said no to the session or the transaction as a whole. */
@@ -58,6 +60,8 @@ export class SmtpSession {
   #socket: ClientSocket;
   #options: SessionOptions;
   #broken = false;
+  /** Transactions sent on this connection, to stay under servers' per-connection limits. */
+  transactions = 0;
 
   private constructor(socket: ClientSocket, options: SessionOptions) {
     this.#socket = socket;
@@ -156,6 +160,7 @@ export class SmtpSession {
    * ConnectionError when the connection fails; otherwise reports a reply per recipient.
    */
   async send(input: TransactionInput): Promise<TransactionResult> {
+    this.transactions++;
     try {
       return await this.#send(input);
     } catch (error) {
@@ -198,9 +203,21 @@ export class SmtpSession {
       return { recipients: results };
     }
     await this.#streamBody(await input.body());
-    const end = await this.#socket.readReply();
+    const end = await this.#socket.readReply(Math.max(this.#options.timeoutMs, this.#options.dataTimeoutMs ?? 10 * 60_000));
     for (const recipient of accepted) results.set(recipient, end);
     return { recipients: results };
+  }
+
+  /** Before reusing an idle connection: true if the server still answers. */
+  async alive(): Promise<boolean> {
+    if (!this.usable) return false;
+    try {
+      const reply = await this.#command("RSET");
+      return reply.code === 250;
+    } catch {
+      this.#broken = true;
+      return false;
+    }
   }
 
   async #reset(): Promise<void> {

@@ -45,15 +45,16 @@ export class MailRouter {
       records = await this.#resolver.resolveMx(domain);
     } catch (error) {
       const code = codeOf(error);
-      if (code === "ENOTFOUND") return failed(true, "5.1.2", `domain ${domain} does not exist`);
-      if (code !== "ENODATA") return failed(false, "4.4.3", `MX lookup for ${domain} failed (${code})`);
+      if (!NO_DATA.has(code)) return failed(false, "4.4.3", `MX lookup for ${domain} failed (${code})`);
+      // Bun and Deno report "no MX records" as ENOTFOUND too, so NXDOMAIN is only believed once the
+      // address lookups below say the same.
       records = [];
     }
     if (records.length === 0) {
       // No MX: the domain itself is the host (RFC 5321 5.1, implicit MX).
       const host = await this.#addresses(domain);
       if ("kind" in host) return host;
-      if (host.addresses.length === 0) return failed(true, "5.1.2", `domain ${domain} has no MX and no address records`);
+      if (host.addresses.length === 0) return failed(true, "5.1.2", `domain ${domain} does not exist or has no MX and no address records`);
       return { kind: "hosts", hosts: [host] };
     }
     // RFC 7505: a single MX of "." at preference 0 says the domain takes no mail at all.

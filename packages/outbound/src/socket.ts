@@ -116,7 +116,7 @@ export class ClientSocket {
     waiter?.();
   }
 
-  async #nextLine(): Promise<string> {
+  async #nextLine(timeoutMs: number): Promise<string> {
     for (;;) {
       const line = this.#lines.shift();
       if (line !== undefined) return line;
@@ -125,8 +125,8 @@ export class ClientSocket {
         const timer = setTimeout(() => {
           this.#waiter = null;
           this.#socket.destroy();
-          reject(new ConnectionError(`no reply within ${this.#timeoutMs} ms`));
-        }, this.#timeoutMs);
+          reject(new ConnectionError(`no reply within ${timeoutMs} ms`));
+        }, timeoutMs);
         this.#waiter = () => {
           clearTimeout(timer);
           resolve();
@@ -135,11 +135,11 @@ export class ClientSocket {
     }
   }
 
-  /** One (possibly multi-line) reply. */
-  async readReply(): Promise<Reply> {
+  /** One (possibly multi-line) reply, waiting at most `timeoutMs` (default: the connect timeout) per line. */
+  async readReply(timeoutMs = this.#timeoutMs): Promise<Reply> {
     const lines: string[] = [];
     for (;;) {
-      const line = await this.#nextLine();
+      const line = await this.#nextLine(timeoutMs);
       const match = /^(\d{3})([ -]?)(.*)$/.exec(line);
       if (!match) throw new ConnectionError(`malformed reply: ${line.slice(0, 100)}`);
       lines.push(match[3] ?? "");
@@ -147,15 +147,36 @@ export class ClientSocket {
     }
   }
 
-  /** Writes and waits for the socket to take the bytes (backpressure). */
+  /**
+   * Writes and waits for the socket to take the bytes (backpressure). A server that stops reading
+   * for the reply timeout, or goes away meanwhile, fails the write instead of leaving it waiting.
+   */
   write(data: string | Uint8Array): Promise<void> {
     if (this.#error) return Promise.reject(this.#error);
+    const socket = this.#socket;
     return new Promise((resolve, reject) => {
-      const ok = this.#socket.write(typeof data === "string" ? Buffer.from(data, "latin1") : data, (error) => {
+      const ok = socket.write(typeof data === "string" ? Buffer.from(data, "latin1") : data, (error) => {
         if (error) reject(new ConnectionError(error.message));
       });
-      if (ok) resolve();
-      else this.#socket.once("drain", () => resolve());
+      if (ok) {
+        resolve();
+        return;
+      }
+      const done = (error: Error | null): void => {
+        clearTimeout(timer);
+        socket.off("drain", onDrain);
+        socket.off("close", onClose);
+        if (error) reject(error);
+        else resolve();
+      };
+      const onDrain = (): void => done(null);
+      const onClose = (): void => done(this.#error ?? new ConnectionError("connection closed while sending"));
+      const timer = setTimeout(() => {
+        socket.destroy();
+        done(new ConnectionError(`the server took no data for ${this.#timeoutMs} ms`));
+      }, this.#timeoutMs);
+      socket.once("drain", onDrain);
+      socket.once("close", onClose);
     });
   }
 

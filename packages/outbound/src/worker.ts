@@ -52,8 +52,15 @@ export interface OutboundOptions {
   readonly claimTtlMs?: number;
   /** Connect and per-reply timeout. Default 60 s (RFC 5321 4.5.3.2 suggests minutes; we are impatient). */
   readonly connectTimeoutMs?: number;
+  /**
+   * Waiting for the server's answer after the data, while it stores the message. Default 10 minutes
+   * (RFC 5321 4.5.3.2.6): giving up earlier risks a duplicate when the server did accept it.
+   */
+  readonly dataTimeoutMs?: number;
   /** TLS towards MX hosts and the smarthost. Opportunistic STARTTLS does not verify by default. */
   readonly tlsOptions?: TlsClientOptions;
+  /** An idle connection is kept this long for the next item to the same host. Default 5 s; 0 closes at once. */
+  readonly connectionIdleMs?: number;
   /** How often `start()` logs the queue size and the oldest item's age. Default 60 s. */
   readonly statsIntervalMs?: number;
 }
@@ -112,6 +119,60 @@ interface Outcome {
 
 const isPermanent = (code: number): boolean => code >= 500;
 
+/** Servers limit transactions per connection (ours at 100); start afresh well before that. */
+const MAX_TRANSACTIONS_PER_CONNECTION = 50;
+
+/** Idle connections per destination ("address:port"), reused by the next item going there. */
+class SessionPool {
+  #idle = new Map<string, { session: SmtpSession; timer: ReturnType<typeof setTimeout> }[]>();
+
+  readonly idleMs: number;
+
+  constructor(idleMs: number) {
+    this.idleMs = idleMs;
+  }
+
+  take(key: string): SmtpSession | null {
+    const list = this.#idle.get(key);
+    const entry = list?.pop();
+    if (list && list.length === 0) this.#idle.delete(key);
+    if (!entry) return null;
+    clearTimeout(entry.timer);
+    return entry.session;
+  }
+
+  async give(key: string, session: SmtpSession): Promise<void> {
+    if (this.idleMs <= 0 || !session.usable || session.transactions >= MAX_TRANSACTIONS_PER_CONNECTION) {
+      await session.quit();
+      return;
+    }
+    const list = this.#idle.get(key) ?? [];
+    const entry = {
+      session,
+      timer: setTimeout(() => {
+        const current = this.#idle.get(key);
+        const index = current?.indexOf(entry) ?? -1;
+        if (current && index >= 0) current.splice(index, 1);
+        if (current?.length === 0) this.#idle.delete(key);
+        void session.quit();
+      }, this.idleMs),
+    };
+    list.push(entry);
+    this.#idle.set(key, list);
+  }
+
+  async closeAll(): Promise<void> {
+    const all = [...this.#idle.values()].flat();
+    this.#idle.clear();
+    await Promise.all(
+      all.map((entry) => {
+        clearTimeout(entry.timer);
+        return entry.session.quit();
+      }),
+    );
+  }
+}
+
 export function createOutbound(options: OutboundOptions): Outbound {
   const queue = options.store.queue;
   if (!queue) throw new Error(`the ${options.store.kind} store has no outbound queue`);
@@ -131,6 +192,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
   const domainSlots = new Map<string, Semaphore>();
   const running = new Set<Promise<void>>();
   const sessions = new Set<SmtpSession>();
+  const pool = new SessionPool(options.connectionIdleMs ?? 5_000);
   let started = false;
   let stopping = false;
   let pollTimer: ReturnType<typeof setTimeout> | null = null;
@@ -178,19 +240,26 @@ export function createOutbound(options: OutboundOptions): Outbound {
     for (const host of target.hosts) {
       for (const address of host.addresses) {
         const where = `${host.name}[${address}]:${target.port}`;
+        const key = `${address}:${target.port}`;
         let session: SmtpSession;
         try {
-          session = await SmtpSession.open({
-            host: address,
-            port: target.port,
-            hostname: options.hostname,
-            tls: smarthost ? smarthost.tls : "starttls",
-            servername: host.name,
-            timeoutMs,
-            ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
-            ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
-            ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
-          });
+          const idle = pool.take(key);
+          if (idle && (await idle.alive())) session = idle;
+          else {
+            idle?.abort();
+            session = await SmtpSession.open({
+              host: address,
+              port: target.port,
+              hostname: options.hostname,
+              tls: smarthost ? smarthost.tls : "starttls",
+              servername: host.name,
+              timeoutMs,
+              ...(options.dataTimeoutMs !== undefined ? { dataTimeoutMs: options.dataTimeoutMs } : {}),
+              ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
+              ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
+              ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
+            });
+          }
         } catch (error) {
           // The host did not take the session: the next MX may (RFC 5321 5.1). Even a 5xx here (a refused
           // greeting, a smarthost password) says nothing about the recipients, so it stays temporary.
@@ -236,14 +305,15 @@ export function createOutbound(options: OutboundOptions): Outbound {
           return all({ status: "pending", diagnostic: text });
         } finally {
           sessions.delete(session);
-          await session.quit();
+          // A session that failed mid-transaction is marked unusable and is closed, not pooled.
+          await pool.give(key, session);
         }
       }
     }
     return all({ status: "pending", diagnostic: lastError });
   }
 
-  async function process(initial: QueueClaim): Promise<void> {
+  async function handle(initial: QueueClaim): Promise<void> {
     let claim = initial;
     let lost = false;
     let done = false;
@@ -394,7 +464,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
   }
 
   function launch(claim: QueueClaim, release: () => void): Promise<void> {
-    const task = process(claim).finally(() => {
+    const task = handle(claim).finally(() => {
       release();
       running.delete(task);
     });
@@ -473,6 +543,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
         for (const session of sessions) session.abort();
         await Promise.race([Promise.allSettled([...running]), new Promise((resolve) => setTimeout(resolve, 2_000))]);
       }
+      await pool.closeAll();
     },
     runOnce,
   };

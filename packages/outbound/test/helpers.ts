@@ -4,20 +4,7 @@ import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import dns2 from "dns2";
-import {
-  fromBytes,
-  hashPassword,
-  readAll,
-  StoreError,
-  type ClaimOptions,
-  type EnqueueOptions,
-  type Queue,
-  type QueueClaim,
-  type QueueItem,
-  type QueueRecipient,
-  type RescheduleOptions,
-  type Store,
-} from "@mailroom/store";
+import { hashPassword, readAll, type Queue, type Store } from "@mailroom/store";
 import { createMemoryStore } from "@mailroom/store/memory";
 
 /** The memory store with its queue, typed as present. */
@@ -90,6 +77,8 @@ export async function startDns(zones: Record<string, Zone>): Promise<{ server: s
 export interface Script {
   readonly greeting?: string;
   readonly ehlo?: readonly string[];
+  /** Answer EHLO with 500, as a pre-ESMTP server would. */
+  readonly noEhlo?: boolean;
   /** Reply to RCPT for this address; default 250. */
   rcpt?(address: string): string;
   /** Reply after the data; default 250. Return null to never answer (a hung server). */
@@ -104,13 +93,21 @@ export interface Received {
 }
 
 /** A tiny SMTP server that answers as scripted and records the messages it accepted. */
-export async function startScripted(host: string, port: number, script: Script = {}): Promise<{ port: number; received: Received[]; connections: number; close(): Promise<void> }> {
+export async function startScripted(host: string, port: number, script: Script = {}): Promise<{ port: number; received: Received[]; helo: string[]; connections: number; peak: number; close(): Promise<void> }> {
   const received: Received[] = [];
+  const helo: string[] = [];
   const sockets = new Set<Socket>();
-  const state = { connections: 0 };
+  // Sessions between greeting and QUIT; counted by the protocol, not by socket events, which can lag.
+  const state = { connections: 0, peak: 0, active: 0 };
   const server: Server = createServer((socket) => {
     state.connections++;
     sockets.add(socket);
+    state.active++;
+    state.peak = Math.max(state.peak, state.active);
+    let quit = false;
+    socket.on("close", () => {
+      if (!quit) state.active--;
+    });
     socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => undefined);
     socket.setEncoding("latin1");
@@ -138,11 +135,15 @@ export async function startScripted(host: string, port: number, script: Script =
           continue;
         }
         const verb = line.slice(0, 4).toUpperCase();
-        if (verb === "EHLO") {
+        if (verb === "EHLO" && script.noEhlo) socket.write("500 5.5.1 what is EHLO\r\n");
+        else if (verb === "EHLO") {
           const lines = ["scripted", ...(script.ehlo ?? ["8BITMIME", "SIZE 1000000"])];
           socket.write(lines.map((l, i) => `250${i === lines.length - 1 ? " " : "-"}${l}\r\n`).join(""));
         }
-        else if (verb === "HELO") socket.write("250 scripted\r\n");
+        else if (verb === "HELO") {
+          helo.push(line);
+          socket.write("250 scripted\r\n");
+        }
         else if (verb === "MAIL") {
           mailLine = line;
           from = /<([^>]*)>/.exec(line)?.[1] ?? "";
@@ -159,6 +160,8 @@ export async function startScripted(host: string, port: number, script: Script =
           socket.write("354 go ahead\r\n");
         } else if (verb === "RSET") socket.write("250 ok\r\n");
         else if (verb === "QUIT") {
+          quit = true;
+          state.active--;
           socket.write("221 bye\r\n");
           socket.end();
         } else socket.write("502 5.5.1 unknown\r\n");
@@ -173,8 +176,13 @@ export async function startScripted(host: string, port: number, script: Script =
   return {
     port: actual,
     received,
+    helo,
     get connections() {
       return state.connections;
+    },
+    /** Most connections open at once. */
+    get peak() {
+      return state.peak;
     },
     close: () =>
       new Promise<void>((resolve) => {

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { fromBytes, type Queue, type Store } from "@mailroom/store";
+import { fromBytes, readAll, StoreError, type Logger, type Queue, type Store } from "@mailroom/store";
 import { createSmtpServer } from "@mailroom/smtp-protocol";
 import { TlsContext } from "@mailroom/transport";
 import { createOutbound, enqueueRelay, type Outbound, type OutboundOptions } from "../src/index.js";
@@ -112,6 +112,18 @@ describe("delivery over MX", () => {
     expect(await store.queue.list()).toEqual([]);
   });
 
+  it("streams a large message with backpressure, byte for byte", async () => {
+    const mx = await farMx("127.0.0.2");
+    const store = await ours();
+    const lines = Array.from({ length: 60_000 }, (_, i) => (i % 7 === 0 ? `.line ${i} ${"x".repeat(40)}` : `line ${i} ${"y".repeat(50)}`));
+    const big = `Subject: big\r\n\r\n${lines.join("\r\n")}\r\n`;
+    await enqueue(store, "alice@ours.test", ["bob@far.test"], big);
+    await worker(store, { mxPort: mx.port }).runOnce();
+    const [copy] = await mailboxTexts(mx.store, "bob@far.test");
+    expect(copy!.length).toBeGreaterThan(3_000_000);
+    expect(copy!.endsWith(`\r\n${big}`)).toBe(true);
+  });
+
   it("tries MX hosts by preference and falls back when the first refuses the connection", async () => {
     const b = await scripted("127.0.0.4", 0);
     const c = await scripted("127.0.0.5", b.port);
@@ -140,6 +152,35 @@ describe("delivery over MX", () => {
     const size = (await store.queue.list()).length;
     expect(size).toBe(0);
     expect(server.received[0]!.mailLine).toMatch(/^MAIL FROM:<alice@ours\.test> SIZE=\d+ BODY=8BITMIME$/);
+  });
+});
+
+describe("connections", () => {
+  it("falls back to HELO and sends without extensions", async () => {
+    const server = await scripted("127.0.0.7", 0, { noEhlo: true });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@script.test"], "Subject: caf\u00e9\r\n\r\nhi\r\n");
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.helo).toEqual(["HELO mail.ours.test"]);
+    expect(server.received[0]!.mailLine).toBe("MAIL FROM:<alice@ours.test>");
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("reuses one connection for several items to the same host, and checks it first", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    for (let i = 0; i < 3; i++) await enqueue(store, "alice@ours.test", [`r${i}@script.test`]);
+    const outbound = worker(store, { mxPort: server.port, concurrency: 1 });
+    expect(await outbound.runOnce()).toBe(3);
+    expect(server.received).toHaveLength(3);
+    expect(server.connections).toBe(1);
+    // The idle connection dies (the server restarts): the next item opens a new one.
+    await server.close();
+    const again = await scripted("127.0.0.7", server.port);
+    await enqueue(store, "alice@ours.test", ["r3@script.test"]);
+    expect(await outbound.runOnce()).toBe(1);
+    expect(again.received.map((m) => m.to)).toEqual([["r3@script.test"]]);
+    expect(await store.queue.list()).toEqual([]);
   });
 });
 
@@ -212,6 +253,35 @@ describe("failures and retries", () => {
     expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
   });
 
+  it("queues the bounce, with the null sender, for a sender on another domain", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 unknown" });
+    const store = await ours();
+    await enqueue(store, "someone@far.test", ["nobody@script.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    const items = await store.queue.list();
+    expect(items).toHaveLength(1);
+    expect(items[0]).toMatchObject({ sender: "", recipients: [{ address: "someone@far.test", status: "pending" }] });
+    const text = new TextDecoder().decode(await readAll(await store.queue.readMessage(items[0]!.id)));
+    expect(parseDsn(text).recipients[0]).toMatchObject({ "final-recipient": "rfc822; nobody@script.test", status: "5.1.1" });
+  });
+
+  it("keeps the item as dead when even the bounce cannot be stored", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 unknown" });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["nobody@script.test"]);
+    const failing = new Proxy(store, {
+      get(target, property) {
+        if (property === "deliver") return () => Promise.reject(new StoreError("permanent", "disk on fire"));
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    await worker(failing, { mxPort: server.port }).runOnce();
+    const dead = await store.queue.get(item.id);
+    expect(dead).toMatchObject({ state: "dead", recipients: [{ address: "nobody@script.test", status: "failed" }] });
+    expect(dead?.lastError).toContain("disk on fire");
+  });
+
   it("fails the remaining recipients with a DSN when the schedule is used up", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.3.0 busy" });
     const store = await ours();
@@ -237,15 +307,23 @@ describe("failures and retries", () => {
     expect(dsns[0]!.recipients[0]!["diagnostic-code"]).toContain("does not accept mail");
   });
 
-  it("bounces a domain that does not exist (NXDOMAIN) and retries a SERVFAIL", async () => {
+  it("bounces a domain that does not exist (NXDOMAIN)", async () => {
     const store = await ours();
     await enqueue(store, "alice@ours.test", ["x@nowhere.test"]);
-    const temp = await enqueue(store, "alice@ours.test", ["x@broken.test"]);
     await worker(store, { mxPort: 9 }).runOnce();
     const dsns = await dsnsOf(store);
     expect(dsns.map((d) => d.recipients[0]?.status)).toEqual(["5.1.2"]);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  // Deno's node:dns reports SERVFAIL as ENOTFOUND, the same as NXDOMAIN (see README).
+  it.skipIf("Deno" in globalThis)("retries when the DNS server fails (SERVFAIL)", async () => {
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@broken.test"]);
+    await worker(store, { mxPort: 9 }).runOnce();
+    expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
     const left = await store.queue.list();
-    expect(left.map((i) => i.id)).toEqual([temp.id]);
+    expect(left.map((i) => i.id)).toEqual([item.id]);
     expect(left[0]!.lastError).toContain("4.4.3");
   });
 
@@ -286,6 +364,29 @@ describe("smarthost", () => {
     expect(await store.queue.list()).toEqual([]);
   });
 
+  it("uses implicit TLS when told to", async () => {
+    const tls = selfSignedCert();
+    cleanups.push(() => tls.cleanup());
+    const relayStore = await makeStore("ours.test", ["alice", "carol"], "pw");
+    const server = createSmtpServer({ store: relayStore, hostname: "localhost", tls: new TlsContext({ cert: tls.cert, key: tls.key }) });
+    const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission", implicitTls: true });
+    cleanups.push(async () => {
+      await listener.close();
+      await server.close({ deadlineMs: 100 });
+    });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["carol@elsewhere.test"]);
+    await relayStore.directory.addDomain("elsewhere.test");
+    await relayStore.directory.addAccount({ address: "carol@elsewhere.test", passwordHash: (await relayStore.directory.getAccount("carol@ours.test"))!.passwordHash });
+    await worker(store, {
+      mxPort: 9,
+      smarthost: { host: "localhost", port: listener.port, tls: "implicit", auth: { username: "alice@ours.test", password: "pw" } },
+      tlsOptions: { ca: tls.cert, rejectUnauthorized: true },
+    }).runOnce();
+    expect(await mailboxTexts(relayStore, "carol@elsewhere.test")).toHaveLength(1);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
   it("keeps the mail queued when the smarthost refuses the password", async () => {
     const tls = selfSignedCert();
     cleanups.push(() => tls.cleanup());
@@ -308,6 +409,31 @@ describe("smarthost", () => {
   });
 });
 
+describe("logs", () => {
+  it("logs one line per attempt and the queue size periodically", async () => {
+    const lines: { fields: Record<string, unknown>; message: string | undefined }[] = [];
+    const logger: Logger = {
+      debug: () => undefined,
+      info: (fields: Record<string, unknown> | string, message?: string) => {
+        if (typeof fields !== "string") lines.push({ fields, message });
+      },
+      warn: () => undefined,
+      error: () => undefined,
+      child: () => logger,
+    };
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.7.1 greylisted" });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    const outbound = worker(store, { mxPort: server.port, logger, retrySchedule: [60_000], statsIntervalMs: 30, pollIntervalMs: 20 });
+    outbound.start();
+    await waitFor(() => lines.some((l) => l.message === "queue") && lines.some((l) => l.message === "delivery attempt"));
+    const attempt = lines.find((l) => l.message === "delivery attempt")!.fields;
+    expect(attempt).toMatchObject({ item: item.id, domain: "script.test", host: `mx.script.test[127.0.0.7]:${server.port}` });
+    expect(String(attempt["result"])).toContain("451 4.7.1 greylisted");
+    expect(lines.find((l) => l.message === "queue")!.fields).toMatchObject({ queued: 1, dead: 0 });
+  });
+});
+
 describe("concurrency and crashes", () => {
   it("two workers on one store deliver every item exactly once", async () => {
     const server = await scripted("127.0.0.7", 0);
@@ -320,6 +446,16 @@ describe("concurrency and crashes", () => {
     const recipients = server.received.flatMap((m) => m.to).sort();
     expect(recipients).toEqual(Array.from({ length: 12 }, (_, i) => `r${i}@script.test`).sort());
     expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("opens at most perDomainConcurrency connections to one domain", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    for (let i = 0; i < 8; i++) await enqueue(store, "alice@ours.test", [`r${i}@script.test`]);
+    await worker(store, { mxPort: server.port, concurrency: 8, perDomainConcurrency: 2, connectionIdleMs: 0 }).runOnce();
+    expect(server.received).toHaveLength(8);
+    expect(server.connections).toBe(8);
+    expect(server.peak).toBeLessThanOrEqual(2);
   });
 
   it("delivers an item whose worker died mid-delivery once its claim expires", async () => {

@@ -459,7 +459,9 @@ export class Session {
 
   async #chunkComplete(phase: Extract<BdatPhase, { kind: "bdat" }>): Promise<void> {
     const { tx, delivery } = phase;
-    if (delivery.decoder.problem === "too-big") {
+    // The size counts on after another problem (a long line, a bare LF) was found first, so the cap
+    // holds for such a message too: otherwise endless chunks would all get 250.
+    if (delivery.decoder.problem === "too-big" || delivery.decoder.size > this.#ctx.limits.maxMessageBytes) {
       // Refuse now rather than after LAST: the client may stop sending.
       this.#abortDelivery(delivery, "message too big");
       this.#endTransaction();

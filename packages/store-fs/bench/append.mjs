@@ -1,19 +1,23 @@
 // Micro-benchmark of the Maildir store (not a test). Runs against dist, so build first:
-//   pnpm run build && node bench/append.mjs [--quick] [--dir <path on the disk to measure>]
+//   pnpm run build && node bench/append.mjs [--quick] [--only deliver|append|read] [--dir <path on the disk to measure>]
+//   node bench/append.mjs --dist /path/to/other/dist     runs the same against another build (before/after)
 // UV_THREADPOOL_SIZE=16 node bench/append.mjs   shows what a larger libuv pool changes.
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
-import { createFsStore } from "../dist/index.js";
 
 const { values: args } = parseArgs({
   options: {
     quick: { type: "boolean", default: false },
     dir: { type: "string" },
     only: { type: "string" },
+    // Another build of the package to compare with (e.g. the previous version's dist).
+    dist: { type: "string" },
   },
 });
+const { createFsStore } = await import(args.dist ? pathToFileURL(join(resolve(args.dist), "index.js")).href : "../dist/index.js");
 
 const CHUNK = 64 * 1024;
 
@@ -51,7 +55,7 @@ const base = args.dir ?? tmpdir();
 const root = await mkdtemp(join(base, "mailroom-bench-"));
 const store = await createFsStore({ root, hostname: "bench.host" });
 const rows = [];
-console.log(`store-fs bench: node ${process.version}, UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? "4 (default)"}, dir ${root}`);
+console.log(`store-fs bench (${args.dist ?? "dist"}): node ${process.version}, UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? "4 (default)"}, dir ${root}`);
 try {
   const sizes = [4 * 1024, 100 * 1024];
   for (const via of ["deliver", "append"]) {

@@ -2,6 +2,7 @@ import { promises as fsp } from "node:fs";
 import type { Logger } from "@mailroom/store";
 import type { SyncPolicy } from "./fsutil.js";
 import { isErrno } from "./errors.js";
+import type { DirSyncs } from "./groupcommit.js";
 
 /** What every part of one store instance shares. */
 export interface StoreContext {
@@ -12,6 +13,8 @@ export interface StoreContext {
   readonly cache: MailboxCaches;
   /** Maildirs whose stale tmp/ files this instance already cleaned. */
   readonly prepared: Set<string>;
+  /** Group commit of the directory fsyncs that make new messages durable. */
+  readonly dirSyncs: DirSyncs;
 }
 
 /** What listing learns about one message file, kept so the next listing needs no stat or read. */

@@ -108,6 +108,22 @@ export function sanitizeHost(host: string): string {
 
 let counter = 0;
 let lastMicros = 0;
+const PID = String(process.pid);
+let hostFor = "";
+let hostPart = "";
+// Random octets are drawn in bulk: one call per 512 names instead of one per message.
+let randomPool = randomBytes(0);
+let randomAt = 0;
+
+function randomHex8(): string {
+  if (randomAt + 8 > randomPool.length) {
+    randomPool = randomBytes(8 * 512);
+    randomAt = 0;
+  }
+  const hex = randomPool.toString("hex", randomAt, randomAt + 8);
+  randomAt += 8;
+  return hex;
+}
 
 function nowMicros(): number {
   // Date.now has millisecond resolution; performance.now supplies the microseconds within it.
@@ -123,11 +139,15 @@ export function newBase(host: string, uid?: string): string {
   const sec = Math.floor(micros / 1_000_000);
   const usec = micros % 1_000_000;
   counter = (counter + 1) % 1_000_000_000;
-  const head = `${sec}.M${usec}P${process.pid}Q${counter}R${randomBytes(8).toString("hex")}.`;
+  const head = `${sec}.M${usec}P${PID}Q${counter}R${randomHex8()}.`;
   if (uid !== undefined) return `${head}U=${escapeUid(uid)}`;
+  if (host !== hostFor) {
+    hostFor = host;
+    hostPart = sanitizeHost(host);
+  }
   // Keep generated bases within the UIDL limit so the UID is the base itself.
   const room = Math.max(1, MAX_BASE - head.length);
-  return head + (sanitizeHost(host).slice(0, room) || "h");
+  return head + (hostPart.slice(0, room) || "h");
 }
 
 /** `<base>,S=<size>,W=<crlfSize>` plus `:2,<flags>` for cur/. */

@@ -4,6 +4,7 @@ import { isAbsolute, resolve } from "node:path";
 import { StoreError, silentLogger, type Logger, type Store, type StoreAdapter, type StoreOptions } from "@mailroom/store";
 import { MailboxCaches, type StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
+import { DirSyncs } from "./groupcommit.js";
 import { FsStore } from "./store.js";
 
 export interface FsStoreOptions {
@@ -22,13 +23,15 @@ export interface FsStoreOptions {
 export async function createFsStore(options: FsStoreOptions): Promise<Store> {
   const root = resolve(options.root);
   await attempt("create root", root, () => fsp.mkdir(root, { recursive: true }));
+  const policy = { fsync: options.fsync ?? true };
   const ctx: StoreContext = {
     root,
-    policy: { fsync: options.fsync ?? true },
+    policy,
     host: options.hostname ?? osHostname(),
     logger: options.logger ?? silentLogger,
     cache: new MailboxCaches(),
     prepared: new Set(),
+    dirSyncs: new DirSyncs(policy),
   };
   return new FsStore(ctx);
 }

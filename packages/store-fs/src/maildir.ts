@@ -1,5 +1,5 @@
 import { promises as fsp } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import {
   StoreError,
   assertUid,
@@ -22,7 +22,7 @@ import { fsyncDir, makeDirs, readTextOrNull, readdirOrEmpty, unlinkQuiet, withDi
 import { ID_FILE, locateMailbox } from "./layout.js";
 import { LeaseManager } from "./lease.js";
 import { crlfSizeOf, fileChunks, toCrlf } from "./streams.js";
-import { linkOrCopy, mapLimited, writeMessageFile } from "./writing.js";
+import { mapLimited, writeMessageFile } from "./writing.js";
 
 export const STATE_FILE = "mailroom-state.json";
 export const JOURNAL_FILE = "mailroom-expunge.journal";
@@ -102,8 +102,11 @@ export class FsMailbox implements Mailbox {
       for (const name of await readdirOrEmpty(this.sub("tmp"))) {
         const path = this.sub("tmp", name);
         const info = await fsp.stat(path).catch(() => null);
-        // ctime too: an append in progress may have set an old mtime (receivedAt) on its tmp file.
-        if (info?.isFile() && Math.max(info.mtimeMs, info.ctimeMs) < cutoff && (await unlinkQuiet(path))) {
+        // An append in progress may already have set an old mtime (receivedAt) on its tmp file, so our
+        // own files are aged by the time in their name. (ctime cannot tell: setting mtime resets it.)
+        const parsed = parseName(name);
+        const born = parsed?.ours ? parsed.sec * 1000 : info?.mtimeMs ?? 0;
+        if (info?.isFile() && born < cutoff && (await unlinkQuiet(path))) {
           this.ctx.logger.info({ mailbox: this.id, file: name }, "maildir: removed stale tmp file");
         }
       }
@@ -273,8 +276,11 @@ export class FsMailbox implements Mailbox {
         throw new StoreError("exists", `maildir: uid ${uid} already in mailbox ${this.id}`);
       }
       if (retrievedAt !== null) await this.writeRetrieved(new Map([[info.uid, retrievedAt]]));
-      await linkOrCopy(temp, final, this.sub("tmp"), this.ctx.policy);
-      await fsyncDir(join(final, ".."), this.ctx.policy);
+      // A rename, as Dovecot does: one operation instead of link + unlink, and the generated name
+      // (time, pid, counter, 64 random bits) cannot already exist, so nothing is ever replaced.
+      await fsp.rename(temp, final);
+      // Group commit: shares one fsync of new/ with the appends running next to this one.
+      await this.ctx.dirSyncs.sync(dirname(final));
     };
     try {
       await attempt("deliver", final, () =>
@@ -285,7 +291,6 @@ export class FsMailbox implements Mailbox {
       await unlinkQuiet(temp).catch(() => undefined);
       throw error;
     }
-    await unlinkQuiet(temp).catch(() => undefined);
     this.cache.facts.set(base, { receivedAt, size, convert: false });
     this.cache.paths.set(info.uid, { path: final, base });
     return info;
@@ -349,7 +354,7 @@ export class FsMailbox implements Mailbox {
           throw fsError(error, "read", known.path);
         }
       }
-      let stream = fileChunks(handle, known.path);
+      let stream = fileChunks(handle, known.path, facts?.size);
       if (facts?.convert) stream = toCrlf(stream);
       return options.bodyLines === undefined ? stream : takeTop(stream, options.bodyLines);
     }

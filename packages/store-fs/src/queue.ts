@@ -176,6 +176,9 @@ export class FsQueue implements Queue {
     for (const candidate of due) {
       if (claims.length >= limit) break;
       const dir = this.dirOf(candidate.id);
+      // A live claim is skipped by a plain read, without the temp file and fsync of a failed acquire.
+      const current = asClaim(await readJson(join(dir, LEASE_FILE)).catch(() => null));
+      if (current && current.expiresAt > Date.now()) continue;
       let lease;
       try {
         lease = await new LeaseManager(dir, candidate.id, this.ctx.policy).acquire({ holder: options.holder, ttlMs: options.ttlMs });

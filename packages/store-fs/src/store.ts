@@ -17,7 +17,7 @@ import type { StoreContext } from "./context.js";
 import { FsDirectory } from "./directory.js";
 import { attempt } from "./errors.js";
 import { messageName, newBase, uidOfBase } from "./filenames.js";
-import { fsyncDir, readTextOrNull, readdirOrEmpty, unlinkQuiet } from "./fsutil.js";
+import { readTextOrNull, readdirOrEmpty, unlinkQuiet } from "./fsutil.js";
 import { ID_FILE, RESERVED_PREFIX, idFromSegments, locateMailbox } from "./layout.js";
 import { FsMailbox, STATE_FILE } from "./maildir.js";
 import { FsQueue } from "./queue.js";
@@ -89,21 +89,29 @@ export class FsStore implements Store {
     const linked: string[] = [];
     const delivered: Delivered[] = [];
     try {
-      for (const [i, box] of boxes.entries()) {
+      // The other mailboxes get hard links first; the first mailbox then takes the tmp/ file itself by
+      // rename (same directory tree, so never across file systems), which leaves nothing to clean up.
+      const targets = boxes.map((box, i) => {
         const own = i === 0 ? base : newBase(this.ctx.host);
-        const target = join(box.dir, "new", messageName(own, size, crlfSize, null));
-        await attempt("deliver", target, () => linkOrCopy(temp, target, join(box.dir, "tmp"), this.ctx.policy));
-        linked.push(target);
         delivered.push({ mailbox: box.id, message: { uid: uidOfBase(own), size, receivedAt, retrievedAt: null } });
+        return join(box.dir, "new", messageName(own, size, crlfSize, null));
+      });
+      for (let i = 1; i < boxes.length; i++) {
+        const target = targets[i]!;
+        await attempt("deliver", target, () => linkOrCopy(temp, target, join(boxes[i]!.dir, "tmp"), this.ctx.policy));
+        linked.push(target);
       }
+      const own = targets[0]!;
+      await attempt("deliver", own, () => fsp.rename(temp, own));
+      linked.push(own);
+      // Group commit: each new/ is synced once for all the deliveries that linked into it meanwhile.
       const dirs = new Set(boxes.map((b) => join(b.dir, "new")));
-      for (const dir of dirs) await attempt("fsync", dir, () => fsyncDir(dir, this.ctx.policy));
+      await Promise.all([...dirs].map((dir) => attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir))));
     } catch (error) {
       for (const path of linked) await unlinkQuiet(path).catch(() => undefined);
       await unlinkQuiet(temp).catch(() => undefined);
       throw error;
     }
-    await unlinkQuiet(temp).catch(() => undefined);
     return delivered;
   }
 

@@ -2,32 +2,51 @@ import { promises as fsp } from "node:fs";
 import { fsError } from "./errors.js";
 
 const CHUNK = 64 * 1024;
+/** Largest read: a whole 100 KB message in one read() and one chunk for the socket. */
+const MAX_CHUNK = 256 * 1024;
 const CR = 0x0d;
 const LF = 0x0a;
 
 /**
- * A file as a stream of 64 KiB chunks. The file is opened before this is returned (so a message
- * expunged later can still be read to the end), and closed when the stream ends, fails or the consumer
- * stops early (`return()`), even if it never pulled a chunk.
+ * A file as a stream of chunks of up to 256 KiB (64 KiB when the size is not known). The file is opened
+ * before this is returned (so a message expunged later can still be read to the end), and closed when
+ * the stream ends, fails or the consumer stops early (`return()`), even if it never pulled a chunk.
+ *
+ * `sizeHint` (the expected file size) sizes the buffers so that a message that fits is read with a
+ * single read() plus nothing else: message files never change once they are in new/ or cur/, so a read
+ * shorter than asked for is the end of the file and needs no extra read() to confirm it.
  */
-export function fileChunks(handle: fsp.FileHandle, path: string): AsyncIterable<Uint8Array> {
+export function fileChunks(handle: fsp.FileHandle, path: string, sizeHint?: number): AsyncIterable<Uint8Array> {
   let closed = false;
+  let ended = false;
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
     await handle.close().catch(() => undefined);
   };
+  let want = sizeHint === undefined ? CHUNK : Math.min(MAX_CHUNK, Math.max(1, sizeHint + 1));
   const iterator: AsyncIterableIterator<Uint8Array> = {
     async next(): Promise<IteratorResult<Uint8Array>> {
-      if (closed) return { done: true, value: undefined };
+      if (closed || ended) {
+        await close();
+        return { done: true, value: undefined };
+      }
       try {
-        const buffer = new Uint8Array(CHUNK);
-        const { bytesRead } = await handle.read(buffer, 0, CHUNK, null);
+        const buffer = new Uint8Array(want);
+        const { bytesRead } = await handle.read(buffer, 0, want, null);
         if (bytesRead === 0) {
           await close();
           return { done: true, value: undefined };
         }
-        return { done: false, value: bytesRead === CHUNK ? buffer : buffer.subarray(0, bytesRead) };
+        if (bytesRead < want) {
+          // Short read of an immutable file: that was the end. Close now, not on the next pull.
+          ended = true;
+          await close();
+          return { done: false, value: buffer.subarray(0, bytesRead) };
+        }
+        // The hint was low (a foreign file that grows when converted, or no hint): read bigger.
+        want = Math.min(MAX_CHUNK, want * 2);
+        return { done: false, value: buffer };
       } catch (error) {
         await close();
         throw fsError(error, "read", path);

@@ -4,7 +4,32 @@ import { attempt, isErrno } from "./errors.js";
 import { unlinkQuiet, type SyncPolicy } from "./fsutil.js";
 import { BareLfCounter } from "./streams.js";
 
-/** Streams `source` into a new file, counting octets and bare LFs; removes the file on any failure. */
+/** Small chunks (an SMTP DATA stream may yield line by line) are gathered up to this before one write. */
+const WRITE_BATCH = 64 * 1024;
+
+async function writeAll(handle: fsp.FileHandle, path: string, data: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await attempt("write", path, () => handle.write(data, done, data.length - done, null));
+    done += bytesWritten;
+  }
+}
+
+/**
+ * Sets the file's mtime through the open descriptor where the runtime offers it (no path lookup, and it
+ * happens before the fsync, so the fsync covers it), else by path.
+ */
+async function setTimes(handle: fsp.FileHandle, path: string, when: Date): Promise<void> {
+  const withFd = (handle as { utimes?: (a: Date, m: Date) => Promise<void> }).utimes;
+  if (typeof withFd === "function") await attempt("utimes", path, () => withFd.call(handle, when, when));
+  else await attempt("utimes", path, () => fsp.utimes(path, when, when));
+}
+
+/**
+ * Streams `source` into a new file, counting octets and bare LFs; removes the file on any failure.
+ * The file is complete, stamped with `receivedAt` and (with fsync on) durable when this resolves; the
+ * caller still has to make its directory entry durable.
+ */
 export async function writeMessageFile(
   path: string,
   source: AsyncIterable<Uint8Array>,
@@ -15,16 +40,31 @@ export async function writeMessageFile(
   const counter = new BareLfCounter();
   try {
     try {
+      // Small chunks are copied into one staging buffer and written together; the copy also means a
+      // source that reuses its buffer for the next chunk cannot change what we write.
+      let staging: Uint8Array | undefined;
+      let staged = 0;
       for await (const chunk of source) {
         counter.push(chunk);
-        await attempt("write", path, () => handle.write(chunk));
+        if (chunk.length === 0) continue;
+        if (staged > 0 && staged + chunk.length > WRITE_BATCH) {
+          await writeAll(handle, path, staging!.subarray(0, staged));
+          staged = 0;
+        }
+        if (chunk.length >= WRITE_BATCH) {
+          await writeAll(handle, path, chunk);
+          continue;
+        }
+        staging ??= new Uint8Array(WRITE_BATCH);
+        staging.set(chunk, staged);
+        staged += chunk.length;
       }
+      if (staged > 0) await writeAll(handle, path, staging!.subarray(0, staged));
+      await setTimes(handle, path, new Date(receivedAt));
       if (policy.fsync) await attempt("fsync", path, () => handle.sync());
     } finally {
       await handle.close();
     }
-    const when = new Date(receivedAt);
-    await attempt("utimes", path, () => fsp.utimes(path, when, when));
   } catch (error) {
     await unlinkQuiet(path).catch(() => undefined);
     throw error;

@@ -185,8 +185,11 @@ export interface Store {
   readonly kind: string;
   readonly capabilities: StoreCapabilities;
   readonly directory: Directory;
-  /** Mail waiting for delivery to other domains (see queue.ts). */
-  readonly queue?: Queue;
+  /**
+   * Mail waiting for delivery to other domains: durable, streamed, claimed per item (see queue.ts and
+   * the "Queue" section of the README). Every store has one.
+   */
+  readonly queue: Queue;
 
   /** A handle on one mailbox; no I/O. Throws "invalid-name" for an id it cannot hold safely. */
   mailbox(id: MailboxId): Mailbox;

@@ -135,6 +135,7 @@ function unavailable(store: Store): Store {
     kind: store.kind,
     capabilities: store.capabilities,
     directory: failing(store.directory, ["getAccount"]),
+    queue: store.queue,
     mailbox: (id) => failing(store.mailbox(id), ["acquireLease", "list"]),
     deliver: (mailboxes, source, deliverOptions) => store.deliver(mailboxes, source, deliverOptions),
     listMailboxes: () => store.listMailboxes(),

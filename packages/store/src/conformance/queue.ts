@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import type { Store } from "../contract.js";
 import type { Queue, QueueClaim, QueueItem } from "../queue.js";
@@ -9,7 +10,6 @@ import {
   failingSource,
   holder,
   message,
-  sha256,
   sleep,
   useHarness,
   type ConformanceOptions,
@@ -51,6 +51,57 @@ async function readQueued(queue: Queue, id: string): Promise<Uint8Array> {
 
 const claimOne = (queue: Queue, who: string, ttlMs = 10_000, now?: number): Promise<readonly QueueClaim[]> =>
   queue.claim({ holder: holder(who), ttlMs, ...(now === undefined ? {} : { now }) });
+
+/** Heap + buffer growth allowed while 40 MB go through a store that declares `boundedMemory`. */
+const QUEUE_MEMORY_BUDGET = 24 * 1024 * 1024;
+
+/** The highest heap + array-buffer use seen since `start`, collecting garbage every few megabytes. */
+class MemoryWatch {
+  #baseline = 0;
+  #peak = 0;
+  #since = 0;
+  private constructor(private readonly gc: (() => void) | undefined) {}
+
+  static async create(): Promise<MemoryWatch> {
+    let gc = (globalThis as { gc?: unknown }).gc;
+    if (typeof gc !== "function") {
+      try {
+        const v8 = await import("node:v8");
+        const vm = await import("node:vm");
+        v8.setFlagsFromString("--expose-gc");
+        gc = vm.runInNewContext("gc") as unknown;
+      } catch {
+        gc = undefined;
+      }
+    }
+    return new MemoryWatch(typeof gc === "function" ? (gc as () => void) : undefined);
+  }
+
+  private static used(): number {
+    const m = process.memoryUsage();
+    return m.heapUsed + m.arrayBuffers;
+  }
+
+  start(): void {
+    this.gc?.();
+    this.#baseline = MemoryWatch.used();
+    this.#peak = this.#baseline;
+    this.#since = 0;
+  }
+
+  sample(octets: number): void {
+    this.#since += octets;
+    if (this.gc && this.#since >= 4 * 1024 * 1024) {
+      this.gc();
+      this.#since = 0;
+    }
+    this.#peak = Math.max(this.#peak, MemoryWatch.used());
+  }
+
+  get growth(): number {
+    return this.#peak - this.#baseline;
+  }
+}
 
 const idsOf = (claims: readonly QueueClaim[]): string[] => claims.map((c) => c.item.id);
 
@@ -121,27 +172,47 @@ export function queueTests(options: ConformanceOptions): void {
       expect(await queueOf(reopened).list()).toEqual([]);
     });
 
-    it("streams a large message in and out with the right size", async () => {
+    it("streams a 40 MB message in and out intact (in bounded memory when the store claims it)", { timeout: 120_000 }, async () => {
       const { store } = await h.fresh();
       const queue = queueOf(store);
+      const probe = store.capabilities.boundedMemory ? await MemoryWatch.create() : undefined;
+      const total = 40 * 1024 * 1024;
       const line = new TextEncoder().encode("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789\r\n");
-      const total = 3 * 1024 * 1024;
-      const lines = Math.ceil(total / line.length);
+      const sourceHash = createHash("sha256");
       async function* big(): AsyncGenerator<Uint8Array> {
-        for (let i = 0; i < lines; i += 800) {
-          const n = Math.min(800, lines - i);
-          const chunk = new Uint8Array(n * line.length);
-          for (let j = 0; j < n; j++) chunk.set(line, j * line.length);
+        let sent = 0;
+        for (let index = 0; sent < total; index++) {
+          // A new buffer per chunk, stamped with its number, so that kept or reordered chunks show.
+          const chunk = new Uint8Array(Math.min(64 * 1024, total - sent));
+          for (let at = 0; at < chunk.length; at += line.length) chunk.set(line.subarray(0, Math.min(line.length, chunk.length - at)), at);
+          chunk.set(new TextEncoder().encode(index.toString(16).padStart(8, "0")).subarray(0, chunk.length), 0);
+          sourceHash.update(chunk);
+          sent += chunk.length;
+          probe?.sample(chunk.length);
           yield chunk;
         }
       }
-      const expected = await readAll(big());
+      probe?.start();
       const item = await queue.enqueue({ sender: "a@example.test", recipients: ["b@remote.test"] }, big());
-      expect(item.size).toBe(expected.length);
-      expect((await queue.get(item.id))?.size).toBe(expected.length);
-      const got = await readQueued(queue, item.id);
-      expect(got.length).toBe(expected.length);
-      expect(sha256(got)).toBe(sha256(expected));
+      const enqueueGrowth = probe?.growth ?? 0;
+      expect(item.size).toBe(total);
+      expect((await queue.get(item.id))?.size).toBe(total);
+      const readHash = createHash("sha256");
+      let octets = 0;
+      probe?.start();
+      for await (const chunk of await queue.readMessage(item.id)) {
+        readHash.update(chunk);
+        octets += chunk.length;
+        probe?.sample(chunk.length);
+      }
+      const readGrowth = probe?.growth ?? 0;
+      expect(octets).toBe(total);
+      expect(readHash.digest("hex")).toBe(sourceHash.digest("hex"));
+      if (probe) {
+        const mb = (n: number): string => `${(n / 1024 / 1024).toFixed(1)} MB`;
+        expect(enqueueGrowth, `memory grew by ${mb(enqueueGrowth)} during enqueue`).toBeLessThan(QUEUE_MEMORY_BUDGET);
+        expect(readGrowth, `memory grew by ${mb(readGrowth)} during readMessage`).toBeLessThan(QUEUE_MEMORY_BUDGET);
+      }
     });
 
     it("gives unique ids, also to two instances enqueueing at once", async () => {

@@ -1,0 +1,156 @@
+import { Buffer } from "node:buffer";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { fromBytes } from "@mailroom/store";
+import { ALICE, LineClient, loginClient, startServer, type Running } from "../helpers.js";
+import { flood, memorySampler, trapProcessErrors, waitFor } from "./harness.js";
+import type { Pop3ServerOptions } from "../../src/index.js";
+
+/**
+ * Resource exhaustion against a live POP3 server (loopback TCP, memory store): every attack ends with
+ * a clear -ERR (or is slowed by backpressure), deletes nothing, and does not make the server hold
+ * memory in proportion to the attack (32 MiB floods; held memory after GC must grow by less than half).
+ */
+const ATTACK = 32 * 1024 * 1024;
+const MAX_GROWTH = ATTACK / 2;
+
+let running: Running | undefined;
+let trap: ReturnType<typeof trapProcessErrors>;
+const clients: LineClient[] = [];
+
+beforeEach(() => {
+  trap = trapProcessErrors();
+});
+
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.destroy();
+  await running?.close();
+  running = undefined;
+  trap.uninstall();
+  expect(trap.errors).toEqual([]);
+});
+
+async function start(options: Partial<Pop3ServerOptions> = {}): Promise<Running> {
+  running = await startServer(options);
+  return running;
+}
+
+async function connect(port: number): Promise<LineClient> {
+  const client = await LineClient.connect(port);
+  clients.push(client);
+  return client;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+const aliceCount = async (): Promise<number> => (await running!.store.mailbox(ALICE.login).list()).length;
+
+/** Every line until the server closes. */
+async function rest(client: LineClient, timeoutMs = 20_000): Promise<string[]> {
+  const lines: string[] = [];
+  for (;;) {
+    const line = await client.line(timeoutMs);
+    if (line === null) return lines;
+    lines.push(line);
+  }
+}
+
+describe("slow clients are cut off by the idle timeout", () => {
+  it("one byte per second before login: -ERR and closed", async () => {
+    const { port } = await start({ idleTimeoutMs: 600 });
+    const client = await connect(port);
+    expect(await client.line()).toMatch(/^\+OK /);
+    const started = Date.now();
+    for (const ch of "USER alice@example.test\r\n") {
+      if (client.closed) break;
+      client.write(ch);
+      await sleep(1000);
+    }
+    expect(await client.line()).toBe("-ERR [SYS/TEMP] idle timeout, closing connection");
+    await client.waitClosed();
+    expect(Date.now() - started).toBeLessThan(4000);
+  });
+
+  it("one byte per second after DELE: -ERR, closed, and nothing deleted", async () => {
+    const { port } = await start({ idleTimeoutMs: 600 });
+    const client = await loginClient(port);
+    clients.push(client);
+    client.write("DELE 1\r\n");
+    expect(await client.line()).toBe("+OK message 1 deleted");
+    for (const ch of "QUIT\r\n") {
+      if (client.closed) break;
+      client.write(ch);
+      await sleep(1000);
+    }
+    expect(await client.line()).toBe("-ERR [SYS/TEMP] idle timeout, closing connection");
+    await client.waitClosed();
+    await waitFor(() => running!.server.sessionCount === 0, 3000, "the session to end");
+    expect(await aliceCount()).toBe(3);
+  });
+});
+
+describe("connection floods from one address", () => {
+  it("refuses connections over the per-address limit with -ERR, then closes them", async () => {
+    const { port, server } = await start({ maxConnectionsPerAddress: 3 });
+    const open: LineClient[] = [];
+    for (let i = 0; i < 3; i++) {
+      const c = await connect(port);
+      expect(await c.line()).toMatch(/^\+OK /);
+      open.push(c);
+    }
+    for (let i = 0; i < 20; i++) {
+      const extra = await connect(port);
+      expect(await extra.line()).toBe("-ERR [SYS/TEMP] too many connections, try again later");
+      await extra.waitClosed();
+    }
+    open[0]!.write("CAPA\r\n");
+    expect(await open[0]!.line()).toBe("+OK capability list follows");
+    open[2]!.destroy();
+    await waitFor(() => server.sessionCount === 2, 3000, "the slot to free up");
+    const again = await connect(port);
+    expect(await again.line()).toMatch(/^\+OK /);
+  });
+});
+
+describe("oversized input", () => {
+  it("an endless command line without CRLF: -ERR at the limit and closed, memory flat", async () => {
+    const { port } = await start();
+    const client = await connect(port);
+    expect(await client.line()).toMatch(/^\+OK /);
+    const memory = memorySampler();
+    const sent = await flood(client.socket, Buffer.from("A"), ATTACK);
+    const lines = await rest(client);
+    const growth = memory.stop();
+    expect(lines).toEqual(["-ERR line too long, closing connection"]);
+    expect(sent).toBeLessThan(ATTACK);
+    expect(growth).toBeLessThan(MAX_GROWTH);
+  });
+
+  it("an endless line while logged in deletes nothing", async () => {
+    const { port } = await start();
+    const client = await loginClient(port);
+    clients.push(client);
+    client.write("DELE 1\r\nDELE 2\r\n");
+    expect(await client.line()).toBe("+OK message 1 deleted");
+    expect(await client.line()).toBe("+OK message 2 deleted");
+    await flood(client.socket, Buffer.from("QUIT"), 1024 * 1024);
+    expect(await rest(client)).toEqual(["-ERR line too long, closing connection"]);
+    await waitFor(() => running!.server.sessionCount === 0, 3000, "the session to end");
+    expect(await aliceCount()).toBe(3);
+  });
+
+  it("a flood of pipelined RETRs from a client that never reads does not pile up in memory", async () => {
+    const big = `Subject: big\r\n\r\n${"0123456789abcdef\r\n".repeat(64 * 1024)}`; // about 1.1 MB
+    const { port, store } = await start();
+    await store.mailbox(ALICE.login).append(fromBytes(big));
+    const client = await loginClient(port);
+    clients.push(client);
+    client.socket.pause(); // never read
+    const memory = memorySampler();
+    const written = await Promise.race([flood(client.socket, Buffer.from("RETR 4\r\n"), ATTACK), sleep(2500).then(() => -1)]);
+    const growth = memory.stop();
+    // The server stops reading once its replies back up; a 32 MiB pile of RETRs never gets in.
+    expect(written).toBe(-1);
+    expect(growth).toBeLessThan(MAX_GROWTH);
+    client.destroy();
+    await waitFor(() => running!.server.sessionCount === 0, 3000, "the session to end");
+  });
+});

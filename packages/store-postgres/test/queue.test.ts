@@ -1,0 +1,56 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fromBytes, type Store } from "@mailroom/store";
+import { createPostgresStore } from "../src/index.js";
+import { PG_URL, adminQuery, dropSchemas, postgresAvailable, uniqueSchema } from "./pg-env.js";
+
+const available = await postgresAvailable();
+const schema = uniqueSchema("queue");
+
+async function* failing(): AsyncGenerator<Uint8Array> {
+  yield new Uint8Array(300_000).fill(65);
+  throw new Error("client went away");
+}
+
+describe.skipIf(!available)("postgres outbound queue", () => {
+  let store: Store;
+
+  beforeAll(async () => {
+    store = await createPostgresStore({ url: PG_URL, schema, poolSize: 4 });
+  });
+
+  afterAll(async () => {
+    await store?.close();
+    if (available) await dropSchemas(schema);
+  });
+
+  it("stores the claim on the row and the octets in the shared body tables", async () => {
+    const item = await store.queue.enqueue({ sender: "a@example.test", recipients: ["b@remote.test"] }, fromBytes("Subject: q\r\n\r\nbody\r\n"));
+    const [claim] = await store.queue.claim({ holder: "worker on host-a", ttlMs: 30_000 });
+    const rows = await adminQuery<{ claim_token: string; claim_holder: string; live: boolean; refs: number; size: string }>(
+      `SELECT q.claim_token, q.claim_holder, q.claim_expires_at > now() AS live, b.refs, b.size
+       FROM "${schema}".queue_items q JOIN "${schema}".bodies b ON b.id = q.body_id WHERE q.id = $1`,
+      [item.id],
+    );
+    expect(rows).toEqual([{ claim_token: claim!.token, claim_holder: "worker on host-a", live: true, refs: 1, size: String(item.size) }]);
+    await store.queue.reschedule(claim!, { nextAttemptAt: Date.now() + 60_000, error: "451 later" });
+    const released = await adminQuery<{ claim_token: string | null }>(`SELECT claim_token FROM "${schema}".queue_items WHERE id = $1`, [item.id]);
+    expect(released).toEqual([{ claim_token: null }]);
+    await store.queue.remove(item.id);
+    expect(await adminQuery(`SELECT 1 FROM "${schema}".queue_items`)).toEqual([]);
+    expect(await adminQuery(`SELECT 1 FROM "${schema}".bodies`)).toEqual([]);
+  });
+
+  it("leaves no body chunks behind after an enqueue whose source fails after a full chunk", async () => {
+    await expect(store.queue.enqueue({ sender: "", recipients: ["b@remote.test"] }, failing())).rejects.toThrow("client went away");
+    expect(await adminQuery(`SELECT 1 FROM "${schema}".body_chunks`)).toEqual([]);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("deletes the body with the item on finish", async () => {
+    await store.queue.enqueue({ sender: "a@example.test", recipients: ["b@remote.test"] }, fromBytes("x".repeat(600_000)));
+    const [claim] = await store.queue.claim({ holder: "t", ttlMs: 30_000 });
+    await store.queue.finish(claim!);
+    expect(await adminQuery(`SELECT 1 FROM "${schema}".bodies`)).toEqual([]);
+    expect(await adminQuery(`SELECT 1 FROM "${schema}".body_chunks`)).toEqual([]);
+  });
+});
