@@ -30,6 +30,8 @@ const line: fc.Arbitrary<Uint8Array> = fc
     { weight: 10, arbitrary: fc.constantFrom("STAT", "LIST", "UIDL", "NOOP", "RSET", "CAPA", "QUIT", "APOP x y", "STLS", "AUTH", "*") },
     { weight: 10, arbitrary: fc.tuple(fc.constantFrom("LIST", "UIDL", "RETR", "DELE"), msg).map(([k, n]) => `${k} ${n}`) },
     { weight: 3, arbitrary: fc.tuple(msg, fc.integer({ min: 0, max: 3 })).map(([n, l]) => `TOP ${n} ${l}`) },
+    // Deletions committed by QUIT are the one change the mailbox may see: make them common.
+    { weight: 4, arbitrary: fc.constantFrom("DELE 1", "DELE 2", "DELE 3", "QUIT") },
     {
       weight: 6,
       arbitrary: fc.constantFrom(

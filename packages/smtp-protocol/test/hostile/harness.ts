@@ -24,23 +24,33 @@ export function trapProcessErrors(): { readonly errors: unknown[]; uninstall(): 
   };
 }
 
-let collect: (() => void) | undefined;
+let collect: (() => void) | null | undefined;
 
-/** A full garbage collection where the runtime allows one (Node: via --expose-gc set at run time). */
-export function collectGarbage(): void {
-  if (!collect) {
-    const exposed = (globalThis as { gc?: () => void }).gc;
-    if (exposed) collect = exposed;
-    else {
-      try {
-        setFlagsFromString("--expose-gc");
-        collect = runInNewContext("gc") as () => void;
-      } catch {
-        collect = () => {};
-      }
-    }
+function findCollector(): (() => void) | null {
+  const exposed = (globalThis as { gc?: () => void }).gc;
+  if (typeof exposed === "function") return exposed;
+  const bun = (globalThis as { Bun?: { gc(force: boolean): void } }).Bun;
+  if (bun) return () => bun.gc(true);
+  try {
+    // Node: turn the flag on at run time and fetch gc() from a fresh context.
+    setFlagsFromString("--expose-gc");
+    const gc: unknown = runInNewContext("gc");
+    return typeof gc === "function" ? (gc as () => void) : null;
+  } catch {
+    return null;
   }
-  collect();
+}
+
+/** Whether `collectGarbage` really collects here; without it memory readings include garbage. */
+export function canCollectGarbage(): boolean {
+  if (collect === undefined) collect = findCollector();
+  return collect !== null;
+}
+
+/** A full garbage collection where the runtime allows one. */
+export function collectGarbage(): void {
+  if (collect === undefined) collect = findCollector();
+  collect?.();
 }
 
 /** Live JS heap plus Buffer memory, after a collection: what the process really holds. */
