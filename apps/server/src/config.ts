@@ -4,6 +4,7 @@
  * message names where the value came from (file and key, or the variable) and what is wrong with it.
  */
 import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { ConfigError, closest } from "./errors.js";
@@ -54,12 +55,41 @@ export interface ServerConfig {
     readonly shutdownTimeoutSeconds: number;
   };
   readonly log: { readonly level: LogLevel };
+  readonly outbound: {
+    /** null: on when the store has a queue. */
+    readonly enabled: boolean | null;
+    /** DNS servers ("ip" or "ip:port"); empty means the system's resolver. */
+    readonly resolver: readonly string[];
+    /** Milliseconds; null means the worker's default schedule. */
+    readonly retrySchedule: readonly number[] | null;
+    readonly concurrency: number;
+    readonly perDomainConcurrency: number;
+    readonly smarthost: OutboundSmarthost | null;
+    /** Test-only: the port MX hosts are contacted on (25 in real life). */
+    readonly mxPort: number;
+  };
+  readonly metrics: {
+    /** null: no metrics/health HTTP listener. */
+    readonly listen: ListenAddress | null;
+  };
   /** Says where a key's value came from, for messages: `mailroom.toml: smtp.listen` or `MAILROOM_SMTP_LISTEN`. */
   where(key: string): string;
 }
 
+export interface OutboundSmarthost {
+  readonly host: string;
+  readonly port: number;
+  readonly tls: "starttls" | "implicit" | "none";
+  /** The password stays in its file; `readSmarthostPassword` reads it when the worker starts. */
+  readonly auth: { readonly username: string; readonly passwordFile: string } | null;
+}
+
 type Kind =
   | { readonly type: "string" }
+  | { readonly type: "numbers" }
+  | { readonly type: "dns-servers" }
+  | { readonly type: "address" }
+  | { readonly type: "address-or-off" }
   | { readonly type: "hostname" }
   | { readonly type: "url" }
   | { readonly type: "path" }
@@ -101,6 +131,20 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     shutdown_timeout_seconds: { type: "integer", min: 0, max: 3600 },
   },
   log: { level: { type: "enum", values: LEVELS } },
+  outbound: {
+    enabled: { type: "boolean" },
+    resolver: { type: "dns-servers" },
+    retry_schedule_minutes: { type: "numbers" },
+    concurrency: { type: "integer", min: 1, max: 1000 },
+    per_domain_concurrency: { type: "integer", min: 1, max: 100 },
+    smarthost: { type: "address" },
+    smarthost_tls: { type: "enum", values: ["starttls", "implicit", "none"] },
+    smarthost_user: { type: "string" },
+    smarthost_password_file: { type: "path" },
+    // Test-only: lets a test point MX delivery at a loopback receiver on a high port.
+    mx_port: { type: "integer", min: 1, max: 65535 },
+  },
+  metrics: { listen: { type: "address-or-off" } },
 };
 
 const SECTIONS = Object.keys(SCHEMA).filter((s) => s !== "");
@@ -128,6 +172,12 @@ const PRODUCTION_DEFAULTS: Record<string, unknown> = {
   "limits.max_connections_per_address": 100,
   "limits.shutdown_timeout_seconds": 10,
   "log.level": "info",
+  "outbound.resolver": [],
+  "outbound.concurrency": 8,
+  "outbound.per_domain_concurrency": 2,
+  "outbound.smarthost_tls": "starttls",
+  "outbound.mx_port": 25,
+  "metrics.listen": "",
 };
 
 /** The development setup: everything on loopback, high ports, Maildir under ./data. */
@@ -217,6 +267,9 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
   if (cert !== undefined) checkReadable(cert, origins.get("tls.cert")!);
   if (key !== undefined) checkReadable(key, origins.get("tls.key")!);
 
+  const smarthost = outboundSmarthost(get, origins);
+  const retryMinutes = get<number[] | undefined>("outbound.retry_schedule_minutes");
+
   const storeOrigin = origins.get("store.url")!;
   const config: ServerConfig = {
     file,
@@ -253,6 +306,16 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
       shutdownTimeoutSeconds: get("limits.shutdown_timeout_seconds"),
     },
     log: { level: get("log.level") },
+    outbound: {
+      enabled: get<boolean | undefined>("outbound.enabled") ?? null,
+      resolver: get("outbound.resolver"),
+      retrySchedule: retryMinutes === undefined ? null : retryMinutes.map((m) => Math.round(m * 60_000)),
+      concurrency: get("outbound.concurrency"),
+      perDomainConcurrency: get("outbound.per_domain_concurrency"),
+      smarthost,
+      mxPort: get("outbound.mx_port"),
+    },
+    metrics: { listen: get<ListenAddress | null>("metrics.listen") },
     where(k: string): string {
       const known = origins.get(k) ?? storeOptions.get(k.replace(/^store\./, ""))?.origin;
       return known ?? (file === null ? `development setup: ${k}` : `${file}: ${k}`);
@@ -264,6 +327,50 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
     if (implicit) throw new ConfigError(`${config.where(implicit)}: implicit TLS listeners need [tls] cert and key (or set ${implicit} = [])`);
   }
   return config;
+}
+
+function outboundSmarthost(get: <T>(key: string) => T, origins: ReadonlyMap<string, string>): OutboundSmarthost | null {
+  const address = get<ListenAddress | undefined>("outbound.smarthost");
+  const tls = get<"starttls" | "implicit" | "none">("outbound.smarthost_tls");
+  const user = get<string | undefined>("outbound.smarthost_user");
+  const passwordFile = get<string | undefined>("outbound.smarthost_password_file");
+  if ((user === undefined) !== (passwordFile === undefined)) {
+    const missing = user === undefined ? "outbound.smarthost_user" : "outbound.smarthost_password_file";
+    const present = user === undefined ? "outbound.smarthost_password_file" : "outbound.smarthost_user";
+    throw new ConfigError(`${origins.get(missing)}: required together with ${present}`);
+  }
+  if (address === undefined) {
+    if (user !== undefined) throw new ConfigError(`${origins.get("outbound.smarthost_user")}: needs outbound.smarthost ("host:port")`);
+    return null;
+  }
+  if (address.port === 0) fail(origins.get("outbound.smarthost")!, "the smarthost needs a real port (587, 465 or 25)");
+  if (passwordFile !== undefined) readSecret(passwordFile, origins.get("outbound.smarthost_password_file")!);
+  return {
+    host: address.host,
+    port: address.port,
+    tls,
+    auth: user !== undefined && passwordFile !== undefined ? { username: user, passwordFile } : null,
+  };
+}
+
+/** The file's first line; the password itself never goes into the config object or a message. */
+function readSecret(path: string, origin: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (error) {
+    return fail(origin, `cannot read ${path}: ${describeIoError(error)}`);
+  }
+  const secret = text.split(/\r?\n/)[0] ?? "";
+  if (secret.length === 0) fail(origin, `${path} is empty; it should hold the smarthost password on its first line`);
+  return secret;
+}
+
+/** Reads the smarthost password from its file (ConfigError naming the key if that fails). */
+export function readSmarthostPassword(config: ServerConfig): string | null {
+  const auth = config.outbound.smarthost?.auth;
+  if (!auth) return null;
+  return readSecret(auth.passwordFile, config.where("outbound.smarthost_password_file"));
 }
 
 function splitKey(key: string): [string, string] {
@@ -401,6 +508,30 @@ function convert(kind: Kind, raw: unknown, origin: string, base: string): unknow
     }
     case "integer":
       return toInteger(raw, origin, kind.min, kind.max, fromEnv);
+    case "numbers": {
+      const list = fromEnv && typeof raw === "string" ? splitList(raw).map((t) => (/^\d+(\.\d+)?$/.test(t) ? Number(t) : t)) : raw;
+      if (!Array.isArray(list) || list.length === 0 || !list.every((n) => typeof n === "number" && Number.isFinite(n) && n > 0)) {
+        fail(origin, `expected a non-empty list of positive numbers (minutes), got ${typeName(raw)}`);
+      }
+      return list;
+    }
+    case "dns-servers": {
+      const list = fromEnv && typeof raw === "string" ? splitList(raw) : typeof raw === "string" ? [raw] : raw;
+      if (!Array.isArray(list)) fail(origin, `expected a list of "ip:port" strings, got ${typeName(raw)}`);
+      return list.map((item: unknown) => {
+        if (typeof item === "string" && isIP(item.trim()) !== 0) return item.trim();
+        const address = parseListen(item, origin);
+        if (isIP(address.host) === 0) fail(origin, `${JSON.stringify(item)}: a DNS server must be an IP address, not a name`);
+        if (address.port === 0) fail(origin, `${JSON.stringify(item)}: port 0 is not a DNS server`);
+        return formatAddress(address);
+      });
+    }
+    case "address":
+      return parseListen(raw, origin);
+    case "address-or-off": {
+      if (typeof raw === "string" && raw.trim() === "") return null;
+      return parseListen(raw, origin);
+    }
     case "enum": {
       if (typeof raw !== "string" || !kind.values.includes(raw.trim())) {
         const guess = typeof raw === "string" ? closest(raw, kind.values) : null;

@@ -1,13 +1,17 @@
 /**
  * Wires one server process together: store, certificate, SMTP (mx + submission) and POP3 listeners,
- * the retention job, and an orderly stop.
+ * the outbound delivery worker, the metrics/health endpoint, the retention job, and an orderly stop.
  */
 import { hostname as osHostname } from "node:os";
 import { createLoginThrottle, type Logger, type Store } from "@mailroom/store";
 import { createPop3Server, runExpire } from "@mailroom/pop3-protocol";
 import { createSmtpServer } from "@mailroom/smtp-protocol";
+import { createOutbound, type Outbound } from "@mailroom/outbound";
 import { runtimeName, type Listener, type RuntimeName } from "@mailroom/transport";
 import { formatAddress, type ListenAddress, type ServerConfig } from "./config.js";
+import { ConfigError } from "./errors.js";
+import { outboundOptions } from "./outbound-options.js";
+import { createMetrics, startMetricsServer, type HttpEndpoint } from "./metrics.js";
 import { openStore } from "./registry.js";
 import { ensureDevelopmentDomain } from "./development.js";
 import { contextFrom, readMaterial, tlsFiles, type TlsFiles } from "./tls.js";
@@ -26,7 +30,7 @@ export function runtimeLimitations(runtime: RuntimeName): readonly string[] {
 }
 
 export interface ListenerInfo {
-  /** smtp, submission, submissions, pop3 or pop3s. */
+  /** smtp, submission, submissions, pop3, pop3s or metrics. */
   readonly name: string;
   /** The config key it comes from. */
   readonly key: string;
@@ -36,6 +40,8 @@ export interface ListenerInfo {
 
 export interface RunningServer {
   readonly store: Store;
+  /** The delivery worker, when `[outbound]` is enabled. */
+  readonly outbound: Outbound | null;
   readonly listeners: readonly ListenerInfo[];
   /** Re-reads the certificate and key; keeps the old ones and throws if the new ones are bad. */
   reloadTls(): Promise<void>;
@@ -54,7 +60,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
   const tls = files ? contextFrom(await readMaterial(files), files) : undefined;
   if (!tls) logger.warn({}, "no [tls] configured: STARTTLS and STLS are off, and AUTH works only where plaintext is allowed");
 
-  const { store, adapter } = await openStore(config);
+  const { store: rawStore, adapter } = await openStore(config);
+  const store = rawStore;
   const cleanups: Array<() => Promise<void>> = [() => store.close()];
   const undo = async (): Promise<void> => {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
@@ -63,13 +70,26 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     logger.info({ store: adapter.name, runtime }, "store opened");
     await ensureDevelopmentDomain(store, config, logger);
 
+    // A third-party adapter written before the queue existed may not have one.
+    const hasQueue = (rawStore as { queue?: unknown }).queue !== undefined;
+    const outboundEnabled = config.outbound.enabled ?? hasQueue;
+    if (outboundEnabled && !hasQueue) {
+      throw new ConfigError(`${config.where("outbound.enabled")}: the ${adapter.name} store has no outbound queue (set outbound.enabled = false)`);
+    }
+    const metrics = config.metrics.listen ? createMetrics({ store: rawStore, queueEnabled: hasQueue }) : null;
+    // Everything below works on the timed store, so the latency histogram sees every protocol's calls.
+    const working = metrics ? metrics.timed(rawStore) : rawStore;
+
     const loginThrottle = createLoginThrottle();
+    const smtpLogger = logger.child({ protocol: "smtp" });
+    const pop3Logger = logger.child({ protocol: "pop3" });
     const smtp = createSmtpServer({
-      store,
+      store: working,
       hostname: config.hostname,
       ...(tls ? { tls } : {}),
-      logger: logger.child({ protocol: "smtp" }),
-      loginThrottle,
+      logger: metrics ? metrics.sessionLogger("smtp", smtpLogger) : smtpLogger,
+      loginThrottle: metrics ? metrics.throttle("smtp", loginThrottle) : loginThrottle,
+      relay: outboundEnabled ? "queue" : "refuse",
       allowLoopbackPlaintextAuth: config.smtp.allowLoopbackPlaintextAuth,
       bareLineEndings: config.smtp.bareLineEndings,
       limits: {
@@ -80,11 +100,11 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       },
     });
     const pop3 = createPop3Server({
-      store,
+      store: metrics ? metrics.countingRetrievals(working) : working,
       hostname: config.hostname,
       ...(tls ? { tls } : {}),
-      logger: logger.child({ protocol: "pop3" }),
-      loginThrottle,
+      logger: metrics ? metrics.sessionLogger("pop3", pop3Logger) : pop3Logger,
+      loginThrottle: metrics ? metrics.throttle("pop3", loginThrottle) : loginThrottle,
       allowPlaintextAuth: config.pop3.allowPlaintextAuth,
       expireDays: config.pop3.expireDays,
       loginDelaySeconds: config.pop3.loginDelaySeconds,
@@ -132,6 +152,34 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     if (config.pop3.pop3s.length > 0) needTls("pop3.pop3s");
     await open("pop3s", "pop3.pop3s", config.pop3.pop3s, (a) => pop3.listen({ ...a, implicitTls: true }));
 
+    let http: HttpEndpoint | null = null;
+    if (metrics && config.metrics.listen) {
+      try {
+        http = await startMetricsServer(config.metrics.listen, metrics, rawStore);
+      } catch (error) {
+        const why = error instanceof Error ? error.message : String(error);
+        throw new Error(`${config.where("metrics.listen")}: ${why}`, { cause: error });
+      }
+      const endpoint = http;
+      cleanups.push(() => endpoint.close());
+      listeners.push({ name: "metrics", key: "metrics.listen", address: http.address });
+      logger.info({ listener: "metrics", address: http.address }, "listening");
+    }
+
+    let outbound: Outbound | null = null;
+    if (outboundEnabled) {
+      outbound = createOutbound(outboundOptions(config, working, metrics ? metrics.outboundLogger(logger) : logger));
+      const worker = outbound;
+      cleanups.push(() => worker.stop({ deadlineMs: 0 }));
+      worker.start();
+      logger.info(
+        { smarthost: config.outbound.smarthost ? formatAddress(config.outbound.smarthost) : null, concurrency: config.outbound.concurrency },
+        "outbound worker started",
+      );
+    } else {
+      logger.info({}, "outbound worker off: submission to other domains is refused (550 5.7.1)");
+    }
+
     let retention: ReturnType<typeof setInterval> | undefined;
     let expiring: Promise<void> = Promise.resolve();
     const expireDays = config.pop3.expireDays;
@@ -164,6 +212,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     let stopping: Promise<void> | undefined;
     return {
       store,
+      outbound,
       listeners,
       async reloadTls() {
         if (!tls || !files) throw new Error("no certificate is configured");
@@ -174,7 +223,9 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
         stopping ??= (async () => {
           if (retention) clearInterval(retention);
           logger.info({ deadlineMs }, "shutting down");
-          await Promise.all([smtp.close({ deadlineMs }), pop3.close({ deadlineMs })]);
+          // The worker stops with the listeners: a delivery cut off at the deadline is retried later.
+          await Promise.all([smtp.close({ deadlineMs }), pop3.close({ deadlineMs }), outbound?.stop({ deadlineMs }).then(() => logger.info({}, "outbound worker stopped"))]);
+          await http?.close();
           await expiring;
           await store.close();
           logger.info({}, "stopped");
@@ -187,3 +238,4 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     throw error;
   }
 }
+

@@ -1,6 +1,7 @@
 // Micro-benchmark of the Maildir store (not a test). Runs against dist, so build first:
 //   pnpm run build && node bench/append.mjs [--quick] [--only deliver|append|read] [--dir <path on the disk to measure>]
-//   node bench/append.mjs --dist /path/to/other/dist     runs the same against another build (before/after)
+//   node bench/append.mjs --dist /path/to/other/dist     runs the same against another build
+//   node bench/append.mjs --compare /path/to/old/dist    interleaved A/B of write configs, medians
 // UV_THREADPOOL_SIZE=16 node bench/append.mjs   shows what a larger libuv pool changes.
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -15,6 +16,10 @@ const { values: args } = parseArgs({
     only: { type: "string" },
     // Another build of the package to compare with (e.g. the previous version's dist).
     dist: { type: "string" },
+    // Interleaved A/B: each configuration runs `rounds` times alternating this build and the other one,
+    // which keeps a busy shared machine's drifting load from favouring either side.
+    compare: { type: "string" },
+    rounds: { type: "string", default: "5" },
   },
 });
 const { createFsStore } = await import(args.dist ? pathToFileURL(join(resolve(args.dist), "index.js")).href : "../dist/index.js");
@@ -49,6 +54,60 @@ async function measure(total, concurrency, one) {
   await Promise.all(Array.from({ length: concurrency }, worker));
   const ms = performance.now() - start;
   return { ms, cpu: cpuMs(cpu) };
+}
+
+if (args.compare) {
+  const other = await import(pathToFileURL(join(resolve(args.compare), "index.js")).href);
+  const sides = [
+    ["new", createFsStore],
+    ["old", other.createFsStore],
+  ];
+  const dir = await mkdtemp(join(args.dir ?? tmpdir(), "mailroom-bench-"));
+  const rounds = Number(args.rounds);
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const out = [];
+  console.log(`store-fs A/B: new=dist old=${args.compare}, ${rounds} rounds, UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? "4 (default)"}`);
+  try {
+    const stores = {};
+    for (const [name, create] of sides) stores[name] = await create({ root: join(dir, name), hostname: "bench.host" });
+    for (const via of ["deliver", "append"]) {
+      if (args.only && args.only !== via) continue;
+      for (const size of [4 * 1024, 100 * 1024]) {
+        const body = message(size, via);
+        for (const concurrency of [1, 8, 64]) {
+          const total = size <= 4096 ? (concurrency === 1 ? 150 : 600) : concurrency === 1 ? 60 : 200;
+          const results = { new: [], old: [] };
+          for (let r = 0; r < rounds; r++) {
+            for (const [name] of r % 2 === 0 ? sides : [...sides].reverse()) {
+              const store = stores[name];
+              const id = `${via}-${size}-${concurrency}-${r}@bench.test`;
+              const box = store.mailbox(id);
+              for (let i = 0; i < 5; i++) await (via === "deliver" ? store.deliver([id], chunks(body)) : box.append(chunks(body)));
+              const m = await measure(total, concurrency, () =>
+                via === "deliver" ? store.deliver([id], chunks(body)) : box.append(chunks(body)),
+              );
+              results[name].push({ rate: (total / m.ms) * 1000, cpu: m.cpu / total });
+              await rm(box.dir, { recursive: true, force: true });
+            }
+          }
+          const row = { test: `${via} ${size / 1024} KB`, conc: concurrency };
+          for (const name of ["old", "new"]) {
+            row[`${name} msg/s`] = Math.round(median(results[name].map((x) => x.rate)));
+            row[`${name} cpu ms/msg`] = +median(results[name].map((x) => x.cpu)).toFixed(3);
+          }
+          // Per-round ratio, then the median: robust against load that changes between rounds.
+          row["speedup"] = +median(results.new.map((x, i) => x.rate / results.old[i].rate)).toFixed(2);
+          row["cpu ratio"] = +median(results.new.map((x, i) => x.cpu / results.old[i].cpu)).toFixed(2);
+          out.push(row);
+          console.log(JSON.stringify(row));
+        }
+      }
+    }
+    console.table(out);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+  process.exit(0);
 }
 
 const base = args.dir ?? tmpdir();

@@ -40,26 +40,37 @@ export async function writeMessageFile(
   const counter = new BareLfCounter();
   try {
     try {
-      // Small chunks are copied into one staging buffer and written together; the copy also means a
-      // source that reuses its buffer for the next chunk cannot change what we write.
-      let staging: Uint8Array | undefined;
+      // Small chunks are gathered and written together. Each is copied as it comes (only its own
+      // length), so a source that reuses its buffer for the next chunk cannot change what we write.
+      let pending: Uint8Array[] = [];
       let staged = 0;
+      const flushPending = async (): Promise<void> => {
+        if (staged === 0) return;
+        let data = pending[0]!;
+        if (pending.length > 1) {
+          data = new Uint8Array(staged);
+          let at = 0;
+          for (const part of pending) {
+            data.set(part, at);
+            at += part.length;
+          }
+        }
+        pending = [];
+        staged = 0;
+        await writeAll(handle, path, data);
+      };
       for await (const chunk of source) {
         counter.push(chunk);
         if (chunk.length === 0) continue;
-        if (staged > 0 && staged + chunk.length > WRITE_BATCH) {
-          await writeAll(handle, path, staging!.subarray(0, staged));
-          staged = 0;
-        }
+        if (staged + chunk.length > WRITE_BATCH) await flushPending();
         if (chunk.length >= WRITE_BATCH) {
           await writeAll(handle, path, chunk);
           continue;
         }
-        staging ??= new Uint8Array(WRITE_BATCH);
-        staging.set(chunk, staged);
+        pending.push(chunk.slice());
         staged += chunk.length;
       }
-      if (staged > 0) await writeAll(handle, path, staging!.subarray(0, staged));
+      await flushPending();
       await setTimes(handle, path, new Date(receivedAt));
       if (policy.fsync) await attempt("fsync", path, () => handle.sync());
     } finally {

@@ -206,3 +206,28 @@ describe("group commit in the store (fsync on)", () => {
     await store.close();
   });
 });
+
+describe("writing message files", () => {
+  it("stores a message streamed in many small chunks exactly, even from a source that reuses its buffer", async () => {
+    const store = await createFsStore({ root: fresh(), hostname: "gc.host" });
+    const line = (i: number) => `X-Line-${String(i).padStart(5, "0")}: ${"y".repeat(40)}\r\n`;
+    const expected = Array.from({ length: 3000 }, (_, i) => line(i)).join("");
+    async function* reusing(): AsyncGenerator<Uint8Array> {
+      const buffer = new Uint8Array(64);
+      const encoder = new TextEncoder();
+      for (let i = 0; i < 3000; i++) {
+        const { written } = encoder.encodeInto(line(i), buffer);
+        yield buffer.subarray(0, written);
+      }
+    }
+    const box = store.mailbox("chunks@example.test");
+    const info = await box.append(reusing());
+    expect(info.size).toBe(expected.length);
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of await box.read(info.uid)) chunks.push(chunk);
+    expect(Buffer.concat(chunks).toString("latin1")).toBe(expected);
+    // 3000 × 52 octets: read back in chunks of up to 256 KiB, i.e. one.
+    expect(chunks.length).toBe(1);
+    await store.close();
+  });
+});

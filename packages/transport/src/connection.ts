@@ -128,9 +128,21 @@ export class Connection {
     const raw = this.#socket;
     this.#upgrading = true;
     raw.pause();
+    // From here on no plaintext byte may reach the session. Some runtimes (Deno) still deliver data
+    // on a paused socket: keep what arrives (the client's ClientHello) and hand it back to the socket
+    // for TLS to read, instead of letting the session take it as a command.
+    this.#detach(raw);
+    const early: Buffer[] = [];
+    const keep = (chunk: Buffer): void => void early.push(chunk);
+    raw.on("data", keep);
+    raw.on("error", this.#onError);
+    raw.on("close", this.#onClose);
     // Let the go-ahead reply leave in the clear before the socket is handed to TLS.
     await new Promise<void>((resolve) => raw.write("", () => resolve()));
-    this.#detach(raw);
+    raw.off("data", keep);
+    raw.off("error", this.#onError);
+    raw.off("close", this.#onClose);
+    if (early.length > 0) raw.unshift(Buffer.concat(early));
     const secure = new TLSSocket(raw, { isServer: true, secureContext: context.current });
     this.#socket = secure;
     if (this.#idleMs > 0) secure.setTimeout(this.#idleMs);

@@ -20,6 +20,10 @@ Commands:
   alias add SOURCE TARGET        forward SOURCE (an address or @domain) to TARGET
   alias del SOURCE [TARGET]      remove one forwarding, or all of SOURCE
   alias list [DOMAIN]            list aliases
+  queue list                     show the outbound queue (mail waiting for other domains)
+  queue retry ID                 make a queued (or dead) item due now
+  queue delete ID                remove an item without a bounce
+  queue run                      one delivery pass over what is due now, then exit
   migrate                        create or upgrade the store's schema (PostgreSQL)
   store copy --to URL [--from URL] [--verify] [--verify-content] [--prune]
                                  copy everything to another store, keeping every UIDL
@@ -124,6 +128,29 @@ export async function main(argv: readonly string[]): Promise<number> {
       case "serve":
         arity(args, 0, 0, "serve [--config FILE]");
         return await (await import("./serve-command.js")).runServe(config());
+      case "queue": {
+        const queue = await import("./queue.js");
+        switch (sub) {
+          case "list":
+            arity(rest, 0, 0, "queue list");
+            await queue.queueList(config(), stdout);
+            return 0;
+          case "retry":
+            arity(rest, 1, 1, "queue retry ID");
+            await queue.queueRetry(config(), rest[0]!, stdout);
+            return 0;
+          case "delete":
+            arity(rest, 1, 1, "queue delete ID");
+            await queue.queueDelete(config(), rest[0]!, stdout);
+            return 0;
+          case "run":
+            arity(rest, 0, 0, "queue run");
+            await queue.queueRun(config(), stdout);
+            return 0;
+          default:
+            return usage(`unknown command "queue ${sub ?? ""}"; expected queue list|retry|delete|run`);
+        }
+      }
       case "migrate":
         arity(args, 0, 0, "migrate [--config FILE]");
         await admin.migrate(config(), stdout);

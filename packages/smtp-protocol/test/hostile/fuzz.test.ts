@@ -2,7 +2,7 @@ import { Buffer } from "node:buffer";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Socket } from "node:net";
-import type { Store } from "@mailroom/store";
+import { readAll, type Store } from "@mailroom/store";
 import { createSmtpServer, type SmtpServer } from "../../src/index.js";
 import { HOST, RawClient, seededStore } from "../helpers.js";
 import { trapProcessErrors, waitFor, writeSplit } from "./harness.js";
@@ -167,6 +167,8 @@ describe("SMTP fuzz over live sessions", () => {
         const aliceBefore = await count("alice@local.test");
         const bobBefore = await count("bob@local.test");
         let acceptedForAlice = 0;
+        // The exact octets each message accepted for Alice must have after the trace headers.
+        const expectedBodies: Buffer[] = [];
         const client = await RawClient.connect(port);
         (client.socket as Socket).setNoDelay(true);
         try {
@@ -174,6 +176,8 @@ describe("SMTP fuzz over live sessions", () => {
           if (greet) expect(await client.command("EHLO fuzz.example")).toMatch(/^250/);
           // Whether Alice is among the accepted recipients of the open transaction.
           let aliceInTx = false;
+          // BDAT chunks the open transaction has taken so far.
+          let chunks: Uint8Array[] = [];
           for (const [act, fractions] of actions) {
             let bytes: Uint8Array;
             let what: string;
@@ -208,18 +212,31 @@ describe("SMTP fuzz over live sessions", () => {
               const text = Buffer.from(act.bytes).toString("latin1");
               if (/^RCPT TO:<(alice|info)@local\.test>$/.test(text) && code === "250") aliceInTx = true;
               // A new MAIL, RSET or EHLO starts over.
-              if (/^(MAIL|RSET|EHLO|HELO)/i.test(text) && code === "250") aliceInTx = false;
+              if (/^(MAIL|RSET|EHLO|HELO)/i.test(text) && code === "250") {
+                aliceInTx = false;
+                chunks = [];
+              }
               if (code === "221" || code === "421") {
                 await client.waitClosed();
                 break;
               }
             } else {
               const accepted = /^250 2\.0\.0 OK: message accepted/.test(answer);
-              if (accepted && aliceInTx) acceptedForAlice++;
+              if (accepted && aliceInTx) {
+                acceptedForAlice++;
+                // DATA: the CRLF before the final dot belongs to the message. BDAT: the chunks as sent.
+                expectedBodies.push(
+                  act.kind === "data" ? Buffer.concat([act.body, Buffer.from("\r\n")]) : Buffer.concat([...chunks, act.body]),
+                );
+              }
+              if (act.kind === "bdat" && !act.last && code === "250") chunks.push(act.body);
               if (accepted) seen.accepted++;
               else if (act.kind === "data" || act.last) seen.refusedMessages++;
               // End of data, a last chunk, or a chunk over the size limit ends the transaction.
-              if (act.kind === "data" || act.last || code === "552") aliceInTx = false;
+              if (act.kind === "data" || act.last || code === "552") {
+                aliceInTx = false;
+                chunks = [];
+              }
               if (code === "421") {
                 await client.waitClosed();
                 break;
@@ -231,6 +248,13 @@ describe("SMTP fuzz over live sessions", () => {
         }
         await waitFor(() => server.sessionCount === 0, 5000, "the server to end the session");
         expect(await count("alice@local.test")).toBe(aliceBefore + acceptedForAlice);
+        const stored = await store.mailbox("alice@local.test").list();
+        for (const [i, info] of stored.slice(aliceBefore).entries()) {
+          const octets = Buffer.from(await readAll(await store.mailbox("alice@local.test").read(info.uid)));
+          const expected = expectedBodies[i]!;
+          expect(octets.subarray(0, 80).toString("latin1")).toMatch(/^Return-Path: <(sender@far\.example)?>\r\nReceived: /);
+          expect(octets.subarray(octets.length - expected.length).equals(expected), `message ${i + 1} of this run`).toBe(true);
+        }
         expect(await count("bob@local.test")).toBe(bobBefore);
 
         const fresh = await RawClient.connect(port);

@@ -1,0 +1,61 @@
+// Fault 3: SIGKILL while QUIT applies the deletions. Repeated with small random delays between QUIT
+// and the kill. After each restart the DELEs were applied all or none, and survivors keep their UIDL.
+import { afterAll, describe, expect, it } from "vitest";
+import {
+  addUsers, cleanup, deliver, message, popLogin, serve, sleep, storeSetup, stores, tempDir, uidl, uniqueTag,
+  writeConfig, peek,
+} from "./harness.js";
+
+afterAll(cleanup);
+
+const ROUNDS = 3;
+const MAILBOX_SIZE = 30;
+
+describe.each(stores)("store %s", (kind) => {
+  it(`QUIT killed mid-update applies its DELEs all or none (${ROUNDS} rounds)`, async () => {
+    const tag = uniqueTag();
+    const dir = tempDir(`quit-${kind}`);
+    const store = storeSetup(kind, dir, tag);
+    // A short lease TTL: a killed session's lease must not block the next round for a minute.
+    const config = writeConfig(dir, store, { leaseTtlSeconds: 2 });
+    const [user] = addUsers(config, ["quitter"]);
+    let server = await serve(config);
+    let sent = 0;
+    const outcomes: string[] = [];
+
+    for (let round = 0; round < ROUNDS; round++) {
+      const before = await peek(server.pop3, user!, uidl);
+      const topUp = Array.from({ length: MAILBOX_SIZE - before.size }, () => message(`q${sent++}${tag}`, user!, 500));
+      await deliver(server.smtp, user!, topUp);
+
+      const pop = await popLogin(server.pop3, user!);
+      const listing = await uidl(pop);
+      const all = new Set(listing.values());
+      const keep = new Set([...listing.keys()].filter(() => Math.random() < 0.15));
+      const deleted = new Set<string>();
+      for (const [number, uid] of listing) {
+        if (keep.has(number)) continue;
+        await pop.expect(`DELE ${number}`, /^\+OK/);
+        deleted.add(uid);
+      }
+      pop.send("QUIT");
+      await sleep(Math.random() * 15);
+      process.kill(server.pid, "SIGKILL");
+      await server.exited;
+      pop.close();
+
+      // The dead session's lease may still be in the store until its TTL runs out.
+      await sleep(2_500);
+      server = await serve(config);
+      const after = new Set((await peek(server.pop3, user!, uidl)).values());
+      const none = [...all].every((uid) => after.has(uid)) && after.size === all.size;
+      const allApplied = after.size === all.size - deleted.size && [...after].every((uid) => all.has(uid) && !deleted.has(uid));
+      const state = { round, before: all.size, deleted: deleted.size, after: after.size, none, allApplied };
+      expect(none || allApplied, JSON.stringify(state)).toBe(true);
+      outcomes.push(allApplied ? "applied" : "none");
+    }
+    console.log(`[${kind}] QUIT vs SIGKILL outcomes: ${outcomes.join(", ")}`);
+    process.kill(server.pid, "SIGKILL");
+    await server.exited;
+  });
+});
