@@ -103,20 +103,20 @@ class Wire {
       });
     }
   }
-  line() {
+  line(timeoutMs) {
     return this.until(() => {
       const at = this.buffer.indexOf("\r\n");
       if (at < 0) return undefined;
       const text = this.buffer.slice(0, at);
       this.buffer = this.buffer.slice(at + 2);
       return text;
-    });
+    }, timeoutMs);
   }
-  async reply() {
-    let last = await this.line();
+  async reply(timeoutMs) {
+    let last = await this.line(timeoutMs);
     let text = last;
     while (/^\d{3}-/.test(last)) {
-      last = await this.line();
+      last = await this.line(timeoutMs);
       text += `\n${last}`;
     }
     return text;
@@ -134,9 +134,12 @@ class Wire {
       return body;
     });
   }
-  async command(text, expect) {
+  async command(text, expect, timeoutMs = 60_000) {
     this.socket.write(`${text}\r\n`);
-    const reply = await this.reply();
+    const reply = await this.reply(timeoutMs).catch((error) => {
+      error.kind = `${error.kind} at ${text.split(" ")[0]}`;
+      throw error;
+    });
     if (!expect.test(reply)) throw Object.assign(new Error(`${text.split(" ")[0]}: ${reply}`), { kind: `reply ${reply.slice(0, 3)}` });
     return reply;
   }
@@ -250,6 +253,9 @@ const countError = (kind) => errors.set(kind, (errors.get(kind) ?? 0) + 1);
 const accepted = new Set();
 const retrieved = new Set();
 const duplicates = [];
+// Retrieved and DELE'd, but the QUIT reply never came: the server may or may not have deleted them.
+const ambiguous = new Set();
+const latency = { endOfData: [], quit: [], firstAcceptMs: null };
 const active = { smtp: 0, pop: 0 };
 const peakActive = { smtp: 0, pop: 0 };
 let running = true;
@@ -284,7 +290,10 @@ async function smtpWorker(worker) {
         await wire.command(`RCPT TO:<${to}>`, /^250/);
         await wire.command("DATA", /^354/);
         wire.socket.write(`Message-ID: <${id}@soak>\r\nSubject: soak ${id}\r\nTo: ${to}\r\n\r\n${padding(id)}.\r\n`);
-        const done = await wire.reply();
+        const sentAt = Date.now();
+        const done = await wire.reply(300_000);
+        latency.endOfData.push(Date.now() - sentAt);
+        latency.firstAcceptMs ??= Date.now() - startedAt;
         if (done.startsWith("250")) accepted.add(id);
         else countError(`smtp end-of-data ${done.slice(0, 9)}`);
         await sleep(Math.random() * pauseMs * 2);
@@ -318,7 +327,14 @@ async function popVisit(address) {
       seen.push(/^Message-ID: <([^@>]+)@/im.exec(body)?.[1] ?? `unparsed-${address}-${n}`);
       await wire.command(`DELE ${n}`, /^\+OK/);
     }
-    await wire.command("QUIT", /^\+OK/);
+    const quitAt = Date.now();
+    try {
+      await wire.command("QUIT", /^\+OK/, 300_000);
+    } catch (error) {
+      for (const id of seen) ambiguous.add(id);
+      throw error;
+    }
+    latency.quit.push(Date.now() - quitAt);
     for (const id of seen) {
       if (retrieved.has(id)) duplicates.push(id);
       retrieved.add(id);
@@ -387,7 +403,11 @@ sampleRss();
 server.kill("SIGTERM");
 const exitCode = await Promise.race([serverExit, sleep(30_000).then(() => "timeout")]);
 
-const lost = [...accepted].filter((id) => !retrieved.has(id));
+const lost = [...accepted].filter((id) => !retrieved.has(id) && !ambiguous.has(id));
+const percentile = (values, p) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))] : null;
+};
 const unexpected = [...retrieved].filter((id) => !accepted.has(id));
 const rss = memory.map((m) => m.mb);
 const summary = {
@@ -403,6 +423,15 @@ const summary = {
   duplicates: duplicates.length,
   // Retrieved but no 250 seen: the reply was lost when the run stopped; not a loss.
   retrievedWithout250: unexpected.length,
+  ambiguousQuit: [...ambiguous].filter((id) => !retrieved.has(id)).length,
+  latencyMs: {
+    firstAccept: latency.firstAcceptMs,
+    endOfDataP50: percentile(latency.endOfData, 50),
+    endOfDataP99: percentile(latency.endOfData, 99),
+    endOfDataMax: percentile(latency.endOfData, 100),
+    quitP99: percentile(latency.quit, 99),
+    quitMax: percentile(latency.quit, 100),
+  },
   acceptedPerSecond: Math.round((accepted.size / (durationMs / 1000)) * 10) / 10,
   errors: Object.fromEntries(errors),
   memoryMB: { start: rss[0], peak: Math.max(...rss), end: rss.at(-1) },

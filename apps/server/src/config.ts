@@ -510,9 +510,9 @@ function convert(kind: Kind, raw: unknown, origin: string, base: string): unknow
       return toInteger(raw, origin, kind.min, kind.max, fromEnv);
     case "numbers": {
       const list = fromEnv && typeof raw === "string" ? splitList(raw).map((t) => (/^\d+(\.\d+)?$/.test(t) ? Number(t) : t)) : raw;
-      if (!Array.isArray(list) || list.length === 0 || !list.every((n) => typeof n === "number" && Number.isFinite(n) && n > 0)) {
-        fail(origin, `expected a non-empty list of positive numbers (minutes), got ${typeName(raw)}`);
-      }
+      if (!Array.isArray(list) || list.length === 0) fail(origin, `expected a non-empty list of positive numbers (minutes), got ${typeName(raw)}`);
+      const bad = list.find((n: unknown) => typeof n !== "number" || !Number.isFinite(n) || n <= 0);
+      if (bad !== undefined) fail(origin, `expected a list of positive numbers (minutes), got ${typeName(bad)} in it`);
       return list;
     }
     case "dns-servers": {

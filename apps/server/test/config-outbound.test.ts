@@ -114,7 +114,7 @@ listen = "127.0.0.1:9187"
       `FILE: outbound.resolver: "dns.example.net:53": a DNS server must be an IP address, not a name`,
     );
     expect(check(`[outbound]\nretry_schedule_minutes = [5, -1]\n`)).toBe(
-      "FILE: outbound.retry_schedule_minutes: expected a non-empty list of positive numbers (minutes), got an array",
+      "FILE: outbound.retry_schedule_minutes: expected a list of positive numbers (minutes), got number -1 in it",
     );
     expect(check(`[outbound]\nsmarthost = "relay.example.net"\n`)).toBe(
       `FILE: outbound.smarthost: "relay.example.net" is not "host:port" (e.g. "0.0.0.0:25" or "[::]:25")`,
@@ -134,6 +134,9 @@ listen = "127.0.0.1:9187"
     );
     expect(check(`[outbound]\nsmarthost_password = "hunter2"\n`)).toBe(
       "FILE: outbound.smarthost_password: unknown key (did you mean outbound.smarthost_password_file?)",
+    );
+    expect(check(`[outbound]\nretry_schedule_minutes = []\n`)).toBe(
+      "FILE: outbound.retry_schedule_minutes: expected a non-empty list of positive numbers (minutes), got an array",
     );
     expect(check(`[outbound]\nconcurrency = 0\n`)).toBe("FILE: outbound.concurrency: must be at least 1, got 0");
     expect(check(`[metrics]\nlisten = "9187"\n`)).toBe(`FILE: metrics.listen: "9187" is not "host:port" (e.g. "0.0.0.0:25" or "[::]:25")`);

@@ -4,9 +4,11 @@
  * `@mailroom/smtp-protocol` MX on its own memory store) on the port set by the test-only
  * `outbound.mx_port`. A user submits with nodemailer (STARTTLS + AUTH) to a local and a remote
  * recipient; a receiver answering 4xx leaves a deferred item in `mailroom queue list`; a server
- * killed with SIGKILL while an item waits delivers it after a restart.
+ * killed with SIGKILL while an item waits delivers it after a restart. `/metrics` shows the deferred
+ * item and tells the test when the worker has rescheduled it.
  */
 import { readFileSync } from "node:fs";
+import { get as httpGet } from "node:http";
 import { createServer, type Server } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTransport } from "nodemailer";
@@ -117,6 +119,20 @@ async function pop3Messages(port: number, user: string): Promise<Buffer[]> {
   return (JSON.parse(await python(FETCH, [String(port), user, PASSWORD])) as string[]).map((m) => Buffer.from(m, "base64"));
 }
 
+/** One sample from the server's /metrics, e.g. `mailroom_queue_items{state="queued"}`; NaN if absent. */
+async function metric(series: string): Promise<number> {
+  const text = await new Promise<string>((resolve, reject) => {
+    httpGet({ host: "127.0.0.1", port: server.port("metrics"), path: "/metrics", timeout: 10_000 }, (res) => {
+      let body = "";
+      res.setEncoding("utf8").on("data", (d: string) => (body += d));
+      res.on("end", () => resolve(body));
+    }).on("error", reject);
+  });
+  const line = text.split("\n").find((l) => l.startsWith(`${series} `));
+  return line === undefined ? Number.NaN : Number(line.slice(series.length + 1));
+}
+const RESCHEDULES = 'mailroom_store_operation_duration_seconds_count{operation="queue.reschedule",outcome="ok"}';
+
 let config = "";
 let server: Served;
 let receiver: Receiver | null = null;
@@ -171,6 +187,8 @@ shutdown_timeout_seconds = 2
 resolver = ["${dnsAddress}"]
 retry_schedule_minutes = [${schedule}]
 mx_port = ${mxPort}
+[metrics]
+listen = "127.0.0.1:0"
 `,
   );
   expect((await cli("domain", "add", "example.test")).code).toBe(0);
@@ -242,14 +260,16 @@ describe("outbound delivery through mailroom serve", () => {
     expect(listed.stdout).toMatch(/^q[0-9a-z]{21}  \d+ B  age \d+s  [1-9]\d* attempts  (next in \d+s|due now)  from <alice@example\.test>\n {4}<dave@far\.test>\n/);
     expect(listed.stdout).toMatch(/-- 1 item, \d+ B\n$/);
     const id = /^(q[0-9a-z]{21})/.exec(listed.stdout)![1]!;
+    expect(await metric('mailroom_queue_items{state="queued"}')).toBe(1);
+    expect(await metric("mailroom_queue_oldest_age_seconds")).toBeGreaterThan(0);
+    expect(await metric("mailroom_outbound_attempts_total")).toBeGreaterThanOrEqual(2);
 
-    // The receiver goes away; once an attempt has failed against the closed port, the item is between
-    // attempts (not claimed), and the server dies without a chance to clean up.
+    // The receiver goes away. Right after the worker has rescheduled the item (the next attempt is
+    // 1.2 s away, so nobody holds a claim on it) the server dies without a chance to clean up.
     await receiver.close();
     receiver = null;
-    const before = server.lines.length;
-    await server.waitForLine((l) => server.lines.indexOf(l) >= before && l["msg"] === "delivery attempt");
-    await new Promise((resolve) => setTimeout(resolve, 200));
+    const rescheduled = await metric(RESCHEDULES);
+    await until("a reschedule", async () => (await metric(RESCHEDULES)) > rescheduled);
     server.child.kill("SIGKILL");
     await server.exited;
     expect((await cli("queue", "list")).stdout).toContain(id);

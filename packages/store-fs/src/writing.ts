@@ -1,4 +1,5 @@
 import { constants, promises as fsp } from "node:fs";
+import { Buffer } from "node:buffer";
 import { basename, join } from "node:path";
 import { attempt, isErrno } from "./errors.js";
 import { unlinkQuiet, type SyncPolicy } from "./fsutil.js";
@@ -6,6 +7,8 @@ import { BareLfCounter } from "./streams.js";
 
 /** Small chunks (an SMTP DATA stream may yield line by line) are gathered up to this before one write. */
 const WRITE_BATCH = 64 * 1024;
+/** Only chunks smaller than this are gathered; larger ones are written straight from the source. */
+const GATHER_BELOW = 16 * 1024;
 
 async function writeAll(handle: fsp.FileHandle, path: string, data: Uint8Array): Promise<void> {
   let done = 0;
@@ -63,11 +66,15 @@ export async function writeMessageFile(
         counter.push(chunk);
         if (chunk.length === 0) continue;
         if (staged + chunk.length > WRITE_BATCH) await flushPending();
-        if (chunk.length >= WRITE_BATCH) {
+        if (chunk.length >= GATHER_BELOW) {
+          // Big chunks go out as they are: copying them cost more (fresh ArrayBuffers, more GC) than
+          // the write it would save.
+          await flushPending();
           await writeAll(handle, path, chunk);
           continue;
         }
-        pending.push(chunk.slice());
+        // Buffer.from copies small chunks into Node's shared slab, which is nearly free.
+        pending.push(Buffer.from(chunk));
         staged += chunk.length;
       }
       await flushPending();

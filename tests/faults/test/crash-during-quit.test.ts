@@ -23,6 +23,16 @@ describe.each(stores)("store %s", (kind) => {
     let sent = 0;
     const outcomes: string[] = [];
 
+    // Calibration: how long an undisturbed QUIT with this many DELEs takes, so that the kills below
+    // land anywhere from before the update starts to after it ends.
+    await deliver(server.smtp, user!, Array.from({ length: MAILBOX_SIZE }, () => message(`q${sent++}${tag}`, user!, 500)));
+    const calibrate = await popLogin(server.pop3, user!);
+    for (let n = 1; n <= MAILBOX_SIZE - 3; n++) await calibrate.expect(`DELE ${n}`, /^\+OK/);
+    const quitStart = performance.now();
+    await calibrate.expect("QUIT", /^\+OK/);
+    const quitMs = performance.now() - quitStart;
+    calibrate.close();
+
     for (let round = 0; round < ROUNDS; round++) {
       const before = await peek(server.pop3, user!, uidl);
       const topUp = Array.from({ length: MAILBOX_SIZE - before.size }, () => message(`q${sent++}${tag}`, user!, 500));
@@ -39,7 +49,8 @@ describe.each(stores)("store %s", (kind) => {
         deleted.add(uid);
       }
       pop.send("QUIT");
-      await sleep(Math.random() * 15);
+      const delay = Math.random() * quitMs * 1.2;
+      if (delay >= 1) await sleep(delay);
       process.kill(server.pid, "SIGKILL");
       await server.exited;
       pop.close();
@@ -52,9 +63,9 @@ describe.each(stores)("store %s", (kind) => {
       const allApplied = after.size === all.size - deleted.size && [...after].every((uid) => all.has(uid) && !deleted.has(uid));
       const state = { round, before: all.size, deleted: deleted.size, after: after.size, none, allApplied };
       expect(none || allApplied, JSON.stringify(state)).toBe(true);
-      outcomes.push(allApplied ? "applied" : "none");
+      outcomes.push(`${allApplied ? "applied" : "none"}@${delay.toFixed(1)}ms`);
     }
-    console.log(`[${kind}] QUIT vs SIGKILL outcomes: ${outcomes.join(", ")}`);
+    console.log(`[${kind}] undisturbed QUIT took ${quitMs.toFixed(1)} ms; SIGKILL outcomes: ${outcomes.join(", ")}`);
     process.kill(server.pid, "SIGKILL");
     await server.exited;
   });

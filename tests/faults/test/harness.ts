@@ -261,7 +261,12 @@ function pgCopies(url: string, schema: string, marker: string): string[] {
 }
 
 function redisCli(url: string, args: string[]): string {
-  return execFileSync("redis-cli", ["-u", url, "--raw", ...args], { encoding: "latin1", timeout: 20_000, maxBuffer: 256 << 20 });
+  return execFileSync("redis-cli", ["-u", url, "--raw", ...args], {
+    encoding: "latin1",
+    stdio: ["ignore", "pipe", "pipe"],
+    timeout: 20_000,
+    maxBuffer: 256 << 20,
+  });
 }
 
 /**
