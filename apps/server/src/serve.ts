@@ -17,15 +17,18 @@ import { ensureDevelopmentDomain } from "./development.js";
 import { contextFrom, readMaterial, tlsFiles, type TlsFiles } from "./tls.js";
 
 /**
- * Things a runtime is known not to do, each said once at start-up. Empty for now: every runtime we
- * test passes the suite. Kept so that a known gap is reported instead of failing mysteriously.
+ * Things a runtime is known to do differently, each said once at start-up, so that a known gap is
+ * reported instead of surprising someone in the middle of a session.
  */
 export function runtimeLimitations(runtime: RuntimeName): readonly string[] {
   switch (runtime) {
     case "node":
     case "bun":
-    case "deno":
       return [];
+    case "deno":
+      return [
+        "outbound: Deno cannot tell a missing domain from a failing DNS server, so mail to a domain that does not exist is retried until the retry schedule ends instead of bounced at once",
+      ];
   }
 }
 

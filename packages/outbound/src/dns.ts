@@ -1,5 +1,6 @@
 import { Resolver } from "node:dns/promises";
 import { isIP } from "node:net";
+import { runtimeName } from "@mailroom/transport";
 
 /** Where mail for a domain goes (RFC 5321 5.1), or why it cannot go anywhere. */
 export type Route =
@@ -26,6 +27,7 @@ const codeOf = (error: unknown): string => (error as DnsError | null)?.code ?? "
 
 /** "No such record" answers. Anything else (SERVFAIL, timeouts, refused) may work later. */
 const NO_DATA = new Set(["ENODATA", "ENOTFOUND"]);
+const NXDOMAIN_IS_AMBIGUOUS = runtimeName() === "deno";
 
 export class MailRouter {
   readonly #resolver: Resolver;
@@ -54,7 +56,11 @@ export class MailRouter {
       // No MX: the domain itself is the host (RFC 5321 5.1, implicit MX).
       const host = await this.#addresses(domain);
       if ("kind" in host) return host;
-      if (host.addresses.length === 0) return failed(true, "5.1.2", `domain ${domain} does not exist or has no MX and no address records`);
+      if (host.addresses.length === 0) {
+        // Deno answers a failing DNS server (SERVFAIL) like a missing domain. A wrong bounce loses mail;
+        // a retry only delays the bounce until the schedule ends, so on Deno "missing" is temporary.
+        return failed(!NXDOMAIN_IS_AMBIGUOUS, "5.1.2", `domain ${domain} does not exist or has no MX and no address records`);
+      }
       return { kind: "hosts", hosts: [host] };
     }
     // RFC 7505: a single MX of "." at preference 0 says the domain takes no mail at all.
