@@ -204,12 +204,16 @@ server.stderr.on("data", (chunk) => (serverOutput = (serverOutput + chunk).slice
 const serverExit = new Promise((done) => server.once("exit", (code, signal) => done(code ?? signal)));
 
 let cleanedUp = false;
-function cleanup() {
+function cleanup(keepData = false) {
   if (cleanedUp) return;
   cleanedUp = true;
   try {
     if (server.exitCode === null && server.signalCode === null) process.kill(server.pid, "SIGKILL");
   } catch {}
+  if (keepData) {
+    log(`keeping the store data for inspection: ${dir} (schema ${schema} / prefix ${prefix})`);
+    return;
+  }
   try {
     if (args.store === "postgres") execFileSync("psql", [args.pg, "-q", "-c", `DROP SCHEMA IF EXISTS "${schema}" CASCADE`], { stdio: "ignore" });
     if (args.store === "redis") {
@@ -442,5 +446,5 @@ if (args.json) writeFileSync(args.json, `${JSON.stringify({ ...summary, memorySa
 if (lost.length > 0) log(`LOST ${lost.length} message(s), e.g. ${lost.slice(0, 5).join(", ")}`);
 if (duplicates.length > 0) log(`RETRIEVED TWICE ${duplicates.length}, e.g. ${duplicates.slice(0, 5).join(", ")}`);
 if (exitCode !== 0) log(`server exit ${exitCode}:\n${serverOutput.slice(-3000)}`);
-cleanup();
+cleanup(lost.length > 0 && process.env.SOAK_KEEP === "1");
 process.exit(lost.length > 0 || duplicates.length > 0 ? 1 : 0);

@@ -305,6 +305,8 @@ export function dropPgSchema(url: string, schema: string): void {
 export interface ConfigExtras {
   readonly shutdownTimeoutSeconds?: number;
   readonly leaseTtlSeconds?: number;
+  /** Turns on a plaintext submission listener (AUTH allowed on loopback) and sends all relay there. */
+  readonly smarthostPort?: number;
 }
 
 export function writeConfig(dir: string, store: StoreSetup, extras: ConfigExtras = {}): string {
@@ -317,8 +319,9 @@ export function writeConfig(dir: string, store: StoreSetup, extras: ConfigExtras
       store.section,
       `[smtp]`,
       `listen = ["127.0.0.1:0"]`,
-      `submission = []`,
+      extras.smarthostPort === undefined ? `submission = []` : `submission = ["127.0.0.1:0"]`,
       `submissions = []`,
+      `allow_loopback_plaintext_auth = true`,
       `[pop3]`,
       `listen = ["127.0.0.1:0"]`,
       `pop3s = []`,
@@ -327,6 +330,9 @@ export function writeConfig(dir: string, store: StoreSetup, extras: ConfigExtras
       `shutdown_timeout_seconds = ${extras.shutdownTimeoutSeconds ?? 10}`,
       `[log]`,
       `level = "info"`,
+      ...(extras.smarthostPort === undefined
+        ? []
+        : [`[outbound]`, `smarthost = "127.0.0.1:${extras.smarthostPort}"`, `smarthost_tls = "none"`, `retry_schedule_minutes = [1]`]),
       ``,
     ].join("\n"),
   );
@@ -362,6 +368,8 @@ export interface Running {
   readonly pid: number;
   readonly smtp: number;
   readonly pop3: number;
+  /** Every listener's port by name (smtp, submission, pop3, …). */
+  readonly ports: Readonly<Record<string, number>>;
   output(): string;
   /** Resolves with the exit code (or the signal name) once the process is gone. */
   readonly exited: Promise<number | string>;
@@ -387,7 +395,7 @@ export function serve(config: string): Promise<Running> {
       }
       if (ports.smtp && ports.pop3 && out.includes("mailroom ready")) {
         clearTimeout(timer);
-        done({ child, pid: child.pid!, smtp: ports.smtp, pop3: ports.pop3, output: () => out, exited });
+        done({ child, pid: child.pid!, smtp: ports.smtp, pop3: ports.pop3, ports, output: () => out, exited });
       }
     };
     child.stdout!.on("data", scan);
