@@ -140,7 +140,7 @@ class Wire {
       error.kind = `${error.kind} at ${text.split(" ")[0]}`;
       throw error;
     });
-    if (!expect.test(reply)) throw Object.assign(new Error(`${text.split(" ")[0]}: ${reply}`), { kind: `reply ${reply.slice(0, 3)}` });
+    if (!expect.test(reply)) throw Object.assign(new Error(reply), { kind: `${text.split(" ")[0]} ${reply.slice(0, 3)}` });
     return reply;
   }
   close() {
@@ -253,7 +253,11 @@ for (let ready = false, tries = 0; !ready; tries++) {
 // Load
 
 const errors = new Map();
-const countError = (kind) => errors.set(kind, (errors.get(kind) ?? 0) + 1);
+const errorSamples = new Map();
+const countError = (kind, sample) => {
+  errors.set(kind, (errors.get(kind) ?? 0) + 1);
+  if (sample && !errorSamples.has(kind)) errorSamples.set(kind, `${Math.round((Date.now() - startedAt) / 1000)}s: ${sample.slice(0, 200)}`);
+};
 const accepted = new Set();
 const retrieved = new Set();
 const duplicates = [];
@@ -304,7 +308,7 @@ async function smtpWorker(worker) {
       }
       await wire.command("QUIT", /^221/);
     } catch (error) {
-      countError(`smtp ${error.kind ?? error.message}`);
+      countError(`smtp ${error.kind ?? error.message}`, error.message);
       await sleep(200);
     } finally {
       active.smtp--;
@@ -356,7 +360,7 @@ async function popWorker(index) {
     try {
       await popVisit(address);
     } catch (error) {
-      countError(`pop3 ${error.kind ?? error.code ?? error.message}`);
+      countError(`pop3 ${error.kind ?? error.code ?? error.message}`, error.message);
     }
     await sleep(Math.random() * pauseMs * 2);
   }
@@ -438,6 +442,7 @@ const summary = {
   },
   acceptedPerSecond: Math.round((accepted.size / (durationMs / 1000)) * 10) / 10,
   errors: Object.fromEntries(errors),
+  errorSamples: Object.fromEntries(errorSamples),
   memoryMB: { start: rss[0], peak: Math.max(...rss), end: rss.at(-1) },
   serverExit: exitCode,
 };

@@ -328,7 +328,10 @@ export class Session {
     const tls = this.#ctx.tls;
     if (!tls) return this.#send(err("STLS is not available"));
     if (this.#conn.secure) return this.#send(err("already using TLS"));
-    await this.#send(ok("begin TLS negotiation"));
+    // No await between the go-ahead and the upgrade: while we waited for a drain, the client's
+    // ClientHello could arrive and be taken (and dropped) as plaintext input. upgradeToTls itself
+    // flushes the reply before it hands the socket to TLS.
+    this.#conn.write(ok("begin TLS negotiation"));
     // Whatever the client pipelined after STLS came in the clear and could be injected: drop it.
     this.#input = EMPTY;
     this.#state = { name: "authorization", user: null, sasl: null };
