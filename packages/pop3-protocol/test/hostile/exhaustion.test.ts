@@ -2,7 +2,7 @@ import { Buffer } from "node:buffer";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { fromBytes } from "@mailroom/store";
 import { ALICE, LineClient, loginClient, startServer, type Running } from "../helpers.js";
-import { canCollectGarbage, flood, memorySampler, trapProcessErrors, waitFor } from "./harness.js";
+import { canCollectGarbage, flood, memorySampler, trapProcessErrors, waitFor } from "../../../../tests/support/hostile.js";
 import type { Pop3ServerOptions } from "../../src/index.js";
 
 /**

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLoginThrottle, fromBytes } from "@mailroom/store";
 import { parseCommand } from "../../src/parser.js";
 import { ALICE, BOB, LineClient, startServer, type Running } from "../helpers.js";
-import { trapProcessErrors, waitFor, writeSplit } from "./harness.js";
+import { trapProcessErrors, waitFor, writeSplit } from "../../../../tests/support/hostile.js";
 
 /**
  * A bounded fuzz run over live POP3 sessions (loopback TCP, memory store): random sequences of valid

@@ -7,7 +7,7 @@ import { createMemoryStore } from "@mailroom/store/memory";
 import { createPop3Server, type Pop3Server } from "@mailroom/pop3-protocol";
 import { createSmtpServer, type SmtpServer } from "../../src/index.js";
 import { makeCertificate, tlsContext } from "../helpers.js";
-import { trapProcessErrors } from "./harness.js";
+import { trapProcessErrors } from "../../../../tests/support/hostile.js";
 
 /**
  * Password guessing across both protocols, the way the app wires them: ONE login throttle shared by

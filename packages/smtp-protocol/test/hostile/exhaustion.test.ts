@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { Store } from "@mailroom/store";
 import { createSmtpServer, type SmtpServer, type SmtpServerOptions } from "../../src/index.js";
 import { HOST, RawClient, seededStore } from "../helpers.js";
-import { canCollectGarbage, flood, memorySampler, trapProcessErrors, waitFor } from "./harness.js";
+import { canCollectGarbage, flood, memorySampler, trapProcessErrors, waitFor } from "../../../../tests/support/hostile.js";
 
 /**
  * Resource exhaustion against a live SMTP server (loopback TCP, memory store): each attack must end

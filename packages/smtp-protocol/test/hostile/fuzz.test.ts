@@ -5,7 +5,7 @@ import type { Socket } from "node:net";
 import { readAll, type Store } from "@mailroom/store";
 import { createSmtpServer, type SmtpServer } from "../../src/index.js";
 import { HOST, RawClient, seededStore } from "../helpers.js";
-import { trapProcessErrors, waitFor, writeSplit } from "./harness.js";
+import { trapProcessErrors, waitFor, writeSplit } from "../../../../tests/support/hostile.js";
 
 /**
  * A bounded fuzz run over live SMTP sessions (mx listener, loopback TCP, memory store): random

@@ -1,3 +1,4 @@
+// Shared by the hostile-input tests of both protocol packages (packages/*-protocol/test/hostile).
 import { Buffer } from "node:buffer";
 import type { Socket } from "node:net";
 import { setFlagsFromString } from "node:v8";
