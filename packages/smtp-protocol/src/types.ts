@@ -105,7 +105,7 @@ export interface SmtpLimits {
   readonly maxUnknownCommands: number;
   /** Error replies (4xx/5xx) before 421 and close. Default 20. */
   readonly maxErrors: number;
-  /** Mail transactions (MAIL commands) per connection. Default 100. */
+  /** Mail transactions (MAIL commands) per connection. Default 10,000: MTAs reuse one connection for a whole queue run. */
   readonly maxTransactionsPerConnection: number;
   /** Open connections per listener. Default 1000. */
   readonly maxConnections: number;
@@ -123,7 +123,7 @@ export const DEFAULT_LIMITS: SmtpLimits = {
   maxTextLine: 1000,
   maxUnknownCommands: 10,
   maxErrors: 20,
-  maxTransactionsPerConnection: 100,
+  maxTransactionsPerConnection: 10_000,
   maxConnections: 1000,
   maxConnectionsPerAddress: 20,
   timeouts: { command: 5 * 60_000, dataBlock: 3 * 60_000, dataEnd: 10 * 60_000 },
