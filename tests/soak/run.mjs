@@ -188,12 +188,15 @@ writeFileSync(
 );
 
 const users = Array.from({ length: popSessions }, (_, i) => `u${String(i).padStart(4, "0")}@soak.test`);
-{
+try {
   const { store } = await openStore(loadConfig({ file: configFile }));
   await store.directory.addDomain("soak.test");
   const passwordHash = await hashPassword(PASSWORD);
   for (const address of users) await store.directory.addAccount({ address, passwordHash });
   await store.close();
+} catch (error) {
+  rmSync(dir, { recursive: true, force: true });
+  throw error;
 }
 log(`store ${args.store}, ${users.length} users provisioned in ${dir}`);
 

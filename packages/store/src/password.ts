@@ -18,11 +18,36 @@ export interface PasswordHashOptions {
 const KEY_LENGTH = 32;
 const SALT_LENGTH = 16;
 
+/**
+ * scrypt runs on the same small thread pool as file I/O (libuv's). A burst of logins or password
+ * guesses must not starve mail delivery of it, so at most this many hashes run at once; the rest wait
+ * their turn (a guessing burst then slows guessing, not the Maildir store).
+ */
+const MAX_CONCURRENT_HASHES = 2;
+let running = 0;
+const waiting: Array<() => void> = [];
+
+async function withHashSlot<T>(work: () => Promise<T>): Promise<T> {
+  if (running >= MAX_CONCURRENT_HASHES) await new Promise<void>((resolve) => waiting.push(resolve));
+  else running++;
+  try {
+    return await work();
+  } finally {
+    const next = waiting.shift();
+    // The slot passes straight to the next waiter; `running` only drops when nobody waits.
+    if (next) next();
+    else running--;
+  }
+}
+
 function derive(password: string, salt: Uint8Array, logN: number, r: number, p: number): Promise<Buffer> {
   const options: ScryptOptions = { N: 2 ** logN, r, p, maxmem: 256 * 1024 * 1024 };
-  return new Promise((resolve, reject) => {
-    scrypt(password.normalize("NFC"), salt, KEY_LENGTH, options, (error, key) => (error ? reject(error) : resolve(key)));
-  });
+  return withHashSlot(
+    () =>
+      new Promise((resolve, reject) => {
+        scrypt(password.normalize("NFC"), salt, KEY_LENGTH, options, (error, key) => (error ? reject(error) : resolve(key)));
+      }),
+  );
 }
 
 const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString("base64").replace(/=+$/, "");

@@ -29,7 +29,9 @@ describe.each(stores)("store %s", (kind) => {
     client.socket.write(body.slice(0, body.length / 2));
     // Give the server time to pass the first half to the store (chunks written, transaction open).
     await sleep(700);
+    const inFlight = store.inFlightCopies?.(marker) ?? null;
     await killHard(server);
+    console.log(`[${kind}] copies of the half message in flight when killed: ${inFlight ?? "not observable (open transaction)"}`);
     client.close();
 
     server = await serve(config);

@@ -197,13 +197,20 @@ export interface StoreSetup {
   readonly section: string;
   /** Where `marker` can be found in data a reader could see (committed files, rows, keys). */
   visibleCopies(marker: string): string[];
+  /** Deliveries in progress holding the marker (Maildir tmp/, Redis staging lists); null where not observable. */
+  inFlightCopies?(marker: string): number | null;
 }
 
 export function storeSetup(kind: StoreKind, dir: string, tag: string, urls: { pg?: string; redis?: string } = {}): StoreSetup {
   switch (kind) {
     case "fs": {
       const mail = join(dir, "mail");
-      return { kind, section: `url = "maildir:${mail}"`, visibleCopies: (marker) => fsCopies(mail, marker) };
+      return {
+        kind,
+        section: `url = "maildir:${mail}"`,
+        visibleCopies: (marker) => fsCopies(mail, marker),
+        inFlightCopies: (marker) => fsCopies(mail, marker, true).length,
+      };
     }
     case "postgres": {
       const url = urls.pg ?? sharedPg;
@@ -222,13 +229,14 @@ export function storeSetup(kind: StoreKind, dir: string, tag: string, urls: { pg
         kind,
         section: `url = "${url}"\nprefix = "${prefix}"`,
         visibleCopies: (marker) => redisCopies(url, prefix, marker),
+        inFlightCopies: (marker) => redisCopies(url, prefix, marker, true).length,
       };
     }
   }
 }
 
 /** Files outside tmp/ (where Maildir keeps deliveries in progress, invisible to readers) holding the marker. */
-function fsCopies(dir: string, marker: string): string[] {
+function fsCopies(dir: string, marker: string, inTmp = false): string[] {
   const found: string[] = [];
   const walk = (path: string): void => {
     if (!existsSync(path)) return;
@@ -236,8 +244,8 @@ function fsCopies(dir: string, marker: string): string[] {
       const full = join(path, name);
       const info = statSync(full);
       if (info.isDirectory()) {
-        if (name !== "tmp") walk(full);
-      } else if (readFileSync(full).includes(marker)) {
+        if (name !== "tmp" || inTmp) walk(full);
+      } else if ((!inTmp || full.includes("/tmp/")) && readFileSync(full).includes(marker)) {
         found.push(full);
       }
     }
@@ -273,7 +281,7 @@ function redisCli(url: string, args: string[]): string {
  * Keys holding the marker. A staging list of an append in progress is not visible to readers and
  * carries an expiry, so it only counts when it would live forever.
  */
-function redisCopies(url: string, prefix: string, marker: string): string[] {
+function redisCopies(url: string, prefix: string, marker: string, staging = false): string[] {
   const found: string[] = [];
   const keys = redisCli(url, ["--scan", "--pattern", `${prefix}*`]).split("\n").filter(Boolean);
   for (const key of keys) {
@@ -284,7 +292,8 @@ function redisCopies(url: string, prefix: string, marker: string): string[] {
     else if (type === "hash") content = redisCli(url, ["HGETALL", key]);
     if (!content.includes(marker)) continue;
     const ttl = Number(redisCli(url, ["PTTL", key]).trim());
-    if (key.includes(":stage:") && ttl > 0) continue;
+    const staged = key.includes(":stage:") && ttl > 0;
+    if (staged !== staging) continue;
     found.push(`${key} (ttl ${ttl})`);
   }
   return found;
