@@ -61,7 +61,11 @@ try {
   if (suites.has("pop3")) results.pop3 = pop3Retrieve(ctx, targets);
   if (suites.has("big")) {
     results.big = [];
-    for (const target of targets.filter((t) => t.label.startsWith("mailroom"))) (results.big as unknown[]).push(await bigMessage(ctx, target));
+    for (const target of targets.filter((t) => t.label.startsWith("mailroom"))) {
+      const big = await bigMessage(ctx, target);
+      ctx.log(`big message: ${JSON.stringify(big)}`);
+      (results.big as unknown[]).push(big);
+    }
   }
   if (suites.has("idle")) results.idle = await idleConnections(ctx, targets, values.idle.split(",").map(Number));
 } finally {
