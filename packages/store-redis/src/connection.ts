@@ -1,4 +1,4 @@
-import { Redis, type RedisOptions } from "ioredis";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
 import { StoreError, type Logger } from "@mailroom/store";
 
 /**
@@ -22,11 +22,46 @@ export function createClient(url: string, connectionName: string | undefined): R
   return new Redis(url, connectionOptions(connectionName));
 }
 
+/** A single Redis or a Redis Cluster; the store only uses commands both have. */
+export type RedisClient = Redis | Cluster;
+
+/** Splits "host:port" (IPv6 hosts in brackets: "[::1]:7001"). */
+export function parseNode(node: string): { host: string; port: number } | undefined {
+  const match = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(node);
+  if (!match) return undefined;
+  const port = Number(match[3]);
+  if (port < 1 || port > 65535) return undefined;
+  return { host: (match[1] ?? match[2])!, port };
+}
+
+/**
+ * A cluster client with the same fail-fast settings as {@link connectionOptions}. Credentials and TLS
+ * come from the URL (its host and database are not used: a cluster has only database 0).
+ */
+export function createCluster(nodes: readonly string[], url: string | undefined, connectionName: string | undefined): Cluster {
+  const { retryStrategy, enableOfflineQueue, ...perNode } = connectionOptions(connectionName);
+  const auth: Omit<RedisOptions, "replyMapping"> = {};
+  if (url !== undefined) {
+    const parsed = new URL(url);
+    if (parsed.username !== "") auth.username = decodeURIComponent(parsed.username);
+    if (parsed.password !== "") auth.password = decodeURIComponent(parsed.password);
+    if (parsed.protocol === "rediss:") auth.tls = {};
+  }
+  return new Cluster(
+    nodes.map((node) => parseNode(node)!),
+    {
+      enableOfflineQueue,
+      clusterRetryStrategy: (times) => retryStrategy?.(times) ?? 2_000,
+      redisOptions: { ...perNode, ...auth },
+    },
+  );
+}
+
 /**
  * Logs connection trouble without ever letting an 'error' event go unhandled (which would crash the
  * process). One warning per outage; the repeats of a reconnect loop go to debug.
  */
-export function watchConnection(client: Redis, logger: Logger): () => void {
+export function watchConnection(client: RedisClient, logger: Logger): () => void {
   let failing = false;
   const onError = (error: Error): void => {
     if (failing) {
@@ -49,7 +84,7 @@ export function watchConnection(client: Redis, logger: Logger): () => void {
 }
 
 /** Waits (bounded) for the first connection; ioredis keeps retrying underneath meanwhile. */
-export function waitReady(client: Redis, timeoutMs: number): Promise<void> {
+export function waitReady(client: RedisClient, timeoutMs: number): Promise<void> {
   if (client.status === "ready") return Promise.resolve();
   if (client.status === "wait") client.connect().catch(() => {});
   return new Promise((resolve, reject) => {
@@ -94,7 +129,12 @@ function pairs(reply: unknown): Map<string, string> {
  * Tells the operator at start-up when Redis is set up so that mail acknowledged with 250 can vanish in
  * a crash. Managed services often disable CONFIG; then we can only say that we could not check.
  */
-export async function checkDurability(client: Redis, logger: Logger, waitReplicas: number): Promise<void> {
+export async function checkDurability(client: RedisClient, logger: Logger, waitReplicas: number): Promise<void> {
+  if (client instanceof Cluster) {
+    // CONFIG and INFO go to one random node in a cluster; every master holds mail, so ask each one.
+    for (const node of client.nodes("master")) await checkDurability(node, logger, waitReplicas);
+    return;
+  }
   let config: Map<string, string>;
   try {
     config = pairs(await client.call("CONFIG", "GET", "append*"));

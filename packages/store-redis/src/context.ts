@@ -1,12 +1,12 @@
-import type { Redis } from "ioredis";
 import type { Logger } from "@mailroom/store";
 import { StoreError } from "@mailroom/store";
+import type { RedisClient } from "./connection.js";
 import { mapped } from "./errors.js";
 import type { ScriptArg, ScriptName } from "./scripts.js";
 
 /** What every part of the adapter shares: one connection, its scripts and the settings. */
 export interface Context {
-  readonly client: Redis;
+  readonly client: RedisClient;
   readonly prefix: string;
   readonly chunkBytes: number;
   readonly stagingTtlMs: number;

@@ -1,7 +1,7 @@
 import type { Store, StoreAdapter, StoreOptions } from "@mailroom/store";
 import { createRedisStore, resolveOptions, type RedisStoreOptions } from "./store.js";
 
-export { createRedisStore, type RedisStoreOptions } from "./store.js";
+export { createRedisStore, type RedisClusterOptions, type RedisStoreOptions } from "./store.js";
 export { toStoreError } from "./errors.js";
 export { escapeKeyPart } from "./keys.js";
 export { connectionOptions } from "./connection.js";
@@ -18,6 +18,7 @@ const OPTION_MAP = {
   wait_replicas: "waitReplicas",
   wait_timeout_ms: "waitTimeoutMs",
   staging_ttl_ms: "stagingTtlMs",
+  cluster_nodes: "cluster",
 } as const satisfies Record<string, keyof RedisStoreOptions>;
 
 type OptionKey = keyof typeof OPTION_MAP;
@@ -29,6 +30,12 @@ export function fromConfig(options: StoreOptions): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(options)) {
     if (!Object.hasOwn(OPTION_MAP, key)) throw new Error(`redis store: unknown option "${key}"`);
+    if (key === "cluster_nodes") {
+      // A list in TOML; from an environment variable a comma-separated string.
+      const nodes = typeof value === "string" ? value.split(",").map((n) => n.trim()).filter((n) => n !== "") : value;
+      out["cluster"] = { nodes };
+      continue;
+    }
     // Some TOML parsers hand integers over as bigint.
     out[OPTION_MAP[key as OptionKey]] = typeof value === "bigint" ? Number(value) : value;
   }

@@ -1,5 +1,4 @@
 import { randomBytes } from "node:crypto";
-import type { Redis } from "ioredis";
 import {
   StoreError,
   compareAge,
@@ -15,6 +14,7 @@ import {
   type QueueRecipient,
   type RescheduleOptions,
 } from "@mailroom/store";
+import type { RedisClient } from "./connection.js";
 import { afterDurableWrite, call, runScript, type Context } from "./context.js";
 import { escapeKeyPart } from "./keys.js";
 import { readChunks, rechunk } from "./messages.js";
@@ -149,7 +149,7 @@ const QUEUE_SCRIPTS = {
 type QueueScript = keyof typeof QUEUE_SCRIPTS;
 type Method = (numberOfKeys: number, ...args: Array<string | number | Uint8Array>) => Promise<unknown>;
 
-const defined = new WeakSet<Redis>();
+const defined = new WeakSet<RedisClient>();
 
 function script(ctx: Context, what: string, name: QueueScript, keys: readonly string[], args: ReadonlyArray<string | number | Uint8Array>): Promise<unknown> {
   const client = ctx.client;

@@ -1,5 +1,5 @@
 import type { Buffer } from "node:buffer";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./connection.js";
 
 /**
  * Every change that touches more than one key runs as one of these Lua scripts, so Redis applies it
@@ -178,7 +178,7 @@ export type ScriptArg = string | number | Buffer;
 type ScriptMethod = (numberOfKeys: number, ...args: ScriptArg[]) => Promise<unknown>;
 
 /** Registers the scripts on a client (idempotent) and returns a typed way to call them. */
-export function defineScripts(client: Redis): (name: ScriptName, keys: readonly string[], args: readonly ScriptArg[]) => Promise<unknown> {
+export function defineScripts(client: RedisClient): (name: ScriptName, keys: readonly string[], args: readonly ScriptArg[]) => Promise<unknown> {
   for (const [name, lua] of Object.entries(SOURCES)) {
     // No numberOfKeys: the key count is passed per call, since expunge takes a variable number of keys.
     client.defineCommand(name, { lua });

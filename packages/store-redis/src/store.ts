@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import { Cluster, type Redis } from "ioredis";
 import {
   StoreError,
   assertMailboxId,
@@ -14,7 +14,7 @@ import {
   type Queue,
   type Store,
 } from "@mailroom/store";
-import { checkDurability, createClient, waitReady, watchConnection } from "./connection.js";
+import { checkDurability, createClient, createCluster, parseNode, waitReady, watchConnection } from "./connection.js";
 import { afterDurableWrite, call, type Context } from "./context.js";
 import { RedisDirectory } from "./directory.js";
 import { toStoreError } from "./errors.js";
@@ -24,14 +24,24 @@ import { Staging, commit, stageAll, uncommit } from "./messages.js";
 import { RedisQueue } from "./queue.js";
 import { defineScripts } from "./scripts.js";
 
+export interface RedisClusterOptions {
+  /** Seed nodes as "host:port"; the rest of the cluster is discovered from them. */
+  readonly nodes: readonly string[];
+}
+
 export interface RedisStoreOptions {
-  /** `redis://` or `rediss://` URL. Ignored when `client` is given. Default `redis://127.0.0.1:6379`. */
+  /**
+   * `redis://` or `rediss://` URL. Ignored when `client` is given. Default `redis://127.0.0.1:6379`.
+   * With `cluster`, only its user, password and scheme (TLS) are used.
+   */
   readonly url?: string;
   /**
-   * Use this connection instead of opening one. The store does not close it, and does not change its
-   * settings (see the README for the ones we recommend).
+   * Use this connection (a `Redis` or a `Cluster`) instead of opening one. The store does not close it,
+   * and does not change its settings (see the README for the ones we recommend).
    */
-  readonly client?: Redis;
+  readonly client?: Redis | Cluster;
+  /** Open a Redis Cluster client on these seed nodes instead of a single connection. */
+  readonly cluster?: RedisClusterOptions;
   /** Start of every key. Must not contain `{` or `}`. Default `mailroom:`. */
   readonly prefix?: string;
   /** Size of the pieces a message is stored and read in. Default 256 KiB. */
@@ -66,17 +76,33 @@ function stringOption(name: string, value: unknown): string | undefined {
   return value;
 }
 
+function clusterOption(name: string, value: unknown): readonly string[] | undefined {
+  if (value === undefined) return undefined;
+  const nodes: unknown = value !== null && typeof value === "object" && "nodes" in value ? value.nodes : undefined;
+  if (!Array.isArray(nodes) || nodes.length === 0 || !nodes.every((n) => typeof n === "string" && parseNode(n) !== undefined)) {
+    throw new Error(`redis store: option "${name}" must be a non-empty list of "host:port" strings`);
+  }
+  return nodes as string[];
+}
+
 /** Checks option types (they may come from a config file) and fills in defaults. */
 export function resolveOptions(options: RedisStoreOptions, nameOf: (key: keyof RedisStoreOptions) => string = (key) => key) {
   const prefix = stringOption(nameOf("prefix"), options.prefix) ?? "mailroom:";
   assertPrefix(prefix, nameOf("prefix"));
+  const clusterNodes = clusterOption(nameOf("cluster"), options.cluster);
+  const waitReplicas = integerOption(nameOf("waitReplicas"), options.waitReplicas, 0) ?? 0;
+  if (waitReplicas > 0 && (clusterNodes !== undefined || options.client instanceof Cluster)) {
+    // WAIT has no key, so a cluster client would send it to a random node rather than the one written.
+    throw new Error(`redis store: option "${nameOf("waitReplicas")}" is not supported on Redis Cluster`);
+  }
   return {
     url: stringOption(nameOf("url"), options.url) ?? DEFAULT_URL,
+    clusterNodes,
     prefix,
     chunkBytes: integerOption(nameOf("chunkBytes"), options.chunkBytes, 1, MAX_CHUNK) ?? 256 * 1024,
     connectionName: stringOption(nameOf("connectionName"), options.connectionName),
     connectTimeoutMs: integerOption(nameOf("connectTimeoutMs"), options.connectTimeoutMs, 0) ?? 10_000,
-    waitReplicas: integerOption(nameOf("waitReplicas"), options.waitReplicas, 0) ?? 0,
+    waitReplicas,
     waitTimeoutMs: integerOption(nameOf("waitTimeoutMs"), options.waitTimeoutMs, 0) ?? 1_000,
     stagingTtlMs: integerOption(nameOf("stagingTtlMs"), options.stagingTtlMs, 1_000) ?? 15 * 60_000,
   };
@@ -193,7 +219,11 @@ export async function createRedisStore(options: RedisStoreOptions = {}): Promise
   const settings = resolveOptions(options);
   const logger = (options.logger ?? silentLogger).child({ store: "redis" });
   const owned = options.client === undefined;
-  const client = options.client ?? createClient(settings.url, settings.connectionName);
+  const client =
+    options.client ??
+    (settings.clusterNodes === undefined
+      ? createClient(settings.url, settings.connectionName)
+      : createCluster(settings.clusterNodes, options.url, settings.connectionName));
   const unwatch = watchConnection(client, logger);
   try {
     await waitReady(client, settings.connectTimeoutMs);
