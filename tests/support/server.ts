@@ -156,3 +156,27 @@ export async function step<T>(name: string, run: () => Promise<T>): Promise<T> {
     throw new Error(`step "${name}": ${(error as Error).message}`, { cause: error });
   }
 }
+
+/**
+ * Removes what a test left in the shared PostgreSQL / Redis (its schema or key prefix), so repeated
+ * runs do not pile up data. Best effort through the servers' own CLIs: a failure here is not a test
+ * failure.
+ */
+export function dropStoreData(store: StoreKind, tag: string): void {
+  try {
+    if (store === "postgres") {
+      execFileSync("psql", [pgUrl, "-qc", `DROP SCHEMA IF EXISTS "mr_${tag}" CASCADE`], { stdio: "ignore", timeout: 30_000 });
+    } else if (store === "redis") {
+      const url = new URL(redisUrl);
+      const where = ["-h", url.hostname, "-p", url.port || "6379"];
+      const keys = execFileSync("redis-cli", [...where, "--scan", "--pattern", `mrtest:${tag}:*`], { timeout: 30_000 })
+        .toString()
+        .split("\n")
+        .filter(Boolean);
+      // One key per command: keys of different mailboxes may live in different cluster slots.
+      for (const key of keys) execFileSync("redis-cli", [...where, "DEL", key], { stdio: "ignore", timeout: 10_000 });
+    }
+  } catch {
+    // leave it: unique names keep later runs apart anyway
+  }
+}

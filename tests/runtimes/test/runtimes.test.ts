@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { admin, killAll, makeCertificate, runtimes, serve, step, storeLines, writeConfig, type StoreKind } from "../../support/server.js";
+import { admin, dropStoreData, killAll, makeCertificate, runtimes, serve, step, storeLines, writeConfig, type StoreKind } from "../../support/server.js";
 import { LineClient } from "../../support/wire.js";
 
 let dir: string;
@@ -75,6 +75,9 @@ describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
       });
     } catch (error) {
       throw new Error(`${(error as Error).message}\n--- server output ---\n${server.output().slice(-4000)}`);
+    } finally {
+      await server.stop();
+      dropStoreData(store, tag);
     }
   });
 });

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { admin, killAll, makeCertificate, serve, step, storeLines, writeConfig, type StoreKind } from "../../support/server.js";
+import { admin, dropStoreData, killAll, makeCertificate, serve, step, storeLines, writeConfig, type StoreKind } from "../../support/server.js";
 import { LineClient } from "../../support/wire.js";
 
 const LEASE_TTL_SECONDS = 2;
@@ -108,5 +108,6 @@ describe.each(stores)("two servers sharing one %s store", (store) => {
       pop!.close();
     });
     expect(await b.stop()).toBe(0);
+    dropStoreData(store, tag);
   });
 });
