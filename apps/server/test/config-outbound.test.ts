@@ -5,7 +5,7 @@ import { ConfigError, loadConfig } from "../src/index.js";
 import { readSmarthostPassword } from "../src/config.js";
 import { outboundOptions } from "../src/outbound-options.js";
 import { createMemoryStore } from "@mailroom/store/memory";
-import { cleanup, tempDir, writeFile } from "./helpers.js";
+import { cleanup, tempDir, writeFile, errorOf } from "./helpers.js";
 
 afterAll(cleanup);
 
@@ -20,16 +20,6 @@ pop3s = []
 `;
 let n = 0;
 const configFile = (text: string): string => writeFile(dir, `outbound-${++n}.toml`, text);
-
-function errorOf(action: () => unknown): string {
-  try {
-    action();
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
-}
 
 describe("[outbound] and [metrics]", () => {
   it("defaults: worker on when the store has a queue, system DNS, default schedule, no smarthost, metrics off", () => {

@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, loadConfig } from "../src/index.js";
-import { cleanup, opensslCertificate, tempDir, writeFile } from "./helpers.js";
+import { cleanup, opensslCertificate, tempDir, writeFile, errorOf } from "./helpers.js";
 
 afterAll(cleanup);
 
@@ -19,16 +19,6 @@ key = ${JSON.stringify(key)}
 let n = 0;
 function configFile(text: string): string {
   return writeFile(dir, `config-${++n}.toml`, text);
-}
-
-function errorOf(action: () => unknown): string {
-  try {
-    action();
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return (error as Error).message;
-  }
-  throw new Error("expected a ConfigError");
 }
 
 describe("config file", () => {

@@ -3,6 +3,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
+import { ConfigError } from "../src/index.js";
 
 export const BIN = resolve(fileURLToPath(new URL("../bin/mailroom.js", import.meta.url)));
 
@@ -194,4 +196,15 @@ export function python(script: string, args: readonly string[], stdin = ""): Pro
     });
     child.stdin.end(stdin);
   });
+}
+
+/** Runs `action`, expects a ConfigError, and returns its message. */
+export function errorOf(action: () => unknown): string {
+  try {
+    action();
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as Error).message;
+  }
+  throw new Error("expected a ConfigError");
 }

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { rfc5322Date } from "@mailroom/store";
 
 /**
  * Delivery status notifications (RFC 3464, RFC 6522): the bounce a sender gets when some recipients
@@ -106,15 +107,4 @@ export async function readHeaders(source: AsyncIterable<Uint8Array>, limit = 64 
     if (text.length > limit) break;
   }
   return text.slice(0, limit);
-}
-
-const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-const two = (n: number): string => String(n).padStart(2, "0");
-
-export function rfc5322Date(date: Date): string {
-  return (
-    `${DAYS[date.getUTCDay()]}, ${date.getUTCDate()} ${MONTHS[date.getUTCMonth()]} ${date.getUTCFullYear()} ` +
-    `${two(date.getUTCHours())}:${two(date.getUTCMinutes())}:${two(date.getUTCSeconds())} +0000`
-  );
 }

@@ -1,3 +1,4 @@
+import { rfc5322Date } from "@mailroom/store";
 import type { TlsInfo } from "@mailroom/transport";
 
 /**
@@ -44,16 +45,4 @@ export function traceHeaders(input: TraceInput): string {
   const date = rfc5322Date(input.date);
   lines.push(only === undefined ? `\t; ${date}` : `\tfor <${sanitize(only, 320)}>; ${date}`);
   return `${lines.join("\r\n")}\r\n`;
-}
-
-const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-const two = (n: number): string => String(n).padStart(2, "0");
-
-/** `Fri, 27 Nov 2026 02:35:42 +0000` (RFC 5322 3.3), always in UTC. */
-export function rfc5322Date(date: Date): string {
-  return (
-    `${DAYS[date.getUTCDay()]}, ${date.getUTCDate()} ${MONTHS[date.getUTCMonth()]} ${date.getUTCFullYear()} ` +
-    `${two(date.getUTCHours())}:${two(date.getUTCMinutes())}:${two(date.getUTCSeconds())} +0000`
-  );
 }

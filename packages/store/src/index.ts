@@ -43,3 +43,4 @@ export type {
   RescheduleOptions,
 } from "./queue.js";
 export { compareAge, compareDue, isQueueId, mergeRecipients, newQueueId } from "./queue.js";
+export { rfc5322Date } from "./dates.js";
