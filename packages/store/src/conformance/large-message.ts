@@ -1,62 +1,13 @@
 import { createHash, type Hash } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { bytes, text, useHarness, type ConformanceOptions } from "./harness.js";
+import { MemoryProbe, megabytes } from "./memory-probe.js";
 
 const TOTAL = 50 * 1024 * 1024;
 const CHUNK = 64 * 1024;
-/** Growth of heap + array buffers allowed while 50 MB stream through a bounded-memory store. */
-const MEMORY_BUDGET = 32 * 1024 * 1024;
+/** Memory a bounded-memory store may keep while 50 MB stream through it (see memory-probe.ts). */
+const MEMORY_BUDGET = 16 * 1024 * 1024;
 const HEADER = "From: big@remote.test\r\nTo: alice@example.test\r\nSubject: fifty megabytes\r\n\r\n";
-
-type Gc = () => void;
-
-/**
- * A collector to call before sampling, so that garbage not yet collected does not count as growth.
- * `--expose-gc` gives one directly; on Node it can also be switched on at run time.
- */
-async function findGc(): Promise<Gc | undefined> {
-  const exposed = (globalThis as { gc?: unknown }).gc;
-  if (typeof exposed === "function") return exposed as Gc;
-  try {
-    const v8 = await import("node:v8");
-    const vm = await import("node:vm");
-    v8.setFlagsFromString("--expose-gc");
-    const gc = vm.runInNewContext("gc") as unknown;
-    return typeof gc === "function" ? (gc as Gc) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function used(): number {
-  const m = process.memoryUsage();
-  return m.heapUsed + m.arrayBuffers;
-}
-
-/** Tracks the highest memory use seen, collecting every few megabytes when a collector exists. */
-class MemoryProbe {
-  peak = 0;
-  baseline = 0;
-  #sinceGc = 0;
-  constructor(private readonly gc: Gc | undefined) {}
-  start(): void {
-    this.gc?.();
-    this.baseline = used();
-    this.peak = this.baseline;
-    this.#sinceGc = 0;
-  }
-  sample(octets: number): void {
-    this.#sinceGc += octets;
-    if (this.gc && this.#sinceGc >= 4 * 1024 * 1024) {
-      this.gc();
-      this.#sinceGc = 0;
-    }
-    this.peak = Math.max(this.peak, used());
-  }
-  get growth(): number {
-    return this.peak - this.baseline;
-  }
-}
 
 /**
  * 50 MB of CRLF text made on the fly: every chunk is new (a store may keep chunks it was given), and
@@ -96,7 +47,7 @@ export function largeMessageTests(options: ConformanceOptions): void {
       async () => {
         const { store } = await h.fresh();
         const bounded = store.capabilities.boundedMemory;
-        const probe = bounded ? new MemoryProbe(await findGc()) : undefined;
+        const probe = bounded ? await MemoryProbe.create() : undefined;
         const box = store.mailbox("alice@example.test");
 
         const sourceHash = createHash("sha256");
@@ -119,9 +70,8 @@ export function largeMessageTests(options: ConformanceOptions): void {
         expect(readHash.digest("hex")).toBe(sourceHash.digest("hex"));
 
         if (bounded) {
-          const mb = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MB`;
-          expect(appendGrowth, `memory growth during append: ${mb(appendGrowth)}`).toBeLessThan(MEMORY_BUDGET);
-          expect(readGrowth, `memory growth during read: ${mb(readGrowth)}`).toBeLessThan(MEMORY_BUDGET);
+          expect(appendGrowth, `memory growth during append: ${megabytes(appendGrowth)}`).toBeLessThan(MEMORY_BUDGET);
+          expect(readGrowth, `memory growth during read: ${megabytes(readGrowth)}`).toBeLessThan(MEMORY_BUDGET);
         }
 
         // TOP of a huge message must not need the whole body.

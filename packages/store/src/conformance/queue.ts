@@ -14,6 +14,7 @@ import {
   useHarness,
   type ConformanceOptions,
 } from "./harness.js";
+import { MemoryProbe, megabytes } from "./memory-probe.js";
 
 function queueOf(store: Store): Queue {
   const queue = store.queue;
@@ -52,56 +53,8 @@ async function readQueued(queue: Queue, id: string): Promise<Uint8Array> {
 const claimOne = (queue: Queue, who: string, ttlMs = 10_000, now?: number): Promise<readonly QueueClaim[]> =>
   queue.claim({ holder: holder(who), ttlMs, ...(now === undefined ? {} : { now }) });
 
-/** Heap + buffer growth allowed while 40 MB go through a store that declares `boundedMemory`. */
-const QUEUE_MEMORY_BUDGET = 24 * 1024 * 1024;
-
-/** The highest heap + array-buffer use seen since `start`, collecting garbage every few megabytes. */
-class MemoryWatch {
-  #baseline = 0;
-  #peak = 0;
-  #since = 0;
-  private constructor(private readonly gc: (() => void) | undefined) {}
-
-  static async create(): Promise<MemoryWatch> {
-    let gc = (globalThis as { gc?: unknown }).gc;
-    if (typeof gc !== "function") {
-      try {
-        const v8 = await import("node:v8");
-        const vm = await import("node:vm");
-        v8.setFlagsFromString("--expose-gc");
-        gc = vm.runInNewContext("gc") as unknown;
-      } catch {
-        gc = undefined;
-      }
-    }
-    return new MemoryWatch(typeof gc === "function" ? (gc as () => void) : undefined);
-  }
-
-  private static used(): number {
-    const m = process.memoryUsage();
-    return m.heapUsed + m.arrayBuffers;
-  }
-
-  start(): void {
-    this.gc?.();
-    this.#baseline = MemoryWatch.used();
-    this.#peak = this.#baseline;
-    this.#since = 0;
-  }
-
-  sample(octets: number): void {
-    this.#since += octets;
-    if (this.gc && this.#since >= 4 * 1024 * 1024) {
-      this.gc();
-      this.#since = 0;
-    }
-    this.#peak = Math.max(this.#peak, MemoryWatch.used());
-  }
-
-  get growth(): number {
-    return this.#peak - this.#baseline;
-  }
-}
+/** Memory a store that declares `boundedMemory` may keep while 40 MB go through its queue. */
+const QUEUE_MEMORY_BUDGET = 16 * 1024 * 1024;
 
 const idsOf = (claims: readonly QueueClaim[]): string[] => claims.map((c) => c.item.id);
 
@@ -175,7 +128,7 @@ export function queueTests(options: ConformanceOptions): void {
     it("streams a 40 MB message in and out intact (in bounded memory when the store claims it)", { timeout: 120_000 }, async () => {
       const { store } = await h.fresh();
       const queue = queueOf(store);
-      const probe = store.capabilities.boundedMemory ? await MemoryWatch.create() : undefined;
+      const probe = store.capabilities.boundedMemory ? await MemoryProbe.create() : undefined;
       const total = 40 * 1024 * 1024;
       const line = new TextEncoder().encode("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789\r\n");
       const sourceHash = createHash("sha256");
@@ -209,9 +162,8 @@ export function queueTests(options: ConformanceOptions): void {
       expect(octets).toBe(total);
       expect(readHash.digest("hex")).toBe(sourceHash.digest("hex"));
       if (probe) {
-        const mb = (n: number): string => `${(n / 1024 / 1024).toFixed(1)} MB`;
-        expect(enqueueGrowth, `memory grew by ${mb(enqueueGrowth)} during enqueue`).toBeLessThan(QUEUE_MEMORY_BUDGET);
-        expect(readGrowth, `memory grew by ${mb(readGrowth)} during readMessage`).toBeLessThan(QUEUE_MEMORY_BUDGET);
+        expect(enqueueGrowth, `memory grew by ${megabytes(enqueueGrowth)} during enqueue`).toBeLessThan(QUEUE_MEMORY_BUDGET);
+        expect(readGrowth, `memory grew by ${megabytes(readGrowth)} during readMessage`).toBeLessThan(QUEUE_MEMORY_BUDGET);
       }
     });
 
