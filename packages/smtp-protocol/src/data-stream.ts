@@ -35,6 +35,59 @@ const CR = 0x0d;
 const LF = 0x0a;
 const DOT = 0x2e;
 const EMPTY = new Uint8Array(0);
+const CRLF = new Uint8Array([CR, LF]);
+const DOT_BYTE = new Uint8Array([DOT]);
+
+/**
+ * What one push gives out: runs of the input kept as views, plus the few octets the decoder puts in
+ * (a CRLF for a bare line ending, a dot it had held back). Glued into one array only when needed.
+ */
+class Output {
+  #parts: Uint8Array[] = [];
+  #length = 0;
+  #runStart = 0;
+  #runEnd = 0;
+  constructor(private readonly input: Uint8Array) {}
+
+  /** Gives out input[from, to). */
+  keep(from: number, to: number): void {
+    if (to <= from) return;
+    if (from === this.#runEnd && this.#runEnd > this.#runStart) {
+      this.#runEnd = to;
+      return;
+    }
+    this.#endRun();
+    this.#runStart = from;
+    this.#runEnd = to;
+  }
+
+  add(bytes: Uint8Array): void {
+    this.#endRun();
+    this.#parts.push(bytes);
+    this.#length += bytes.length;
+  }
+
+  result(): Uint8Array {
+    this.#endRun();
+    if (this.#parts.length === 0) return EMPTY;
+    if (this.#parts.length === 1) return this.#parts[0]!;
+    const joined = new Uint8Array(this.#length);
+    let at = 0;
+    for (const part of this.#parts) {
+      joined.set(part, at);
+      at += part.length;
+    }
+    return joined;
+  }
+
+  #endRun(): void {
+    if (this.#runEnd > this.#runStart) {
+      this.#parts.push(this.input.subarray(this.#runStart, this.#runEnd));
+      this.#length += this.#runEnd - this.#runStart;
+    }
+    this.#runStart = this.#runEnd = 0;
+  }
+}
 
 // Plain constants rather than an enum: type-stripping runtimes (Deno, Bun, Node's strip mode) accept them.
 const S = { LineStart: 0, Text: 1, Cr: 2, Dot: 3, DotCr: 4, Done: 5 } as const;
@@ -67,83 +120,129 @@ export class DataDecoder {
   }
 
   push(input: Uint8Array): DecodeResult {
-    // Normalising may turn every byte into two.
-    const out = new Uint8Array(input.length * 2 + 3);
-    let o = 0;
-    const emit = (byte: number): void => {
-      this.#size++;
-      if (this.#size > this.#options.maxBytes) this.#flag("too-big");
-      if (this.#problem === null) out[o++] = byte;
+    // The output is usually the input minus the end marker, so it is gathered as runs of the input
+    // (no copy) and only glued together when something was removed or inserted in between.
+    const out = new Output(input);
+    const options = this.#options;
+    const lineStart = options.mode === "dot" ? S.LineStart : S.Text;
+    /**
+     * Accounts for n octets given out (counted even after a problem, see `size`); returns how many of
+     * them may still be given out, flagging "too-big" at the first one over the limit.
+     */
+    const room = (n: number): number => {
+      const sizeRoom = Math.max(0, options.maxBytes - this.#size);
+      this.#size += n;
+      if (this.#problem !== null) return 0;
+      if (n > sizeRoom) this.#flag("too-big");
+      return Math.min(n, sizeRoom);
     };
-    const newline = (): void => {
-      emit(CR);
-      emit(LF);
+    const newline = (crAt: number, lfAt: number): void => {
+      const fits = room(2);
+      if (fits === 2 && crAt >= 0 && crAt + 1 === lfAt) out.keep(crAt, lfAt + 1);
+      else if (fits > 0) out.add(CRLF.subarray(0, fits));
       this.#line = 0;
     };
     const bare = (): void => {
-      if (this.#options.bareLineEndings === "reject") this.#flag("bare-line-ending");
-      newline();
+      if (options.bareLineEndings === "reject") this.#flag("bare-line-ending");
+      newline(-1, -1);
     };
-    const text = (byte: number): void => {
-      if (byte === CR) {
-        this.#state = S.Cr;
-        return;
-      }
+    /** A dot held back at the start of a line that turned out to be text after all. */
+    const dotText = (): void => {
       this.#state = S.Text;
-      if (byte === LF) {
-        bare();
-        return;
-      }
       this.#line++;
-      if (this.#line > this.#options.maxLineLength - 2) this.#flag("line-too-long");
-      emit(byte);
+      if (this.#line > options.maxLineLength - 2) this.#flag("line-too-long");
+      if (room(1) === 1) out.add(DOT_BYTE);
     };
+    /** Where the CR held in state Cr sits in this input (-1: it came in an earlier chunk). */
+    let crAt = -1;
+    /** The next CR and LF at or after the current position (-1: none left; -2: not looked for yet). */
+    let nextCr = -2;
+    let nextLf = -2;
 
-    for (let i = 0; i < input.length; i++) {
+    let i = 0;
+    while (i < input.length) {
       const byte = input[i]!;
       switch (this.#state) {
         case S.LineStart:
-          if (byte === DOT) this.#state = S.Dot;
-          else text(byte);
-          break;
-        case S.Text:
-          text(byte);
-          break;
+          if (byte === DOT) {
+            this.#state = S.Dot;
+            i++;
+          } else {
+            // Any other octet starts the line's text: handled as text on the next turn.
+            this.#state = S.Text;
+          }
+          continue;
+        case S.Text: {
+          if (byte === CR) {
+            this.#state = S.Cr;
+            crAt = i++;
+            continue;
+          }
+          if (byte === LF) {
+            this.#state = S.Text;
+            bare();
+            i++;
+            continue;
+          }
+          // The hot path: a run of text up to the next CR or LF, accounted and kept in one go.
+          // indexOf is native and scans far faster than a loop here; each position found is reused
+          // until the decoder has passed it, so the input is scanned once for each of CR and LF.
+          if (nextCr !== -1 && nextCr < i) nextCr = input.indexOf(CR, i);
+          if (nextLf !== -1 && nextLf < i) nextLf = input.indexOf(LF, i);
+          const end = Math.min(nextCr === -1 ? input.length : nextCr, nextLf === -1 ? input.length : nextLf);
+          const n = end - i;
+          const lineRoom = Math.max(0, options.maxLineLength - 2 - this.#line);
+          const sizeRoom = Math.max(0, options.maxBytes - this.#size);
+          this.#line += n;
+          this.#size += n;
+          if (this.#problem === null) {
+            const fits = Math.min(n, lineRoom, sizeRoom);
+            out.keep(i, i + fits);
+            if (fits < n) this.#flag(lineRoom <= sizeRoom ? "line-too-long" : "too-big");
+          }
+          this.#state = S.Text;
+          i = end;
+          continue;
+        }
         case S.Cr:
           if (byte === LF) {
-            newline();
-            this.#state = this.#options.mode === "dot" ? S.LineStart : S.Text;
+            newline(crAt, i);
+            this.#state = lineStart;
+            i++;
           } else {
             bare();
-            text(byte);
+            this.#state = S.Text;
+            // the octet after the bare CR is handled as text on the next turn
           }
-          break;
+          crAt = -1;
+          continue;
         case S.Dot:
-          if (byte === CR) this.#state = S.DotCr;
-          else if (byte === LF) {
+          if (byte === CR) {
+            this.#state = S.DotCr;
+            i++;
+          } else if (byte === LF) {
             // `<CRLF>.<LF>`: not the end. Keep the dot; the bare LF is handled like any other.
-            text(DOT);
-            text(LF);
+            dotText();
           } else {
             // Dot-stuffing: the first dot of a line that has more is removed.
-            text(byte);
+            this.#state = S.Text;
           }
-          break;
+          continue;
         case S.DotCr:
           if (byte === LF) {
             this.#state = S.Done;
-            return { output: out.subarray(0, o), done: true, rest: input.subarray(i + 1) };
+            return { output: out.result(), done: true, rest: input.subarray(i + 1) };
           }
           // `<CRLF>.<CR>` followed by something else: a bare CR after a lone dot, not the end.
-          text(DOT);
+          dotText();
           bare();
-          text(byte);
-          break;
+          this.#state = S.Text;
+          continue;
         case S.Done:
-          return { output: out.subarray(0, o), done: true, rest: input.subarray(i) };
+          return { output: out.result(), done: true, rest: input.subarray(i) };
       }
     }
-    return { output: out.subarray(0, o), done: this.#state === S.Done, rest: EMPTY };
+    return { output: out.result(), done: this.#state === S.Done, rest: EMPTY };
   }
 
   /** Raw mode: the last chunk arrived. Flushes a CR held back in case an LF followed. */
