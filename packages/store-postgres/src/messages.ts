@@ -10,6 +10,7 @@ import {
 import { Buffer } from "node:buffer";
 import type pg from "pg";
 import { nextFromSource, type Db } from "./db.js";
+import { storeNewMessage, type DeliverySql } from "./delivery.js";
 import { msToTs, tsToMs } from "./schema.js";
 
 /** Rows of body_chunks hold this many octets: big enough for few round trips, small enough to bound memory. */
@@ -26,12 +27,6 @@ export function messageSql(s: string) {
     newBody: `INSERT INTO ${s}.bodies DEFAULT VALUES RETURNING id`,
     chunk: `INSERT INTO ${s}.body_chunks (body_id, seq, data) VALUES ($1, $2, $3)`,
     finishBody: `UPDATE ${s}.bodies SET size = $2, refs = $3 WHERE id = $1`,
-    // Taking a number locks the mailbox row until commit, so arrival order (messages.seq) follows
-    // commit order within a mailbox. It happens last, after the body is stored, to keep that lock short.
-    nextUid: `
-      INSERT INTO ${s}.mailboxes AS m (id, next_uid) VALUES ($1, 2)
-      ON CONFLICT (id) DO UPDATE SET next_uid = m.next_uid + 1
-      RETURNING (next_uid - 1)::text AS n`,
     // An explicit UID of the generated shape moves the counter past it, so the counter never produces it.
     keepUid: `
       INSERT INTO ${s}.mailboxes AS m (id, next_uid) VALUES ($1, $2::bigint + 1)
@@ -146,22 +141,20 @@ export async function storeBody(
   return { bodyId, size };
 }
 
-/** Takes the next UID of a mailbox (or registers a kept one) and inserts the message row. */
+/**
+ * Inserts the message row under a UID the caller keeps (migration, import), moving the mailbox's
+ * counter past it when it has the generated shape, so the counter never hands it out.
+ */
 export async function insertMessage(
   client: pg.PoolClient,
   sql: MessageSql,
   mailbox: MailboxId,
   body: { bodyId: string; size: number },
-  options: { uid?: Uid | undefined; receivedAt?: number | undefined; retrievedAt?: number | null | undefined },
+  uid: Uid,
+  options: { receivedAt?: number | undefined; retrievedAt?: number | null | undefined },
 ): Promise<MessageInfo> {
-  let uid = options.uid;
-  if (uid === undefined) {
-    const n = await client.query<{ n: string }>(sql.nextUid, [mailbox]);
-    uid = `u${n.rows[0]!.n}`;
-  } else {
-    const bump = GENERATED_UID.exec(uid)?.[1] ?? "0";
-    await client.query(sql.keepUid, [mailbox, bump]);
-  }
+  const bump = GENERATED_UID.exec(uid)?.[1] ?? "0";
+  await client.query(sql.keepUid, [mailbox, bump]);
   const ms = (t: number | null | undefined): string | null =>
     t === undefined || t === null ? null : String(Math.round(t));
   const inserted = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessage, [
@@ -179,19 +172,24 @@ export async function insertMessage(
 export async function appendMessage(
   db: Db,
   sql: MessageSql,
+  deliverySql: DeliverySql,
   mailbox: MailboxId,
   source: AsyncIterable<Uint8Array>,
   options: AppendOptions,
 ): Promise<MessageInfo> {
   if (options.uid !== undefined) assertUid(options.uid);
   const uid = options.uid;
+  if (uid === undefined) {
+    const [info] = await storeNewMessage(db, sql, deliverySql, [mailbox], guardAppendSource(source, options), options);
+    return info!;
+  }
   return db.transaction(`append to ${mailbox}`, async (client) => {
     // Fail before taking in megabytes; the unique constraint still guards against a racing append.
     if (uid !== undefined && ((await client.query(sql.uidTaken, [mailbox, uid])).rowCount ?? 0) > 0) {
       throw new StoreError("exists", `postgres: uid ${uid} already in ${mailbox}`);
     }
     const body = await storeBody(client, sql, guardAppendSource(source, options), 1, options.signal);
-    return insertMessage(client, sql, mailbox, body, options);
+    return insertMessage(client, sql, mailbox, body, uid, options);
   });
 }
 

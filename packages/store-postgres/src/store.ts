@@ -24,15 +24,8 @@ import { createDb, type Db } from "./db.js";
 import { PostgresDirectory } from "./directory.js";
 import { toStoreError } from "./errors.js";
 import { acquireLease, checkFence, leaseSql, type LeaseSql } from "./lease.js";
-import {
-  appendMessage,
-  insertMessage,
-  messageSql,
-  readBody,
-  storeBody,
-  toInfo,
-  type MessageSql,
-} from "./messages.js";
+import { deliverySql, storeNewMessage, type DeliverySql } from "./delivery.js";
+import { appendMessage, messageSql, readBody, toInfo, type MessageSql } from "./messages.js";
 import { LATEST_VERSION, runMigrations, schemaVersion, type MigrationResult } from "./migrations.js";
 import { PostgresQueue, queueSql } from "./queue.js";
 import { DEFAULT_SCHEMA, assertSchemaName, quoteIdent } from "./schema.js";
@@ -71,12 +64,13 @@ class PostgresMailbox implements Mailbox {
   constructor(
     private readonly db: Db,
     private readonly sql: MessageSql,
+    private readonly dsql: DeliverySql,
     private readonly leases: LeaseSql,
     readonly id: MailboxId,
   ) {}
 
   append(source: AsyncIterable<Uint8Array>, options: AppendOptions = {}): Promise<MessageInfo> {
-    return appendMessage(this.db, this.sql, this.id, source, options);
+    return appendMessage(this.db, this.sql, this.dsql, this.id, source, options);
   }
 
   async list(): Promise<readonly MessageInfo[]> {
@@ -127,6 +121,7 @@ class PostgresStore implements Store {
   readonly directory: Directory;
   readonly queue: Queue;
   private readonly sql: MessageSql;
+  private readonly dsql: DeliverySql;
   private readonly leases: LeaseSql;
   private closed = false;
 
@@ -141,6 +136,7 @@ class PostgresStore implements Store {
     this.db = createDb(pool, logger, () => this.closed);
     const s = quoteIdent(schema);
     this.sql = messageSql(s);
+    this.dsql = deliverySql(s);
     this.leases = leaseSql(s);
     this.directory = new PostgresDirectory(this.db, s);
     this.queue = new PostgresQueue(this.db, queueSql(s), this.sql);
@@ -148,7 +144,7 @@ class PostgresStore implements Store {
 
   mailbox(id: MailboxId): Mailbox {
     assertMailboxId(id);
-    return new PostgresMailbox(this.db, this.sql, this.leases, id);
+    return new PostgresMailbox(this.db, this.sql, this.dsql, this.leases, id);
   }
 
   async deliver(
@@ -164,17 +160,8 @@ class PostgresStore implements Store {
       while (!(await iterator.next()).done);
       return [];
     }
-    // Numbers are taken in a fixed order so two deliveries to overlapping mailboxes cannot deadlock.
-    const order = mailboxes.map((id, index) => ({ id, index })).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : a.index - b.index));
-    return this.db.transaction("deliver", async (client) => {
-      const body = await storeBody(client, this.sql, guarded, mailboxes.length, options.signal);
-      const out: Delivered[] = new Array<Delivered>(mailboxes.length);
-      for (const { id, index } of order) {
-        const message = await insertMessage(client, this.sql, id, body, { receivedAt: options.receivedAt });
-        out[index] = { mailbox: id, message };
-      }
-      return out;
-    });
+    const infos = await storeNewMessage(this.db, this.sql, this.dsql, mailboxes, guarded, options);
+    return infos.map((message, i) => ({ mailbox: mailboxes[i]!, message }));
   }
 
   async listMailboxes(): Promise<readonly MailboxId[]> {

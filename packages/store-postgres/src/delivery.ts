@@ -1,0 +1,160 @@
+import { StoreError, type MailboxId, type MessageInfo, type Uid } from "@mailroom/store";
+import { Buffer } from "node:buffer";
+import type pg from "pg";
+import { SourceFailure, nextFromSource, type Db } from "./db.js";
+import { CHUNK_SIZE, storeBody, type MessageSql } from "./messages.js";
+import { msToTs, tsToMs } from "./schema.js";
+
+/**
+ * New mail (append without an explicit UID, deliver to one or more mailboxes), written so that
+ * concurrent deliveries to one mailbox do not queue behind each other's commits.
+ *
+ * 1. UIDs are taken from the mailbox counters in a statement of their own, committed without waiting
+ *    for the WAL flush, so the counter row is locked for microseconds instead of for a whole delivery
+ *    and its fsync. That is safe: the message's own commit is synchronous and comes later in the
+ *    WAL, so once a message is durable, so is the counter step that named it. A crash before that
+ *    can only lose a step whose UID no committed message carries; handing it out again harms nobody.
+ * 2. A message that fits in one chunk (nearly all mail) is stored by one statement that inserts body,
+ *    chunk and message rows at once, committed synchronously: two round trips for the whole delivery.
+ *    Bigger messages stream into a transaction as before, chunk by chunk.
+ *
+ * `messages.seq` (arrival order) is then taken when the rows are inserted, not at commit, so two
+ * deliveries that overlap may list in the order they were inserted. Maildir orders by the time a
+ * delivery started in the same way.
+ */
+export function deliverySql(s: string) {
+  return {
+    takeUids: `
+      WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+      INSERT INTO ${s}.mailboxes AS m (id, next_uid)
+      SELECT t.id, t.k + 1 FROM unnest($1::text[], $2::int[]) AS t (id, k), relaxed ORDER BY t.id
+      ON CONFLICT (id) DO UPDATE SET next_uid = m.next_uid + EXCLUDED.next_uid - 1
+      RETURNING id, next_uid::text AS next`,
+    storeWhole: `
+      WITH strict AS (SELECT set_config('synchronous_commit', 'on', true)),
+      body AS (INSERT INTO ${s}.bodies (size, refs) SELECT $1::bigint, $2::int FROM strict RETURNING id),
+      chunk AS (INSERT INTO ${s}.body_chunks (body_id, seq, data) SELECT id, 0, $3::bytea FROM body WHERE $1::bigint > 0)
+      INSERT INTO ${s}.messages (mailbox, uid, body_id, size, received_at, retrieved_at)
+      SELECT t.mailbox, t.uid, body.id, $1::bigint, COALESCE(${msToTs("$4")}, now()), ${msToTs("$5")}
+      FROM body, unnest($6::text[], $7::text[]) WITH ORDINALITY AS t (mailbox, uid, n) ORDER BY t.n
+      RETURNING ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at`,
+    insertTaken: `
+      INSERT INTO ${s}.messages (mailbox, uid, body_id, size, received_at, retrieved_at)
+      SELECT t.mailbox, t.uid, $1::bigint, $2::bigint, COALESCE(${msToTs("$3")}, now()), ${msToTs("$4")}
+      FROM unnest($5::text[], $6::text[]) WITH ORDINALITY AS t (mailbox, uid, n) ORDER BY t.n
+      RETURNING ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at`,
+  };
+}
+
+export type DeliverySql = ReturnType<typeof deliverySql>;
+
+export interface NewMessageOptions {
+  readonly receivedAt?: number | undefined;
+  readonly retrievedAt?: number | null | undefined;
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** One generated UID per entry of `mailboxes` (a mailbox named twice gets two). */
+async function takeUids(db: Db, sql: DeliverySql, mailboxes: readonly MailboxId[]): Promise<Uid[]> {
+  const counts = new Map<MailboxId, number>();
+  for (const id of mailboxes) counts.set(id, (counts.get(id) ?? 0) + 1);
+  const result = await db.query<{ id: string; next: string }>("take uids", sql.takeUids, [[...counts.keys()], [...counts.values()]]);
+  const next = new Map<MailboxId, bigint>();
+  for (const row of result.rows) next.set(row.id, BigInt(row.next) - BigInt(counts.get(row.id)!));
+  return mailboxes.map((id) => {
+    const n = next.get(id);
+    if (n === undefined) throw new StoreError("unavailable", `postgres: no uid was taken for ${id}`);
+    next.set(id, n + 1n);
+    return `u${n}`;
+  });
+}
+
+/** Reads up to one chunk of the source into a buffer of its own; `ended` says the source had no more. */
+async function firstChunk(
+  iterator: AsyncIterator<Uint8Array>,
+  signal: AbortSignal | undefined,
+): Promise<{ data: Buffer; ended: boolean; spill: Uint8Array | null }> {
+  const buffer = Buffer.allocUnsafe(CHUNK_SIZE);
+  let fill = 0;
+  for (;;) {
+    const next = await nextFromSource(iterator, signal);
+    if (next.done) return { data: buffer.subarray(0, fill), ended: true, spill: null };
+    const chunk = next.value;
+    const n = Math.min(CHUNK_SIZE - fill, chunk.length);
+    buffer.set(chunk.subarray(0, n), fill);
+    fill += n;
+    // A chunk that does not fit completes the first one; what is left over goes on to storeBody.
+    if (fill === CHUNK_SIZE) return { data: buffer, ended: false, spill: n < chunk.length ? chunk.slice(n) : null };
+  }
+}
+
+/** The first chunk, any spill, then the rest of the source; the source is released when we stop early. */
+async function* resumed(first: Uint8Array, spill: Uint8Array | null, iterator: AsyncIterator<Uint8Array>): AsyncGenerator<Uint8Array> {
+  let done = false;
+  try {
+    yield first;
+    if (spill) yield spill;
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done) break;
+      yield next.value;
+    }
+    done = true;
+  } finally {
+    if (!done) iterator.return?.().catch(() => undefined);
+  }
+}
+
+/**
+ * Stores one message into every mailbox of `mailboxes` (one body shared by all), all or none, and
+ * returns their MessageInfo in the same order. The source must already be guarded (size, abort).
+ */
+export async function storeNewMessage(
+  db: Db,
+  sql: MessageSql,
+  dsql: DeliverySql,
+  mailboxes: readonly MailboxId[],
+  source: AsyncIterable<Uint8Array>,
+  options: NewMessageOptions,
+): Promise<MessageInfo[]> {
+  const iterator = source[Symbol.asyncIterator]();
+  let head: Awaited<ReturnType<typeof firstChunk>>;
+  try {
+    head = await firstChunk(iterator, options.signal);
+  } catch (error) {
+    iterator.return?.().catch(() => undefined);
+    if (error instanceof SourceFailure) throw error.cause;
+    throw error;
+  }
+  const uids = await takeUids(db, dsql, mailboxes);
+  const ms = (t: number | null | undefined): string | null => (t === undefined || t === null ? null : String(Math.round(t)));
+  // Every row of one delivery carries the same times, so the first row speaks for all.
+  const toInfos = (size: number, rows: readonly { received_at: number; retrieved_at: number | null }[]): MessageInfo[] =>
+    uids.map((uid) => ({ uid, size, receivedAt: rows[0]!.received_at, retrievedAt: rows[0]!.retrieved_at }));
+
+  if (head.ended) {
+    const size = head.data.length;
+    const result = await db.query<{ received_at: number; retrieved_at: number | null }>("deliver", dsql.storeWhole, [
+      size,
+      mailboxes.length,
+      head.data,
+      ms(options.receivedAt),
+      ms(options.retrievedAt),
+      [...mailboxes],
+      uids,
+    ]);
+    return toInfos(size, result.rows);
+  }
+  return db.transaction("deliver", async (client: pg.PoolClient) => {
+    const body = await storeBody(client, sql, resumed(head.data, head.spill, iterator), mailboxes.length, options.signal);
+    const result = await client.query<{ received_at: number; retrieved_at: number | null }>(dsql.insertTaken, [
+      body.bodyId,
+      body.size,
+      ms(options.receivedAt),
+      ms(options.retrievedAt),
+      [...mailboxes],
+      uids,
+    ]);
+    return toInfos(body.size, result.rows);
+  });
+}
