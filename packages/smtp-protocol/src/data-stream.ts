@@ -63,7 +63,8 @@ class Output {
 
   add(bytes: Uint8Array): void {
     this.#endRun();
-    this.#parts.push(bytes);
+    // A copy, so that no reader ever holds one of the shared constants.
+    this.#parts.push(bytes.slice());
     this.#length += bytes.length;
   }
 

@@ -20,8 +20,9 @@ export class ChunkQueue implements AsyncIterable<Uint8Array> {
 
   push(chunk: Uint8Array): void {
     if (this.#ended || this.#detached || chunk.length === 0) return;
-    // The session reuses nothing, but the socket's buffers may be pooled: keep a private copy.
-    this.#chunks.push(chunk.slice());
+    // Kept without a copy: the chunks are views of buffers the transport handed over for good (see
+    // ConnectionEvents.data), and nothing writes to them after this.
+    this.#chunks.push(chunk);
     this.#bytes += chunk.length;
     this.#wake();
   }

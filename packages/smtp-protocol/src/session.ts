@@ -147,7 +147,8 @@ export class Session {
 
   #onData(chunk: Uint8Array): void {
     if (this.#phase.kind === "closed" || this.#discardInput) return;
-    this.#input.push(chunk.slice());
+    // Kept as it is (the transport hands over fresh buffers); the DATA decoder gives out views of it.
+    this.#input.push(chunk);
     this.#inputBytes += chunk.length;
     if (this.#inputBytes > PAUSE_ABOVE) this.#conn.pause();
     void this.#run();

@@ -4,7 +4,11 @@ import type { TlsContext } from "./tls-context.js";
 
 /** What a protocol session hears from its connection. */
 export interface ConnectionEvents {
-  /** Bytes arrived. The chunk is only valid during the call if the session keeps a reference: copy it. */
+  /**
+   * Bytes arrived, in a buffer of their own that the session may keep without copying: Node, Bun and
+   * Deno each hand every read a fresh buffer, plain and TLS alike (tests/runtimes sends a message that
+   * spans many reads through each runtime and compares it octet for octet).
+   */
   data(chunk: Uint8Array): void;
   /** The peer closed, the connection failed, or `destroy`/`end` finished. Called once. */
   close(): void;
