@@ -1,4 +1,4 @@
-// pnpm bench [--store fs|postgres|redis|all] [--suites smtp,pop3,idle,big] [--ref] [--repeats N] [--quick]
+// pnpm bench [--store fs|postgres|redis|all] [--suites smtp,pop3,idle,big] [--ref] [--repeats N] [--quick] [--workers N|auto]
 // Starts Mailroom from this checkout (and with --ref the reference Postfix + Dovecot and the Node
 // smtp-server peer from shared/ref), runs the shared load drivers against each in the same sitting,
 // and writes a table (summary.md) and JSON (summary.json) under bench/results/<stamp>/.
@@ -19,6 +19,7 @@ const { values } = parseArgs({
     ref: { type: "boolean", default: false },
     repeats: { type: "string", default: "3" },
     quick: { type: "boolean", default: false },
+    workers: { type: "string", default: "1" },
     idle: { type: "string", default: "1000,5000,10000" },
     "ref-tools": { type: "string" },
   },
@@ -48,10 +49,10 @@ const ctx: SuiteContext = {
 
 const targets: Target[] = [];
 const workDir = mkdtempSync(join(tmpdir(), "mailroom-bench-"));
-const results: Record<string, unknown> = { stamp, stores, suites: [...suites], repeats: ctx.repeats, quick: ctx.quick };
+const results: Record<string, unknown> = { stamp, stores, suites: [...suites], repeats: ctx.repeats, quick: ctx.quick, workers: values.workers };
 try {
   for (const [i, store] of stores.entries()) {
-    targets.push(await mailroomTarget({ repo, dir: join(workDir, store), store, basePort: 25000 + i * 1000, stamp }));
+    targets.push(await mailroomTarget({ repo, dir: join(workDir, store), store, basePort: 25000 + i * 1000, stamp, workers: values.workers }));
   }
   if (values.ref) {
     targets.push(await referenceTarget(refTools));

@@ -70,7 +70,7 @@ function bigTable(rows: ReadonlyArray<Record<string, number | string>>): string 
 }
 
 export function renderReport(results: Record<string, unknown>): string {
-  const parts = [`# Mailroom benchmark ${String(results.stamp)}`, ""];
+  const parts = [`# Mailroom benchmark ${String(results.stamp)}`, "", `Mailroom ran with [server] workers = ${String(results.workers ?? "1")}.`, ""];
   if (results.smtp) parts.push("## SMTP ingest", "", smtpTable(results.smtp as Row[]), "");
   if (results.pop3) parts.push("## POP3 RETR", "", pop3Table(results.pop3 as Row[]), "");
   if (results.idle) parts.push("## Idle connections", "", idleTable(results.idle as Row[]), "");

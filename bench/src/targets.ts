@@ -50,10 +50,12 @@ export interface MailroomTargetOptions {
   readonly store: "fs" | "postgres" | "redis";
   readonly basePort: number;
   readonly stamp: string;
+  /** `[server] workers`: a number or "auto". */
+  readonly workers: string;
 }
 
 export async function mailroomTarget(options: MailroomTargetOptions): Promise<Target> {
-  const { repo, dir, store, basePort, stamp } = options;
+  const { repo, dir, store, basePort, stamp, workers } = options;
   mkdirSync(dir, { recursive: true });
   const cli = join(repo, "apps/server/bin/mailroom.js");
   const cert = join(dir, "cert.pem");
@@ -80,7 +82,8 @@ export async function mailroomTarget(options: MailroomTargetOptions): Promise<Ta
     `[limits]`, `max_connections = 20000`, `max_connections_per_address = 20000`,
     `[pop3]`, `listen = ["127.0.0.1:${ports.pop3}"]`, `pop3s = ["127.0.0.1:${ports.pop3s}"]`, `allow_plaintext_auth = true`,
     `[tls]`, `cert = "${cert}"`, `key = "${key}"`,
-    `[log]`, `level = "warn"`, ``,
+    `[log]`, `level = "warn"`,
+    `[server]`, `workers = ${/^\d+$/.test(workers) ? workers : JSON.stringify(workers)}`, ``,
   ].join("\n"));
   const admin = (args: string[], input = "") =>
     execFileSync(process.execPath, [cli, ...args, "--config", config], { input, stdio: ["pipe", "ignore", "inherit"] });

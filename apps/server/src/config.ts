@@ -5,6 +5,7 @@
  */
 import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
+import { availableParallelism } from "node:os";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseToml, TomlError } from "smol-toml";
 import { ConfigError, closest } from "./errors.js";
@@ -72,6 +73,10 @@ export interface ServerConfig {
     /** null: no metrics/health HTTP listener. */
     readonly listen: ListenAddress | null;
   };
+  readonly server: {
+    /** Processes that serve connections (each a full server on the shared listeners); 1 = no cluster. */
+    readonly workers: number;
+  };
   /** Says where a key's value came from, for messages: `mailroom.toml: smtp.listen` or `MAILROOM_SMTP_LISTEN`. */
   where(key: string): string;
 }
@@ -98,7 +103,8 @@ type Kind =
   | { readonly type: "boolean" }
   | { readonly type: "integer"; readonly min: number; readonly max?: number }
   | { readonly type: "enum"; readonly values: readonly string[] }
-  | { readonly type: "days-or-never" };
+  | { readonly type: "days-or-never" }
+  | { readonly type: "workers" };
 
 const LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
@@ -145,6 +151,7 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     mx_port: { type: "integer", min: 1, max: 65535 },
   },
   metrics: { listen: { type: "address-or-off" } },
+  server: { workers: { type: "workers" } },
 };
 
 const SECTIONS = Object.keys(SCHEMA).filter((s) => s !== "");
@@ -178,6 +185,7 @@ const PRODUCTION_DEFAULTS: Record<string, unknown> = {
   "outbound.smarthost_tls": "starttls",
   "outbound.mx_port": 25,
   "metrics.listen": "",
+  "server.workers": 1,
 };
 
 /** The development setup: everything on loopback, high ports, Maildir under ./data. */
@@ -316,6 +324,7 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
       mxPort: get("outbound.mx_port"),
     },
     metrics: { listen: get<ListenAddress | null>("metrics.listen") },
+    server: { workers: get("server.workers") },
     where(k: string): string {
       const known = origins.get(k) ?? storeOptions.get(k.replace(/^store\./, ""))?.origin;
       return known ?? (file === null ? `development setup: ${k}` : `${file}: ${k}`);
@@ -538,6 +547,12 @@ function convert(kind: Kind, raw: unknown, origin: string, base: string): unknow
         fail(origin, `expected one of ${kind.values.map((v) => JSON.stringify(v)).join(", ")}, got ${typeName(raw)}${guess ? ` (did you mean "${guess}"?)` : ""}`);
       }
       return raw.trim();
+    }
+    case "workers": {
+      // "auto": one per CPU the process may use, as nginx's worker_processes auto.
+      if (typeof raw === "string" && raw.trim().toLowerCase() === "auto") return Math.max(1, availableParallelism());
+      if (typeof raw === "string" && !fromEnv) fail(origin, `expected "auto" or a number of processes, got ${typeName(raw)}`);
+      return toInteger(raw, origin, 1, 256, fromEnv, `"auto" or a number of processes`);
     }
     case "days-or-never": {
       if (typeof raw === "string" && raw.trim().toLowerCase() === "never") return null;

@@ -7,6 +7,7 @@ import type { Logger } from "@mailroom/store";
 import type { LogLevel } from "./config.js";
 
 export interface AppLogger extends Logger {
+  child(bindings: Record<string, unknown>): AppLogger;
   /** Writes out anything buffered; call before the process exits. */
   flush(): void;
 }

@@ -88,6 +88,8 @@ export function createMetrics(options: { readonly store: Store; readonly queueEn
       help: "Outbound queue items, by state (queued: waiting for delivery; dead: given up, kept for the operator)",
       labelNames: ["state"],
       registers: [registry],
+      // Every worker of a cluster reads the same queue: the primary keeps one value, not the sum.
+      aggregator: "max",
       async collect() {
         const stats = await queueStats(store.queue).catch(() => null);
         if (!stats) return;
@@ -99,6 +101,7 @@ export function createMetrics(options: { readonly store: Store; readonly queueEn
       name: "mailroom_queue_oldest_age_seconds",
       help: "Age of the oldest item waiting in the outbound queue (0 when empty)",
       registers: [registry],
+      aggregator: "max",
       async collect() {
         const stats = await queueStats(store.queue).catch(() => null);
         if (stats) this.set(stats.oldestAgeMs / 1000);
@@ -225,25 +228,39 @@ export interface HttpEndpoint {
 
 const HEALTH_TIMEOUT_MS = 2_000;
 
-/** `GET /metrics` (Prometheus text format) and `GET /healthz` (200 "ok" if the store answers within 2 s). */
-export async function startMetricsServer(address: ListenAddress, metrics: ServerMetrics, store: Store): Promise<HttpEndpoint> {
-  const health = async (): Promise<string | null> => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<string>((resolve) => {
-      timer = setTimeout(() => resolve(`store did not answer within ${HEALTH_TIMEOUT_MS} ms`), HEALTH_TIMEOUT_MS);
-    });
-    try {
-      return await Promise.race([
-        store.ping().then(
-          () => null,
-          (error: unknown) => `store ping failed: ${(error instanceof Error ? error.message : String(error)).split("\n")[0]}`,
-        ),
-        timeout,
-      ]);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
+/** What the endpoint serves: the metrics text and a health check (null = healthy, else the problem). */
+export interface MetricsSource {
+  readonly contentType: string;
+  collect(): Promise<string>;
+  health(): Promise<string | null>;
+}
+
+/** The store answers a ping within 2 s: null, else what went wrong. */
+export async function storeHealth(store: Store): Promise<string | null> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<string>((resolve) => {
+    timer = setTimeout(() => resolve(`store did not answer within ${HEALTH_TIMEOUT_MS} ms`), HEALTH_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([
+      store.ping().then(
+        () => null,
+        (error: unknown) => `store ping failed: ${(error instanceof Error ? error.message : String(error)).split("\n")[0]}`,
+      ),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** One process's metrics and the store's health. */
+export function localSource(metrics: ServerMetrics, store: Store): MetricsSource {
+  return { contentType: metrics.registry.contentType, collect: () => metrics.registry.metrics(), health: () => storeHealth(store) };
+}
+
+/** `GET /metrics` (Prometheus text format) and `GET /healthz` (200 "ok" when `health` finds no problem). */
+export async function startMetricsServer(address: ListenAddress, source: MetricsSource): Promise<HttpEndpoint> {
   const server: Server = createServer((request, response) => {
     const path = (request.url ?? "/").split("?")[0];
     const send = (status: number, type: string, body: string): void => {
@@ -252,14 +269,14 @@ export async function startMetricsServer(address: ListenAddress, metrics: Server
     };
     if (request.method !== "GET" && request.method !== "HEAD") return send(405, "text/plain; charset=utf-8", "method not allowed\n");
     if (path === "/metrics") {
-      metrics.registry.metrics().then(
-        (text) => send(200, metrics.registry.contentType, text),
+      source.collect().then(
+        (text) => send(200, source.contentType, text),
         (error: unknown) => send(500, "text/plain; charset=utf-8", `cannot collect metrics: ${String(error)}\n`),
       );
       return;
     }
     if (path === "/healthz") {
-      void health().then((problem) => (problem === null ? send(200, "text/plain; charset=utf-8", "ok\n") : send(503, "text/plain; charset=utf-8", `${problem}\n`)));
+      void source.health().then((problem) => (problem === null ? send(200, "text/plain; charset=utf-8", "ok\n") : send(503, "text/plain; charset=utf-8", `${problem}\n`)));
       return;
     }
     send(404, "text/plain; charset=utf-8", "not found; try /metrics or /healthz\n");

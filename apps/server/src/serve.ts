@@ -11,7 +11,8 @@ import { runtimeName, type Listener, type RuntimeName } from "@mailroom/transpor
 import { formatAddress, type ListenAddress, type ServerConfig } from "./config.js";
 import { ConfigError } from "./errors.js";
 import { outboundOptions } from "./outbound-options.js";
-import { createMetrics, startMetricsServer, type HttpEndpoint } from "./metrics.js";
+import { SINGLE_PROCESS, serveClusterRequests, share, type Role } from "./cluster.js";
+import { createMetrics, localSource, startMetricsServer, storeHealth, type HttpEndpoint } from "./metrics.js";
 import { openStore } from "./registry.js";
 import { ensureDevelopmentDomain } from "./development.js";
 import { contextFrom, readMaterial, tlsFiles, type TlsFiles } from "./tls.js";
@@ -54,7 +55,12 @@ export interface RunningServer {
 
 const HOUR_MS = 3_600_000;
 
-export async function startServer(config: ServerConfig, logger: Logger): Promise<RunningServer> {
+/**
+ * `role` says which share of the server this process is: the whole of it (the default), or one
+ * worker of a cluster (see cluster.ts), which takes its part of the connection limits, runs the
+ * outbound worker and EXPIRE only as worker 0, and leaves the metrics endpoint to the primary.
+ */
+export async function startServer(config: ServerConfig, logger: Logger, role: Role = SINGLE_PROCESS): Promise<RunningServer> {
   const runtime = runtimeName();
   for (const limitation of runtimeLimitations(runtime)) logger.warn({ runtime }, limitation);
 
@@ -79,6 +85,10 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     if (outboundEnabled && !hasQueue) {
       throw new ConfigError(`${config.where("outbound.enabled")}: the ${adapter.name} store has no outbound queue (set outbound.enabled = false)`);
     }
+    // Submission queues mail in every worker; only worker 0 delivers it.
+    const runOutbound = outboundEnabled && role.runsJobs;
+    const maxConnections = share(config.limits.maxConnections, role);
+    const maxConnectionsPerAddress = share(config.limits.maxConnectionsPerAddress, role);
     const metrics = config.metrics.listen ? createMetrics({ store: rawStore, queueEnabled: hasQueue }) : null;
     // Everything below works on the timed store, so the latency histogram sees every protocol's calls.
     const working = metrics ? metrics.timed(rawStore) : rawStore;
@@ -98,8 +108,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       limits: {
         maxMessageBytes: config.smtp.maxMessageSize,
         maxRecipients: config.smtp.maxRecipients,
-        maxConnections: config.limits.maxConnections,
-        maxConnectionsPerAddress: config.limits.maxConnectionsPerAddress,
+        maxConnections,
+        maxConnectionsPerAddress,
       },
     });
     const pop3 = createPop3Server({
@@ -113,8 +123,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
       loginDelaySeconds: config.pop3.loginDelaySeconds,
       idleTimeoutMs: config.pop3.idleTimeoutSeconds * 1000,
       leaseTtlMs: config.pop3.leaseTtlSeconds * 1000,
-      maxConnections: config.limits.maxConnections,
-      maxConnectionsPerAddress: config.limits.maxConnectionsPerAddress,
+      maxConnections,
+      maxConnectionsPerAddress,
     });
     const deadlineMs = config.limits.shutdownTimeoutSeconds * 1000;
     cleanups.push(
@@ -156,9 +166,12 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     await open("pop3s", "pop3.pop3s", config.pop3.pop3s, (a) => pop3.listen({ ...a, implicitTls: true }));
 
     let http: HttpEndpoint | null = null;
-    if (metrics && config.metrics.listen) {
+    if (role.index !== null) {
+      // A worker: the primary serves the endpoint and asks each worker for its metrics and health.
+      serveClusterRequests(metrics ? metrics.registry : null, () => storeHealth(rawStore));
+    } else if (metrics && config.metrics.listen) {
       try {
-        http = await startMetricsServer(config.metrics.listen, metrics, rawStore);
+        http = await startMetricsServer(config.metrics.listen, localSource(metrics, rawStore));
       } catch (error) {
         const why = error instanceof Error ? error.message : String(error);
         throw new Error(`${config.where("metrics.listen")}: ${why}`, { cause: error });
@@ -170,7 +183,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     }
 
     let outbound: Outbound | null = null;
-    if (outboundEnabled) {
+    if (runOutbound) {
       outbound = createOutbound(outboundOptions(config, working, metrics ? metrics.outboundLogger(logger) : logger));
       const worker = outbound;
       cleanups.push(() => worker.stop({ deadlineMs: 0 }));
@@ -179,6 +192,8 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
         { smarthost: config.outbound.smarthost ? formatAddress(config.outbound.smarthost) : null, concurrency: config.outbound.concurrency },
         "outbound worker started",
       );
+    } else if (outboundEnabled) {
+      logger.info({ worker: role.index }, "outbound delivery runs in worker 0; this worker only queues");
     } else {
       logger.info({}, "outbound worker off: submission to other domains is refused (550 5.7.1)");
     }
@@ -186,7 +201,7 @@ export async function startServer(config: ServerConfig, logger: Logger): Promise
     let retention: ReturnType<typeof setInterval> | undefined;
     let expiring: Promise<void> = Promise.resolve();
     const expireDays = config.pop3.expireDays;
-    if (expireDays !== null) {
+    if (expireDays !== null && role.runsJobs) {
       const holder = `expire job on ${osHostname()} pid ${process.pid}`;
       let running = false;
       const run = (): void => {

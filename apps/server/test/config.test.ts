@@ -102,6 +102,8 @@ level = "debug"
     ["enum", `${BASE}[smtp]\nbare_line_endings = "normalise"\n`, /smtp\.bare_line_endings: expected one of "reject", "normalize".*did you mean "normalize"/],
     ["expire_days", `${BASE}[pop3]\nexpire_days = "soon"\n`, /pop3\.expire_days: expected "never" or a number of days/],
     ["log level", `${BASE}[log]\nlevel = "verbose"\n`, /log\.level: expected one of/],
+    ["workers", `${BASE}[server]\nworkers = "many"\n`, /server\.workers: expected "auto" or a number of processes, got the string "many"/],
+    ["no workers", `${BASE}[server]\nworkers = 0\n`, /server\.workers: must be at least 1, got 0/],
     ["store URL without scheme", BASE.replace('"maildir:./mail"', '"./mail"'), /store\.url: "\.\/mail" is not a store URL/],
     ["missing store URL", BASE.replace('url = "maildir:./mail"', ""), /store\.url: required/],
     ["missing hostname", BASE.replace('hostname = "mail.example.test"', ""), /hostname: required/],
@@ -118,6 +120,14 @@ level = "debug"
     expect(message.startsWith(`${file}: `)).toBe(true);
     expect(message).toMatch(pattern);
     expect(message).not.toContain("\n");
+  });
+
+  it("runs one process unless [server] workers says more; auto means one per CPU", async () => {
+    expect(loadConfig({ file: configFile(BASE), env: {} }).server.workers).toBe(1);
+    expect(loadConfig({ file: configFile(`${BASE}[server]\nworkers = 3\n`), env: {} }).server.workers).toBe(3);
+    const { availableParallelism } = await import("node:os");
+    expect(loadConfig({ file: configFile(`${BASE}[server]\nworkers = "auto"\n`), env: {} }).server.workers).toBe(availableParallelism());
+    expect(loadConfig({ file: configFile(BASE), env: { MAILROOM_SERVER_WORKERS: "2" } }).server.workers).toBe(2);
   });
 
   it("names a missing config file", () => {

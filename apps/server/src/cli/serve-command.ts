@@ -4,6 +4,7 @@
  */
 import type { ServerConfig } from "../config.js";
 import { createLogger } from "../logger.js";
+import { currentRole, isClusterPrimary, reportReady, runPrimary } from "../cluster.js";
 import { startServer, type RunningServer } from "../serve.js";
 
 function developmentHint(server: RunningServer): string {
@@ -22,9 +23,13 @@ function developmentHint(server: RunningServer): string {
 }
 
 export async function runServe(config: ServerConfig): Promise<number> {
-  const logger = createLogger(config.log.level);
-  const server = await startServer(config, logger);
+  const base = createLogger(config.log.level);
+  if (isClusterPrimary(config)) return runPrimary(config, base);
+  const role = currentRole(config);
+  const logger = role.index === null ? base : base.child({ worker: role.index, pid: process.pid });
+  const server = await startServer(config, logger, role);
   if (config.development) process.stderr.write(developmentHint(server));
+  if (role.index !== null) reportReady(server.listeners.map((l) => ({ listener: l.name, address: l.address })));
 
   return new Promise<number>((resolve) => {
     // A bug in one session must not take every other session down with it; log it and carry on.
@@ -71,7 +76,15 @@ export async function runServe(config: ServerConfig): Promise<number> {
       );
     };
     process.on("SIGTERM", () => stop("SIGTERM"));
-    process.on("SIGINT", () => stop("SIGINT"));
+    if (role.index === null) {
+      process.on("SIGINT", () => stop("SIGINT"));
+    } else {
+      // A worker stops when the primary says so. Ctrl-C reaches the whole process group; the primary
+      // turns it into one SIGTERM per worker, so the worker's own copy is ignored, not counted twice.
+      process.on("SIGINT", () => undefined);
+      // The primary is gone (killed): finish what is running and stop, rather than serve unsupervised.
+      process.on("disconnect", () => stop("primary gone"));
+    }
     const reload = (): void => {
       server.reloadTls().then(
         () => logger.info({}, "TLS certificate reloaded"),

@@ -1,0 +1,166 @@
+/**
+ * `[server] workers = 2`: one `mailroom serve` that forks two workers on the same listeners. Seen from
+ * outside it must behave like one server: mail sent over many connections (spread over both workers)
+ * all arrives, POP3 still allows one session per mailbox whichever worker a connection lands on,
+ * /metrics adds the workers up, a worker that dies is replaced, and SIGTERM stops everything cleanly.
+ * Python's smtplib and poplib are the clients.
+ */
+import { readdirSync } from "node:fs";
+import { request } from "node:http";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { cleanup, python, runCli, serve, tempDir, writeFile, type Served } from "./helpers.js";
+
+afterAll(cleanup);
+
+const PASSWORD = "cluster pass";
+const dir = tempDir();
+const config = writeFile(
+  dir,
+  "mailroom.toml",
+  `hostname = "mail.example.test"
+[server]
+workers = 2
+[store]
+url = "maildir:./mail"
+[smtp]
+listen = ["127.0.0.1:0"]
+submission = []
+submissions = []
+[pop3]
+listen = ["127.0.0.1:0"]
+pop3s = []
+allow_plaintext_auth = true
+[metrics]
+listen = "127.0.0.1:0"
+[limits]
+shutdown_timeout_seconds = 3
+`,
+);
+
+const SEND_MANY = `
+import smtplib, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
+for i in range(count):
+    # One connection per message, so that the primary hands them to both workers.
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.sendmail("sender@remote.test", ["carol@example.test"], f"Subject: n{i}\\r\\n\\r\\nbody {i}\\r\\n")
+print("sent")
+`;
+
+const IN_USE = `
+import poplib, sys, json
+port, user, password = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+first = poplib.POP3("127.0.0.1", port, timeout=10)
+first.user(user)
+first.pass_(password)
+answers = []
+# Four more logins while the first holds the mailbox: with two workers taking turns, some of them
+# land on the worker that does not hold the session.
+for _ in range(4):
+    other = poplib.POP3("127.0.0.1", port, timeout=10)
+    other.user(user)
+    try:
+        answers.append(other.pass_(password).decode())
+    except poplib.error_proto as e:
+        answers.append(str(e.args[0], "ascii"))
+    other.close()
+count = first.stat()[0]
+uidls = [l.decode().split()[1] for l in first.uidl()[1]]
+first.quit()
+print(json.dumps({"answers": answers, "count": count, "uidls": uidls}))
+`;
+
+function get(port: number, path: string): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port, path, timeout: 10_000 }, (res) => {
+      let body = "";
+      res.setEncoding("utf8").on("data", (d: string) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+const metricValue = (text: string, name: string): number => {
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `) || l.startsWith(`${name}{`));
+  return line === undefined ? Number.NaN : Number(line.split(" ").pop());
+};
+
+describe("mailroom serve with two workers", () => {
+  let server: Served;
+  let ready: Record<string, unknown>;
+
+  beforeAll(async () => {
+    for (const args of [["domain", "add", "example.test"], ["user", "add", "carol@example.test", "--password-stdin"]]) {
+      const result = await runCli([...args, "--config", config], { stdin: `${PASSWORD}\n`, cwd: dir });
+      expect(result.code, result.stderr).toBe(0);
+    }
+    server = await serve(config, { cwd: dir });
+    ready = await server.waitForLine((line) => line["msg"] === "mailroom ready" && line["workers"] === 2);
+  }, 60_000);
+
+  afterAll(async () => {
+    if (server.child.exitCode === null) server.child.kill("SIGKILL");
+  });
+
+  it("starts two workers on the same ports and says so once all are up", () => {
+    const listening = server.lines.filter((l) => l["msg"] === "listening" && l["listener"] === "smtp");
+    expect(new Set(listening.map((l) => l["worker"]))).toEqual(new Set([0, 1]));
+    // Port 0 is picked once and shared: both workers report the same address.
+    expect(new Set(listening.map((l) => l["address"])).size).toBe(1);
+    const listeners = ready["listeners"] as Array<{ listener: string; address: string }>;
+    expect(listeners.map((l) => l.listener).sort()).toEqual(["metrics", "pop3", "smtp"]);
+    // Only worker 0 runs the outbound worker; the other only queues.
+    expect(server.lines.filter((l) => l["msg"] === "outbound worker started").map((l) => l["worker"])).toEqual([0]);
+  });
+
+  it("delivers mail sent over many connections, whichever worker took each", async () => {
+    const smtp = Number((ready["listeners"] as Array<{ listener: string; address: string }>).find((l) => l.listener === "smtp")!.address.split(":").pop());
+    expect((await python(SEND_MANY, [String(smtp), "12"])).trim()).toBe("sent");
+    expect(readdirSync(join(dir, "mail", "example.test", "carol", "new")).length).toBe(12);
+  }, 60_000);
+
+  it("refuses a second POP3 session on the same mailbox on either worker", async () => {
+    const pop3 = Number((ready["listeners"] as Array<{ listener: string; address: string }>).find((l) => l.listener === "pop3")!.address.split(":").pop());
+    const out = JSON.parse(await python(IN_USE, [String(pop3), "carol@example.test", PASSWORD])) as {
+      answers: string[];
+      count: number;
+      uidls: string[];
+    };
+    expect(out.answers).toEqual(Array(4).fill("-ERR [IN-USE] mailbox is in use by another session"));
+    expect(out.count).toBe(12);
+    expect(new Set(out.uidls).size).toBe(12);
+  }, 60_000);
+
+  it("adds up the workers' metrics and checks every worker's health", async () => {
+    const metrics = Number((ready["listeners"] as Array<{ listener: string; address: string }>).find((l) => l.listener === "metrics")!.address.split(":").pop());
+    const page = await get(metrics, "/metrics");
+    expect(page.status).toBe(200);
+    expect(metricValue(page.body, "mailroom_smtp_messages_received_total")).toBe(12);
+    expect(metricValue(page.body, 'mailroom_connections_total{protocol="smtp"}')).toBe(12);
+    expect(await get(metrics, "/healthz")).toEqual({ status: 200, body: "ok\n" });
+  }, 30_000);
+
+  it("replaces a worker that dies", async () => {
+    const victim = server.lines.find((l) => l["msg"] === "store opened" && l["worker"] === 1)!["pid"];
+    expect(typeof victim).toBe("number");
+    process.kill(victim as number, "SIGKILL");
+    await server.waitForLine((l) => l["msg"] === "worker died; starting a new one" && l["worker"] === 1);
+    const replacement = await server.waitForLine((l) => l["msg"] === "store opened" && l["worker"] === 1 && l["pid"] !== victim, 30_000);
+    expect(replacement["pid"]).not.toBe(victim);
+    // Mail still flows after the replacement.
+    const smtp = Number((ready["listeners"] as Array<{ listener: string; address: string }>).find((l) => l.listener === "smtp")!.address.split(":").pop());
+    await server.waitForLine(() => server.lines.filter((l) => l["msg"] === "mailroom ready" && l["worker"] === 1).length >= 2, 30_000);
+    expect((await python(SEND_MANY, [String(smtp), "4"])).trim()).toBe("sent");
+    expect(readdirSync(join(dir, "mail", "example.test", "carol", "new")).length).toBe(16);
+  }, 60_000);
+
+  it("stops every worker on SIGTERM and exits 0", async () => {
+    server.child.kill("SIGTERM");
+    expect(await server.exited).toBe(0);
+    const stopped = server.lines.filter((l) => l["msg"] === "stopped");
+    expect(stopped.map((l) => l["worker"] ?? "primary").sort()).toEqual([0, 1, "primary"].sort());
+  }, 30_000);
+});
