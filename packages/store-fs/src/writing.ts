@@ -43,11 +43,15 @@ const fsyncAsync = (fd: number): Promise<void> =>
  * caller still has to make its directory entry durable.
  *
  * Nearly all mail is small, and for a small message the thread-pool round trips (open, write, utimes,
- * close: each a hand-off to a pool thread and back) cost more event-loop time than the calls
- * themselves, which only touch the page cache. So the first 64 KiB are gathered first; a message that
- * ends within them is written with synchronous open/write/futimes/close, and only the fsync, the one
- * call that waits for the disk, runs in the pool. A bigger message is streamed through the pool as it
- * arrives, so its size never matters for memory.
+ * close: each a hand-off to a pool thread and back) cost more CPU than the calls themselves, which
+ * work in the page cache. So the first 64 KiB are gathered first; a message that ends within them is
+ * written with synchronous open/write/futimes/close, and only the fsync, the one call that waits for
+ * the disk, runs in the pool. The price: the create can wait briefly for the file system's journal
+ * while other deliveries' fsyncs commit it (about 0.2 ms on average in the SMTP benchmark, measured with
+ * a CPU profile), and that wait holds the event loop. Measured side by side, this costs less CPU per
+ * message than the asynchronous path (1.4 against 1.7 ms at 8 connections, user + system) and gets
+ * as many messages through. A bigger message is streamed through the pool as it arrives, so its size
+ * never matters for memory.
  */
 export async function writeMessageFile(
   path: string,
