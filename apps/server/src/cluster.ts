@@ -17,6 +17,7 @@ import { AggregatorRegistry, type Registry } from "prom-client";
 import type { ServerConfig } from "./config.js";
 import { ConfigError } from "./errors.js";
 import { startMetricsServer, type HttpEndpoint } from "./metrics.js";
+import { tlsFiles } from "./tls.js";
 
 /** Set by the primary for each worker it forks (not a config key: MAILROOM_WORKER_* is no section). */
 export const WORKER_INDEX_ENV = "MAILROOM_WORKER_INDEX";
@@ -232,6 +233,9 @@ export async function runPrimary(config: ServerConfig, logger: AppLogger): Promi
     }
     logger.info({ listener: "metrics", address: http.address }, "listening");
   }
+
+  // The development setup makes its certificate on first start: once here, not in every worker at once.
+  if (config.development) await tlsFiles(config);
 
   logger.info({ workers: count, pid: process.pid }, "starting workers");
   for (let index = 0; index < count; index++) fork(index);

@@ -23,7 +23,10 @@ export interface DataDecoderOptions {
 }
 
 export interface DecodeResult {
-  /** Message octets decoded from this input (empty once a problem was found). */
+  /**
+   * Message octets decoded from this input (empty once a problem was found). Usually a view of the
+   * input itself, so it shares the input's memory: do not change the input while this is in use.
+   */
   readonly output: Uint8Array;
   /** The end marker was seen (dot mode). */
   readonly done: boolean;
