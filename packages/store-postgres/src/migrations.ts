@@ -60,7 +60,7 @@ export const MIGRATIONS: readonly Migration[] = [
       -- uncompressed value reads only the TOAST pieces it needs (reads fetch chunks in slices).
       ALTER TABLE ${s}.body_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 
-      -- seq is the arrival order (assigned while the mailbox row is locked, so it matches commit order).
+      -- seq is the arrival order: taken when the row is inserted (see delivery.ts for what that means).
       CREATE TABLE ${s}.messages (
         seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         mailbox text NOT NULL REFERENCES ${s}.mailboxes (id),
