@@ -69,22 +69,26 @@ async function takeUids(db: Db, sql: DeliverySql, mailboxes: readonly MailboxId[
   });
 }
 
-/** Reads up to one chunk of the source into a buffer of its own; `ended` says the source had no more. */
+/**
+ * Reads up to one chunk of the source; `ended` says the source had no more. The pieces are copied
+ * (the source may reuse its buffers) and joined at their exact size, so a 4 KB message does not cost
+ * a 256 KiB buffer.
+ */
 async function firstChunk(
   iterator: AsyncIterator<Uint8Array>,
   signal: AbortSignal | undefined,
 ): Promise<{ data: Buffer; ended: boolean; spill: Uint8Array | null }> {
-  const buffer = Buffer.allocUnsafe(CHUNK_SIZE);
+  const parts: Buffer[] = [];
   let fill = 0;
   for (;;) {
     const next = await nextFromSource(iterator, signal);
-    if (next.done) return { data: buffer.subarray(0, fill), ended: true, spill: null };
+    if (next.done) return { data: Buffer.concat(parts, fill), ended: true, spill: null };
     const chunk = next.value;
     const n = Math.min(CHUNK_SIZE - fill, chunk.length);
-    buffer.set(chunk.subarray(0, n), fill);
+    parts.push(Buffer.from(chunk.subarray(0, n)));
     fill += n;
     // A chunk that does not fit completes the first one; what is left over goes on to storeBody.
-    if (fill === CHUNK_SIZE) return { data: buffer, ended: false, spill: n < chunk.length ? chunk.slice(n) : null };
+    if (fill === CHUNK_SIZE) return { data: Buffer.concat(parts, fill), ended: false, spill: n < chunk.length ? chunk.slice(n) : null };
   }
 }
 
