@@ -3,7 +3,7 @@ import { Buffer } from "node:buffer";
 import type pg from "pg";
 import { SourceFailure, nextFromSource, type Db } from "./db.js";
 import { CHUNK_SIZE, storeBody, type MessageSql } from "./messages.js";
-import { msToTs, tsToMs } from "./schema.js";
+import { msParam, msToTs, tsToMs } from "./schema.js";
 
 /**
  * New mail (append without an explicit UID, deliver to one or more mailboxes), written so that
@@ -37,11 +37,6 @@ export function deliverySql(s: string) {
       INSERT INTO ${s}.messages (mailbox, uid, body_id, size, received_at, retrieved_at)
       SELECT t.mailbox, t.uid, body.id, $1::bigint, COALESCE(${msToTs("$4")}, now()), ${msToTs("$5")}
       FROM body, unnest($6::text[], $7::text[]) WITH ORDINALITY AS t (mailbox, uid, n) ORDER BY t.n
-      RETURNING ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at`,
-    insertTaken: `
-      INSERT INTO ${s}.messages (mailbox, uid, body_id, size, received_at, retrieved_at)
-      SELECT t.mailbox, t.uid, $1::bigint, $2::bigint, COALESCE(${msToTs("$3")}, now()), ${msToTs("$4")}
-      FROM unnest($5::text[], $6::text[]) WITH ORDINALITY AS t (mailbox, uid, n) ORDER BY t.n
       RETURNING ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at`,
   };
 }
@@ -131,7 +126,6 @@ export async function storeNewMessage(
     throw error;
   }
   const uids = await takeUids(db, dsql, mailboxes);
-  const ms = (t: number | null | undefined): string | null => (t === undefined || t === null ? null : String(Math.round(t)));
   // Every row of one delivery carries the same times, so the first row speaks for all.
   const toInfos = (size: number, rows: readonly { received_at: number; retrieved_at: number | null }[]): MessageInfo[] =>
     uids.map((uid) => ({ uid, size, receivedAt: rows[0]!.received_at, retrievedAt: rows[0]!.retrieved_at }));
@@ -142,8 +136,8 @@ export async function storeNewMessage(
       size,
       mailboxes.length,
       head.data,
-      ms(options.receivedAt),
-      ms(options.retrievedAt),
+      msParam(options.receivedAt),
+      msParam(options.retrievedAt),
       [...mailboxes],
       uids,
     ]);
@@ -151,11 +145,11 @@ export async function storeNewMessage(
   }
   return db.transaction("deliver", async (client: pg.PoolClient) => {
     const body = await storeBody(client, sql, resumed(head.data, head.spill, iterator), mailboxes.length, options.signal);
-    const result = await client.query<{ received_at: number; retrieved_at: number | null }>(dsql.insertTaken, [
+    const result = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessages, [
       body.bodyId,
       body.size,
-      ms(options.receivedAt),
-      ms(options.retrievedAt),
+      msParam(options.receivedAt),
+      msParam(options.retrievedAt),
       [...mailboxes],
       uids,
     ]);

@@ -11,7 +11,7 @@ import { Buffer } from "node:buffer";
 import type pg from "pg";
 import { nextFromSource, type Db } from "./db.js";
 import { storeNewMessage, type DeliverySql } from "./delivery.js";
-import { msToTs, tsToMs } from "./schema.js";
+import { msParam, msToTs, tsToMs } from "./schema.js";
 
 /** Rows of body_chunks hold this many octets: big enough for few round trips, small enough to bound memory. */
 export const CHUNK_SIZE = 256 * 1024;
@@ -32,9 +32,11 @@ export function messageSql(s: string) {
       INSERT INTO ${s}.mailboxes AS m (id, next_uid) VALUES ($1, $2::bigint + 1)
       ON CONFLICT (id) DO UPDATE SET next_uid = GREATEST(m.next_uid, EXCLUDED.next_uid)`,
     uidTaken: `SELECT 1 FROM ${s}.messages WHERE mailbox = $1 AND uid = $2`,
-    insertMessage: `
+    // One row per mailbox for one body, in the order given ($5 mailboxes, $6 UIDs).
+    insertMessages: `
       INSERT INTO ${s}.messages (mailbox, uid, body_id, size, received_at, retrieved_at)
-      VALUES ($1, $2, $3, $4, COALESCE(${msToTs("$5")}, now()), ${msToTs("$6")})
+      SELECT t.mailbox, t.uid, $1::bigint, $2::bigint, COALESCE(${msToTs("$3")}, now()), ${msToTs("$4")}
+      FROM unnest($5::text[], $6::text[]) WITH ORDINALITY AS t (mailbox, uid, n) ORDER BY t.n
       RETURNING ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at`,
     list: `
       SELECT uid, size::float8 AS size, ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at
@@ -155,15 +157,13 @@ export async function insertMessage(
 ): Promise<MessageInfo> {
   const bump = GENERATED_UID.exec(uid)?.[1] ?? "0";
   await client.query(sql.keepUid, [mailbox, bump]);
-  const ms = (t: number | null | undefined): string | null =>
-    t === undefined || t === null ? null : String(Math.round(t));
-  const inserted = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessage, [
-    mailbox,
-    uid,
+  const inserted = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessages, [
     body.bodyId,
     body.size,
-    ms(options.receivedAt),
-    ms(options.retrievedAt),
+    msParam(options.receivedAt),
+    msParam(options.retrievedAt),
+    [mailbox],
+    [uid],
   ]);
   const row = inserted.rows[0]!;
   return { uid, size: body.size, receivedAt: row.received_at, retrievedAt: row.retrieved_at };
@@ -185,7 +185,7 @@ export async function appendMessage(
   }
   return db.transaction(`append to ${mailbox}`, async (client) => {
     // Fail before taking in megabytes; the unique constraint still guards against a racing append.
-    if (uid !== undefined && ((await client.query(sql.uidTaken, [mailbox, uid])).rowCount ?? 0) > 0) {
+    if (((await client.query(sql.uidTaken, [mailbox, uid])).rowCount ?? 0) > 0) {
       throw new StoreError("exists", `postgres: uid ${uid} already in ${mailbox}`);
     }
     const body = await storeBody(client, sql, guardAppendSource(source, options), 1, options.signal);

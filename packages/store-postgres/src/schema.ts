@@ -24,3 +24,5 @@ export function quoteIdent(name: string): string {
 /** Millisecond timestamps go in and out as exact integers (interval arithmetic, no float rounding). */
 export const msToTs = (param: string): string => `(timestamptz 'epoch' + ${param}::bigint * interval '1 millisecond')`;
 export const tsToMs = (column: string): string => `floor(extract(epoch from ${column}) * 1000)::float8`;
+/** A millisecond time as the text parameter msToTs expects (null stays null). */
+export const msParam = (t: number | null | undefined): string | null => (t === undefined || t === null ? null : String(Math.round(t)));
