@@ -164,10 +164,10 @@ export class Session {
   get #channel(): ReplyChannel {
     return (this.#channelCache ??= {
       send: (text) => this.#send(text),
-      write: async (chunk) => {
+      write: async (parts) => {
         if (this.#conn.closed) return false;
         // Waiting here is what keeps a slow reader from making us hold the message.
-        if (!this.#conn.write(chunk)) await this.#conn.drained();
+        if (!this.#conn.writeParts(parts)) await this.#conn.drained();
         return !this.#conn.closed;
       },
       log: this.#log,

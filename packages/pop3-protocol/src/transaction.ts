@@ -22,8 +22,8 @@ export interface TransactionState {
 /** What a handler may do with the connection. */
 export interface ReplyChannel {
   send(text: string): Promise<void>;
-  /** Writes one chunk with backpressure; false once the connection is gone. */
-  write(chunk: Uint8Array): Promise<boolean>;
+  /** Writes the pieces as one write, with backpressure; false once the connection is gone. */
+  write(parts: readonly (string | Uint8Array)[]): Promise<boolean>;
   readonly log: Logger;
 }
 
@@ -120,23 +120,30 @@ async function sendMessage(
     await io.send(storeErrorReply(error, "cannot read the message"));
     return false;
   }
-  await io.send(status);
   const stuffer = new DotStuffer();
+  // The status line, the chunk and (after the last chunk) the terminator go out together. The next
+  // chunk is fetched before a chunk is written so the last one can take the terminator along; a
+  // message that fits one read (the usual case) therefore costs one socket write, not three.
+  let parts: (string | Uint8Array)[] = [status];
   try {
     while (!next.done) {
-      for (const piece of stuffer.push(next.value)) {
-        if (!(await io.write(piece))) {
-          await iterator.return?.();
-          return false;
-        }
-      }
+      for (const piece of stuffer.push(next.value)) parts.push(piece);
       next = await iterator.next();
+      if (next.done) break;
+      if (!(await io.write(parts))) {
+        await iterator.return?.();
+        return false;
+      }
+      parts = [];
     }
   } catch (error) {
     io.log.error({ err: error, uid }, "message stream failed after the reply started");
+    // Whatever was gathered is sent, so the client sees a reply cut short rather than none.
+    await io.write(parts).catch(() => false);
     throw new MidReplyError();
   }
-  return io.write(stuffer.end());
+  parts.push(stuffer.end());
+  return io.write(parts);
 }
 
 /** The reply is half sent; the only honest thing left is to drop the connection. */

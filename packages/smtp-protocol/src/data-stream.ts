@@ -188,6 +188,33 @@ export class DataDecoder {
             i++;
             continue;
           }
+          if (this.#problem === null) {
+            // The hottest path: whole well-formed lines (text, CRLF, and a next line that does not start
+            // with a dot) taken as one run, with no state changes in between. Anything else (a bare CR
+            // or LF, an overlong line, the size limit, a dot) stops it and is handled octet by octet.
+            const from = i;
+            let at = i;
+            let line = this.#line;
+            for (;;) {
+              if (nextCr !== -1 && nextCr < at) nextCr = input.indexOf(CR, at);
+              if (nextLf !== -1 && nextLf < at) nextLf = input.indexOf(LF, at);
+              if (nextCr < 0 || nextLf !== nextCr + 1) break;
+              if (line + (nextCr - at) > options.maxLineLength - 2) break;
+              const next = nextLf + 1;
+              if (this.#size + (next - from) > options.maxBytes) break;
+              at = next;
+              line = 0;
+              if (at >= input.length || (lineStart === S.LineStart && input[at] === DOT)) break;
+            }
+            if (at > from) {
+              this.#size += at - from;
+              this.#line = 0;
+              out.keep(from, at);
+              this.#state = lineStart;
+              i = at;
+              continue;
+            }
+          }
           // The hot path: a run of text up to the next CR or LF, accounted and kept in one go.
           // indexOf is native and scans far faster than a loop here; each position found is reused
           // until the decoder has passed it, so the input is scanned once for each of CR and LF.

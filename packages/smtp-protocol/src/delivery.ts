@@ -125,18 +125,15 @@ export function startDelivery(ctx: StartContext, tx: Transaction, mode: "dot" | 
       date: new Date(),
     }),
   );
+  // The trace headers are simply the queue's first chunk (a wrapping generator cost promises per chunk).
+  queue.push(header);
   const result = deliver(
     { store: ctx.store, hooks: ctx.hooks, info: ctx.info, maxBytes: ctx.limits.maxMessageBytes + header.length, log: ctx.log },
     envelope,
-    prepend(header, queue),
+    queue,
     controller.signal,
   );
   // Whoever reads the message may stop early (an error, a hook that is done): then stop queueing.
   void result.then(() => queue.detach());
   return { decoder, queue, controller, result, envelope };
-}
-
-async function* prepend(header: Uint8Array, body: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-  yield header;
-  yield* body;
 }

@@ -1,8 +1,10 @@
 import { promises as fsp, statSync } from "node:fs";
+import { setImmediate } from "node:timers";
 import type { Logger } from "@mailroom/store";
 import type { SyncPolicy } from "./fsutil.js";
 import { isErrno } from "./errors.js";
 import type { DirSyncs } from "./groupcommit.js";
+import type { MailboxLocation } from "./layout.js";
 
 /** What every part of one store instance shares. */
 export interface StoreContext {
@@ -15,6 +17,8 @@ export interface StoreContext {
   readonly prepared: Set<string>;
   /** Group commit of the directory fsyncs that make new messages durable. */
   readonly dirSyncs: DirSyncs;
+  /** `locateMailbox` under this root, remembered for recently used ids. */
+  readonly locate: (id: string) => MailboxLocation;
 }
 
 /** What listing learns about one message file, kept so the next listing needs no stat or read. */
@@ -59,10 +63,12 @@ export class MailboxCaches {
  * A small JSON file re-read only when it changed on disk (inode, size or mtime), because another
  * process may rewrite it at any time (`mailroom user add` while the server runs).
  *
- * The check is a synchronous stat on purpose: it runs several times for every RCPT, and on a file
- * whose inode is in the kernel's cache it takes a few microseconds, where a thread-pool stat cost
- * tens of microseconds of hand-off on the event loop (about a tenth of a small message's CPU). Only
- * the read of a changed file goes to the thread pool.
+ * The check is a synchronous stat on purpose: on a file whose inode is in the kernel's cache it takes
+ * a few microseconds, where a thread-pool stat cost tens of microseconds of hand-off on the event loop
+ * (about a tenth of a small message's CPU). One RCPT asks several times (domain, alias, user) within
+ * one turn of the event loop; the stat is made once per turn, since no other process's write can land
+ * in between that this process could order against. Only the read of a changed file goes to the
+ * thread pool.
  */
 export class JsonFile<T> {
   private signature = "";
@@ -74,7 +80,12 @@ export class JsonFile<T> {
     private readonly empty: () => T,
   ) {}
 
+  private checkedIn = -1;
+
   async load(): Promise<T> {
+    const turn = currentTurn();
+    if (turn === this.checkedIn && this.value !== undefined) return this.value;
+    this.checkedIn = turn;
     const info = statSync(this.path, { throwIfNoEntry: false });
     if (info === undefined) {
       this.signature = "";
@@ -100,5 +111,21 @@ export class JsonFile<T> {
   invalidate(): void {
     this.signature = "";
     this.value = undefined;
+    this.checkedIn = -1;
   }
+}
+
+let turn = 0;
+let turnEnds = false;
+
+/** A number that changes between turns of the event loop (bumped by one setImmediate per busy turn). */
+function currentTurn(): number {
+  if (!turnEnds) {
+    turnEnds = true;
+    setImmediate(() => {
+      turn++;
+      turnEnds = false;
+    });
+  }
+  return turn;
 }

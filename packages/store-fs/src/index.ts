@@ -5,6 +5,7 @@ import { StoreError, silentLogger, type Logger, type Store, type StoreAdapter, t
 import { MailboxCaches, type StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
 import { DirSyncs } from "./groupcommit.js";
+import { mailboxLocator } from "./layout.js";
 import { FsStore } from "./store.js";
 
 export interface FsStoreOptions {
@@ -32,6 +33,7 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
     cache: new MailboxCaches(),
     prepared: new Set(),
     dirSyncs: new DirSyncs(policy),
+    locate: mailboxLocator(root),
   };
   return new FsStore(ctx);
 }

@@ -74,6 +74,27 @@ export function locateMailbox(root: string, id: string): MailboxLocation {
   return { dir: join(root, NO_DOMAIN, whole.segment), hashed: whole.hashed };
 }
 
+/** Ids remembered by one locator; past this the memory starts over (ids are cheap to encode again). */
+const LOCATOR_MEMORY = 10_000;
+
+/**
+ * `locateMailbox` for one root with a memory: every delivery and every POP3 login asks for the same few
+ * mailboxes again, and encoding the segments and joining the path was a visible part of a small
+ * message's CPU.
+ */
+export function mailboxLocator(root: string): (id: string) => MailboxLocation {
+  let known = new Map<string, MailboxLocation>();
+  return (id) => {
+    let location = known.get(id);
+    if (location === undefined) {
+      location = locateMailbox(root, id);
+      if (known.size >= LOCATOR_MEMORY) known = new Map();
+      known.set(id, location);
+    }
+    return location;
+  };
+}
+
 /** The id of the maildir at `<domainDir>/<localDir>`, or null when it needs `mailroom-id`. */
 export function idFromSegments(domainDir: string, localDir: string): string | null {
   const local = decodeSegment(localDir);

@@ -1,5 +1,5 @@
 import { promises as fsp } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { basename, dirname, join, sep } from "node:path";
 import {
   StoreError,
   assertUid,
@@ -19,10 +19,11 @@ import { JsonFile, type FileFacts, type MailboxCache, type StoreContext } from "
 import { attempt, fsError, isErrno } from "./errors.js";
 import { compareArrival, messageName, newBase, parseName, uidOfBase, withSeenFlag, type ParsedName } from "./filenames.js";
 import { fsyncDir, makeDirs, readTextOrNull, readdirOrEmpty, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
-import { ID_FILE, locateMailbox } from "./layout.js";
+import { ID_FILE } from "./layout.js";
 import { LeaseManager } from "./lease.js";
 import { crlfSizeOf, fileChunks, toCrlf } from "./streams.js";
 import { mapLimited, writeMessageFile } from "./writing.js";
+import { closeFd, openReadOnly } from "./fdio.js";
 
 export const STATE_FILE = "mailroom-state.json";
 export const JOURNAL_FILE = "mailroom-expunge.journal";
@@ -62,24 +63,36 @@ export interface Found {
 export class FsMailbox implements Mailbox {
   readonly dir: string;
   private readonly hashed: boolean;
-  private readonly leases: LeaseManager;
-  private readonly state: JsonFile<MailboxState>;
-  private readonly cache: MailboxCache;
+  // Made on first use: a delivery opens a mailbox only to write one file into it, and building these
+  // for every message was a measurable share of its CPU.
+  private leaseManager: LeaseManager | undefined;
+  private stateFile: JsonFile<MailboxState> | undefined;
+  private caches: MailboxCache | undefined;
 
   constructor(
     private readonly ctx: StoreContext,
     readonly id: MailboxId,
   ) {
-    const location = locateMailbox(ctx.root, id);
+    const location = ctx.locate(id);
     this.dir = location.dir;
     this.hashed = location.hashed;
-    this.leases = new LeaseManager(this.dir, id, ctx.policy);
-    this.state = new JsonFile(join(this.dir, STATE_FILE), parseState, () => ({ retrieved: {} }));
-    this.cache = ctx.cache.get(this.dir);
   }
 
+  private get leases(): LeaseManager {
+    return (this.leaseManager ??= new LeaseManager(this.dir, this.id, this.ctx.policy));
+  }
+
+  private get state(): JsonFile<MailboxState> {
+    return (this.stateFile ??= new JsonFile(join(this.dir, STATE_FILE), parseState, () => ({ retrieved: {} })));
+  }
+
+  private get cache(): MailboxCache {
+    return (this.caches ??= this.ctx.cache.get(this.dir));
+  }
+
+  /** `<dir>/<name>[/<file>]` by concatenation: every part is ours or a directory entry, so there is nothing to normalise. */
   private sub(name: "new" | "cur" | "tmp", file?: string): string {
-    return file === undefined ? join(this.dir, name) : join(this.dir, name, file);
+    return file === undefined ? `${this.dir}${sep}${name}` : `${this.dir}${sep}${name}${sep}${file}`;
   }
 
   /** Creates the maildir on first write and cleans crash leftovers in tmp/ once per store instance. */
@@ -262,8 +275,8 @@ export class FsMailbox implements Mailbox {
     }
     const base = newBase(this.ctx.host, uid);
     const temp = this.sub("tmp", base);
-    const receivedAt = Math.round(options.receivedAt ?? Date.now());
-    const { size, crlfSize } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, receivedAt);
+    const stamp = options.receivedAt === undefined ? undefined : Math.round(options.receivedAt);
+    const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp);
     const retrievedAt = options.retrievedAt ?? null;
     const final =
       retrievedAt === null
@@ -336,9 +349,9 @@ export class FsMailbox implements Mailbox {
         if (!found) throw notFound();
         known = { path: found.path, base: found.parsed.base };
       }
-      let handle: fsp.FileHandle;
+      let fd: number;
       try {
-        handle = await fsp.open(known.path, "r");
+        fd = await openReadOnly(known.path);
       } catch (error) {
         // Renamed (flags) or deleted by another client since the scan: look again.
         if (isErrno(error, "ENOENT")) continue;
@@ -350,11 +363,11 @@ export class FsMailbox implements Mailbox {
         try {
           facts = parsed ? await this.facts(parsed, known.path) : undefined;
         } catch (error) {
-          await handle.close();
+          await closeFd(fd).catch(() => undefined);
           throw fsError(error, "read", known.path);
         }
       }
-      let stream = fileChunks(handle, known.path, facts?.size);
+      let stream = fileChunks(fd, known.path, facts?.size);
       if (facts?.convert) stream = toCrlf(stream);
       return options.bodyLines === undefined ? stream : takeTop(stream, options.bodyLines);
     }

@@ -22,6 +22,7 @@ import { attempt, fsError, isErrno } from "./errors.js";
 import { fsyncDir, makeDirs, readdirOrEmpty, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
 import { LEASE_FILE, LeaseManager } from "./lease.js";
 import { fileChunks } from "./streams.js";
+import { openReadOnly } from "./fdio.js";
 import { writeMessageFile } from "./writing.js";
 
 /**
@@ -160,8 +161,8 @@ export class FsQueue implements Queue {
   async readMessage(id: string): Promise<AsyncIterable<Uint8Array>> {
     const path = join(this.dirOf(id), MESSAGE_FILE);
     if (!isQueueId(id)) throw new StoreError("not-found", `maildir: no queue item ${JSON.stringify(id)}`);
-    const handle = await attempt("open queued message", path, () => fsp.open(path, "r"), { enoent: "not-found" });
-    return fileChunks(handle, path);
+    const fd = await attempt("open queued message", path, () => openReadOnly(path), { enoent: "not-found" });
+    return fileChunks(fd, path);
   }
 
   async claim(options: ClaimOptions): Promise<readonly QueueClaim[]> {

@@ -1,5 +1,5 @@
 import { constants, promises as fsp, type Dir } from "node:fs";
-import { join } from "node:path";
+import { join, sep } from "node:path";
 import {
   StoreError,
   assertMailboxId,
@@ -22,6 +22,7 @@ import { ID_FILE, RESERVED_PREFIX, idFromSegments, locateMailbox } from "./layou
 import { FsMailbox, STATE_FILE } from "./maildir.js";
 import { FsQueue } from "./queue.js";
 import { linkOrCopy, writeMessageFile } from "./writing.js";
+import { renamePath } from "./fdio.js";
 
 async function hasEntry(dir: string): Promise<boolean> {
   let handle: Dir | undefined;
@@ -83,9 +84,10 @@ export class FsStore implements Store {
     for (const box of boxes) await box.ensureDirs();
     const first = boxes[0]!;
     const base = newBase(this.ctx.host);
-    const temp = join(first.dir, "tmp", base);
-    const receivedAt = Math.round(options.receivedAt ?? Date.now());
-    const { size, crlfSize } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, receivedAt);
+    // Concatenated, not joined: the mailbox paths are already normal and the names are ours.
+    const temp = `${first.dir}${sep}tmp${sep}${base}`;
+    const stamp = options.receivedAt === undefined ? undefined : Math.round(options.receivedAt);
+    const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp);
     const linked: string[] = [];
     const delivered: Delivered[] = [];
     try {
@@ -94,19 +96,24 @@ export class FsStore implements Store {
       const targets = boxes.map((box, i) => {
         const own = i === 0 ? base : newBase(this.ctx.host);
         delivered.push({ mailbox: box.id, message: { uid: uidOfBase(own), size, receivedAt, retrievedAt: null } });
-        return join(box.dir, "new", messageName(own, size, crlfSize, null));
+        return `${box.dir}${sep}new${sep}${messageName(own, size, crlfSize, null)}`;
       });
       for (let i = 1; i < boxes.length; i++) {
         const target = targets[i]!;
-        await attempt("deliver", target, () => linkOrCopy(temp, target, join(boxes[i]!.dir, "tmp"), this.ctx.policy));
+        await attempt("deliver", target, () => linkOrCopy(temp, target, `${boxes[i]!.dir}${sep}tmp`, this.ctx.policy));
         linked.push(target);
       }
       const own = targets[0]!;
-      await attempt("deliver", own, () => fsp.rename(temp, own));
+      await attempt("deliver", own, () => renamePath(temp, own));
       linked.push(own);
       // Group commit: each new/ is synced once for all the deliveries that linked into it meanwhile.
-      const dirs = new Set(boxes.map((b) => join(b.dir, "new")));
-      await Promise.all([...dirs].map((dir) => attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir))));
+      if (boxes.length === 1) {
+        const dir = `${first.dir}${sep}new`;
+        await attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir));
+      } else {
+        const dirs = new Set(boxes.map((b) => `${b.dir}${sep}new`));
+        await Promise.all([...dirs].map((dir) => attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir))));
+      }
     } catch (error) {
       for (const path of linked) await unlinkQuiet(path).catch(() => undefined);
       await unlinkQuiet(temp).catch(() => undefined);
@@ -146,5 +153,6 @@ export class FsStore implements Store {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.ctx.dirSyncs.close();
   }
 }

@@ -1,5 +1,5 @@
-import { promises as fsp } from "node:fs";
 import { fsError } from "./errors.js";
+import { closeFd, openReadOnly, readSome } from "./fdio.js";
 
 const CHUNK = 64 * 1024;
 /** Largest read: a whole 100 KB message in one read() and one chunk for the socket. */
@@ -16,13 +16,13 @@ const LF = 0x0a;
  * single read() plus nothing else: message files never change once they are in new/ or cur/, so a read
  * shorter than asked for is the end of the file and needs no extra read() to confirm it.
  */
-export function fileChunks(handle: fsp.FileHandle, path: string, sizeHint?: number): AsyncIterable<Uint8Array> {
+export function fileChunks(fd: number, path: string, sizeHint?: number): AsyncIterable<Uint8Array> {
   let closed = false;
   let ended = false;
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
-    await handle.close().catch(() => undefined);
+    await closeFd(fd).catch(() => undefined);
   };
   let want = sizeHint === undefined ? CHUNK : Math.min(MAX_CHUNK, Math.max(1, sizeHint + 1));
   const iterator: AsyncIterableIterator<Uint8Array> = {
@@ -33,7 +33,7 @@ export function fileChunks(handle: fsp.FileHandle, path: string, sizeHint?: numb
       }
       try {
         const buffer = new Uint8Array(want);
-        const { bytesRead } = await handle.read(buffer, 0, want, null);
+        const bytesRead = await readSome(fd, buffer, 0, want);
         if (bytesRead === 0) {
           await close();
           return { done: true, value: undefined };
@@ -118,8 +118,8 @@ export async function* toCrlf(source: AsyncIterable<Uint8Array>): AsyncGenerator
 
 /** The size a file has once converted to CRLF, read once without keeping it. */
 export async function crlfSizeOf(path: string): Promise<number> {
-  const handle = await fsp.open(path, "r");
+  const fd = await openReadOnly(path);
   const counter = new BareLfCounter();
-  for await (const chunk of fileChunks(handle, path)) counter.push(chunk);
+  for await (const chunk of fileChunks(fd, path)) counter.push(chunk);
   return counter.octets + counter.count;
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { readdirSync, statSync } from "node:fs";
-import { link, mkdir, readdir, writeFile } from "node:fs/promises";
+import { readdirSync, readlinkSync, statSync } from "node:fs";
+import { link, mkdir, readdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fromBytes } from "@mailroom/store";
 import { createFsStore, locateMailbox } from "../src/index.js";
@@ -151,6 +151,45 @@ describe("group commit", () => {
     ]);
     expect(badFlushes).toBe(2);
     expect(syncs.active).toBe(0);
+  });
+
+  it("DirSyncs keeps an idle directory's descriptor for a moment, and closes it on close()", async () => {
+    const dir = join(fresh(), "new");
+    await mkdir(dir, { recursive: true });
+    const syncs = new DirSyncs({ fsync: true });
+    await syncs.sync(dir);
+    await tick();
+    // Idle, but still known: the next delivery reuses the open descriptor.
+    expect(syncs.busy).toBe(0);
+    expect(syncs.active).toBe(1);
+    await syncs.sync(dir);
+    syncs.close();
+    expect(syncs.active).toBe(0);
+  });
+
+  it.skipIf(process.platform !== "linux")("DirSyncs does not sync a directory that was replaced while its descriptor lingered", async () => {
+    const box = fresh();
+    const dir = join(box, "new");
+    await mkdir(dir, { recursive: true });
+    const syncs = new DirSyncs({ fsync: true });
+    await syncs.sync(dir);
+    await tick();
+    // An operator moves the mailbox away and a new one appears at the same path.
+    await rename(box, `${box}.old`);
+    await mkdir(dir, { recursive: true });
+    await syncs.sync(dir);
+    // The old descriptor's close went to the thread pool alongside the new open; give it a moment.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const open = readdirSync("/proc/self/fd").map((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return "";
+      }
+    });
+    expect(open).not.toContain(`${box}.old/new`);
+    expect(open).toContain(dir);
+    syncs.close();
   });
 
   it("with fsync off, DirSyncs never flushes", async () => {

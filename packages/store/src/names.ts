@@ -15,6 +15,28 @@ const FORBIDDEN_LOCAL = /[\s"\\<>()[\],;:@%!/\x00-\x1f\x7f]/u;
 const CONTROL = /[\x00-\x1f\x7f-\x9f]/u;
 const LABEL = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
 
+const utf8 = new TextEncoder();
+
+/** Inputs remembered per cache; past this a cache starts over, so hostile input cannot grow it. */
+const REMEMBERED = 4_096;
+const domains = new Map<string, string>();
+const addresses = new Map<string, string>();
+
+/**
+ * Normalising is a pure function that every SMTP command and store lookup calls several times for the
+ * same few addresses (regular expressions, Unicode normalisation): valid answers are remembered.
+ * Invalid input is not, so it always gets its own error.
+ */
+function remembered(cache: Map<string, string>, input: string, compute: (input: string) => string): string {
+  let value = cache.get(input);
+  if (value === undefined) {
+    value = compute(input);
+    if (cache.size >= REMEMBERED) cache.clear();
+    cache.set(input, value);
+  }
+  return value;
+}
+
 function invalid(what: string, value: string, why: string): StoreError {
   const shown = value.length > 80 ? `${value.slice(0, 80)}…` : value;
   return new StoreError("invalid-name", `invalid ${what} ${JSON.stringify(shown)}: ${why}`);
@@ -32,6 +54,10 @@ function hasLoneSurrogate(value: string): boolean {
  * the same domain is always stored and compared as one string. Throws "invalid-name".
  */
 export function normalizeDomain(input: string): string {
+  return remembered(domains, input, domainOnce);
+}
+
+function domainOnce(input: string): string {
   let domain = input.trim().toLowerCase();
   if (domain.endsWith(".")) domain = domain.slice(0, -1);
   if (domain.length === 0) throw invalid("domain", input, "empty");
@@ -63,6 +89,10 @@ export function splitAddress(address: string): { local: string; domain: string }
  * "invalid-name".
  */
 export function normalizeAddress(input: string): string {
+  return remembered(addresses, input, addressOnce);
+}
+
+function addressOnce(input: string): string {
   const trimmed = input.trim();
   if (hasLoneSurrogate(trimmed)) throw invalid("address", input, "not valid Unicode");
   const { local: rawLocal, domain: rawDomain } = splitAddress(trimmed);
@@ -73,11 +103,11 @@ export function normalizeAddress(input: string): string {
   if (local.startsWith(".") || local.endsWith(".") || local.includes("..")) {
     throw invalid("address", input, "misplaced dot in local part");
   }
-  if (new TextEncoder().encode(local).length > MAX_LOCAL) {
+  if (utf8.encode(local).length > MAX_LOCAL) {
     throw invalid("address", input, `local part longer than ${MAX_LOCAL} octets`);
   }
   const address = `${local}@${normalizeDomain(rawDomain)}`;
-  if (new TextEncoder().encode(address).length > MAX_ADDRESS) {
+  if (utf8.encode(address).length > MAX_ADDRESS) {
     throw invalid("address", input, `longer than ${MAX_ADDRESS} octets`);
   }
   return address;

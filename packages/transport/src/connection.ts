@@ -93,6 +93,22 @@ export class Connection {
     return this.#socket.write(data);
   }
 
+  /**
+   * Queues several pieces as one write: the socket is corked while they are added, so a reply's
+   * status line, body and terminator leave in one system call (and reach the client as one segment
+   * where they fit) instead of one each. Returns false under backpressure, as `write` does.
+   */
+  writeParts(parts: readonly (string | Uint8Array)[]): boolean {
+    if (this.#closed) return false;
+    if (parts.length === 1) return this.#socket.write(parts[0]!);
+    const socket = this.#socket;
+    socket.cork();
+    let ok = true;
+    for (const part of parts) ok = socket.write(part);
+    socket.uncork();
+    return ok || socket.writableLength === 0;
+  }
+
   /** Resolves when queued bytes went out (or the connection closed). */
   drained(): Promise<void> {
     if (this.#closed || this.#socket.writableLength === 0) return Promise.resolve();

@@ -185,6 +185,29 @@ describe("plain connections", () => {
     await eventually(() => received === written, 10_000);
   });
 
+  it("writes several parts as one write, in order, and reports backpressure the way write() does", async () => {
+    let connection: Connection | undefined;
+    const listener = await serve({}, (c) => {
+      connection = c;
+      c.start({ data: () => {}, close: () => {} });
+    });
+    const client = track(await connectPlain(listener.port));
+    await eventually(() => connection !== undefined);
+    let received = "";
+    client.socket.on("data", (data: string) => (received += data));
+    expect(connection!.writeParts(["+OK 5 octets\r\n", new TextEncoder().encode("hello"), Buffer.from("\r\n.\r\n")])).toBe(true);
+    expect(connection!.writeParts(["one part\r\n"])).toBe(true);
+    await eventually(() => received === "+OK 5 octets\r\nhello\r\n.\r\none part\r\n");
+    // A reader that stops reading: writeParts, like write, eventually says "wait for drained()".
+    client.socket.pause();
+    const big = new Uint8Array(256 * 1024).fill(0x62);
+    let full = false;
+    for (let i = 0; i < 1024 && !full; i++) full = !connection!.writeParts(["x", big]);
+    expect(full).toBe(true);
+    client.socket.resume();
+    await connection!.drained();
+  });
+
   it("ends an idle connection through the session's timeout handler", async () => {
     const listener = await serve({}, (c) => {
       startSession(c, undefined, sessions);

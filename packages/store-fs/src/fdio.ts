@@ -1,0 +1,49 @@
+import * as fs from "node:fs";
+
+/**
+ * Promises over the callback file API, for the calls every delivery makes (open, write, utimes, fsync,
+ * close, rename, the directory fsync) and every message read (open, read, close). `fs/promises` wraps each descriptor in a FileHandle and each
+ * call in more promise machinery; measured side by side on the delivery sequence, the plain callbacks
+ * cost about a third less JavaScript time per message. Everything else in this package stays on
+ * `fs/promises`, where a call is rare and readability matters more.
+ */
+
+function settle<T>(resolve: (value: T) => void, reject: (error: unknown) => void): (error: Error | null, value: T) => void {
+  return (error, value) => (error ? reject(error) : resolve(value));
+}
+
+/** Creates `path`, failing if it exists (`wx`), and returns the descriptor. */
+export function openNew(path: string): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, "wx", 0o666, settle(resolve, reject)));
+}
+
+/** Opens a file or directory read-only (to read a message, or to fsync a directory). */
+export function openReadOnly(path: string): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, "r", settle(resolve, reject)));
+}
+
+/** One write at the current position; returns how many bytes the kernel took. */
+export function writeSome(fd: number, data: Uint8Array, offset: number, length: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, data, offset, length, null, settle(resolve, reject)));
+}
+
+/** One read at the current position; returns how many bytes came (0 at the end of the file). */
+export function readSome(fd: number, buffer: Uint8Array, offset: number, length: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buffer, offset, length, null, settle(resolve, reject)));
+}
+
+export function setTimesFd(fd: number, when: Date): Promise<void> {
+  return new Promise((resolve, reject) => fs.futimes(fd, when, when, (error) => (error ? reject(error) : resolve())));
+}
+
+export function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fsync(fd, (error) => (error ? reject(error) : resolve())));
+}
+
+export function closeFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.close(fd, (error) => (error ? reject(error) : resolve())));
+}
+
+export function renamePath(from: string, to: string): Promise<void> {
+  return new Promise((resolve, reject) => fs.rename(from, to, (error) => (error ? reject(error) : resolve())));
+}
