@@ -28,10 +28,33 @@ interface Data {
   aliases: Alias[];
 }
 
-function parseData(raw: unknown): Data {
+/** The file's lists plus lookup tables built once per load, so a lookup does not scan every account. */
+interface Loaded extends Data {
+  readonly domainSet: ReadonlySet<string>;
+  readonly accountByAddress: ReadonlyMap<string, Account>;
+  readonly targetsBySource: ReadonlyMap<string, readonly string[]>;
+}
+
+function indexed(data: Data): Loaded {
+  const targetsBySource = new Map<string, string[]>();
+  for (const alias of data.aliases) {
+    const targets = targetsBySource.get(alias.source);
+    if (targets) targets.push(alias.target);
+    else targetsBySource.set(alias.source, [alias.target]);
+  }
+  return {
+    ...data,
+    domainSet: new Set(data.domains),
+    // The first entry wins, as a scan of the list would find it.
+    accountByAddress: new Map([...data.accounts].reverse().map((a) => [a.address, a])),
+    targetsBySource,
+  };
+}
+
+function parseData(raw: unknown): Loaded {
   const value = (raw ?? {}) as Partial<Record<keyof Data, unknown>>;
   const list = <T>(x: unknown, ok: (item: unknown) => item is T): T[] => (Array.isArray(x) ? x.filter(ok) : []);
-  return {
+  return indexed({
     domains: list(value.domains, (d): d is string => typeof d === "string"),
     accounts: list(
       value.accounts,
@@ -44,19 +67,19 @@ function parseData(raw: unknown): Data {
       value.aliases,
       (a): a is Alias => typeof (a as Alias)?.source === "string" && typeof (a as Alias).target === "string",
     ).map((a) => ({ source: a.source, target: a.target })),
-  };
+  });
 }
 
 const byAddress = (x: Account, y: Account): number => (x.address < y.address ? -1 : x.address > y.address ? 1 : 0);
 
 export class FsDirectory implements Directory {
-  private readonly file: JsonFile<Data>;
+  private readonly file: JsonFile<Loaded>;
 
   constructor(private readonly ctx: StoreContext) {
-    this.file = new JsonFile(join(ctx.root, DIRECTORY_FILE), parseData, () => ({ domains: [], accounts: [], aliases: [] }));
+    this.file = new JsonFile(join(ctx.root, DIRECTORY_FILE), parseData, () => indexed({ domains: [], accounts: [], aliases: [] }));
   }
 
-  private read(): Promise<Data> {
+  private read(): Promise<Loaded> {
     return attempt("read directory", this.file.path, () => this.file.load());
   }
 
@@ -100,7 +123,7 @@ export class FsDirectory implements Directory {
   }
 
   async hasDomain(domain: string): Promise<boolean> {
-    return (await this.read()).domains.includes(normalizeDomain(domain));
+    return (await this.read()).domainSet.has(normalizeDomain(domain));
   }
 
   async listDomains(): Promise<readonly string[]> {
@@ -125,7 +148,7 @@ export class FsDirectory implements Directory {
 
   async getAccount(address: string): Promise<Account | null> {
     const a = normalizeAddress(address);
-    return (await this.read()).accounts.find((x) => x.address === a) ?? null;
+    return (await this.read()).accountByAddress.get(a) ?? null;
   }
 
   async setPasswordHash(address: string, passwordHash: string): Promise<void> {
@@ -177,7 +200,7 @@ export class FsDirectory implements Directory {
 
   async aliasTargets(source: string): Promise<readonly string[]> {
     const s = normalizeAliasSource(source);
-    return (await this.read()).aliases.filter((a) => a.source === s).map((a) => a.target);
+    return [...((await this.read()).targetsBySource.get(s) ?? [])];
   }
 
   async listAliases(domain?: string): Promise<readonly Alias[]> {

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import type pg from "pg";
 import { StoreError, type Logger, type StoreErrorCode } from "@mailroom/store";
 import { toStoreError } from "./errors.js";
@@ -54,8 +55,29 @@ export interface Db {
   transaction<T>(what: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T>;
 }
 
-/** `isClosed` makes every call fail fast once the store was closed, also with a caller-owned pool. */
-export function createDb(pool: pg.Pool, logger: Logger, isClosed: () => boolean = () => false): Db {
+const names = new Map<string, string>();
+
+/**
+ * The prepared-statement name for a statement text. Every statement with parameters runs as a named
+ * prepared statement, so each pooled connection parses and plans it once instead of on every call
+ * (the delivery insert and the lookups of every RCPT are the same few texts over and over). The name
+ * comes from the text, so stores on different schemas sharing one pool never collide, and the texts
+ * are the fixed SQL of this package, so the set of names per connection stays small.
+ */
+export function statementName(sql: string): string {
+  let name = names.get(sql);
+  if (name === undefined) {
+    name = `mr_${createHash("sha256").update(sql).digest("hex").slice(0, 24)}`;
+    names.set(sql, name);
+  }
+  return name;
+}
+
+/**
+ * `isClosed` makes every call fail fast once the store was closed, also with a caller-owned pool.
+ * `prepared` false sends every statement unnamed (for poolers that cannot keep prepared statements).
+ */
+export function createDb(pool: pg.Pool, logger: Logger, isClosed: () => boolean = () => false, prepared = true): Db {
   const closed = (what: string): StoreError => new StoreError("unavailable", `postgres: ${what}: store is closed`);
   return {
     pool,
@@ -68,7 +90,8 @@ export function createDb(pool: pg.Pool, logger: Logger, isClosed: () => boolean 
     ) {
       if (isClosed()) throw closed(what);
       try {
-        return await pool.query<R>(sql, params as unknown[] | undefined);
+        if (params === undefined || !prepared) return await pool.query<R>(sql, params as unknown[] | undefined);
+        return await pool.query<R>({ name: statementName(sql), text: sql, values: params as unknown[] });
       } catch (error) {
         throw toStoreError(error, what, overrides);
       }

@@ -13,6 +13,7 @@ export const OPTION_KEYS = [
   "ssl_reject_unauthorized",
   "migrate",
   "application_name",
+  "prepared_statements",
 ] as const;
 
 type OptionKey = (typeof OPTION_KEYS)[number];
@@ -62,6 +63,7 @@ export async function parseAdapterOptions(url: string, options: StoreOptions = {
   }
   if (o.migrate !== undefined) out.migrate = boolean("migrate", o.migrate);
   if (o.application_name !== undefined) out.applicationName = string("application_name", o.application_name);
+  if (o.prepared_statements !== undefined) out.preparedStatements = boolean("prepared_statements", o.prepared_statements);
 
   const ssl = o.ssl === undefined ? undefined : boolean("ssl", o.ssl);
   const caSetting = o.ssl_ca === undefined ? undefined : string("ssl_ca", o.ssl_ca);

@@ -55,6 +55,12 @@ export interface PostgresStoreOptions {
   readonly migrate?: boolean;
   /** Shown in pg_stat_activity. Default "mailroom". */
   readonly applicationName?: string;
+  /**
+   * Run statements as named prepared statements, parsed and planned once per connection. Default
+   * true; set false behind a transaction-mode pooler that cannot keep them (PgBouncer before 1.21,
+   * or without `max_prepared_statements`).
+   */
+  readonly preparedStatements?: boolean;
   readonly logger?: Logger;
 }
 
@@ -132,8 +138,9 @@ class PostgresStore implements Store {
     logger: Logger,
     schema: string,
     private readonly onClose: () => Promise<void>,
+    prepared: boolean,
   ) {
-    this.db = createDb(pool, logger, () => this.closed);
+    this.db = createDb(pool, logger, () => this.closed, prepared);
     const s = quoteIdent(schema);
     this.sql = messageSql(s);
     this.dsql = deliverySql(s);
@@ -253,7 +260,7 @@ async function open(options: PostgresStoreOptions, migrateOnly: boolean) {
  */
 export async function createPostgresStore(options: PostgresStoreOptions): Promise<Store> {
   const { pool, schema, logger, dispose } = await open(options, false);
-  return new PostgresStore(pool, logger, schema, dispose);
+  return new PostgresStore(pool, logger, schema, dispose, options.preparedStatements ?? true);
 }
 
 /** Creates or upgrades the schema and closes again: the `mailroom migrate` command. */

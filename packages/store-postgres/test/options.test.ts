@@ -21,6 +21,7 @@ describe("adapter options from the config file", () => {
         statement_timeout_ms: 0,
         migrate: false,
         application_name: "mx-1",
+        prepared_statements: false,
         ssl: true,
       }),
     ).toEqual({
@@ -30,6 +31,7 @@ describe("adapter options from the config file", () => {
       statementTimeoutMs: 0,
       migrate: false,
       applicationName: "mx-1",
+      preparedStatements: false,
       ssl: true,
     });
     expect(await parseAdapterOptions(URL, { pool_size: 5n })).toMatchObject({ poolSize: 5 });

@@ -224,6 +224,33 @@ describe.skipIf(!available)("postgres store lifecycle", () => {
     expect(await box.list()).toEqual([]);
   });
 
+  it("prepares its statements once per connection, or never with preparedStatements false", async () => {
+    const pg = (await import("pg")).default;
+    for (const prepared of [true, false]) {
+      // One connection, so the session that ran the store's statements is the one we ask.
+      const pool = new pg.Pool({ connectionString: PG_URL, max: 1 });
+      const schema = uniqueSchema("prepared");
+      schemas.push(schema);
+      try {
+        const store = await createPostgresStore({ pool, schema, preparedStatements: prepared });
+        await store.directory.addDomain("example.test");
+        for (let i = 0; i < 3; i++) await store.deliver(["p@example.test"], fromBytes(`Subject: ${i}\r\n\r\nx\r\n`));
+        expect((await store.mailbox("p@example.test").list()).map((m) => m.size)).toEqual([17, 17, 17]);
+        const { rows } = await pool.query<{ name: string }>("SELECT name FROM pg_prepared_statements WHERE name LIKE 'mr\\_%'");
+        if (prepared) {
+          expect(rows.length).toBeGreaterThanOrEqual(3);
+          // Three deliveries, but each statement prepared once.
+          expect(new Set(rows.map((r) => r.name)).size).toBe(rows.length);
+        } else {
+          expect(rows).toEqual([]);
+        }
+        await store.close();
+      } finally {
+        await pool.end();
+      }
+    }
+  });
+
   it("answers unavailable once closed, also on a pool it does not own", async () => {
     const pg = (await import("pg")).default;
     const pool = new pg.Pool({ connectionString: PG_URL, max: 2 });
