@@ -17,6 +17,8 @@ export interface StoreContext {
   readonly prepared: Set<string>;
   /** Group commit of the directory fsyncs that make new messages durable. */
   readonly dirSyncs: DirSyncs;
+  /** Messages up to this many octets are read with synchronous calls (0: never). */
+  readonly syncReadBytes: number;
   /** `locateMailbox` under this root, remembered for recently used ids. */
   readonly locate: (id: string) => MailboxLocation;
 }

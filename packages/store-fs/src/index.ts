@@ -18,8 +18,19 @@ export interface FsStoreOptions {
   readonly fsync?: boolean;
   /** The host part of new file names (default: the OS hostname). */
   readonly hostname?: string;
+  /**
+   * Messages up to this many octets are read with synchronous calls on the event loop (default
+   * 131072): such a file is nearly always in the page cache, where the read takes microseconds and
+   * the three thread-pool round trips of an asynchronous open, read and close cost more. Larger
+   * messages, and every message when this is 0, are read asynchronously. Set 0 where a cold read can
+   * take long (network file systems, spinning disks under load): a synchronous read holds up every
+   * other session of the process while it waits.
+   */
+  readonly syncReadBytes?: number;
   readonly logger?: Logger;
 }
+
+const DEFAULT_SYNC_READ_BYTES = 128 * 1024;
 
 export async function createFsStore(options: FsStoreOptions): Promise<Store> {
   const root = resolve(options.root);
@@ -34,6 +45,7 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
     prepared: new Set(),
     dirSyncs: new DirSyncs(policy),
     locate: mailboxLocator(root),
+    syncReadBytes: options.syncReadBytes ?? DEFAULT_SYNC_READ_BYTES,
   };
   return new FsStore(ctx);
 }
@@ -61,17 +73,30 @@ function optionValue<T>(options: StoreOptions, key: string, type: "boolean" | "s
   return value as T;
 }
 
+function byteCount(options: StoreOptions, key: string): number | undefined {
+  const raw = options[key];
+  if (raw === undefined) return undefined;
+  // TOML integers may arrive as bigint from some parsers.
+  const value = typeof raw === "bigint" ? Number(raw) : raw;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+    throw new StoreError("invalid-name", `maildir: option ${key} must be a whole number of octets, 0 or more`);
+  }
+  return value;
+}
+
 export const fsAdapter: StoreAdapter = {
   name: "maildir",
   schemes: ["maildir"],
-  optionKeys: ["fsync", "hostname"],
+  optionKeys: ["fsync", "hostname", "sync_read_bytes"],
   async open(url: string, options: StoreOptions = {}): Promise<Store> {
     const fsync = optionValue<boolean>(options, "fsync", "boolean");
     const hostname = optionValue<string>(options, "hostname", "string");
+    const syncReadBytes = byteCount(options, "sync_read_bytes");
     return createFsStore({
       root: pathFromUrl(url),
       ...(fsync === undefined ? {} : { fsync }),
       ...(hostname === undefined ? {} : { hostname }),
+      ...(syncReadBytes === undefined ? {} : { syncReadBytes }),
     });
   },
 };

@@ -1,3 +1,4 @@
+import { closeSync, readSync } from "node:fs";
 import { fsError } from "./errors.js";
 import { closeFd, openReadOnly, readSome } from "./fdio.js";
 
@@ -15,14 +16,23 @@ const LF = 0x0a;
  * `sizeHint` (the expected file size) sizes the buffers so that a message that fits is read with a
  * single read() plus nothing else: message files never change once they are in new/ or cur/, so a read
  * shorter than asked for is the end of the file and needs no extra read() to confirm it.
+ *
+ * With `sync`, reads and the close are synchronous calls (see `syncReadBytes` in the store options).
  */
-export function fileChunks(fd: number, path: string, sizeHint?: number): AsyncIterable<Uint8Array> {
+export function fileChunks(fd: number, path: string, sizeHint?: number, sync = false): AsyncIterable<Uint8Array> {
   let closed = false;
   let ended = false;
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
-    await closeFd(fd).catch(() => undefined);
+    if (!sync) await closeFd(fd).catch(() => undefined);
+    else {
+      try {
+        closeSync(fd);
+      } catch {
+        // Nothing was written through this descriptor: a failed close loses nothing.
+      }
+    }
   };
   let want = sizeHint === undefined ? CHUNK : Math.min(MAX_CHUNK, Math.max(1, sizeHint + 1));
   const iterator: AsyncIterableIterator<Uint8Array> = {
@@ -33,7 +43,7 @@ export function fileChunks(fd: number, path: string, sizeHint?: number): AsyncIt
       }
       try {
         const buffer = new Uint8Array(want);
-        const bytesRead = await readSome(fd, buffer, 0, want);
+        const bytesRead = sync ? readSync(fd, buffer, 0, want, null) : await readSome(fd, buffer, 0, want);
         if (bytesRead === 0) {
           await close();
           return { done: true, value: undefined };

@@ -67,6 +67,13 @@ describe("maildir adapter", () => {
     const { uid } = await store.mailbox("a@example.test").append(text(MSG));
     expect(uid.endsWith(".mx1")).toBe(true);
     await expect(fsAdapter.open(`maildir:${ns}`, { fsync: "yes" })).rejects.toSatisfy((e) => hasStoreErrorCode(e, "invalid-name"));
+    for (const bad of [-1, 1.5, "4096"]) {
+      await expect(fsAdapter.open(`maildir:${ns}`, { sync_read_bytes: bad })).rejects.toThrow("sync_read_bytes");
+    }
+    for (const limit of [0, 4096n, 1 << 20]) {
+      const reader = await fsAdapter.open(`maildir:${ns}`, { sync_read_bytes: limit });
+      expect(await readText(reader.mailbox("a@example.test").read(uid))).toBe(MSG);
+    }
     expect((await (await createFsStore({ root: ns })).mailbox("a@example.test").list())[0]!.uid).toBe(uid);
   });
 });
