@@ -1,5 +1,6 @@
 import type { Socket } from "node:net";
 import { TLSSocket } from "node:tls";
+import { noteSpentBytes } from "./spent-buffers.js";
 import type { TlsContext } from "./tls-context.js";
 
 /** What a protocol session hears from its connection. */
@@ -90,6 +91,7 @@ export class Connection {
    */
   write(data: string | Uint8Array): boolean {
     if (this.#closed) return false;
+    if (typeof data !== "string") noteSpentBytes(data.length);
     return this.#socket.write(data);
   }
 
@@ -100,12 +102,17 @@ export class Connection {
    */
   writeParts(parts: readonly (string | Uint8Array)[]): boolean {
     if (this.#closed) return false;
-    if (parts.length === 1) return this.#socket.write(parts[0]!);
+    if (parts.length === 1) return this.write(parts[0]!);
     const socket = this.#socket;
     socket.cork();
     let ok = true;
-    for (const part of parts) ok = socket.write(part);
+    let octets = 0;
+    for (const part of parts) {
+      if (typeof part !== "string") octets += part.length;
+      ok = socket.write(part);
+    }
     socket.uncork();
+    noteSpentBytes(octets);
     return ok || socket.writableLength === 0;
   }
 
@@ -233,6 +240,7 @@ export class Connection {
   }
 
   #onData = (chunk: Buffer): void => {
+    noteSpentBytes(chunk.length);
     if (this.#held) this.#held.push(chunk);
     else this.#events?.data(chunk);
   };
