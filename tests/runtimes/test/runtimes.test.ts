@@ -41,6 +41,7 @@ describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
     // them while the store writes, so a runtime that reused its read buffers would garble it.
     const lines = Array.from({ length: 20_000 }, (_, i) => `line ${String(i).padStart(6, "0")} ${"x".repeat(70)}\r\n`).join("");
     const body = `Subject: smoke ${tag}\r\nFrom: a@client.test\r\nTo: smoke@example.test\r\n\r\nhello from ${runtime}\r\n.dot line\r\n${lines}`;
+    const small = `Subject: small ${tag}\r\n\r\n.a dot line\r\nsmall from ${runtime}\r\n`;
     try {
       await step(`${label} SMTP with STARTTLS`, async () => {
         const smtp = await LineClient.open("127.0.0.1", server.ports.smtp!);
@@ -54,6 +55,12 @@ describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
         await smtp.expect("DATA", /^354 /, "DATA");
         smtp.send(`${body.replace(/\r\n\./g, "\r\n..")}.`);
         await smtp.reply(/^250 /, "end of data");
+        // A small second message: read back through the store's synchronous path for small files.
+        await smtp.expect("MAIL FROM:<a@client.test>", /^250 /, "MAIL (small)");
+        await smtp.expect("RCPT TO:<smoke@example.test>", /^250 /, "RCPT (small)");
+        await smtp.expect("DATA", /^354 /, "DATA (small)");
+        smtp.send(`${small.replace(/\r\n\./g, "\r\n..")}.`);
+        await smtp.reply(/^250 /, "end of data (small)");
         await smtp.expect("QUIT", /^221 /, "QUIT");
         smtp.close();
       });
@@ -64,11 +71,14 @@ describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
         await pop.upgrade("localhost", ca);
         await pop.expect("USER smoke@example.test", /^\+OK/, "USER");
         await pop.expect(`PASS ${password}`, /^\+OK/, "PASS");
-        await pop.expect("STAT", /^\+OK 1 /, "STAT");
+        await pop.expect("STAT", /^\+OK 2 /, "STAT");
         await pop.expect("RETR 1", /^\+OK/, "RETR");
         const message = (await pop.multiline("RETR body")).toString("utf8");
         expect(message.endsWith(body)).toBe(true);
         expect(message).toMatch(/^Return-Path: <a@client\.test>\r\n/);
+        await pop.expect("RETR 2", /^\+OK/, "RETR (small)");
+        const second = (await pop.multiline("RETR body (small)")).toString("utf8");
+        expect(second.endsWith(small)).toBe(true);
         await pop.expect("QUIT", /^\+OK/, "QUIT");
         pop.close();
       });
