@@ -107,13 +107,8 @@ export class FsStore implements Store {
       await attempt("deliver", own, () => renamePath(temp, own));
       linked.push(own);
       // Group commit: each new/ is synced once for all the deliveries that linked into it meanwhile.
-      if (boxes.length === 1) {
-        const dir = `${first.dir}${sep}new`;
-        await attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir));
-      } else {
-        const dirs = new Set(boxes.map((b) => `${b.dir}${sep}new`));
-        await Promise.all([...dirs].map((dir) => attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir))));
-      }
+      const dirs = new Set(boxes.map((b) => `${b.dir}${sep}new`));
+      await Promise.all([...dirs].map((dir) => attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir))));
     } catch (error) {
       for (const path of linked) await unlinkQuiet(path).catch(() => undefined);
       await unlinkQuiet(temp).catch(() => undefined);

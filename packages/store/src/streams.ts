@@ -34,23 +34,13 @@ export async function readAll(source: AsyncIterable<Uint8Array>): Promise<Uint8A
 }
 
 /** Passes chunks through and fails with "too-big" as soon as more than `maxBytes` went by. */
-export async function* limitBytes(source: AsyncIterable<Uint8Array>, maxBytes: number): AsyncGenerator<Uint8Array> {
-  let total = 0;
-  for await (const chunk of source) {
-    total += chunk.length;
-    if (total > maxBytes) throw new StoreError("too-big", `message exceeds ${maxBytes} octets`);
-    yield chunk;
-  }
+export function limitBytes(source: AsyncIterable<Uint8Array>, maxBytes: number): AsyncGenerator<Uint8Array> {
+  return guarded(source, maxBytes, undefined);
 }
 
 /** Passes chunks through until the signal aborts, then throws its reason. */
-export async function* abortable(source: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncGenerator<Uint8Array> {
-  signal.throwIfAborted();
-  for await (const chunk of source) {
-    signal.throwIfAborted();
-    yield chunk;
-  }
-  signal.throwIfAborted();
+export function abortable(source: AsyncIterable<Uint8Array>, signal: AbortSignal): AsyncGenerator<Uint8Array> {
+  return guarded(source, Infinity, signal);
 }
 
 /** Passes chunks through, failing with "too-big" past `maxBytes` and with the signal's reason once it aborts. */
