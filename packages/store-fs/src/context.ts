@@ -68,9 +68,9 @@ export class MailboxCaches {
  * The check is a synchronous stat on purpose: on a file whose inode is in the kernel's cache it takes
  * a few microseconds, where a thread-pool stat cost tens of microseconds of hand-off on the event loop
  * (about a tenth of a small message's CPU). One RCPT asks several times (domain, alias, user) within
- * one turn of the event loop; the stat is made once per turn, since no other process's write can land
- * in between that this process could order against. Only the read of a changed file goes to the
- * thread pool.
+ * one turn of the event loop; the stat is made once per turn: a change another process makes during
+ * that turn is indistinguishable from one made just after it. Only the read of a changed file goes to
+ * the thread pool.
  */
 export class JsonFile<T> {
   private signature = "";
