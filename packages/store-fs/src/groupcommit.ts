@@ -122,25 +122,26 @@ export class DirSyncs {
     if (!this.policy.fsync) return Promise.resolve();
     const group = this.groups.get(dir);
     if (group === undefined) return this.open(dir).commit.sync();
-    if (group.linger !== undefined) {
-      clearTimeout(group.linger);
-      group.linger = undefined;
-      this.lingering--;
-      if (group.fd !== undefined && identityOf(dir) !== group.identity) this.closeFd(group);
-    }
+    if (this.stopLingering(group) && group.fd !== undefined && identityOf(dir) !== group.identity) this.closeFd(group);
     return group.commit.sync();
   }
 
   /** Closes every lingering descriptor (store close). */
   close(): void {
     for (const [dir, group] of this.groups) {
-      if (group.linger === undefined) continue;
-      clearTimeout(group.linger);
-      group.linger = undefined;
-      this.lingering--;
+      if (!this.stopLingering(group)) continue;
       this.closeFd(group);
       this.groups.delete(dir);
     }
+  }
+
+  /** Cancels the group's linger timer; false if it was not lingering. */
+  private stopLingering(group: DirGroup): boolean {
+    if (group.linger === undefined) return false;
+    clearTimeout(group.linger);
+    group.linger = undefined;
+    this.lingering--;
+    return true;
   }
 
   private closeFd(group: DirGroup): void {
