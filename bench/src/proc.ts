@@ -1,15 +1,6 @@
-// Whole-process figures for a server we started, read from /proc (Linux): CPU seconds and resident
-// memory. The bench measures the server from outside, the same way for Mailroom and for the peers.
+// Whole-process figures for a server we started, read from /proc (Linux): resident memory. CPU is
+// measured by the shared drivers (shared/ref/lib/proctree.py: the process tree, reaped children included).
 import { readFileSync } from "node:fs";
-
-const TICKS_PER_SECOND = 100;
-
-/** utime + stime of one process, in seconds. */
-export function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
-}
 
 /** Resident set size in kB. */
 export function rssKb(pid: number): number {

@@ -4,6 +4,7 @@ import type { Logger } from "@mailroom/store";
 import type { SyncPolicy } from "./fsutil.js";
 import { isErrno } from "./errors.js";
 import type { DirSyncs } from "./groupcommit.js";
+import type { DeliveryLog } from "./deliverylog.js";
 import type { MailboxLocation } from "./layout.js";
 
 /** What every part of one store instance shares. */
@@ -17,6 +18,8 @@ export interface StoreContext {
   readonly prepared: Set<string>;
   /** Group commit of the directory fsyncs that make new messages durable. */
   readonly dirSyncs: DirSyncs;
+  /** Group commit of small deliveries' message files (null: every file is fsynced on its own). */
+  readonly deliveryLog: DeliveryLog | null;
   /** Messages up to this many octets are read with synchronous calls (0: never). */
   readonly syncReadBytes: number;
   /** `locateMailbox` under this root, remembered for recently used ids. */

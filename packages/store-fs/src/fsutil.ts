@@ -21,11 +21,14 @@ export async function fsyncDir(path: string, policy: SyncPolicy): Promise<void> 
     handle = await fsp.open(path, "r");
     await handle.sync();
   } catch (error) {
-    if (!isErrno(error, "EISDIR", "EINVAL", "EPERM", "ENOTSUP", "EBADF")) throw error;
+    if (!isErrno(error, ...UNSYNCABLE)) throw error;
   } finally {
     await handle?.close();
   }
 }
+
+/** Errors of platforms that cannot open or sync directories (Windows, some network file systems). */
+export const UNSYNCABLE = ["EISDIR", "EINVAL", "EPERM", "ENOTSUP", "EBADF"];
 
 export function uniqueSuffix(): string {
   return `${process.pid}.${randomBytes(6).toString("hex")}`;

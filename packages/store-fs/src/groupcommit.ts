@@ -1,10 +1,7 @@
-import { fstatSync, promises as fsp, statSync } from "node:fs";
+import { fstatSync, statSync } from "node:fs";
 import { closeFd, fsyncFd, openReadOnly } from "./fdio.js";
 import { isErrno } from "./errors.js";
-import type { SyncPolicy } from "./fsutil.js";
-
-/** Errors of platforms that cannot open or sync directories (Windows, some network file systems). */
-const UNSYNCABLE = ["EISDIR", "EINVAL", "EPERM", "ENOTSUP", "EBADF"];
+import { UNSYNCABLE, type SyncPolicy } from "./fsutil.js";
 
 interface Batch {
   readonly promise: Promise<void>;
@@ -71,19 +68,6 @@ export class GroupCommit {
       this.running = false;
     }
     this.onIdle?.();
-  }
-}
-
-/** One fsync of a directory's entry list, tolerating platforms that cannot sync directories. */
-export async function fsyncDirOnce(path: string): Promise<void> {
-  let handle: fsp.FileHandle | undefined;
-  try {
-    handle = await fsp.open(path, "r");
-    await handle.sync();
-  } catch (error) {
-    if (!isErrno(error, ...UNSYNCABLE)) throw error;
-  } finally {
-    await handle?.close().catch(() => undefined);
   }
 }
 

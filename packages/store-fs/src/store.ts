@@ -87,10 +87,13 @@ export class FsStore implements Store {
     // Concatenated, not joined: the mailbox paths are already normal and the names are ours.
     const temp = `${first.dir}${sep}tmp${sep}${base}`;
     const stamp = options.receivedAt === undefined ? undefined : Math.round(options.receivedAt);
-    const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp);
+    const log = this.ctx.deliveryLog;
+    const keep = log?.keeper();
     const linked: string[] = [];
     const delivered: Delivered[] = [];
+    let release: (() => void) | undefined;
     try {
+      const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp, keep);
       // The other mailboxes get hard links first; the first mailbox then takes the tmp/ file itself by
       // rename (same directory tree, so never across file systems), which leaves nothing to clean up.
       const targets = boxes.map((box, i) => {
@@ -98,6 +101,11 @@ export class FsStore implements Store {
         delivered.push({ mailbox: box.id, message: { uid: uidOfBase(own), size, receivedAt, retrievedAt: null } });
         return `${box.dir}${sep}new${sep}${messageName(own, size, crlfSize, null)}`;
       });
+      const logged = log !== null && keep !== undefined && !keep.dropped;
+      // Small messages: the log's record is made durable (shared fdatasync) BEFORE anything becomes
+      // visible; the files themselves are made durable in bulk later. See deliverylog.ts.
+      if (logged) release = await attempt("deliver", temp, () => log.record(targets, receivedAt, keep.chunks));
+      keep?.drop();
       for (let i = 1; i < boxes.length; i++) {
         const target = targets[i]!;
         await attempt("deliver", target, () => linkOrCopy(temp, target, `${boxes[i]!.dir}${sep}tmp`, this.ctx.policy));
@@ -106,13 +114,18 @@ export class FsStore implements Store {
       const own = targets[0]!;
       await attempt("deliver", own, () => renamePath(temp, own));
       linked.push(own);
-      // Group commit: each new/ is synced once for all the deliveries that linked into it meanwhile.
-      const dirs = new Set(boxes.map((b) => `${b.dir}${sep}new`));
-      await Promise.all([...dirs].map((dir) => attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir))));
+      if (!logged) {
+        // Group commit: each new/ is synced once for all the deliveries that linked into it meanwhile.
+        const dirs = new Set(boxes.map((b) => `${b.dir}${sep}new`));
+        await Promise.all([...dirs].map((dir) => attempt("fsync", dir, () => this.ctx.dirSyncs.sync(dir))));
+      }
     } catch (error) {
       for (const path of linked) await unlinkQuiet(path).catch(() => undefined);
       await unlinkQuiet(temp).catch(() => undefined);
       throw error;
+    } finally {
+      keep?.drop();
+      release?.();
     }
     return delivered;
   }
@@ -149,5 +162,6 @@ export class FsStore implements Store {
   async close(): Promise<void> {
     this.closed = true;
     this.ctx.dirSyncs.close();
+    await this.ctx.deliveryLog?.close();
   }
 }

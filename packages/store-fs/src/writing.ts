@@ -5,6 +5,7 @@ import { attempt, isErrno } from "./errors.js";
 import { unlinkQuiet, type SyncPolicy } from "./fsutil.js";
 import { BareLfCounter } from "./streams.js";
 import { closeFd, fsyncFd, openNew, setTimesFd, writeSome } from "./fdio.js";
+import type { KeptBody } from "./deliverylog.js";
 
 /** Small chunks (an SMTP DATA stream may yield line by line) are gathered up to this before one write. */
 const WRITE_BATCH = 64 * 1024;
@@ -26,12 +27,16 @@ async function writeAll(fd: number, path: string, data: Uint8Array): Promise<voi
  * Without a `receivedAt` the file keeps the modification time its last write gave it, and that time
  * (as `list()` will read it) is returned: fresh mail needs no utimes call, one thread-pool round trip
  * less per message.
+ *
+ * With `keep`, the octets are also gathered for the delivery log; if all of them fit, the file is not
+ * fsynced here (the log's record is what makes the delivery durable).
  */
 export async function writeMessageFile(
   path: string,
   source: AsyncIterable<Uint8Array>,
   policy: SyncPolicy,
   receivedAt: number | undefined,
+  keep?: KeptBody,
 ): Promise<{ size: number; crlfSize: number; receivedAt: number }> {
   const fd = await attempt("create", path, () => openNew(path));
   const counter = new BareLfCounter();
@@ -65,12 +70,16 @@ export async function writeMessageFile(
           // Big chunks go out as they are: copying them cost more (fresh ArrayBuffers, more GC) than
           // the write it would save.
           await flushPending();
+          // The log needs a copy of its own: the source may reuse this buffer for its next chunk.
+          if (keep !== undefined && !keep.dropped) keep.add(Buffer.from(chunk));
           await writeAll(fd, path, chunk);
           continue;
         }
         // Buffer.from copies small chunks into Node's shared slab, which is nearly free.
-        pending.push(Buffer.from(chunk));
+        const copy = Buffer.from(chunk);
+        pending.push(copy);
         staged += chunk.length;
+        keep?.add(copy);
       }
       await flushPending();
       if (receivedAt === undefined) {
@@ -81,7 +90,7 @@ export async function writeMessageFile(
         await attempt("utimes", path, () => setTimesFd(fd, new Date(receivedAt)));
         stamped = receivedAt;
       }
-      if (policy.fsync) await attempt("fsync", path, () => fsyncFd(fd));
+      if (policy.fsync && (keep === undefined || keep.dropped)) await attempt("fsync", path, () => fsyncFd(fd));
     } finally {
       await closeFd(fd);
     }

@@ -74,6 +74,15 @@ describe("maildir adapter", () => {
       const reader = await fsAdapter.open(`maildir:${ns}`, { sync_read_bytes: limit });
       expect(await readText(reader.mailbox("a@example.test").read(uid))).toBe(MSG);
     }
+    for (const bad of [-1, 0.5, "262144", true]) {
+      await expect(fsAdapter.open(`maildir:${ns}`, { delivery_log_bytes: bad })).rejects.toThrow("delivery_log_bytes");
+    }
+    for (const limit of [0, 1024n, 1 << 20]) {
+      const writer = await fsAdapter.open(`maildir:${ns}`, { delivery_log_bytes: limit });
+      const [delivered] = await writer.deliver(["a@example.test"], text(MSG));
+      expect(await readText(writer.mailbox("a@example.test").read(delivered!.message.uid))).toBe(MSG);
+      await writer.close();
+    }
     expect((await (await createFsStore({ root: ns })).mailbox("a@example.test").list())[0]!.uid).toBe(uid);
   });
 });

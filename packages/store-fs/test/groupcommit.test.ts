@@ -4,7 +4,8 @@ import { link, mkdir, readdir, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fromBytes } from "@mailroom/store";
 import { createFsStore, locateMailbox } from "../src/index.js";
-import { DirSyncs, GroupCommit, fsyncDirOnce } from "../src/groupcommit.js";
+import { DirSyncs, GroupCommit } from "../src/groupcommit.js";
+import { fsyncDir } from "../src/fsutil.js";
 import { tempRoot } from "./helpers.js";
 
 const root = await tempRoot("groupcommit");
@@ -114,7 +115,7 @@ describe("group commit", () => {
     const flushed: Set<string>[] = [];
     const syncs = new DirSyncs({ fsync: true }, async (path) => {
       const snapshot = new Set(readdirSync(path));
-      await fsyncDirOnce(path);
+      await fsyncDir(path, { fsync: true });
       flushed.push(snapshot);
     });
     const source = join(dir, "..", "source");

@@ -1,0 +1,306 @@
+import * as fs from "node:fs";
+import { randomBytes } from "node:crypto";
+import { dirname, join, sep } from "node:path";
+import type { Logger } from "@mailroom/store";
+import { GroupCommit } from "./groupcommit.js";
+import { fsyncDir, makeDirs, unlinkQuiet, type SyncPolicy } from "./fsutil.js";
+import { closeFd } from "./fdio.js";
+import { currentBootId, encodeRecord } from "./logformat.js";
+import type { BulkSync } from "./syncfs.js";
+
+/**
+ * The delivery log: group commit for the message files themselves.
+ *
+ * A durable Maildir delivery costs an fsync of the message file and one of new/, and on most disks
+ * the file's fsync (a cache flush per message) is what limits ingest. With the log, a small message
+ * is still written into tmp/ and renamed into new/ exactly as before, but without an fsync: what makes
+ * it durable before the 250 is a copy appended to this log, and the appends of every delivery that
+ * arrives while one fdatasync runs share the next one. About once a second the log is retired: the
+ * files it covers are made durable in bulk (one syncfs per file system, see BulkSync), then the log
+ * file is deleted. A log left behind by a crash is replayed when the store is next opened (see
+ * logrecovery.ts).
+ *
+ * Ordering, which is what the crash guarantees rest on: the record is durable before the rename makes
+ * the message visible, and the rename happens before deliver() resolves. So every message a client
+ * saw accepted has a durable record until its file is durable, and a visible message whose record
+ * never became durable cannot exist.
+ */
+
+/** The log files' directory under the store root (a name mailbox encoding never produces). */
+export const LOG_DIR = ".log";
+
+/** Paths of the log files open in this process, whatever store instance owns them: never replayed. */
+export const liveLogs = new Set<string>();
+
+export interface DeliveryLogOptions {
+  /** Messages up to this many octets go through the log; larger ones are fsynced as before. */
+  readonly maxMessageBytes: number;
+  /** How long a log collects records before it is retired (default 1 s). */
+  readonly checkpointMs?: number;
+  /** Octets of message bodies held in memory for the log at once, over all deliveries (default 32 MiB). */
+  readonly budgetBytes?: number;
+  /** A log file is retired early once it holds this much (default 64 MiB). */
+  readonly maxLogBytes?: number;
+}
+
+class Generation {
+  fd: number | undefined;
+  position = 0;
+  queue: Uint8Array[] = [];
+  queuedBytes = 0;
+  /** Records appended whose files are not published (renamed into new/) or given up yet. */
+  inflight = 0;
+  failed = false;
+  readonly files: string[] = [];
+  readonly dirs = new Set<string>();
+  private drainedWaiter: (() => void) | undefined;
+  readonly commit: GroupCommit;
+
+  constructor(
+    readonly path: string,
+    flush: (gen: Generation) => Promise<void>,
+  ) {
+    this.commit = new GroupCommit(() => flush(this));
+  }
+
+  released(): void {
+    this.inflight--;
+    if (this.inflight === 0) this.drainedWaiter?.();
+  }
+
+  drained(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.drainedWaiter = resolve));
+  }
+}
+
+/** A message body gathered for the log while it is written to tmp/, within the log's limits. */
+export class KeptBody {
+  chunks: Uint8Array[] = [];
+  bytes = 0;
+  dropped = false;
+
+  constructor(
+    private readonly limit: number,
+    private readonly budget: { reserve(n: number): boolean; unreserve(n: number): void },
+  ) {}
+
+  /** Keeps `chunk` (which must not change afterwards) unless the message outgrew the log. */
+  add(chunk: Uint8Array): void {
+    if (this.dropped) return;
+    if (this.bytes + chunk.length > this.limit || !this.budget.reserve(chunk.length)) {
+      this.drop();
+      return;
+    }
+    this.chunks.push(chunk);
+    this.bytes += chunk.length;
+  }
+
+  /** Lets go of the octets (idempotent); the delivery then takes the fsync path if it still can. */
+  drop(): void {
+    if (this.dropped) return;
+    this.dropped = true;
+    this.budget.unreserve(this.bytes);
+    this.chunks = [];
+    this.bytes = 0;
+  }
+}
+
+export class DeliveryLog {
+  readonly dir: string;
+  private readonly nonce = randomBytes(6).toString("hex");
+  private seq = 0;
+  private current: Generation | null = null;
+  private readonly sealed: Generation[] = [];
+  private tail: Promise<void> = Promise.resolve();
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private reserved = 0;
+  private dirReady = false;
+  private readonly checkpointMs: number;
+  private readonly budgetBytes: number;
+  private readonly maxLogBytes: number;
+
+  constructor(
+    private readonly root: string,
+    private readonly policy: SyncPolicy,
+    private readonly bulk: BulkSync,
+    private readonly logger: Logger,
+    private readonly options: DeliveryLogOptions,
+  ) {
+    this.dir = join(root, LOG_DIR);
+    this.checkpointMs = options.checkpointMs ?? 1_000;
+    this.budgetBytes = options.budgetBytes ?? 32 * 1024 * 1024;
+    this.maxLogBytes = options.maxLogBytes ?? 64 * 1024 * 1024;
+  }
+
+  /** A collector for one delivery's body. */
+  keeper(): KeptBody {
+    return new KeptBody(this.options.maxMessageBytes, this);
+  }
+
+  reserve(n: number): boolean {
+    if (this.reserved + n > this.budgetBytes) return false;
+    this.reserved += n;
+    return true;
+  }
+
+  unreserve(n: number): void {
+    this.reserved -= n;
+  }
+
+  /** True while some delivery is covered by a log that is not retired yet. */
+  get pending(): boolean {
+    return this.current !== null || this.sealed.length > 0;
+  }
+
+  /**
+   * Appends a record for a message written (not fsynced) to tmp/ that will be published under
+   * `targets` (absolute paths under the root) and resolves once the record is durable. The returned
+   * function must be called once the files are published or the delivery gave up: the log is only
+   * retired after that.
+   */
+  async record(targets: readonly string[], mtimeMs: number, body: readonly Uint8Array[]): Promise<() => void> {
+    const gen = (this.current ??= this.open());
+    const parts = encodeRecord({ kind: "delivery", targets: targets.map((t) => this.relative(t)), mtimeMs }, body);
+    for (const part of parts) gen.queuedBytes += part.length;
+    gen.queue.push(...parts);
+    gen.inflight++;
+    for (const target of targets) {
+      gen.files.push(target);
+      gen.dirs.add(dirname(target));
+    }
+    let done = false;
+    const release = (): void => {
+      if (done) return;
+      done = true;
+      gen.released();
+    };
+    if (gen.position + gen.queuedBytes > this.maxLogBytes) this.checkpoint().catch(() => undefined);
+    try {
+      await gen.commit.sync();
+    } catch (error) {
+      release();
+      throw error;
+    }
+    return release;
+  }
+
+  /**
+   * Makes every file recorded so far durable in its Maildir and deletes the logs that covered them.
+   * Expunge calls this first, so that a replay after a power cut cannot bring back mail a client
+   * deleted.
+   */
+  checkpoint(): Promise<void> {
+    if (this.timer !== undefined) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    if (this.current !== null) {
+      this.sealed.push(this.current);
+      this.current = null;
+    }
+    const run = this.tail.then(() => this.retireSealed());
+    this.tail = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Retires everything (store close). */
+  close(): Promise<void> {
+    return this.checkpoint();
+  }
+
+  private relative(target: string): string {
+    return target.slice(this.root.length + sep.length);
+  }
+
+  private open(): Generation {
+    const path = join(this.dir, `${this.nonce}-${this.seq++}.log`);
+    liveLogs.add(path);
+    const gen = new Generation(path, (g) => this.flush(g));
+    const owner = encodeRecord({ kind: "owner", pid: process.pid, boot: currentBootId(), started: Date.now() }, []);
+    for (const part of owner) gen.queuedBytes += part.length;
+    gen.queue.push(...owner);
+    this.schedule();
+    return gen;
+  }
+
+  private schedule(): void {
+    if (this.timer !== undefined) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.checkpoint().catch((error: unknown) => {
+        this.logger.error({ err: error }, "maildir: could not retire the delivery log; retrying");
+        this.schedule();
+      });
+    }, this.checkpointMs);
+    // A pending checkpoint must not keep an otherwise finished process alive; close() runs it.
+    (this.timer as { unref?: () => void }).unref?.();
+  }
+
+  private async flush(gen: Generation): Promise<void> {
+    if (gen.failed) throw new Error(`maildir: delivery log ${gen.path} failed earlier`);
+    try {
+      let fresh = false;
+      if (gen.fd === undefined) {
+        if (!this.dirReady) {
+          await makeDirs(this.dir, this.policy);
+          this.dirReady = true;
+        }
+        gen.fd = await new Promise<number>((resolve, reject) =>
+          fs.open(gen.path, "wx", 0o600, (error, fd) => (error ? reject(error) : resolve(fd))),
+        );
+        fresh = true;
+      }
+      const fd = gen.fd;
+      const parts = gen.queue;
+      const bytes = gen.queuedBytes;
+      gen.queue = [];
+      gen.queuedBytes = 0;
+      if (bytes > 0) {
+        const written = await new Promise<number>((resolve, reject) =>
+          fs.writev(fd, parts as NodeJS.ArrayBufferView[], gen.position, (error, n) => (error ? reject(error) : resolve(n))),
+        );
+        if (written !== bytes) throw new Error(`maildir: short write to the delivery log ${gen.path} (${written} of ${bytes})`);
+        gen.position += bytes;
+      }
+      await new Promise<void>((resolve, reject) => fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())));
+      // The log's own directory entry must survive too, once, before its first record counts.
+      if (fresh) await fsyncDir(this.dir, this.policy);
+    } catch (error) {
+      // After a failed write or fdatasync nothing more is trusted to this file: later records go to a
+      // new one, and this one is retired (its earlier, durable records still count).
+      gen.failed = true;
+      if (this.current === gen) {
+        this.sealed.push(gen);
+        this.current = null;
+      }
+      throw error;
+    }
+  }
+
+  private async retireSealed(): Promise<void> {
+    while (this.sealed.length > 0) {
+      await this.retire(this.sealed[0]!);
+      this.sealed.shift();
+    }
+  }
+
+  private async retire(gen: Generation): Promise<void> {
+    await gen.drained();
+    const fileSystems = new Map<number, string>();
+    for (const dir of gen.dirs) {
+      const info = fs.statSync(dir, { throwIfNoEntry: false });
+      if (info !== undefined && !fileSystems.has(info.dev)) fileSystems.set(info.dev, dir);
+    }
+    await this.bulk.sync(gen.files, [...gen.dirs], [...fileSystems.values()]);
+    if (gen.fd !== undefined) {
+      const fd = gen.fd;
+      gen.fd = undefined;
+      await closeFd(fd).catch(() => undefined);
+      await unlinkQuiet(gen.path);
+      // Durable removal: a log that came back after a power cut would restore mail deleted since.
+      await fsyncDir(this.dir, this.policy);
+    }
+    liveLogs.delete(gen.path);
+  }
+}

@@ -1,0 +1,167 @@
+import { closeSync, openSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { promises as fsp } from "node:fs";
+import { basename, dirname, join, resolve, sep } from "node:path";
+import type { Logger } from "@mailroom/store";
+import { LOG_DIR, liveLogs } from "./deliverylog.js";
+import { isErrno } from "./errors.js";
+import { fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type SyncPolicy } from "./fsutil.js";
+import { currentBootId, readRecords, type LogOwner } from "./logformat.js";
+import { movedToCur, type BulkSync } from "./syncfs.js";
+
+export interface RecoveryContext {
+  readonly root: string;
+  readonly policy: SyncPolicy;
+  readonly logger: Logger;
+  readonly bulk: BulkSync;
+}
+
+/**
+ * Replays the delivery logs of processes that stopped without retiring them (see deliverylog.ts).
+ *
+ * - Same boot (the process was killed, the machine kept running): the page cache still holds every
+ *   file the process published, so nothing is rewritten; the files are only made durable. A published
+ *   file that is gone was removed on purpose (POP3 DELE, a Dovecot client) and stays gone; a record
+ *   whose file never got published belongs to a delivery that was never acknowledged.
+ * - After a restart of the machine (another boot id, or none to compare): each recorded file is
+ *   checked against the log and written again where it is missing, short or different. Mail deleted
+ *   in the last second before a power cut can come back this way; mail acknowledged is never lost.
+ *
+ * Logs whose owner still runs (same boot, its pid alive) are left alone. A lock directory keeps two
+ * processes that open the store at once from replaying the same log.
+ */
+export async function recoverDeliveryLogs(ctx: RecoveryContext, bootId = currentBootId()): Promise<void> {
+  const dir = join(ctx.root, LOG_DIR);
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (error) {
+    if (isErrno(error, "ENOENT", "ENOTDIR")) return;
+    throw error;
+  }
+  const logs = names
+    .filter((name) => name.endsWith(".log"))
+    .sort()
+    .map((name) => join(dir, name))
+    .filter((path) => !liveLogs.has(path));
+  if (logs.length === 0) return;
+  await withDirLock(join(dir, "replay.lock"), async () => {
+    for (const path of logs) await replayIfAbandoned(ctx, path, bootId);
+  }, { staleMs: 5_000, waitMs: 120_000 });
+}
+
+function ownerAlive(owner: LogOwner, bootId: string): boolean {
+  if (bootId === "" || owner.boot !== bootId) return false;
+  if (owner.pid === process.pid) return false; // an earlier process that had our pid (a container restart)
+  try {
+    process.kill(owner.pid, 0);
+    return true;
+  } catch (error) {
+    return isErrno(error, "EPERM");
+  }
+}
+
+async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: string): Promise<void> {
+  let fd: number;
+  try {
+    fd = openSync(path, "r");
+  } catch (error) {
+    if (isErrno(error, "ENOENT")) return; // replayed by another process meanwhile
+    throw error;
+  }
+  const files: string[] = [];
+  const dirs = new Set<string>();
+  let restored = 0;
+  let repaired = 0;
+  let verify = false;
+  try {
+    const records = readRecords(fd);
+    const first = records.next();
+    if (!first.done && first.value.header.kind === "owner") {
+      const owner = first.value.header;
+      if (ownerAlive(owner, bootId)) return;
+      verify = bootId === "" || owner.boot !== bootId;
+      const curNames = new Map<string, readonly string[]>();
+      const listCur = (dir: string): readonly string[] => {
+        let names = curNames.get(dir);
+        if (names === undefined) {
+          names = readdirSync(dir);
+          curNames.set(dir, names);
+        }
+        return names;
+      };
+      for (const { header, body } of records) {
+        if (header.kind !== "delivery") continue;
+        for (const relative of header.targets) {
+          const target = resolve(ctx.root, relative);
+          if (!target.startsWith(ctx.root + sep)) continue;
+          const found = locate(target, listCur);
+          if (found === null) {
+            if (!verify) continue;
+            await rewrite(ctx, target, body, header.mtimeMs);
+            restored++;
+            files.push(target);
+          } else {
+            if (verify && !sameContent(found, body)) {
+              await rewrite(ctx, found, body, header.mtimeMs);
+              repaired++;
+            }
+            files.push(found);
+          }
+          dirs.add(dirname(files[files.length - 1]!));
+        }
+      }
+    }
+    // Else the log was cut short at its birth: no record in it was ever acknowledged.
+  } finally {
+    closeSync(fd);
+  }
+  const fileSystems = new Map<number, string>();
+  for (const dir of dirs) {
+    const info = statSync(dir, { throwIfNoEntry: false });
+    if (info !== undefined && !fileSystems.has(info.dev)) fileSystems.set(info.dev, dir);
+  }
+  await ctx.bulk.sync(files, [...dirs], [...fileSystems.values()]);
+  await unlinkQuiet(path);
+  await fsyncDir(dirname(path), ctx.policy);
+  ctx.logger.warn(
+    { log: basename(path), messages: files.length, restored, repaired, verified: verify },
+    "maildir: replayed the delivery log of a process that stopped without retiring it",
+  );
+}
+
+/** Where a published file is now: under its name in new/, or moved to cur/ by a reader. */
+function locate(target: string, listCur: (dir: string) => readonly string[]): string | null {
+  if (statSync(target, { throwIfNoEntry: false }) !== undefined) return target;
+  return movedToCur(target, listCur);
+}
+
+function sameContent(path: string, body: Uint8Array): boolean {
+  try {
+    const data = readFileSync(path);
+    return data.length === body.length && data.equals(body);
+  } catch {
+    return false;
+  }
+}
+
+/** Writes `body` to `path` through the maildir's tmp/, durably, with the recorded modification time. */
+async function rewrite(ctx: RecoveryContext, path: string, body: Uint8Array, mtimeMs: number): Promise<void> {
+  const maildir = dirname(dirname(path));
+  for (const sub of ["tmp", "new", "cur"]) await makeDirs(join(maildir, sub), ctx.policy);
+  const temp = join(maildir, "tmp", `${basename(path).split(":")[0]}.restore-${uniqueSuffix()}`);
+  try {
+    const handle = await fsp.open(temp, "wx");
+    try {
+      await handle.writeFile(body);
+      const when = new Date(mtimeMs);
+      await handle.utimes(when, when);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await fsp.rename(temp, path);
+  } finally {
+    await unlinkQuiet(temp).catch(() => undefined);
+  }
+  await fsyncDir(dirname(path), ctx.policy);
+}

@@ -1,0 +1,217 @@
+// The delivery log (group commit of small messages' files): what it leaves on disk while it collects,
+// that close and expunge retire it, and what a replay does with the log of a process that stopped.
+import { copyFileSync, existsSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it, vi } from "vitest";
+import { readAll, silentLogger, type Store } from "@mailroom/store";
+import { createFsStore } from "../src/index.js";
+import { LOG_DIR } from "../src/deliverylog.js";
+import { encodeRecord } from "../src/logformat.js";
+import { recoverDeliveryLogs } from "../src/logrecovery.js";
+import { BulkSync, movedToCur } from "../src/syncfs.js";
+import { tempRoot, text } from "./helpers.js";
+
+const root = await tempRoot("deliverylog");
+let n = 0;
+const freshRoot = (): string => join(root, `r${n++}`);
+
+/** A store whose log is retired only on close or expunge, so a test can look at it first. */
+const open = (dir: string, deliveryLogBytes?: number): Promise<Store> =>
+  createFsStore({ root: dir, hostname: "test.host", deliveryLogMs: 600_000, ...(deliveryLogBytes === undefined ? {} : { deliveryLogBytes }) });
+
+const logsIn = (dir: string): string[] =>
+  existsSync(join(dir, LOG_DIR)) ? readdirSync(join(dir, LOG_DIR)).filter((name) => name.endsWith(".log")) : [];
+
+const bodyOf = async (store: Store, mailbox: string, uid: string): Promise<string> =>
+  new TextDecoder().decode(await readAll(await store.mailbox(mailbox).read(uid)));
+
+/** The message files of a maildir (new/ and cur/), by path. */
+function messageFiles(dir: string, mailbox: string): string[] {
+  const [local, domain] = mailbox.split("@") as [string, string];
+  const maildir = join(dir, domain, local);
+  return ["new", "cur"].flatMap((sub) => readdirSync(join(maildir, sub)).map((name) => join(maildir, sub, name)));
+}
+
+/** Delivers `bodies` to alice, then keeps a copy of the log as a crashed process would have left it. */
+async function deliverAndKeepLog(dir: string, bodies: string[], to = ["alice@example.test"]) {
+  const store = await open(dir);
+  const uids: string[][] = [];
+  for (const body of bodies) uids.push((await store.deliver(to, text(body))).map((d) => d.message.uid));
+  const logs = logsIn(dir);
+  expect(logs).toHaveLength(1);
+  const saved = join(dir, "saved.log");
+  copyFileSync(join(dir, LOG_DIR, logs[0]!), saved);
+  const listed = await store.mailbox(to[0]!).list();
+  await store.close();
+  return { uids, listed, restoreLog: () => copyFileSync(saved, join(dir, LOG_DIR, logs[0]!)), logPath: join(dir, LOG_DIR, logs[0]!) };
+}
+
+const recover = (dir: string, boot: string) =>
+  recoverDeliveryLogs({ root: dir, policy: { fsync: true }, logger: silentLogger, bulk: new BulkSync(() => undefined) }, boot);
+
+describe("delivery log", () => {
+  it("keeps a record of each small delivery until close, which makes the files durable and deletes it", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    const [first] = await store.deliver(["alice@example.test"], text("Subject: one\r\n\r\nhi\r\n"));
+    await store.deliver(["alice@example.test", "bob@example.test"], text("Subject: two\r\n\r\nhi\r\n"));
+    expect(logsIn(dir)).toHaveLength(1);
+    expect(await bodyOf(store, "alice@example.test", first!.message.uid)).toBe("Subject: one\r\n\r\nhi\r\n");
+    await store.close();
+    expect(logsIn(dir)).toEqual([]);
+    expect(messageFiles(dir, "alice@example.test")).toHaveLength(2);
+    expect(messageFiles(dir, "bob@example.test")).toHaveLength(1);
+  });
+
+  it("leaves messages larger than delivery_log_bytes out of the log (fsynced on their own)", async () => {
+    const dir = freshRoot();
+    const store = await open(dir, 1024);
+    await store.deliver(["alice@example.test"], text(`Subject: big\r\n\r\n${"x".repeat(2048)}\r\n`));
+    expect(logsIn(dir)).toEqual([]);
+    await store.deliver(["alice@example.test"], text("Subject: small\r\n\r\nhi\r\n"));
+    expect(logsIn(dir)).toHaveLength(1);
+    await store.close();
+  });
+
+  it("does not log at all with delivery_log_bytes = 0 or fsync off", async () => {
+    for (const options of [{ deliveryLogBytes: 0 }, { fsync: false }]) {
+      const dir = freshRoot();
+      const store = await createFsStore({ root: dir, deliveryLogMs: 600_000, ...options });
+      await store.deliver(["alice@example.test"], text("Subject: x\r\n\r\nhi\r\n"));
+      expect(logsIn(dir)).toEqual([]);
+      await store.close();
+    }
+  });
+
+  it("retires the log before an expunge removes anything", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    const [d] = await store.deliver(["alice@example.test"], text("Subject: x\r\n\r\nhi\r\n"));
+    expect(logsIn(dir)).toHaveLength(1);
+    const mailbox = store.mailbox("alice@example.test");
+    const lease = await mailbox.acquireLease({ holder: "test", ttlMs: 30_000 });
+    expect(await mailbox.expunge([d!.message.uid], lease)).toBe(1);
+    await lease.release();
+    expect(logsIn(dir)).toEqual([]);
+    await store.close();
+  });
+
+  it("after a killed process (same boot): makes the files durable, rewrites nothing, restores nothing deleted since", async () => {
+    const dir = freshRoot();
+    const { restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n", "Subject: b\r\n\r\n2\r\n"]);
+    restoreLog();
+    const [kept, deleted] = messageFiles(dir, "alice@example.test").sort();
+    unlinkSync(deleted!); // a POP3 client's DELE after the crash
+    writeFileSync(kept!, "changed by someone else\r\n"); // not ours to judge within one boot
+    await recover(dir, readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim());
+    expect(logsIn(dir)).toEqual([]);
+    expect(messageFiles(dir, "alice@example.test")).toEqual([kept]);
+    expect(readFileSync(kept!, "utf8")).toBe("changed by someone else\r\n");
+  });
+
+  it("after a power cut (another boot): writes back missing, short and damaged files, where they are now", async () => {
+    const dir = freshRoot();
+    const bodies = ["Subject: a\r\n\r\n1\r\n", "Subject: b\r\n\r\n22\r\n", "Subject: c\r\n\r\n333\r\n", "Subject: d\r\n\r\n4444\r\n"];
+    const { uids, listed, restoreLog } = await deliverAndKeepLog(dir, bodies);
+    restoreLog();
+    const files = messageFiles(dir, "alice@example.test");
+    const fileOf = (uid: string) => files.find((f) => f.includes(uid))!;
+    unlinkSync(fileOf(uids[0]![0]!));
+    truncateSync(fileOf(uids[1]![0]!), 3);
+    writeFileSync(fileOf(uids[2]![0]!), "Subject: c\r\n\r\nXXX\r\n");
+    // A reader moved the fourth to cur/ with a flag; the power cut also damaged it there.
+    const moved = fileOf(uids[3]![0]!).replace(`${"/new/"}`, "/cur/") + ":2,S";
+    renameSync(fileOf(uids[3]![0]!), moved);
+    writeFileSync(moved, "");
+
+    await recover(dir, "another-boot");
+    expect(logsIn(dir)).toEqual([]);
+    expect(existsSync(moved)).toBe(true);
+    const store = await open(dir);
+    const after = await store.mailbox("alice@example.test").list();
+    expect(after.map((m) => [m.uid, m.size, m.receivedAt]).sort()).toEqual(listed.map((m) => [m.uid, m.size, m.receivedAt]).sort());
+    for (const [i, body] of bodies.entries()) expect(await bodyOf(store, "alice@example.test", uids[i]![0]!)).toBe(body);
+    expect(statSync(fileOf(uids[0]![0]!)).mtimeMs).toBeCloseTo(listed.find((m) => m.uid === uids[0]![0])!.receivedAt, -1);
+    await store.close();
+  });
+
+  it("after a power cut: restores every recipient of a multi-recipient delivery", async () => {
+    const dir = freshRoot();
+    const { uids, restoreLog } = await deliverAndKeepLog(dir, ["Subject: both\r\n\r\nhi\r\n"], ["alice@example.test", "bob@example.test"]);
+    restoreLog();
+    for (const box of ["alice@example.test", "bob@example.test"]) for (const f of messageFiles(dir, box)) unlinkSync(f);
+    await recover(dir, "another-boot");
+    const store = await open(dir);
+    expect(await bodyOf(store, "alice@example.test", uids[0]![0]!)).toBe("Subject: both\r\n\r\nhi\r\n");
+    expect(await bodyOf(store, "bob@example.test", uids[0]![1]!)).toBe("Subject: both\r\n\r\nhi\r\n");
+    await store.close();
+  });
+
+  it("ignores a torn or damaged tail: those records were never acknowledged", async () => {
+    const dir = freshRoot();
+    const { uids, logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n", "Subject: b\r\n\r\n2\r\n"]);
+    for (const f of messageFiles(dir, "alice@example.test")) unlinkSync(f);
+    restoreLog();
+    truncateSync(logPath, statSync(logPath).size - 5);
+    await recover(dir, "another-boot");
+    const files = messageFiles(dir, "alice@example.test");
+    expect(files).toHaveLength(1);
+    expect(files[0]).toContain(uids[0]![0]!);
+
+    // A flipped byte in a record's body fails its digest: that record and everything after it are skipped.
+    for (const f of messageFiles(dir, "alice@example.test")) unlinkSync(f);
+    restoreLog();
+    const bytes = readFileSync(logPath);
+    const at = bytes.indexOf("Subject: a");
+    bytes[at] = 0x73;
+    writeFileSync(logPath, bytes);
+    await recover(dir, "another-boot");
+    expect(messageFiles(dir, "alice@example.test")).toEqual([]);
+  });
+
+  it("leaves the log of a process that still runs alone", async () => {
+    const dir = freshRoot();
+    const boot = "this-boot";
+    const { uids, logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n"]);
+    for (const f of messageFiles(dir, "alice@example.test")) unlinkSync(f);
+    restoreLog();
+    // The same records, but owned by the parent of this test process: alive, and not us.
+    const bytes = readFileSync(logPath);
+    const ownerLength = 12 + bytes.readUInt32LE(4) + 32; // prefix, header, no body, digest
+    const owner = Buffer.concat(encodeRecord({ kind: "owner", pid: process.ppid, boot, started: 0 }, []));
+    writeFileSync(logPath, Buffer.concat([owner, bytes.subarray(ownerLength)]));
+    await recover(dir, boot);
+    expect(logsIn(dir)).toHaveLength(1);
+    expect(messageFiles(dir, "alice@example.test")).toEqual([]);
+    // Once that boot is over, the same log is replayed.
+    await recover(dir, "next-boot");
+    expect(logsIn(dir)).toEqual([]);
+    expect(messageFiles(dir, "alice@example.test")[0]).toContain(uids[0]![0]!);
+  });
+});
+
+describe("BulkSync", () => {
+  it("falls back to one fsync per file when `sync -f` cannot run, and says so once", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    await store.deliver(["alice@example.test"], text("Subject: x\r\n\r\nhi\r\n"));
+    await store.close();
+    const files = messageFiles(dir, "alice@example.test");
+    // One that a reader has moved to cur/ since: the fallback finds it there.
+    const moved = files[0]!.replace("/new/", "/cur/") + ":2,S";
+    renameSync(files[0]!, moved);
+    expect(movedToCur(files[0]!)).toBe(moved);
+    const warn = vi.fn();
+    const bulk = new BulkSync(warn);
+    const path = process.env.PATH;
+    process.env.PATH = "/nonexistent";
+    try {
+      await bulk.sync(files, [join(dir, "example.test", "alice", "new")], [dir]);
+      await bulk.sync([...files, join(dir, "gone")], [], [dir]);
+    } finally {
+      process.env.PATH = path;
+    }
+    expect(warn).toHaveBeenCalledTimes(1);
+    expect(String(warn.mock.calls[0]![0])).toContain("sync -f");
+  });
+});
