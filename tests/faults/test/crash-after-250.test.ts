@@ -1,6 +1,8 @@
 // Fault 2: SIGKILL the moment the last of N "250" replies arrives, while other sessions are still
 // mid-transaction. After a restart every message that got a 250 is in the mailbox exactly once, and
 // no message is there twice.
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   addUsers, cleanup, LineClient, message, messageIds, peek, serve, smtpOpen, smtpSend, storeSetup, stores, tempDir,
@@ -52,7 +54,15 @@ describe.each(stores)("store %s", (kind) => {
     await server.exited;
     expect(acked.length).toBeGreaterThanOrEqual(TARGET);
 
+    if (kind === "fs") {
+      // The killed server left its delivery log behind (it retires it about once a second).
+      expect(readdirSync(join(dir, "mail", ".log")).some((name) => name.endsWith(".log"))).toBe(true);
+    }
     const restarted = await serve(config);
+    if (kind === "fs") {
+      // Opening the store replayed and deleted it.
+      expect(readdirSync(join(dir, "mail", ".log")).filter((name) => name.endsWith(".log"))).toEqual([]);
+    }
     const found = [...(await peek(restarted.pop3, rcpt!, messageIds)).values()];
     const counts = new Map<string, number>();
     for (const id of found) counts.set(id, (counts.get(id) ?? 0) + 1);
