@@ -37,26 +37,39 @@ function popEmpty(target: Target, user: string): void {
   execFileSync("python3", ["-c", code, target.login(user), PASSWORD]);
 }
 
+/**
+ * The targets take turns run by run (each size × connections × repeat runs on every target before the
+ * next starts): this machine's speed drifts by up to 2× within minutes, and running all of one
+ * target's runs before the next target's made the ratios measure the drift as much as the servers.
+ */
 export function smtpIngest(ctx: SuiteContext, targets: readonly Target[]): Record<string, string>[] {
   const out = join(ctx.outDir, "smtp_ingest.tsv");
-  const counts = ctx.quick ? "300,120" : "1500,600";
-  for (const target of targets) {
-    ctx.log(`SMTP ingest: ${target.label}`);
-    const before = target.ingestMaildir || !target.pop3Port ? 0 : popStat(target, "ingest");
-    python(ctx, "smtp_ingest.py", [
-      "--label", target.label, "--port", String(target.smtpPort), "--rcpt", `ingest@${DOMAIN}`,
-      ...(target.ingestMaildir ? ["--maildir", target.ingestMaildir] : []),
-      ...pidArgs(target), "--counts", counts, "--repeats", String(ctx.repeats), "--out", out,
-    ]);
-    if (!target.ingestMaildir && target.pop3Port) {
-      // No Maildir to count: check over POP3 that everything acknowledged is in the mailbox.
-      const rows = parseTsv(readFileSync(out, "utf8"), SMTP_COLS).filter((r) => r.label === target.label);
-      const accepted = rows.reduce((sum, r) => sum + Number(r.accepted || 0), 0);
-      const found = popStat(target, "ingest") - before;
-      ctx.log(`${target.label}: ${accepted} accepted, ${found} found in the mailbox`);
-      if (found !== accepted) ctx.log(`${target.label}: MISMATCH between accepted and delivered`);
-      popEmpty(target, "ingest");
+  const sizes: Array<[size: number, count: number]> = ctx.quick ? [[4096, 300], [102400, 120]] : [[4096, 1500], [102400, 600]];
+  const before = new Map(targets.map((t) => [t, t.ingestMaildir || !t.pop3Port ? 0 : popStat(t, "ingest")]));
+  for (const [size, count] of sizes) {
+    for (const conns of [1, 8, 64]) {
+      for (let repeat = 1; repeat <= ctx.repeats; repeat++) {
+        for (const target of targets) {
+          ctx.log(`SMTP ingest: ${target.label}, ${size} octets, ${conns} connections, run ${repeat}`);
+          python(ctx, "smtp_ingest.py", [
+            "--label", target.label, "--port", String(target.smtpPort), "--rcpt", `ingest@${DOMAIN}`,
+            ...(target.ingestMaildir ? ["--maildir", target.ingestMaildir] : []),
+            ...pidArgs(target), "--sizes", String(size), "--counts", String(count), "--conns", String(conns),
+            "--repeats", "1", "--out", out,
+          ]);
+        }
+      }
     }
+  }
+  for (const target of targets) {
+    if (target.ingestMaildir || !target.pop3Port) continue;
+    // No Maildir to count: check over POP3 that everything acknowledged is in the mailbox.
+    const rows = parseTsv(readFileSync(out, "utf8"), SMTP_COLS).filter((r) => r.label === target.label);
+    const accepted = rows.reduce((sum, r) => sum + Number(r.accepted || 0), 0);
+    const found = popStat(target, "ingest") - before.get(target)!;
+    ctx.log(`${target.label}: ${accepted} accepted, ${found} found in the mailbox`);
+    if (found !== accepted) ctx.log(`${target.label}: MISMATCH between accepted and delivered`);
+    popEmpty(target, "ingest");
   }
   return parseTsv(readFileSync(out, "utf8"), SMTP_COLS);
 }

@@ -1,4 +1,4 @@
-import { closeSync, openSync, readFileSync, readdirSync, statSync } from "node:fs";
+import { closeSync, fstatSync, openSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { promises as fsp } from "node:fs";
 import { basename, dirname, join, resolve, sep } from "node:path";
 import type { Logger } from "@mailroom/store";
@@ -26,8 +26,8 @@ export interface RecoveryContext {
  *   checked against the log and written again where it is missing, short or different. Mail deleted
  *   in the last second before a power cut can come back this way; mail acknowledged is never lost.
  *
- * Logs whose owner still runs (same boot, its pid alive) are left alone. A lock directory keeps two
- * processes that open the store at once from replaying the same log.
+ * Logs whose owner still runs (same boot, its pid alive, written to in the last five minutes) are left
+ * alone. A lock directory keeps two processes that open the store at once from replaying the same log.
  */
 export async function recoverDeliveryLogs(ctx: RecoveryContext, bootId = currentBootId()): Promise<void> {
   const dir = join(ctx.root, LOG_DIR);
@@ -49,9 +49,16 @@ export async function recoverDeliveryLogs(ctx: RecoveryContext, bootId = current
   }, { staleMs: 5_000, waitMs: 120_000 });
 }
 
-function ownerAlive(owner: LogOwner, bootId: string): boolean {
+/**
+ * A live owner appends to a log for about a second and then retires it; one untouched for this long
+ * belongs to a process that is gone even if its pid is in use again (by an unrelated process).
+ */
+const ABANDONED_AFTER_MS = 5 * 60_000;
+
+function ownerAlive(owner: LogOwner, bootId: string, lastWrite: number): boolean {
   if (bootId === "" || owner.boot !== bootId) return false;
   if (owner.pid === process.pid) return false; // an earlier process that had our pid (a container restart)
+  if (Date.now() - lastWrite > ABANDONED_AFTER_MS) return false;
   try {
     process.kill(owner.pid, 0);
     return true;
@@ -78,7 +85,7 @@ async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: str
     const first = records.next();
     if (!first.done && first.value.header.kind === "owner") {
       const owner = first.value.header;
-      if (ownerAlive(owner, bootId)) return;
+      if (ownerAlive(owner, bootId, fstatSync(fd).mtimeMs)) return;
       verify = bootId === "" || owner.boot !== bootId;
       const curNames = new Map<string, readonly string[]>();
       const listCur = (dir: string): readonly string[] => {

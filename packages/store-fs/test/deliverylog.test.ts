@@ -1,6 +1,6 @@
 // The delivery log (group commit of small messages' files): what it leaves on disk while it collects,
 // that close and expunge retire it, and what a replay does with the log of a process that stopped.
-import { copyFileSync, existsSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it, vi } from "vitest";
 import { readAll, silentLogger, type Store } from "@mailroom/store";
@@ -169,7 +169,7 @@ describe("delivery log", () => {
     expect(messageFiles(dir, "alice@example.test")).toEqual([]);
   });
 
-  it("leaves the log of a process that still runs alone", async () => {
+  it("leaves the log of a process that still runs alone, until nothing has written to it for five minutes", async () => {
     const dir = freshRoot();
     const boot = "this-boot";
     const { uids, logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n"]);
@@ -183,7 +183,15 @@ describe("delivery log", () => {
     await recover(dir, boot);
     expect(logsIn(dir)).toHaveLength(1);
     expect(messageFiles(dir, "alice@example.test")).toEqual([]);
-    // Once that boot is over, the same log is replayed.
+    // Untouched for ten minutes: its pid now names some other process, the log is abandoned.
+    const old = new Date(Date.now() - 10 * 60_000);
+    utimesSync(logPath, old, old);
+    await recover(dir, boot);
+    expect(logsIn(dir)).toEqual([]);
+    expect(messageFiles(dir, "alice@example.test")).toEqual([]); // same boot: made durable, nothing rewritten
+    // After a reboot the same log restores the file.
+    restoreLog();
+    writeFileSync(logPath, Buffer.concat([owner, bytes.subarray(ownerLength)]));
     await recover(dir, "next-boot");
     expect(logsIn(dir)).toEqual([]);
     expect(messageFiles(dir, "alice@example.test")[0]).toContain(uids[0]![0]!);
