@@ -112,6 +112,23 @@ export async function mailroomTarget(options: MailroomTargetOptions): Promise<Ta
     await exited;
     clearTimeout(timer);
   };
+  // What the run leaves in the shared PostgreSQL and Redis goes with the target (the fs store's data
+  // lives in the work directory, which main.ts removes).
+  const dropData = (): void => {
+    const run = (command: string, args: string[]): void => {
+      try {
+        execFileSync(command, args, { stdio: "ignore", timeout: 60_000 });
+      } catch {
+        console.error(`bench: could not remove the benchmark's data (${command} ${args.join(" ")}); remove it by hand`);
+      }
+    };
+    if (store === "postgres") {
+      run("psql", ["-h", "127.0.0.1", "-U", "postgres", "-qAtc", `DROP SCHEMA IF EXISTS "mr_bench_${stamp}" CASCADE`]);
+    } else if (store === "redis") {
+      const script = "local c='0' repeat local r=redis.call('SCAN',c,'MATCH',ARGV[1]..'*','COUNT',1000) c=r[1] for _,k in ipairs(r[2]) do redis.call('DEL',k) end until c=='0' return 0";
+      run("redis-cli", ["-h", "127.0.0.1", "-p", "6379", "EVAL", script, "0", `mrbench:${stamp}:`]);
+    }
+  };
   await start();
   return {
     label: `mailroom-${store}`,
@@ -125,7 +142,10 @@ export async function mailroomTarget(options: MailroomTargetOptions): Promise<Ta
       await stop();
       await start();
     },
-    stop,
+    stop: async () => {
+      await stop();
+      dropData();
+    },
     pid: () => child?.pid ?? null,
   };
 }
