@@ -198,6 +198,51 @@ describe("delivery log", () => {
   });
 });
 
+describe("delivery log under concurrency", () => {
+  it("keeps every delivery while logs are retired every few milliseconds and expunges run alongside", async () => {
+    const dir = freshRoot();
+    const store = await createFsStore({ root: dir, hostname: "test.host", deliveryLogMs: 3 });
+    const boxes = ["a@example.test", "b@example.test", "c@example.test"];
+    const delivered: Array<{ box: string; uid: string; body: string }> = [];
+    const deliverSome = async (worker: number): Promise<void> => {
+      for (let i = 0; i < 40; i++) {
+        const body = `Subject: ${worker}-${i}\r\n\r\n${"x".repeat((worker * 997 + i * 131) % 3000)}\r\n`;
+        const to = [boxes[i % 3]!, ...(i % 4 === 0 ? [boxes[(i + 1) % 3]!] : [])];
+        for (const d of await store.deliver(to, text(body))) delivered.push({ box: d.mailbox, uid: d.message.uid, body });
+      }
+    };
+    // Meanwhile c's mail is expunged as it arrives, which retires the log each time.
+    const expunged = new Set<string>();
+    let running = true;
+    const expungeLoop = async (): Promise<void> => {
+      const mailbox = store.mailbox("c@example.test");
+      while (running) {
+        const lease = await mailbox.acquireLease({ holder: "test", ttlMs: 30_000 });
+        const uids = (await mailbox.list()).map((m) => m.uid).slice(0, 5);
+        if (uids.length > 0) await mailbox.expunge(uids, lease);
+        for (const uid of uids) expunged.add(uid);
+        await lease.release();
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+    };
+    const expunging = expungeLoop();
+    await Promise.all(Array.from({ length: 8 }, (_, worker) => deliverSome(worker)));
+    running = false;
+    await expunging;
+    await store.close();
+    expect(logsIn(dir)).toEqual([]);
+    const reopened = await open(dir);
+    for (const { box, uid, body } of delivered) {
+      if (expunged.has(uid)) continue;
+      expect(await bodyOf(reopened, box, uid)).toBe(body);
+    }
+    const listed = new Set<string>();
+    for (const box of boxes) for (const m of await reopened.mailbox(box).list()) listed.add(`${box} ${m.uid}`);
+    expect(listed.size).toBe(delivered.filter((d) => !expunged.has(d.uid)).length);
+    await reopened.close();
+  });
+});
+
 describe("BulkSync", () => {
   it("falls back to one fsync per file when `sync -f` cannot run, and says so once", async () => {
     const dir = freshRoot();
