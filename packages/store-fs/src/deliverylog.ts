@@ -74,29 +74,26 @@ class Generation {
   }
 }
 
-/** A message body gathered for the log while it is written to tmp/, within the log's limits. */
+/** A message body gathered for the log, within the log's limits. */
 export class KeptBody {
   chunks: Uint8Array[] = [];
   bytes = 0;
-  dropped = false;
+  private dropped = false;
 
   constructor(
     private readonly limit: number,
     private readonly budget: { reserve(n: number): boolean; unreserve(n: number): void },
   ) {}
 
-  /** Keeps `chunk` (which must not change afterwards) unless the message outgrew the log. */
-  add(chunk: Uint8Array): void {
-    if (this.dropped) return;
-    if (this.bytes + chunk.length > this.limit || !this.budget.reserve(chunk.length)) {
-      this.drop();
-      return;
-    }
+  /** Keeps `chunk` (which must not change afterwards); false if the message outgrew the log. */
+  add(chunk: Uint8Array): boolean {
+    if (this.dropped || this.bytes + chunk.length > this.limit || !this.budget.reserve(chunk.length)) return false;
     this.chunks.push(chunk);
     this.bytes += chunk.length;
+    return true;
   }
 
-  /** Lets go of the octets (idempotent); the delivery then takes the fsync path if it still can. */
+  /** Lets go of the octets and their share of the budget (idempotent). */
   drop(): void {
     if (this.dropped) return;
     this.dropped = true;

@@ -21,7 +21,8 @@ import { readTextOrNull, readdirOrEmpty, unlinkQuiet } from "./fsutil.js";
 import { ID_FILE, RESERVED_PREFIX, idFromSegments, locateMailbox } from "./layout.js";
 import { FsMailbox, STATE_FILE } from "./maildir.js";
 import { FsQueue } from "./queue.js";
-import { linkOrCopy, writeMessageFile } from "./writing.js";
+import { gatherUpTo, linkOrCopy, writeHeldFile, writeMessageFile } from "./writing.js";
+import { BareLfCounter } from "./streams.js";
 import { renamePath } from "./fdio.js";
 
 async function hasEntry(dir: string): Promise<boolean> {
@@ -93,7 +94,22 @@ export class FsStore implements Store {
     const delivered: Delivered[] = [];
     let release: (() => void) | undefined;
     try {
-      const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp, keep);
+      const guarded = guardAppendSource(source, options);
+      // Small messages are held in memory for the delivery log; null means all of it fit.
+      const rest = keep === undefined ? guarded : await gatherUpTo(guarded, keep);
+      const logged = log !== null && keep !== undefined && rest === null;
+      let size: number;
+      let crlfSize: number;
+      let receivedAt: number;
+      if (logged) {
+        const counter = new BareLfCounter();
+        for (const chunk of keep.chunks) counter.push(chunk);
+        size = counter.octets;
+        crlfSize = counter.octets + counter.count;
+        receivedAt = stamp ?? Date.now();
+      } else {
+        ({ size, crlfSize, receivedAt } = await writeMessageFile(temp, rest ?? guarded, this.ctx.policy, stamp));
+      }
       // The other mailboxes get hard links first; the first mailbox then takes the tmp/ file itself by
       // rename (same directory tree, so never across file systems), which leaves nothing to clean up.
       const targets = boxes.map((box, i) => {
@@ -101,10 +117,18 @@ export class FsStore implements Store {
         delivered.push({ mailbox: box.id, message: { uid: uidOfBase(own), size, receivedAt, retrievedAt: null } });
         return `${box.dir}${sep}new${sep}${messageName(own, size, crlfSize, null)}`;
       });
-      const logged = log !== null && keep !== undefined && !keep.dropped;
-      // Small messages: the log's record is made durable (shared fdatasync) BEFORE anything becomes
-      // visible; the files themselves are made durable in bulk later. See deliverylog.ts.
-      if (logged) release = await attempt("deliver", temp, () => log.record(targets, receivedAt, keep.chunks));
+      if (logged) {
+        // The file (no fsync) and the log's record (shared fdatasync) are written at the same time;
+        // both are done BEFORE anything becomes visible. The files themselves are made durable in
+        // bulk later. See deliverylog.ts.
+        const [written, recorded] = await Promise.allSettled([
+          writeHeldFile(temp, keep.chunks, receivedAt),
+          attempt("deliver", temp, () => log.record(targets, receivedAt, keep.chunks)),
+        ]);
+        if (recorded.status === "fulfilled") release = recorded.value;
+        if (written.status === "rejected") throw written.reason;
+        if (recorded.status === "rejected") throw recorded.reason;
+      }
       keep?.drop();
       for (let i = 1; i < boxes.length; i++) {
         const target = targets[i]!;

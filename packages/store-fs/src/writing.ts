@@ -27,16 +27,12 @@ async function writeAll(fd: number, path: string, data: Uint8Array): Promise<voi
  * Without a `receivedAt` the file keeps the modification time its last write gave it, and that time
  * (as `list()` will read it) is returned: fresh mail needs no utimes call, one thread-pool round trip
  * less per message.
- *
- * With `keep`, the octets are also gathered for the delivery log; if all of them fit, the file is not
- * fsynced here (the log's record is what makes the delivery durable).
  */
 export async function writeMessageFile(
   path: string,
   source: AsyncIterable<Uint8Array>,
   policy: SyncPolicy,
   receivedAt: number | undefined,
-  keep?: KeptBody,
 ): Promise<{ size: number; crlfSize: number; receivedAt: number }> {
   const fd = await attempt("create", path, () => openNew(path));
   const counter = new BareLfCounter();
@@ -70,16 +66,12 @@ export async function writeMessageFile(
           // Big chunks go out as they are: copying them cost more (fresh ArrayBuffers, more GC) than
           // the write it would save.
           await flushPending();
-          // The log needs a copy of its own: the source may reuse this buffer for its next chunk.
-          if (keep !== undefined && !keep.dropped) keep.add(Buffer.from(chunk));
           await writeAll(fd, path, chunk);
           continue;
         }
         // Buffer.from copies small chunks into Node's shared slab, which is nearly free.
-        const copy = Buffer.from(chunk);
-        pending.push(copy);
+        pending.push(Buffer.from(chunk));
         staged += chunk.length;
-        keep?.add(copy);
       }
       await flushPending();
       if (receivedAt === undefined) {
@@ -90,7 +82,7 @@ export async function writeMessageFile(
         await attempt("utimes", path, () => setTimesFd(fd, new Date(receivedAt)));
         stamped = receivedAt;
       }
-      if (policy.fsync && (keep === undefined || keep.dropped)) await attempt("fsync", path, () => fsyncFd(fd));
+      if (policy.fsync) await attempt("fsync", path, () => fsyncFd(fd));
     } finally {
       await closeFd(fd);
     }
@@ -99,6 +91,50 @@ export async function writeMessageFile(
     throw error;
   }
   return { size: counter.octets, crlfSize: counter.octets + counter.count, receivedAt: stamped };
+}
+
+/**
+ * Reads `source` into `keep` for the delivery log. Resolves null once all of it is held; if it
+ * outgrows the log (size or memory budget), lets go of what was held and resolves a source that
+ * yields the same octets from the start, for the streaming path.
+ */
+export async function gatherUpTo(source: AsyncIterable<Uint8Array>, keep: KeptBody): Promise<AsyncIterable<Uint8Array> | null> {
+  const iterator = source[Symbol.asyncIterator]();
+  for (;;) {
+    const next = await iterator.next();
+    if (next.done) return null;
+    // A copy of our own: the source may reuse its buffer for the next chunk.
+    const copy = Buffer.from(next.value);
+    if (keep.add(copy)) continue;
+    const head = [...keep.chunks, copy];
+    keep.drop();
+    const rest: AsyncIterable<Uint8Array> = { [Symbol.asyncIterator]: () => iterator };
+    return (async function* () {
+      yield* head;
+      yield* rest;
+    })();
+  }
+}
+
+/**
+ * Writes a message held in memory into a new file stamped `mtimeMs`, without an fsync: it is only
+ * used while the delivery log's record, written at the same time, is what makes the delivery durable.
+ * The stamp is set explicitly (futimes) so that the record can carry it before the write is done.
+ */
+export async function writeHeldFile(path: string, chunks: readonly Uint8Array[], mtimeMs: number): Promise<void> {
+  const fd = await attempt("create", path, () => openNew(path));
+  try {
+    try {
+      const data = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+      await writeAll(fd, path, data);
+      await attempt("utimes", path, () => setTimesFd(fd, new Date(mtimeMs)));
+    } finally {
+      await closeFd(fd);
+    }
+  } catch (error) {
+    await unlinkQuiet(path).catch(() => undefined);
+    throw error;
+  }
 }
 
 /** Hard-links so an existing name is never replaced; falls back to a copy where links are impossible. */
