@@ -45,7 +45,7 @@ export interface FsStoreOptions {
 
 const DEFAULT_SYNC_READ_BYTES = 128 * 1024;
 /**
- * Measured on the benchmark machine: the log wins clearly at 4 KB (+15–25 % msg/s), breaks even
+ * Measured on the benchmark machine: the log wins at 4 KB (+8–25 % msg/s), breaks even
  * around 48 KB and loses at 100 KB (-30 %), where writing every octet twice costs more disk
  * bandwidth than the flushes it saves.
  */
