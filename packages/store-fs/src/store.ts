@@ -129,7 +129,6 @@ export class FsStore implements Store {
         if (written.status === "rejected") throw written.reason;
         if (recorded.status === "rejected") throw recorded.reason;
       }
-      keep?.drop();
       for (let i = 1; i < boxes.length; i++) {
         const target = targets[i]!;
         await attempt("deliver", target, () => linkOrCopy(temp, target, `${boxes[i]!.dir}${sep}tmp`, this.ctx.policy));
