@@ -1,10 +1,9 @@
-import * as fs from "node:fs";
 import { randomBytes } from "node:crypto";
 import { dirname, join, sep } from "node:path";
 import type { Logger } from "@mailroom/store";
 import { GroupCommit } from "./groupcommit.js";
 import { fsyncDir, makeDirs, unlinkQuiet, type SyncPolicy } from "./fsutil.js";
-import { closeFd } from "./fdio.js";
+import { closeFd, fdatasyncFd, openNew, writevAt } from "./fdio.js";
 import { currentBootId, encodeRecord } from "./logformat.js";
 import type { BulkSync } from "./syncfs.js";
 
@@ -243,9 +242,7 @@ export class DeliveryLog {
           await makeDirs(this.dir, this.policy);
           this.dirReady = true;
         }
-        gen.fd = await new Promise<number>((resolve, reject) =>
-          fs.open(gen.path, "wx", 0o600, (error, fd) => (error ? reject(error) : resolve(fd))),
-        );
+        gen.fd = await openNew(gen.path, 0o600);
         fresh = true;
       }
       const fd = gen.fd;
@@ -254,13 +251,11 @@ export class DeliveryLog {
       gen.queue = [];
       gen.queuedBytes = 0;
       if (bytes > 0) {
-        const written = await new Promise<number>((resolve, reject) =>
-          fs.writev(fd, parts as NodeJS.ArrayBufferView[], gen.position, (error, n) => (error ? reject(error) : resolve(n))),
-        );
+        const written = await writevAt(fd, parts, gen.position);
         if (written !== bytes) throw new Error(`maildir: short write to the delivery log ${gen.path} (${written} of ${bytes})`);
         gen.position += bytes;
       }
-      await new Promise<void>((resolve, reject) => fs.fdatasync(fd, (error) => (error ? reject(error) : resolve())));
+      await fdatasyncFd(fd);
       // The log's own directory entry must survive too, once, before its first record counts.
       if (fresh) await fsyncDir(this.dir, this.policy);
     } catch (error) {
@@ -284,12 +279,7 @@ export class DeliveryLog {
 
   private async retire(gen: Generation): Promise<void> {
     await gen.drained();
-    const fileSystems = new Map<number, string>();
-    for (const dir of gen.dirs) {
-      const info = fs.statSync(dir, { throwIfNoEntry: false });
-      if (info !== undefined && !fileSystems.has(info.dev)) fileSystems.set(info.dev, dir);
-    }
-    await this.bulk.sync(gen.files, [...gen.dirs], [...fileSystems.values()]);
+    await this.bulk.sync(gen.files, gen.dirs);
     if (gen.fd !== undefined) {
       const fd = gen.fd;
       gen.fd = undefined;

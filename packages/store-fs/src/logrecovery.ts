@@ -122,12 +122,7 @@ async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: str
   } finally {
     closeSync(fd);
   }
-  const fileSystems = new Map<number, string>();
-  for (const dir of dirs) {
-    const info = statSync(dir, { throwIfNoEntry: false });
-    if (info !== undefined && !fileSystems.has(info.dev)) fileSystems.set(info.dev, dir);
-  }
-  await ctx.bulk.sync(files, [...dirs], [...fileSystems.values()]);
+  await ctx.bulk.sync(files, dirs);
   await unlinkQuiet(path);
   await fsyncDir(dirname(path), ctx.policy);
   ctx.logger.warn(

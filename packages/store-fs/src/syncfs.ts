@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { readdirSync } from "node:fs";
+import { readdirSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { mapLimited } from "./writing.js";
 import { closeFd, fsyncFd, openReadOnly } from "./fdio.js";
@@ -25,23 +25,37 @@ export class BulkSync {
   }
 
   /**
-   * `files` must be durable, and so must the entries of `dirs`; `fileSystems` names one path on each
-   * file system involved (for syncfs). Files that are gone meanwhile (a reader moved or expunged
-   * them) are skipped: whoever removed them made that change durable themselves.
+   * `files` must be durable, and so must the entries of `dirs` (syncfs covers every file system that
+   * one of `dirs` is on). Files that are gone meanwhile (a reader moved or expunged them) are skipped:
+   * whoever removed them made that change durable themselves.
    */
-  async sync(files: readonly string[], dirs: readonly string[], fileSystems: readonly string[]): Promise<void> {
-    if (this.syncfsWorks && fileSystems.length > 0) {
-      try {
-        await runSyncF(fileSystems);
-        return;
-      } catch (error) {
-        this.syncfsWorks = false;
-        this.warn(`maildir: \`sync -f\` failed (${String(error)}); making delivered files durable one fsync at a time from now on`);
+  async sync(files: readonly string[], dirs: Iterable<string>): Promise<void> {
+    const dirList = [...dirs];
+    if (this.syncfsWorks) {
+      const fileSystems = onePerFileSystem(dirList);
+      if (fileSystems.length > 0) {
+        try {
+          await runSyncF(fileSystems);
+          return;
+        } catch (error) {
+          this.syncfsWorks = false;
+          this.warn(`maildir: \`sync -f\` failed (${String(error)}); making delivered files durable one fsync at a time from now on`);
+        }
       }
     }
     await mapLimited(files, 16, (path) => fsyncPath(path, false));
-    await mapLimited(dirs, 16, (path) => fsyncPath(path, true));
+    await mapLimited(dirList, 16, (path) => fsyncPath(path, true));
   }
+}
+
+/** One of `dirs` per file system (device) they are on; directories that are gone are left out. */
+function onePerFileSystem(dirs: readonly string[]): string[] {
+  const byDevice = new Map<number, string>();
+  for (const dir of dirs) {
+    const info = statSync(dir, { throwIfNoEntry: false });
+    if (info !== undefined && !byDevice.has(info.dev)) byDevice.set(info.dev, dir);
+  }
+  return [...byDevice.values()];
 }
 
 function runSyncF(paths: readonly string[]): Promise<void> {

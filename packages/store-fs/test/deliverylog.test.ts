@@ -259,8 +259,8 @@ describe("BulkSync", () => {
     const path = process.env.PATH;
     process.env.PATH = "/nonexistent";
     try {
-      await bulk.sync(files, [join(dir, "example.test", "alice", "new")], [dir]);
-      await bulk.sync([...files, join(dir, "gone")], [], [dir]);
+      await bulk.sync(files, [join(dir, "example.test", "alice", "new")]);
+      await bulk.sync([...files, join(dir, "gone")], []);
     } finally {
       process.env.PATH = path;
     }
