@@ -1,5 +1,6 @@
 // The delivery log (group commit of small messages' files): what it leaves on disk while it collects,
 // that close and expunge retire it, and what a replay does with the log of a process that stopped.
+import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it, vi } from "vitest";
@@ -44,6 +45,19 @@ async function deliverAndKeepLog(dir: string, bodies: string[], to = ["alice@exa
   const listed = await store.mailbox(to[0]!).list();
   await store.close();
   return { uids, listed, restoreLog: () => copyFileSync(saved, join(dir, LOG_DIR, logs[0]!)), logPath: join(dir, LOG_DIR, logs[0]!) };
+}
+
+/** The same records in the first version's format: magic "MRLG" and a SHA-256 instead of the CRC-32. */
+function asFirstVersion(log: Buffer): Buffer {
+  const out: Buffer[] = [];
+  for (let at = 0; at < log.length; ) {
+    const length = 12 + log.readUInt32LE(at + 4) + log.readUInt32LE(at + 8);
+    const record = Buffer.from(log.subarray(at, at + length));
+    record.write("MRLG", 0, "latin1");
+    out.push(record, createHash("sha256").update(record).digest());
+    at += length + 4;
+  }
+  return Buffer.concat(out);
 }
 
 const recover = (dir: string, boot: string) =>
@@ -158,7 +172,7 @@ describe("delivery log", () => {
     expect(files).toHaveLength(1);
     expect(files[0]).toContain(uids[0]![0]!);
 
-    // A flipped byte in a record's body fails its digest: that record and everything after it are skipped.
+    // A flipped byte in a record's body fails its checksum: that record and everything after it are skipped.
     for (const f of messageFiles(dir, "alice@example.test")) unlinkSync(f);
     restoreLog();
     const bytes = readFileSync(logPath);
@@ -169,6 +183,20 @@ describe("delivery log", () => {
     expect(messageFiles(dir, "alice@example.test")).toEqual([]);
   });
 
+  it("replays a log written by the first version (records ending in a SHA-256, magic MRLG)", async () => {
+    const dir = freshRoot();
+    const { uids, logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n", "Subject: b\r\n\r\n2\r\n"]);
+    for (const f of messageFiles(dir, "alice@example.test")) unlinkSync(f);
+    restoreLog();
+    writeFileSync(logPath, asFirstVersion(readFileSync(logPath)));
+    await recover(dir, "another-boot");
+    expect(logsIn(dir)).toEqual([]);
+    const store = await open(dir);
+    expect(await bodyOf(store, "alice@example.test", uids[0]![0]!)).toBe("Subject: a\r\n\r\n1\r\n");
+    expect(await bodyOf(store, "alice@example.test", uids[1]![0]!)).toBe("Subject: b\r\n\r\n2\r\n");
+    await store.close();
+  });
+
   it("leaves the log of a process that still runs alone, until nothing has written to it for five minutes", async () => {
     const dir = freshRoot();
     const boot = "this-boot";
@@ -177,7 +205,7 @@ describe("delivery log", () => {
     restoreLog();
     // The same records, but owned by the parent of this test process: alive, and not us.
     const bytes = readFileSync(logPath);
-    const ownerLength = 12 + bytes.readUInt32LE(4) + 32; // prefix, header, no body, digest
+    const ownerLength = 12 + bytes.readUInt32LE(4) + 4; // prefix, header, no body, checksum
     const owner = Buffer.concat(encodeRecord({ kind: "owner", pid: process.ppid, boot, started: 0 }, []));
     writeFileSync(logPath, Buffer.concat([owner, bytes.subarray(ownerLength)]));
     await recover(dir, boot);
