@@ -94,6 +94,8 @@ export interface StartContext {
   readonly limits: SmtpLimits;
   readonly bareLineEndings: "reject" | "normalize";
   readonly log: (fields: Record<string, unknown>, message: string) => void;
+  /** Aborts the delivery; the session may have used it for earlier ones (see DeliverOptions.signal). */
+  readonly controller: AbortController;
 }
 
 const encoder = new TextEncoder();
@@ -110,7 +112,7 @@ export function startDelivery(ctx: StartContext, tx: Transaction, mode: "dot" | 
     maxBytes: ctx.limits.maxMessageBytes,
   });
   const queue = new ChunkQueue();
-  const controller = new AbortController();
+  const { controller } = ctx;
   const envelope: Envelope = { id: tx.id, mailFrom: tx.mailFrom, recipients: tx.recipients, utf8: tx.utf8 };
   const header = encoder.encode(
     traceHeaders({

@@ -69,6 +69,8 @@ export class Session {
   #transactions = 0;
   #shuttingDown = false;
   #writeBlocked = false;
+  /** The signal handed to store deliveries; replaced once aborted (see #startDelivery). */
+  #controller: AbortController | null = null;
   /** Set by STARTTLS: the rest of the current input was sent in the clear and is thrown away. */
   #dropRest = false;
 
@@ -579,7 +581,14 @@ export class Session {
   // ---- delivery ----------------------------------------------------------------------------------
 
   #startDelivery(tx: Transaction, mode: "dot" | "raw"): Delivery {
+    // A store lets go of the signal when its delivery settles (store contract), so one controller serves
+    // every delivery of the session until one is aborted: creating one cost ~15 µs per message in
+    // profiles. An onData hook may keep its signal for as long as it likes, so it gets its own.
+    let controller: AbortController;
+    if (this.#ctx.hooks.onData) controller = new AbortController();
+    else controller = this.#controller ??= new AbortController();
     const context = {
+      controller,
       store: this.#ctx.store,
       hooks: this.#ctx.hooks,
       info: this.info,
@@ -629,6 +638,7 @@ export class Session {
   #abortDelivery(delivery: Delivery, why: string): void {
     if (delivery.controller.signal.aborted) return;
     const reason = new Error(why);
+    if (delivery.controller === this.#controller) this.#controller = null;
     delivery.controller.abort(reason);
     delivery.queue.fail(reason);
   }

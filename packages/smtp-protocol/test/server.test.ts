@@ -122,6 +122,63 @@ describe("durability and streaming", () => {
     client.close();
   });
 
+  it("hands one signal to every delivery of a session until a refused message aborts it", async () => {
+    const base = await seededStore();
+    const signals: AbortSignal[] = [];
+    const store = withDeliver(base, async (boxes, source, options) => {
+      signals.push(options!.signal!);
+      return base.deliver(boxes, source, options);
+    });
+    const { port } = await start({ store });
+    const client = await RawClient.connect(port);
+    await envelope(client);
+    const send = async (body: string): Promise<string> => {
+      expect(await client.command("DATA")).toMatch(/^354 /);
+      return client.command(`${body}\r\n.`);
+    };
+    expect(await send("Subject: one\r\n\r\n1")).toMatch(/^250 /);
+    for (const subject of ["two", "bare LF", "three"]) {
+      expect(await client.command("MAIL FROM:<a@far.example>")).toBe("250 2.1.0 Sender OK");
+      expect(await client.command("RCPT TO:<bob@local.test>")).toBe("250 2.1.5 Recipient OK");
+      if (subject === "bare LF") expect(await send("Subject: bare\nLF")).toMatch(/^5/);
+      else expect(await send(`Subject: ${subject}\r\n\r\nx`)).toMatch(/^250 /);
+    }
+    expect(signals).toHaveLength(4);
+    expect(signals[1]).toBe(signals[0]);
+    expect(signals[2]).toBe(signals[0]);
+    expect(signals[0]!.aborted).toBe(true); // the refused message's delivery was stopped
+    expect(signals[3]).not.toBe(signals[0]);
+    expect(signals[3]!.aborted).toBe(false);
+    expect((await storedMessages(base, "bob@local.test")).length).toBe(3);
+    client.close();
+  });
+
+  it("gives the onData hook a signal of its own for each message", async () => {
+    const signals: AbortSignal[] = [];
+    const { port } = await start({
+      hooks: {
+        onData: async (_envelope, message, info) => {
+          for await (const _ of message) void _;
+          signals.push(info.signal);
+          return { ok: true };
+        },
+      },
+    });
+    const client = await RawClient.connect(port);
+    await envelope(client);
+    for (let i = 0; i < 2; i++) {
+      if (i > 0) {
+        expect(await client.command("MAIL FROM:<a@far.example>")).toBe("250 2.1.0 Sender OK");
+        expect(await client.command("RCPT TO:<bob@local.test>")).toBe("250 2.1.5 Recipient OK");
+      }
+      expect(await client.command("DATA")).toMatch(/^354 /);
+      expect(await client.command("Subject: hook\r\n\r\nx\r\n.")).toMatch(/^250 /);
+    }
+    expect(signals).toHaveLength(2);
+    expect(signals[1]).not.toBe(signals[0]);
+    client.close();
+  });
+
   it("streams a 50 MB message through the onData hook with bounded memory", async () => {
     const hash = createHash("sha256");
     let received = 0;

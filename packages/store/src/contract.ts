@@ -51,6 +51,11 @@ export interface AppendOptions {
 
 export interface DeliverOptions {
   readonly maxBytes?: number;
+  /**
+   * Aborting stops the delivery; nothing is kept. The signal is only the store's while `deliver` runs:
+   * a caller may hand the same signal to its next delivery (the SMTP session keeps one per client
+   * until it aborts), so remove any listener you add before settling and never act on it afterwards.
+   */
   readonly signal?: AbortSignal;
   readonly receivedAt?: number;
 }

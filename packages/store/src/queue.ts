@@ -38,6 +38,7 @@ export interface QueueItem {
 
 export interface EnqueueOptions {
   readonly maxBytes?: number;
+  /** Aborting stops the enqueue; nothing is kept. Only the queue's while `enqueue` runs (see DeliverOptions). */
   readonly signal?: AbortSignal;
   /** First attempt not before this time; default now. */
   readonly notBefore?: number;

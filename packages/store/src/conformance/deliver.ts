@@ -11,6 +11,12 @@ import {
   type ConformanceOptions,
 } from "./harness.js";
 
+/** Abort listeners still on `signal` (Node's own count; 0 where the runtime cannot tell). */
+async function listenerCount(signal: AbortSignal): Promise<number> {
+  const events = (await import("node:events")) as { getEventListeners?: (target: EventTarget, type: string) => unknown[] };
+  return events.getEventListeners?.(signal, "abort").length ?? 0;
+}
+
 export function deliverTests(options: ConformanceOptions): void {
   describe("deliver", () => {
     const h = useHarness(options);
@@ -75,6 +81,21 @@ export function deliverTests(options: ConformanceOptions): void {
       }
       await expect(store.deliver(targets, source(), { signal: controller.signal })).rejects.toThrow();
       for (const id of targets) expect(await store.mailbox(id).list()).toEqual([]);
+    });
+
+    it("lets go of a signal when the delivery settles: one signal can serve many deliveries", async () => {
+      const { store } = await h.fresh();
+      const controller = new AbortController();
+      const delivered = [];
+      for (let i = 0; i < 20; i++) {
+        delivered.push(...(await store.deliver(["alice@example.test"], fromBytes(message(`shared ${i}`)), { signal: controller.signal })));
+      }
+      await expect(store.deliver(["alice@example.test"], failingSource(message("fails", "f".repeat(50_000))), { signal: controller.signal })).rejects.toThrow();
+      expect(await listenerCount(controller.signal)).toBe(0);
+      // A later abort (the client leaves after its last message) touches none of what was delivered.
+      controller.abort(new Error("client went away"));
+      await sleep(5);
+      expect((await store.mailbox("alice@example.test").list()).map((m) => m.uid)).toEqual(delivered.map((d) => d.message.uid));
     });
 
     it('refuses an invalid mailbox id with "invalid-name" and delivers to none', async () => {
