@@ -76,8 +76,26 @@ function parsePathCommand(verb: "MAIL" | "RCPT", keyword: string, rest: string):
   return ok({ verb, path: parsed.path, params });
 }
 
+/** `<local@domain>` in plain ASCII without quotes, literals or source routes: nearly every real path. */
+const PLAIN_PATH = /^<([A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]{1,256})@([A-Za-z0-9\-.]{1,255})>/;
+
 /** Parses `<...>` at the start of `text`. Returns the path and where it ended, or an error text. */
 export function parsePath(text: string, allowNull: boolean): { path: Path; end: number } | string {
+  // One regular expression for the common case (the general parser below cost ~4 µs per path in
+  // profiles); anything it does not match, or whose domain it would have to judge, goes the long way.
+  const plain = PLAIN_PATH.exec(text);
+  if (plain !== null) {
+    const local = plain[1]!;
+    const domain = plain[2]!;
+    if (!domain.startsWith(".") && !domain.endsWith(".") && !domain.includes("..")) {
+      return { path: { address: `${local}@${domain}`, local, domain, utf8: false }, end: plain[0].length };
+    }
+  }
+  return parseAnyPath(text, allowNull);
+}
+
+/** The general path parser (exported for the property test that holds the short cut to it). */
+export function parseAnyPath(text: string, allowNull: boolean): { path: Path; end: number } | string {
   const chars = Array.from(text);
   let i = 1;
   // Offsets in `text` are needed for the parameters, so count UTF-16 units as we go.

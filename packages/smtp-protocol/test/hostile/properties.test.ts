@@ -2,6 +2,7 @@ import { Buffer } from "node:buffer";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { DataDecoder, LineReader, parseCommand, type DataDecoderOptions } from "../../src/index.js";
+import { parseAnyPath, parsePath } from "../../src/parser.js";
 
 /**
  * Property tests over the pure layers a hostile client reaches first: command line framing, the
@@ -237,6 +238,25 @@ function reference(wire: Uint8Array): { end: number; bare: boolean } {
 }
 
 const dotStuff = (lines: readonly string[]): string[] => lines.map((l) => (l.startsWith(".") ? `.${l}` : l));
+
+describe("SMTP path parser short cut", () => {
+  it("gives exactly what the general parser gives, for paths built from the characters that matter", () => {
+    // Every character the short cut or the general parser treats specially, plus plain ones.
+    const piece = fc.constantFrom("a", "Z", "0", ".", "..", "@", "<", ">", "[", "]", '"', "\\", "-", "_", "+", "!", "%", ":", ",", " ", "ü", "\u00ff", "x".repeat(250), "PostMaster", "=");
+    const path = fc.array(piece, { maxLength: 12 }).map((parts) => `<${parts.join("")}`);
+    const tail = fc.constantFrom("", ">", "> SIZE=10", ">>", "@b.example>");
+    fc.assert(
+      fc.property(path, tail, fc.boolean(), (head, end, allowNull) => {
+        const text = head + end;
+        expect(parsePath(text, allowNull)).toEqual(parseAnyPath(text, allowNull));
+      }),
+      params(20000),
+    );
+    for (const text of ["<a@b.example>", "<a.b+c@sub.example.test> SIZE=5", "<a@.b>", "<a@b.>", "<a@b..c>", "<a@b>"]) {
+      expect(parsePath(text, false)).toEqual(parseAnyPath(text, false));
+    }
+  });
+});
 
 describe("SMTP DATA decoder under hostile input", () => {
   it("decodes dot-stuff(M) + <CRLF>.<CRLF>, split anywhere, to exactly M (+ its last CRLF), and leaves the rest", () => {
