@@ -49,6 +49,8 @@ const MAX_AUTH_LINE = 12_288;
 const MAX_DISCARDED_LINE = 64 * 1024;
 const PAUSE_ABOVE = 256 * 1024;
 const RESUME_BELOW = 64 * 1024;
+/** Held replies (see #held) go out at once beyond this. */
+const MAX_HELD_OCTETS = 16 * 1024;
 
 export class Session {
   readonly #ctx: ServerContext;
@@ -69,6 +71,14 @@ export class Session {
   #transactions = 0;
   #shuttingDown = false;
   #writeBlocked = false;
+  /**
+   * Replies held back while more of the client's input waits to be handled (see #run): a pipelining
+   * client (Postfix, Exim, most MTAs send MAIL, RCPT… and DATA at once) then gets its replies in one
+   * write and one segment, as Postfix's smtpd does, instead of one system call each. Null when replies
+   * go out at once.
+   */
+  #held: string[] | null = null;
+  #heldOctets = 0;
   /** The signal handed to store deliveries; replaced once aborted (see #startDelivery). */
   #controller: AbortController | null = null;
   /** Set by STARTTLS: the rest of the current input was sent in the clear and is thrown away. */
@@ -159,6 +169,7 @@ export class Session {
   async #run(): Promise<void> {
     if (this.#busy) return;
     this.#busy = true;
+    this.#held = [];
     try {
       while (this.#phase.kind !== "closed") {
         const chunk = this.#input.shift();
@@ -169,6 +180,9 @@ export class Session {
           this.#input.unshift(rest);
           this.#inputBytes += rest.length;
         }
+        // Nothing more to answer right now: whatever was held goes out together. (Never wait for the
+        // client with replies held: it may be waiting for them.)
+        if (this.#input.length === 0) this.#flush();
         if (this.#inputBytes < RESUME_BELOW) this.#conn.resume();
         if (this.#writeBlocked) {
           // The client does not read its replies (a pipelining flood): stop reading until it does.
@@ -181,6 +195,8 @@ export class Session {
       this.#log.error({ error: describe(error) }, "session failed");
       this.#close(reply(421, "4.3.0", `${this.#ctx.hostname} internal error, closing connection`));
     } finally {
+      this.#flush();
+      this.#held = null;
       this.#busy = false;
     }
     if (this.#shuttingDown && !this.#inData() && this.#phase.kind !== "closed") this.#close(R.shuttingDown(this.#ctx.hostname));
@@ -262,7 +278,27 @@ export class Session {
 
   #write(r: Reply): void {
     if (this.#phase.kind === "closed") return;
-    if (!this.#conn.write(formatReply(r))) this.#writeBlocked = true;
+    const text = formatReply(r);
+    const held = this.#held;
+    if (held === null) {
+      if (!this.#conn.write(text)) this.#writeBlocked = true;
+      return;
+    }
+    held.push(text);
+    this.#heldOctets += text.length;
+    // A client that pipelines without end must not make the held replies grow without end.
+    if (this.#heldOctets >= MAX_HELD_OCTETS) this.#flush();
+  }
+
+  /** Sends the held replies in one write. */
+  #flush(): void {
+    const held = this.#held;
+    if (held === null || held.length === 0) return;
+    const text = held.length === 1 ? held[0]! : held.join("");
+    held.length = 0;
+    this.#heldOctets = 0;
+    if (this.#phase.kind === "closed") return;
+    if (!this.#conn.write(text)) this.#writeBlocked = true;
   }
 
   /** Sends an error reply and counts it; too many end the session. */
@@ -281,6 +317,7 @@ export class Session {
 
   #close(last?: Reply): void {
     if (this.#phase.kind === "closed") return;
+    this.#flush();
     this.#abortTransaction();
     if (last) this.#conn.end(formatReply(last));
     else this.#conn.end();
@@ -492,6 +529,8 @@ export class Session {
     if (!tls) return this.#error(R.tlsUnavailable());
     if (this.#phase.kind === "mail") return this.#error(R.badSequence("STARTTLS not allowed during a mail transaction"));
     this.#write(R.startTls());
+    // The 220 must be out before the handshake starts on the same socket.
+    this.#flush();
     // Anything pipelined after STARTTLS came in the clear and must not be taken as sent under TLS.
     this.#discardInput = true;
     this.#dropRest = true;

@@ -1,7 +1,8 @@
 import { createHash } from "node:crypto";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { Connection } from "@mailroom/transport";
 import { createLoginThrottle, StoreError, type Store, type StoreErrorCode } from "@mailroom/store";
 import { createSmtpServer, type SmtpServer, type SmtpServerOptions } from "../src/index.js";
 import { HOST, RawClient, seededStore, storedMessages } from "./helpers.js";
@@ -415,6 +416,50 @@ describe("AUTH hooks and throttle", () => {
     expect(await client.command(bad)).toBe("535 5.7.8 Authentication credentials invalid");
     expect(await client.command(bad)).toBe("535 5.7.8 Authentication credentials invalid");
     expect(await client.command(`AUTH PLAIN ${Buffer.from("\0alice@local.test\0alice-secret").toString("base64")}`)).toBe("454 4.7.0 Temporary authentication failure");
+    client.close();
+  });
+});
+
+describe("pipelining", () => {
+  it("answers a pipelined batch with one write, and each unpipelined command with its own", async () => {
+    const { port } = await start();
+    const client = await RawClient.connect(port);
+    expect(await client.reply()).toMatch(/^220 /);
+    expect(await client.command("HELO client.example")).toBe("250 mx.local.test");
+    const writes = vi.spyOn(Connection.prototype, "write");
+    try {
+      client.write("MAIL FROM:<a@far.example>\r\nRCPT TO:<bob@local.test>\r\nRCPT TO:<nobody@local.test>\r\nDATA\r\n");
+      expect(await client.reply()).toBe("250 2.1.0 Sender OK");
+      expect(await client.reply()).toBe("250 2.1.5 Recipient OK");
+      expect(await client.reply()).toMatch(/^550 5\.1\.1 /);
+      expect(await client.reply()).toMatch(/^354 /);
+      expect(writes.mock.calls.map((call) => String(call[0]))).toEqual([
+        "250 2.1.0 Sender OK\r\n250 2.1.5 Recipient OK\r\n550 5.1.1 Mailbox unavailable: no such user here\r\n354 Start mail input; end with <CRLF>.<CRLF>\r\n",
+      ]);
+      writes.mockClear();
+      expect(await client.command("Subject: pipelined\r\n\r\nbody\r\n.")).toMatch(/^250 2\.0\.0 /);
+      expect(await client.command("NOOP")).toBe("250 2.0.0 OK");
+      expect(writes).toHaveBeenCalledTimes(2);
+    } finally {
+      writes.mockRestore();
+    }
+    client.close();
+  });
+
+  it("does not hold replies without bound for a client that pipelines without end", async () => {
+    const { port } = await start();
+    const client = await RawClient.connect(port);
+    expect(await client.reply()).toMatch(/^220 /);
+    const writes = vi.spyOn(Connection.prototype, "write");
+    try {
+      client.write("NOOP\r\n".repeat(2000));
+      for (let i = 0; i < 2000; i++) expect(await client.reply()).toBe("250 2.0.0 OK");
+      // 2000 replies of 14 octets, at most 16 KiB held: several writes, none larger than the limit.
+      expect(writes.mock.calls.length).toBeGreaterThan(1);
+      for (const call of writes.mock.calls) expect(String(call[0]).length).toBeLessThanOrEqual(16 * 1024 + 64);
+    } finally {
+      writes.mockRestore();
+    }
     client.close();
   });
 });
