@@ -74,10 +74,11 @@ export class Session {
   /**
    * Replies held back while more of the client's input waits to be handled (see #run): a pipelining
    * client (Postfix, Exim, most MTAs send MAIL, RCPT… and DATA at once) then gets its replies in one
-   * write and one segment, as Postfix's smtpd does, instead of one system call each. Null when replies
-   * go out at once.
+   * write and one segment, as Postfix's smtpd does, instead of one system call each. Only while
+   * `#holding` (inside #run); otherwise replies go out at once.
    */
-  #held: string[] | null = null;
+  readonly #held: string[] = [];
+  #holding = false;
   #heldOctets = 0;
   /** The signal handed to store deliveries; replaced once aborted (see #startDelivery). */
   #controller: AbortController | null = null;
@@ -169,7 +170,7 @@ export class Session {
   async #run(): Promise<void> {
     if (this.#busy) return;
     this.#busy = true;
-    this.#held = [];
+    this.#holding = true;
     try {
       while (this.#phase.kind !== "closed") {
         const chunk = this.#input.shift();
@@ -196,7 +197,7 @@ export class Session {
       this.#close(reply(421, "4.3.0", `${this.#ctx.hostname} internal error, closing connection`));
     } finally {
       this.#flush();
-      this.#held = null;
+      this.#holding = false;
       this.#busy = false;
     }
     if (this.#shuttingDown && !this.#inData() && this.#phase.kind !== "closed") this.#close(R.shuttingDown(this.#ctx.hostname));
@@ -279,12 +280,11 @@ export class Session {
   #write(r: Reply): void {
     if (this.#phase.kind === "closed") return;
     const text = formatReply(r);
-    const held = this.#held;
-    if (held === null) {
+    if (!this.#holding) {
       if (!this.#conn.write(text)) this.#writeBlocked = true;
       return;
     }
-    held.push(text);
+    this.#held.push(text);
     this.#heldOctets += text.length;
     // A client that pipelines without end must not make the held replies grow without end.
     if (this.#heldOctets >= MAX_HELD_OCTETS) this.#flush();
@@ -293,7 +293,7 @@ export class Session {
   /** Sends the held replies in one write. */
   #flush(): void {
     const held = this.#held;
-    if (held === null || held.length === 0) return;
+    if (held.length === 0) return;
     const text = held.length === 1 ? held[0]! : held.join("");
     held.length = 0;
     this.#heldOctets = 0;

@@ -62,6 +62,14 @@ class Generation {
     this.commit = new GroupCommit(() => flush(this));
   }
 
+  /** Queues encoded record parts for the next flush. */
+  enqueue(parts: readonly Uint8Array[]): void {
+    for (const part of parts) {
+      this.queue.push(part);
+      this.queuedBytes += part.length;
+    }
+  }
+
   released(): void {
     this.inflight--;
     if (this.inflight === 0) this.drainedWaiter?.();
@@ -157,9 +165,7 @@ export class DeliveryLog {
    */
   async record(targets: readonly string[], mtimeMs: number, body: readonly Uint8Array[]): Promise<() => void> {
     const gen = (this.current ??= this.open());
-    const parts = encodeRecord({ kind: "delivery", targets: targets.map((t) => this.relative(t)), mtimeMs }, body);
-    for (const part of parts) gen.queuedBytes += part.length;
-    gen.queue.push(...parts);
+    gen.enqueue(encodeRecord({ kind: "delivery", targets: targets.map((t) => this.relative(t)), mtimeMs }, body));
     gen.inflight++;
     for (const target of targets) {
       gen.files.push(target);
@@ -213,9 +219,7 @@ export class DeliveryLog {
     const path = join(this.dir, `${this.nonce}-${this.seq++}.log`);
     liveLogs.add(path);
     const gen = new Generation(path, (g) => this.flush(g));
-    const owner = encodeRecord({ kind: "owner", pid: process.pid, boot: currentBootId(), started: Date.now() }, []);
-    for (const part of owner) gen.queuedBytes += part.length;
-    gen.queue.push(...owner);
+    gen.enqueue(encodeRecord({ kind: "owner", pid: process.pid, boot: currentBootId(), started: Date.now() }, []));
     this.schedule();
     return gen;
   }

@@ -3,10 +3,10 @@ import * as fs from "node:fs";
 /**
  * Promises over the callback file API, for the calls every delivery makes (open, write, utimes, fsync,
  * close, rename, the directory fsync, the delivery log's writev and fdatasync) and every message read
- * (open, read, close). `fs/promises` wraps
- * each descriptor in a FileHandle and each call in more promise machinery; measured side by side on the delivery sequence, the plain callbacks
- * cost about a third less JavaScript time per message. Everything else in this package stays on
- * `fs/promises`, where a call is rare and readability matters more.
+ * (open, read, close). `fs/promises` wraps each descriptor in a FileHandle and each call in more
+ * promise machinery; measured side by side on the delivery sequence, the plain callbacks cost about a
+ * third less JavaScript time per message. Everything else in this package stays on `fs/promises`,
+ * where a call is rare and readability matters more.
  */
 
 function settle<T>(resolve: (value: T) => void, reject: (error: unknown) => void): (error: Error | null, value: T) => void {

@@ -139,8 +139,7 @@ function locate(target: string, listCur: (dir: string) => readonly string[]): st
 
 function sameContent(path: string, body: Uint8Array): boolean {
   try {
-    const data = readFileSync(path);
-    return data.length === body.length && data.equals(body);
+    return readFileSync(path).equals(body);
   } catch {
     return false;
   }
