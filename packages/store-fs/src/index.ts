@@ -40,6 +40,14 @@ export interface FsStoreOptions {
   readonly deliveryLogBytes?: number;
   /** How long the delivery log collects before its files are made durable and it is deleted (default 1000 ms). */
   readonly deliveryLogMs?: number;
+  /**
+   * Messages that go through the delivery log have their files created, written and renamed by one
+   * helper thread per process, with synchronous calls (default true). Each asynchronous file call is
+   * a round trip through the thread pool that costs the event loop more than the call itself; the
+   * helper thread lets concurrent deliveries share those hand-offs. false keeps every call on the
+   * thread pool.
+   */
+  readonly fileThread?: boolean;
   readonly logger?: Logger;
 }
 
@@ -78,6 +86,7 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
     dirSyncs: new DirSyncs(policy),
     locate: mailboxLocator(root),
     syncReadBytes: options.syncReadBytes ?? DEFAULT_SYNC_READ_BYTES,
+    fileThread: options.fileThread ?? true,
   };
   return new FsStore(ctx);
 }
@@ -119,18 +128,20 @@ function byteCount(options: StoreOptions, key: string): number | undefined {
 export const fsAdapter: StoreAdapter = {
   name: "maildir",
   schemes: ["maildir"],
-  optionKeys: ["fsync", "hostname", "sync_read_bytes", "delivery_log_bytes"],
+  optionKeys: ["fsync", "hostname", "sync_read_bytes", "delivery_log_bytes", "file_thread"],
   async open(url: string, options: StoreOptions = {}): Promise<Store> {
     const fsync = optionValue<boolean>(options, "fsync", "boolean");
     const hostname = optionValue<string>(options, "hostname", "string");
     const syncReadBytes = byteCount(options, "sync_read_bytes");
     const deliveryLogBytes = byteCount(options, "delivery_log_bytes");
+    const fileThread = optionValue<boolean>(options, "file_thread", "boolean");
     return createFsStore({
       root: pathFromUrl(url),
       ...(fsync === undefined ? {} : { fsync }),
       ...(hostname === undefined ? {} : { hostname }),
       ...(syncReadBytes === undefined ? {} : { syncReadBytes }),
       ...(deliveryLogBytes === undefined ? {} : { deliveryLogBytes }),
+      ...(fileThread === undefined ? {} : { fileThread }),
     });
   },
 };

@@ -24,6 +24,7 @@ import { FsQueue } from "./queue.js";
 import { gatherUpTo, linkOrCopy, writeHeldFile, writeMessageFile } from "./writing.js";
 import { BareLfCounter } from "./streams.js";
 import { renamePath } from "./fdio.js";
+import { FileThread } from "./filethread.js";
 
 async function hasEntry(dir: string): Promise<boolean> {
   let handle: Dir | undefined;
@@ -98,6 +99,8 @@ export class FsStore implements Store {
       // Small messages are held in memory for the delivery log; null means all of it fit.
       const rest = keep === undefined ? guarded : await gatherUpTo(guarded, keep);
       const logged = log !== null && keep !== undefined && rest === null;
+      // Small messages only: their calls are short, where a hand-off to the pool costs the most.
+      const thread = logged && this.ctx.fileThread ? FileThread.shared() : null;
       let size: number;
       let crlfSize: number;
       let receivedAt: number;
@@ -122,7 +125,7 @@ export class FsStore implements Store {
         // both are done BEFORE anything becomes visible. The files themselves are made durable in
         // bulk later. See deliverylog.ts.
         const [written, recorded] = await Promise.allSettled([
-          writeHeldFile(temp, keep.chunks, receivedAt),
+          writeHeldFile(temp, keep.chunks, receivedAt, thread),
           attempt("deliver", temp, () => log.record(targets, receivedAt, keep.chunks)),
         ]);
         if (recorded.status === "fulfilled") release = recorded.value;
@@ -135,7 +138,7 @@ export class FsStore implements Store {
         linked.push(target);
       }
       const own = targets[0]!;
-      await attempt("deliver", own, () => renamePath(temp, own));
+      await attempt("deliver", own, () => (thread !== null ? thread.rename(temp, own) : renamePath(temp, own)));
       linked.push(own);
       if (!logged) {
         // Group commit: each new/ is synced once for all the deliveries that linked into it meanwhile.

@@ -6,6 +6,7 @@ import { unlinkQuiet, type SyncPolicy } from "./fsutil.js";
 import { BareLfCounter } from "./streams.js";
 import { closeFd, fsyncFd, openNew, setTimesFd, writeSome } from "./fdio.js";
 import type { KeptBody } from "./deliverylog.js";
+import type { FileThread } from "./filethread.js";
 
 /** Small chunks (an SMTP DATA stream may yield line by line) are gathered up to this before one write. */
 const WRITE_BATCH = 64 * 1024;
@@ -130,8 +131,15 @@ function replayThen(head: readonly Uint8Array[], iterator: AsyncIterator<Uint8Ar
  * Writes a message held in memory into a new file stamped `mtimeMs`, without an fsync: it is only
  * used while the delivery log's record, written at the same time, is what makes the delivery durable.
  * The stamp is set explicitly (futimes) so that the record can carry it before the write is done.
+ * With `thread`, the calls are made there (see filethread.ts), else through the thread pool.
  */
-export async function writeHeldFile(path: string, chunks: readonly Uint8Array[], mtimeMs: number): Promise<void> {
+export async function writeHeldFile(
+  path: string,
+  chunks: readonly Uint8Array[],
+  mtimeMs: number,
+  thread: FileThread | null,
+): Promise<void> {
+  if (thread !== null) return attempt("create", path, () => thread.writeNew(path, chunks, mtimeMs));
   const fd = await attempt("create", path, () => openNew(path));
   try {
     try {

@@ -83,6 +83,13 @@ describe("maildir adapter", () => {
       expect(await readText(writer.mailbox("a@example.test").read(delivered!.message.uid))).toBe(MSG);
       await writer.close();
     }
+    await expect(fsAdapter.open(`maildir:${ns}`, { file_thread: "no" })).rejects.toThrow("file_thread");
+    for (const fileThread of [true, false]) {
+      const writer = await fsAdapter.open(`maildir:${ns}`, { file_thread: fileThread });
+      const [delivered] = await writer.deliver(["a@example.test"], text(MSG));
+      expect(await readText(writer.mailbox("a@example.test").read(delivered!.message.uid))).toBe(MSG);
+      await writer.close();
+    }
     expect((await (await createFsStore({ root: ns })).mailbox("a@example.test").list())[0]!.uid).toBe(uid);
   });
 });

@@ -10,7 +10,8 @@ afterAll(() => rm(tmp, { recursive: true, force: true }));
 
 // Small messages are read with synchronous calls and made durable through the delivery log by
 // default: the suite runs once that way and once with every read asynchronous and every delivery
-// fsynced on its own, so both read paths and both write paths answer to the same contract.
+// fsynced on its own, so both read paths and both write paths answer to the same contract; a third
+// run keeps the log but makes its file calls on the thread pool instead of the file thread.
 describeStoreConformance({
   name: "maildir",
   open: (ns) => createFsStore({ root: join(tmp, ns) }),
@@ -21,4 +22,10 @@ describeStoreConformance({
   name: "maildir, asynchronous reads only, no delivery log",
   open: (ns) => createFsStore({ root: join(tmp, `async-${ns}`), syncReadBytes: 0, deliveryLogBytes: 0 }),
   destroy: (ns) => rm(join(tmp, `async-${ns}`), { recursive: true, force: true }),
+});
+
+describeStoreConformance({
+  name: "maildir, delivery log without the file thread",
+  open: (ns) => createFsStore({ root: join(tmp, `pool-${ns}`), fileThread: false }),
+  destroy: (ns) => rm(join(tmp, `pool-${ns}`), { recursive: true, force: true }),
 });

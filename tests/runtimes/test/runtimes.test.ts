@@ -2,13 +2,17 @@
 // message over SMTP with STARTTLS, fetch it over POP3 after STLS, compare bytes, stop with SIGTERM.
 // A failure names the runtime, the store and the step.
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { admin, dropStoreData, killAll, makeCertificate, runtimes, serve, step, storeLines, writeConfig, type StoreKind } from "../../support/server.js";
 import { LineClient } from "../../support/wire.js";
 
+const run = promisify(execFile);
 let dir: string;
 let tls: { cert: string; key: string };
 let ca: string;
@@ -27,6 +31,18 @@ afterAll(() => {
 const stores: StoreKind[] = ["fs", "postgres", "redis"];
 
 describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
+  it(`${runtime}: store-fs makes small deliveries on its file thread, and the program then ends by itself`, async () => {
+    const [command, ...args] = runtimes[runtime]!;
+    const fixture = fileURLToPath(new URL("./fixtures/file-thread.mjs", import.meta.url));
+    const mail = join(dir, `file-thread-${runtime}`);
+    const { stdout } = await run(command!, [...args, fixture, mail], { timeout: 60_000, cwd: fileURLToPath(new URL("..", import.meta.url)) });
+    expect(JSON.parse(stdout.trim())).toEqual({ count: 40 });
+    const files = readdirSync(join(mail, "example.test", "alice", "new"));
+    expect(files).toHaveLength(40);
+    const bodies = files.map((name) => readFileSync(join(mail, "example.test", "alice", "new", name), "latin1"));
+    expect(bodies.filter((body) => /^Subject: (\d+)\r\n\r\nmessage \1\r\n$/.test(body))).toHaveLength(40);
+  });
+
   it.each(stores)(`${runtime}: delivers over SMTP+STARTTLS and retrieves over POP3+STLS on store %s`, async (store) => {
     const tag = `rt_${runtime}_${store}_${randomBytes(3).toString("hex")}`;
     const config = writeConfig({ dir, name: tag, store: storeLines(store, dir, tag), tls });
