@@ -1,4 +1,5 @@
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { Connection } from "@mailroom/transport";
 import { StoreError, type Logger, type Mailbox, type Store } from "@mailroom/store";
 import { ALICE, fixtureStore, LineClient, loginClient, startServer, type Running } from "./helpers.js";
 
@@ -204,5 +205,73 @@ describe("logging", () => {
     expect(all).not.toContain("wrong secret");
     expect(all).not.toContain("correct horse");
     expect(all).not.toContain("AGFsaWNl");
+  });
+});
+
+describe("pipelining", () => {
+  type Writes = { calls(): string[]; clear(): void };
+
+  /** A logged-in client and the session's socket writes (each call of writeParts is one write). */
+  async function withWrites(test: (client: LineClient, writes: Writes) => Promise<void>): Promise<void> {
+    running = await startServer();
+    const client = await loginClient(running.port);
+    const parts = vi.spyOn(Connection.prototype, "writeParts");
+    const text = (call: readonly unknown[]): string =>
+      (call[0] as readonly (string | Uint8Array)[]).map((p) => (typeof p === "string" ? p : Buffer.from(p).toString("latin1"))).join("");
+    try {
+      await test(client, { calls: () => parts.mock.calls.map(text), clear: () => parts.mockClear() });
+    } finally {
+      parts.mockRestore();
+      client.destroy();
+    }
+  }
+
+  it("answers pipelined commands with one write, and each unpipelined command with its own", () =>
+    withWrites(async (client, writes) => {
+      client.write("STAT\r\nUIDL 1\r\nDELE 2\r\nLIST 2\r\nNOOP\r\n");
+      expect(await client.line()).toBe("+OK 3 150");
+      expect(await client.line()).toBe("+OK 1 m1");
+      expect(await client.line()).toBe("+OK message 2 deleted");
+      expect(await client.line()).toBe("-ERR message 2 already deleted");
+      expect(await client.line()).toBe("+OK");
+      expect(writes.calls()).toEqual(["+OK 3 150\r\n+OK 1 m1\r\n+OK message 2 deleted\r\n-ERR message 2 already deleted\r\n+OK\r\n"]);
+      writes.clear();
+      client.write("NOOP\r\n");
+      expect(await client.line()).toBe("+OK");
+      client.write("RSET\r\n");
+      expect(await client.line()).toMatch(/^\+OK/);
+      expect(writes.calls()).toHaveLength(2);
+    }));
+
+  it("sends pipelined RETRs of small messages together, each message whole and in order", () =>
+    withWrites(async (client, writes) => {
+      client.write("RETR 1\r\nRETR 2\r\nRETR 3\r\n");
+      const replies: string[] = [];
+      for (let i = 0; i < 3; i++) replies.push((await client.until("\r\n.\r\n")).toString("latin1"));
+      expect(replies[0]).toMatch(/^\+OK \d+ octets\r\nFrom: bob@example\.test\r\n/);
+      expect(replies[1]).toContain("\r\n..leading dot\r\n...two dots\r\n..\r\nlast line\r\n.\r\n");
+      expect(replies[2]).toMatch(/line 3\r\n\.\r\n$/);
+      expect(writes.calls()).toEqual([replies.join("")]);
+    }));
+
+  it("does not hold replies without bound for a client that pipelines without end", () =>
+    withWrites(async (client, writes) => {
+      client.write("NOOP\r\n".repeat(5000));
+      for (let i = 0; i < 5000; i++) expect(await client.line()).toBe("+OK");
+      // 5000 replies of 5 octets, at most 16 KiB held: several writes, none much larger than the limit.
+      expect(writes.calls().length).toBeGreaterThan(1);
+      for (const call of writes.calls()) expect(call.length).toBeLessThanOrEqual(16 * 1024 + 16);
+    }));
+
+  it("sends held replies before the goodbye, and deletes only on QUIT", async () => {
+    running = await startServer();
+    const client = await loginClient(running.port);
+    client.write("DELE 1\r\nDELE 3\r\nSTAT\r\nQUIT\r\n");
+    expect(await client.line()).toBe("+OK message 1 deleted");
+    expect(await client.line()).toBe("+OK message 3 deleted");
+    expect(await client.line()).toMatch(/^\+OK 1 /);
+    expect(await client.line()).toMatch(/signing off/);
+    expect(await client.line()).toBeNull();
+    expect((await running.store.mailbox(ALICE.login).list()).map((m) => m.uid)).toEqual(["m2"]);
   });
 });
