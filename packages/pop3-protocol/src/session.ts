@@ -1,5 +1,5 @@
 import { hasStoreErrorCode, type Account, type Logger } from "@mailroom/store";
-import type { Connection } from "@mailroom/transport";
+import { HeldWrites, type Connection } from "@mailroom/transport";
 import { beginSasl, checkLogin, SASL_MECHANISMS, type SaslStep } from "./auth.js";
 import { capabilityLines } from "./capabilities.js";
 import type { SessionContext } from "./context.js";
@@ -35,8 +35,6 @@ const MAX_SASL_OCTETS = 8192;
 /** Pipelined input kept while a command runs; beyond it, reading pauses until the backlog shrinks. */
 const MAX_BUFFERED_INPUT = 64 * 1024;
 const SHUTTING_DOWN = err("server shutting down", "SYS/TEMP");
-/** Replies held while pipelined commands wait (see #pump) go out at once beyond this. */
-const MAX_HELD_OCTETS = 16 * 1024;
 const LF = 0x0a;
 
 export class Session {
@@ -52,20 +50,15 @@ export class Session {
   #shuttingDown = false;
   #streaming = false;
   #badCommands = 0;
-  /**
-   * While #pump works through pipelined commands, their replies (RETR's message included, up to
-   * MAX_HELD_OCTETS) wait here and leave in one write once no complete command is left: a client
-   * that sends DELE 1 … DELE 50, or several RETRs, at once gets one segment, not one per reply.
-   */
-  #held: (string | Uint8Array)[] = [];
-  #heldOctets = 0;
-  #holding = false;
+  /** Replies (a small RETR's message included) held while #pump works through pipelined commands. */
+  readonly #replies: HeldWrites;
   #resolveClosed!: () => void;
   /** Resolves once the connection is gone and no lease is held any more. */
   readonly closed = new Promise<void>((resolve) => (this.#resolveClosed = resolve));
 
   constructor(connection: Connection, context: SessionContext) {
     this.#conn = connection;
+    this.#replies = new HeldWrites(connection);
     this.#ctx = context;
     this.#log = context.logger.child({
       session: connection.id,
@@ -103,7 +96,7 @@ export class Session {
       return;
     }
     this.#ending = true;
-    this.#flush();
+    this.#replies.flush();
     this.#conn.end(SHUTTING_DOWN);
     // Past the deadline a client that does not read its goodbye gets only a moment more.
     setTimeout(() => this.#conn.destroy(), 1000).unref?.();
@@ -164,31 +157,12 @@ export class Session {
   #endWith(text: string): void {
     if (this.#ending) return;
     this.#ending = true;
-    this.#flush();
+    this.#replies.flush();
     this.#conn.end(text);
   }
 
   async #send(text: string): Promise<void> {
-    if (!this.#out([text])) await this.#conn.drained();
-  }
-
-  /** Holds or writes `parts`; false when the socket's buffer is full and the caller should wait. */
-  #out(parts: readonly (string | Uint8Array)[]): boolean {
-    if (!this.#holding) return this.#conn.writeParts(parts);
-    for (const part of parts) {
-      this.#held.push(part);
-      this.#heldOctets += part.length;
-    }
-    return this.#heldOctets < MAX_HELD_OCTETS || this.#flush();
-  }
-
-  /** Writes the held replies, in one write; false when the socket's buffer is full. */
-  #flush(): boolean {
-    if (this.#held.length === 0) return true;
-    const parts = this.#held;
-    this.#held = [];
-    this.#heldOctets = 0;
-    return this.#conn.writeParts(parts);
+    if (!this.#replies.write([text])) await this.#conn.drained();
   }
 
   /** Built on first use: field initialisers run before the constructor has set up the logger. */
@@ -199,7 +173,7 @@ export class Session {
       write: async (parts) => {
         if (this.#conn.closed) return false;
         // Waiting here is what keeps a slow reader from making us hold the message.
-        if (!this.#out(parts)) await this.#conn.drained();
+        if (!this.#replies.write(parts)) await this.#conn.drained();
         return !this.#conn.closed;
       },
       log: this.#log,
@@ -209,7 +183,7 @@ export class Session {
   async #pump(): Promise<void> {
     if (this.#busy) return;
     this.#busy = true;
-    this.#holding = true;
+    this.#replies.hold();
     try {
       while (!this.#ending) {
         const sasl = this.#state.name === "authorization" && this.#state.sasl !== null;
@@ -227,17 +201,17 @@ export class Session {
         }
         // No complete command left to answer: what was held goes out now. (Never wait for the client
         // with replies held: it may be waiting for them.)
-        if (this.#input.indexOf(LF) === -1 && !this.#flush()) await this.#conn.drained();
+        if (this.#input.indexOf(LF) === -1 && !this.#replies.flush()) await this.#conn.drained();
       }
     } catch (error) {
       if (!(error instanceof MidReplyError)) this.#log.error({ err: error }, "session failed");
       this.#ending = true;
       // A reply cut short still goes out as far as it got, so the client sees where it broke.
-      this.#flush();
+      this.#replies.flush();
       this.#conn.destroy();
     } finally {
-      this.#holding = false;
-      if (!this.#ending) this.#flush();
+      if (this.#ending) this.#replies.discard();
+      this.#replies.release();
       this.#busy = false;
       if (this.#paused && this.#input.length <= MAX_BUFFERED_INPUT) {
         this.#paused = false;
@@ -371,7 +345,7 @@ export class Session {
     // No await between the go-ahead and the upgrade: while we waited for a drain, the client's
     // ClientHello could arrive and be taken (and dropped) as plaintext input. upgradeToTls itself
     // flushes the reply before it hands the socket to TLS.
-    this.#flush();
+    this.#replies.flush();
     this.#conn.write(ok("begin TLS negotiation"));
     // Whatever the client pipelined after STLS came in the clear and could be injected: drop it.
     this.#input = EMPTY;

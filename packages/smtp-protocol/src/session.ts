@@ -1,5 +1,5 @@
 import { authenticate, silentLogger, type Account, type Logger, type LoginThrottle, type Store } from "@mailroom/store";
-import type { Connection, TlsContext } from "@mailroom/transport";
+import { HeldWrites, type Connection, type TlsContext } from "@mailroom/transport";
 import { authContinue, authStart, isMechanism, type AuthStep, type Mechanism } from "./auth.js";
 import { takeChunk, type BdatPhase, type BdatReturn } from "./bdat.js";
 import type { Command, Verb } from "./commands.js";
@@ -49,8 +49,6 @@ const MAX_AUTH_LINE = 12_288;
 const MAX_DISCARDED_LINE = 64 * 1024;
 const PAUSE_ABOVE = 256 * 1024;
 const RESUME_BELOW = 64 * 1024;
-/** Held replies (see #held) go out at once beyond this. */
-const MAX_HELD_OCTETS = 16 * 1024;
 
 export class Session {
   readonly #ctx: ServerContext;
@@ -71,15 +69,8 @@ export class Session {
   #transactions = 0;
   #shuttingDown = false;
   #writeBlocked = false;
-  /**
-   * Replies held back while more of the client's input waits to be handled (see #run): a pipelining
-   * client (Postfix, Exim, most MTAs send MAIL, RCPT… and DATA at once) then gets its replies in one
-   * write and one segment, as Postfix's smtpd does, instead of one system call each. Only while
-   * `#holding` (inside #run); otherwise replies go out at once.
-   */
-  readonly #held: string[] = [];
-  #holding = false;
-  #heldOctets = 0;
+  /** Replies held while more of the client's input waits to be handled (inside #run). */
+  readonly #replies: HeldWrites;
   /** The signal handed to store deliveries; replaced once aborted (see #startDelivery). */
   #controller: AbortController | null = null;
   /** Set by STARTTLS: the rest of the current input was sent in the clear and is thrown away. */
@@ -88,6 +79,7 @@ export class Session {
   constructor(ctx: ServerContext, connection: Connection, mode: ListenerMode, onClosed: (session: Session) => void) {
     this.#ctx = ctx;
     this.#conn = connection;
+    this.#replies = new HeldWrites(connection);
     this.#mode = mode;
     this.#onClosed = onClosed;
     this.#lines = new LineReader(ctx.limits.maxCommandLine);
@@ -170,7 +162,7 @@ export class Session {
   async #run(): Promise<void> {
     if (this.#busy) return;
     this.#busy = true;
-    this.#holding = true;
+    this.#replies.hold();
     try {
       while (this.#phase.kind !== "closed") {
         const chunk = this.#input.shift();
@@ -197,7 +189,7 @@ export class Session {
       this.#close(reply(421, "4.3.0", `${this.#ctx.hostname} internal error, closing connection`));
     } finally {
       this.#flush();
-      this.#holding = false;
+      this.#replies.release();
       this.#busy = false;
     }
     if (this.#shuttingDown && !this.#inData() && this.#phase.kind !== "closed") this.#close(R.shuttingDown(this.#ctx.hostname));
@@ -279,26 +271,13 @@ export class Session {
 
   #write(r: Reply): void {
     if (this.#phase.kind === "closed") return;
-    const text = formatReply(r);
-    if (!this.#holding) {
-      if (!this.#conn.write(text)) this.#writeBlocked = true;
-      return;
-    }
-    this.#held.push(text);
-    this.#heldOctets += text.length;
-    // A client that pipelines without end must not make the held replies grow without end.
-    if (this.#heldOctets >= MAX_HELD_OCTETS) this.#flush();
+    if (!this.#replies.write([formatReply(r)])) this.#writeBlocked = true;
   }
 
   /** Sends the held replies in one write. */
   #flush(): void {
-    const held = this.#held;
-    if (held.length === 0) return;
-    const text = held.length === 1 ? held[0]! : held.join("");
-    held.length = 0;
-    this.#heldOctets = 0;
-    if (this.#phase.kind === "closed") return;
-    if (!this.#conn.write(text)) this.#writeBlocked = true;
+    if (this.#phase.kind === "closed") this.#replies.discard();
+    else if (!this.#replies.flush()) this.#writeBlocked = true;
   }
 
   /** Sends an error reply and counts it; too many end the session. */

@@ -98,11 +98,13 @@ export class Connection {
   /**
    * Queues several pieces as one write: the socket is corked while they are added, so a reply's
    * status line, body and terminator leave in one system call (and reach the client as one segment
-   * where they fit) instead of one each. Returns false under backpressure, as `write` does.
+   * where they fit) instead of one each. Text alone is joined and written once. Returns false under
+   * backpressure, as `write` does.
    */
   writeParts(parts: readonly (string | Uint8Array)[]): boolean {
     if (this.#closed) return false;
     if (parts.length === 1) return this.write(parts[0]!);
+    if (parts.every((part) => typeof part === "string")) return this.write(parts.join(""));
     const socket = this.#socket;
     socket.cork();
     let ok = true;

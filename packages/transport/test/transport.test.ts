@@ -1,6 +1,6 @@
 import { createServer, type Server } from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { Connection, listen, runtimeName, TlsContext, type Listener, type ListenOptions, type RejectReason } from "../src/index.js";
+import { Connection, HeldWrites, listen, runtimeName, TlsContext, type Listener, type ListenOptions, type RejectReason } from "../src/index.js";
 import { connectPlain, connectTls, eventually, makeCert, sleep, upgradeClient, type Cert, type LineClient } from "./helpers.js";
 
 let certA: Cert;
@@ -87,6 +87,20 @@ async function serve(
 function track<T extends LineClient>(client: T): T {
   clients.push(client);
   return client;
+}
+
+/** One server-side connection with no session on it, and what its client has received so far. */
+async function bareConnection(): Promise<{ connection: Connection; client: LineClient; received: () => string }> {
+  let connection: Connection | undefined;
+  const listener = await serve({}, (c) => {
+    connection = c;
+    c.start({ data: () => {}, close: () => {} });
+  });
+  const client = track(await connectPlain(listener.port));
+  await eventually(() => connection !== undefined);
+  let received = "";
+  client.socket.on("data", (data: string) => (received += data));
+  return { connection: connection!, client, received: () => received };
 }
 
 afterEach(async () => {
@@ -186,26 +200,47 @@ describe("plain connections", () => {
   });
 
   it("writes several parts as one write, in order, and reports backpressure the way write() does", async () => {
-    let connection: Connection | undefined;
-    const listener = await serve({}, (c) => {
-      connection = c;
-      c.start({ data: () => {}, close: () => {} });
-    });
-    const client = track(await connectPlain(listener.port));
-    await eventually(() => connection !== undefined);
-    let received = "";
-    client.socket.on("data", (data: string) => (received += data));
-    expect(connection!.writeParts(["+OK 5 octets\r\n", new TextEncoder().encode("hello"), Buffer.from("\r\n.\r\n")])).toBe(true);
-    expect(connection!.writeParts(["one part\r\n"])).toBe(true);
-    await eventually(() => received === "+OK 5 octets\r\nhello\r\n.\r\none part\r\n");
+    const { connection, client, received } = await bareConnection();
+    expect(connection.writeParts(["+OK 5 octets\r\n", new TextEncoder().encode("hello"), Buffer.from("\r\n.\r\n")])).toBe(true);
+    expect(connection.writeParts(["one part\r\n"])).toBe(true);
+    await eventually(() => received() === "+OK 5 octets\r\nhello\r\n.\r\none part\r\n");
     // A reader that stops reading: writeParts, like write, eventually says "wait for drained()".
     client.socket.pause();
     const big = new Uint8Array(256 * 1024).fill(0x62);
     let full = false;
-    for (let i = 0; i < 1024 && !full; i++) full = !connection!.writeParts(["x", big]);
+    for (let i = 0; i < 1024 && !full; i++) full = !connection.writeParts(["x", big]);
     expect(full).toBe(true);
     client.socket.resume();
-    await connection!.drained();
+    await connection.drained();
+  });
+
+  it("holds replies until flushed and sends them in one write, never more than the limit at once", async () => {
+    const { connection, received } = await bareConnection();
+    const writes: string[] = [];
+    const original = connection.writeParts.bind(connection);
+    connection.writeParts = (parts) => {
+      writes.push(parts.map((p) => (typeof p === "string" ? p : Buffer.from(p).toString("latin1"))).join(""));
+      return original(parts);
+    };
+    const replies = new HeldWrites(connection, 32);
+    expect(replies.write(["not held\r\n"])).toBe(true);
+    replies.hold();
+    expect(replies.write(["+OK one\r\n"])).toBe(true);
+    expect(replies.write(["+OK two\r\n", new TextEncoder().encode("body\r\n")])).toBe(true);
+    await sleep(50);
+    expect(received()).toBe("not held\r\n");
+    expect(replies.flush()).toBe(true);
+    await eventually(() => received() === "not held\r\n+OK one\r\n+OK two\r\nbody\r\n");
+    // Past the limit (32 octets here) what is held goes out at once.
+    replies.write(["a".repeat(20)]);
+    replies.write(["b".repeat(20)]);
+    replies.write(["dropped"]);
+    replies.discard();
+    expect(replies.release()).toBe(true);
+    replies.write(["after\r\n"]);
+    await eventually(() => received().endsWith("after\r\n"));
+    expect(writes).toEqual(["not held\r\n", "+OK one\r\n+OK two\r\nbody\r\n", "a".repeat(20) + "b".repeat(20), "after\r\n"]);
+    expect(received()).not.toContain("dropped");
   });
 
   it("ends an idle connection through the session's timeout handler", async () => {
