@@ -22,7 +22,8 @@ import { fsyncDir, makeDirs, readTextOrNull, readdirOrEmpty, unlinkQuiet, withDi
 import { ID_FILE } from "./layout.js";
 import { LeaseManager } from "./lease.js";
 import { crlfSizeOf, fileChunks, toCrlf } from "./streams.js";
-import { mapLimited, writeMessageFile } from "./writing.js";
+import { mapLimited } from "./concurrency.js";
+import { writeMessageFile } from "./writing.js";
 import { closeFd, openReadOnly } from "./fdio.js";
 
 export const STATE_FILE = "mailroom-state.json";

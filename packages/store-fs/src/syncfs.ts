@@ -1,7 +1,7 @@
 import { execFile } from "node:child_process";
 import { readdirSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { mapLimited } from "./writing.js";
+import { mapLimited } from "./concurrency.js";
 import { closeFd, fsyncFd, openReadOnly } from "./fdio.js";
 import { isErrno } from "./errors.js";
 import { UNSYNCABLE } from "./fsutil.js";
