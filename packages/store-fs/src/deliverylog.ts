@@ -1,11 +1,12 @@
 import { randomBytes } from "node:crypto";
 import { dirname, join, sep } from "node:path";
 import type { Logger } from "@mailroom/store";
-import { GroupCommit } from "./groupcommit.js";
-import { fsyncDir, makeDirs, unlinkQuiet, type SyncPolicy } from "./fsutil.js";
+import { GroupCommit, newBatch, type Batch } from "./groupcommit.js";
+import { UNSYNCABLE, fsyncDir, makeDirs, unlinkQuiet, type SyncPolicy } from "./fsutil.js";
 import { closeFd, fdatasyncFd, openNew, writevAt } from "./fdio.js";
 import { currentBootId, encodeRecord } from "./logformat.js";
 import type { BulkSync } from "./syncfs.js";
+import type { FileThread } from "./filethread.js";
 
 /**
  * The delivery log: group commit for the message files themselves.
@@ -23,6 +24,11 @@ import type { BulkSync } from "./syncfs.js";
  * the message visible, and the rename happens before deliver() resolves. So every message a client
  * saw accepted has a durable record until its file is durable, and a visible message whose record
  * never became durable cannot exist.
+ *
+ * Where the file thread runs (filethread.ts), a log's appends and fdatasyncs are made there too, in
+ * order with the tmp/ writes, and a single-mailbox delivery's rename waits there for the append that
+ * carries its record: the rename then follows the fdatasync at once instead of after a round trip
+ * through the event loop, which at 8 connections was a fifth of a delivery's time.
  */
 
 /** The log files' directory under the store root (a name mailbox encoding never produces). */
@@ -40,11 +46,27 @@ export interface DeliveryLogOptions {
   readonly budgetBytes?: number;
   /** A log file is retired early once it holds this much (default 64 MiB). */
   readonly maxLogBytes?: number;
+  /** The file thread to write new logs with, if one runs (asked once per log file). */
+  readonly thread?: () => FileThread | null;
+}
+
+/** A record on its way: where it goes, and a promise for its durability (see `DeliveryLog.begin`). */
+export interface Recording {
+  /** The file thread that writes this record's log, or null where the thread pool does. */
+  readonly thread: FileThread | null;
+  /** The log file's path. */
+  readonly log: string;
+  /** The octet just past the record in that file: the log is durable up to here once it resolves. */
+  readonly end: number;
+  /** Resolves once the record is durable, to the release function `record` describes. */
+  readonly durable: Promise<() => void>;
 }
 
 class Generation {
   fd: number | undefined;
   position = 0;
+  /** Octets ever queued: the end of the latest record, since the file is written in queue order. */
+  total = 0;
   queue: Uint8Array[] = [];
   queuedBytes = 0;
   /** Records appended whose files are not published (renamed into new/) or given up yet. */
@@ -54,9 +76,18 @@ class Generation {
   readonly dirs = new Set<string>();
   private drainedWaiter: (() => void) | undefined;
   readonly commit: GroupCommit;
+  /** With the file thread: the records waiting to be sent in the next append, and what they wait on. */
+  batch: Batch | null = null;
+  /** With the file thread: sends appends one after another, in the order of their positions. */
+  chain: Promise<void> = Promise.resolve();
+  /** With the file thread: whether the first append (which creates the file there) was sent. */
+  created = false;
+  /** With the file thread: the outcome of the latest append sent. */
+  lastSent: Promise<void> = Promise.resolve();
 
   constructor(
     readonly path: string,
+    readonly thread: FileThread | null,
     flush: (gen: Generation) => Promise<void>,
   ) {
     this.commit = new GroupCommit(() => flush(this));
@@ -67,6 +98,7 @@ class Generation {
     for (const part of parts) {
       this.queue.push(part);
       this.queuedBytes += part.length;
+      this.total += part.length;
     }
   }
 
@@ -163,7 +195,15 @@ export class DeliveryLog {
    * function must be called once the files are published or the delivery gave up: the log is only
    * retired after that.
    */
-  async record(targets: readonly string[], mtimeMs: number, body: readonly Uint8Array[]): Promise<() => void> {
+  record(targets: readonly string[], mtimeMs: number, body: readonly Uint8Array[]): Promise<() => void> {
+    return this.begin(targets, mtimeMs, body).durable;
+  }
+
+  /**
+   * `record`, with what a caller needs to have the file thread rename the message once the record is
+   * durable (`FileThread.publish`). The record is queued before this returns.
+   */
+  begin(targets: readonly string[], mtimeMs: number, body: readonly Uint8Array[]): Recording {
     const gen = (this.current ??= this.open());
     gen.enqueue(encodeRecord({ kind: "delivery", targets: targets.map((t) => this.relative(t)), mtimeMs }, body));
     gen.inflight++;
@@ -177,14 +217,16 @@ export class DeliveryLog {
       done = true;
       gen.released();
     };
+    const end = gen.total;
     if (gen.position + gen.queuedBytes > this.maxLogBytes) this.checkpoint().catch(() => undefined);
-    try {
-      await gen.commit.sync();
-    } catch (error) {
-      release();
-      throw error;
-    }
-    return release;
+    const durable = (gen.thread !== null ? this.pipelined(gen) : gen.commit.sync()).then(
+      () => release,
+      (error: unknown) => {
+        release();
+        throw error;
+      },
+    );
+    return { thread: gen.thread, log: gen.path, end, durable };
   }
 
   /**
@@ -218,7 +260,7 @@ export class DeliveryLog {
   private open(): Generation {
     const path = join(this.dir, `${this.nonce}-${this.seq++}.log`);
     liveLogs.add(path);
-    const gen = new Generation(path, (g) => this.flush(g));
+    const gen = new Generation(path, this.options.thread?.() ?? null, (g) => this.flush(g));
     gen.enqueue(encodeRecord({ kind: "owner", pid: process.pid, boot: currentBootId(), started: Date.now() }, []));
     this.schedule();
     return gen;
@@ -237,19 +279,43 @@ export class DeliveryLog {
     (this.timer as { unref?: () => void }).unref?.();
   }
 
-  private async flush(gen: Generation): Promise<void> {
+  /**
+   * Without the file thread: opens the log file the first time, and makes its directory entry
+   * durable before any record counts (the thread does the same itself with its first append).
+   */
+  private async prepare(gen: Generation): Promise<number> {
     if (gen.failed) throw new Error(`maildir: delivery log ${gen.path} failed earlier`);
-    try {
-      let fresh = false;
-      if (gen.fd === undefined) {
-        if (!this.dirReady) {
-          await makeDirs(this.dir, this.policy);
-          this.dirReady = true;
-        }
-        gen.fd = await openNew(gen.path, 0o600);
-        fresh = true;
+    if (gen.fd === undefined) {
+      if (!this.dirReady) {
+        await makeDirs(this.dir, this.policy);
+        this.dirReady = true;
       }
-      const fd = gen.fd;
+      gen.fd = await openNew(gen.path, 0o600);
+      await fsyncDir(this.dir, this.policy);
+    }
+    return gen.fd;
+  }
+
+  /**
+   * After a failed write or fdatasync nothing more is trusted to this file: later records go to a new
+   * one, and this one is retired (its earlier, durable records still count).
+   */
+  private fail(gen: Generation): void {
+    gen.failed = true;
+    // Whatever went wrong may have been the directory itself: the next log file checks it again.
+    this.dirReady = false;
+    // Publishes waiting in the thread for an append that will never come must fail, not wait.
+    gen.thread?.abandon(gen.path).catch(() => undefined);
+    if (this.current === gen) {
+      this.sealed.push(gen);
+      this.current = null;
+    }
+  }
+
+  /** The thread pool's flush, one at a time per log file (see GroupCommit). */
+  private async flush(gen: Generation): Promise<void> {
+    try {
+      const fd = await this.prepare(gen);
       const parts = gen.queue;
       const bytes = gen.queuedBytes;
       gen.queue = [];
@@ -260,17 +326,55 @@ export class DeliveryLog {
         gen.position += bytes;
       }
       await fdatasyncFd(fd);
-      // The log's own directory entry must survive too, once, before its first record counts.
-      if (fresh) await fsyncDir(this.dir, this.policy);
     } catch (error) {
-      // After a failed write or fdatasync nothing more is trusted to this file: later records go to a
-      // new one, and this one is retired (its earlier, durable records still count).
-      gen.failed = true;
-      if (this.current === gen) {
-        this.sealed.push(gen);
-        this.current = null;
-      }
+      this.fail(gen);
       throw error;
+    }
+  }
+
+  /**
+   * With the file thread, appends do not wait for each other: the thread makes them in the order they
+   * were sent and refuses every one after a failed one, so a later record can never be durable behind
+   * a hole. The records queued while an append is under way go in the next one at once; the thread
+   * lets the appends it finds together share one fdatasync.
+   */
+  private pipelined(gen: Generation): Promise<void> {
+    let batch = gen.batch;
+    if (batch === null) {
+      const mine = (batch = gen.batch = newBatch());
+      gen.chain = gen.chain.then(() => this.send(gen, mine));
+    }
+    return batch.promise;
+  }
+
+  private async send(gen: Generation, batch: Batch): Promise<void> {
+    try {
+      if (gen.failed) throw new Error(`maildir: delivery log ${gen.path} failed earlier`);
+      if (!this.dirReady) {
+        await makeDirs(this.dir, this.policy);
+        this.dirReady = true;
+      }
+      // Taken together with the queue: records queued from now on wait for the next append.
+      if (gen.batch === batch) gen.batch = null;
+      const parts = gen.queue;
+      const bytes = gen.queuedBytes;
+      gen.queue = [];
+      gen.queuedBytes = 0;
+      if (bytes > 0) {
+        const create = gen.created ? null : { dir: this.dir, unsyncable: UNSYNCABLE };
+        gen.created = true;
+        gen.lastSent = gen.thread!.append(gen.path, create, gen.position, parts);
+        gen.position += bytes;
+      }
+      // Nothing queued: an append already sent carries these records.
+      gen.lastSent.then(batch.resolve, (error: unknown) => {
+        this.fail(gen);
+        batch.reject(error);
+      });
+    } catch (error) {
+      if (gen.batch === batch) gen.batch = null;
+      this.fail(gen);
+      batch.reject(error);
     }
   }
 
@@ -284,10 +388,12 @@ export class DeliveryLog {
   private async retire(gen: Generation): Promise<void> {
     await gen.drained();
     await this.bulk.sync(gen.files, gen.dirs);
-    if (gen.fd !== undefined) {
+    // The thread closes the logs it opened (and forgets the others' failures).
+    if (gen.thread !== null) await gen.thread.forget(gen.path).catch(() => undefined);
+    if (gen.fd !== undefined || gen.created) {
       const fd = gen.fd;
       gen.fd = undefined;
-      await closeFd(fd).catch(() => undefined);
+      if (fd !== undefined) await closeFd(fd).catch(() => undefined);
       await unlinkQuiet(gen.path);
       // Durable removal: a log that came back after a power cut would restore mail deleted since.
       await fsyncDir(this.dir, this.policy);

@@ -3,7 +3,8 @@ import { Worker } from "node:worker_threads";
 
 /**
  * A helper thread for the file calls of small deliveries: create, write, stamp and close the tmp/
- * file, and later rename it into new/.
+ * file, append the delivery log's records and flush it, and rename the file into new/ once its record
+ * is durable (see deliverylog.ts for the order these calls keep).
  *
  * Each asynchronous file call is a hand-off to libuv's thread pool: the event loop wakes a pool
  * thread, and the pool thread wakes the event loop when it is done. On the benchmark VM each such
@@ -24,15 +25,38 @@ import { Worker } from "node:worker_threads";
 // on Node, Bun and Deno, from the built package or from the TypeScript sources. Dynamic imports
 // because the text is evaluated as CommonJS or as a module depending on the parent's flags.
 const THREAD_SOURCE = `
-Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentPort }, fs]) => {
+Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentPort, receiveMessageOnPort }, fs]) => {
   let answers = [];
-  let answering = false;
-  const answer = () => {
-    answering = false;
-    const out = answers;
-    answers = [];
-    parentPort.postMessage(out);
+  const settle = (id, failure) => answers.push(id, failure);
+  const describe = (error) => ({ message: String(error && error.message), code: error && error.code, errno: error && error.errno, syscall: error && error.syscall, path: error && error.path });
+  // tmp/ files whose write failed: a publish of one of them must fail, whatever is left on disk.
+  const failedWrites = new Set();
+  // Per delivery log: its descriptor (opened here: a descriptor is not shared between threads on
+  // every runtime), how far it is durable, and whether an append to it failed (nothing after a failed
+  // append is trusted, so its later publishes fail too).
+  const logFds = new Map();
+  const synced = new Map();
+  const failedLogs = new Set();
+  const openLog = (job) => {
+    let fd = logFds.get(job.log);
+    if (fd !== undefined) return fd;
+    if (job.create === null) throw new Error("maildir: the delivery log is not open");
+    fd = fs.openSync(job.log, "wx", 0o600);
+    logFds.set(job.log, fd);
+    // Its directory entry must be durable before any of its records counts.
+    let dir;
+    try {
+      dir = fs.openSync(job.create.dir, "r");
+      fs.fsyncSync(dir);
+    } catch (error) {
+      if (!job.create.unsyncable.includes(error && error.code)) throw error;
+    } finally {
+      if (dir !== undefined) fs.closeSync(dir);
+    }
+    return fd;
   };
+  // Publishes waiting for the append that makes their record durable.
+  let held = [];
   const writeNew = (path, data, mtimeMs) => {
     const fd = fs.openSync(path, "wx", 0o666);
     try {
@@ -49,27 +73,121 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
       throw error;
     }
   };
-  parentPort.on("message", (jobs) => {
+  const LOG_FAILED = { message: "maildir: the delivery log failed" };
+  const publish = (job) => {
+    if (failedWrites.delete(job.from)) throw new Error("maildir: the message file was not written");
+    fs.renameSync(job.from, job.to);
+  };
+  const releaseHeld = (log) => {
+    const failed = failedLogs.has(log);
+    const end = synced.get(log) ?? 0;
+    const waiting = [];
+    for (const job of held) {
+      if (job.log !== log) waiting.push(job);
+      else if (failed) settle(job.id, LOG_FAILED);
+      else if (job.end <= end) {
+        let outcome = null;
+        try { publish(job); } catch (error) { outcome = describe(error); }
+        settle(job.id, outcome);
+      } else waiting.push(job);
+    }
+    held = waiting;
+  };
+  // The appends of one message are written in order, then each log they touched is fdatasynced
+  // once: the main thread sends a turn's records as they come, and they share the flush here.
+  const appendAll = (appends) => {
+    const written = new Map();
+    for (const job of appends) {
+      if (failedLogs.has(job.log)) { settle(job.id, LOG_FAILED); continue; }
+      try {
+        const fd = openLog(job);
+        const data = job.data;
+        let at = 0;
+        while (at < data.length) at += fs.writeSync(fd, data, at, data.length - at, job.position + at);
+      } catch (error) {
+        failedLogs.add(job.log);
+        settle(job.id, describe(error));
+        continue;
+      }
+      if (!written.has(job.log)) written.set(job.log, []);
+      written.get(job.log).push(job);
+    }
+    for (const [log, jobs] of written) {
+      let failure = failedLogs.has(log) ? LOG_FAILED : null;
+      if (failure === null) {
+        try { fs.fdatasyncSync(logFds.get(log)); } catch (error) { failure = describe(error); failedLogs.add(log); }
+      }
+      if (failure === null) synced.set(log, jobs[jobs.length - 1].position + jobs[jobs.length - 1].data.length);
+      for (const job of jobs) settle(job.id, failure);
+    }
+    for (const job of appends) releaseHeld(job.log);
+  };
+  // What the main thread sent while the thread was busy (its fdatasyncs above all) is taken in one go,
+  // so that its appends share the next fdatasync instead of one each. Where a runtime cannot do this,
+  // the messages are simply handled one by one.
+  const waiting = () => {
+    const jobs = [];
+    try {
+      for (let next = receiveMessageOnPort(parentPort); next !== undefined; next = receiveMessageOnPort(parentPort)) jobs.push(...next.message);
+    } catch {}
+    return jobs;
+  };
+  parentPort.on("message", (first) => {
+    const appends = [];
+    const jobs = first.concat(waiting());
     for (const job of jobs) {
+      if (job.op === "append") { appends.push(job); continue; }
+      if (job.op === "publish") {
+        if (failedLogs.has(job.log)) { settle(job.id, LOG_FAILED); continue; }
+        if ((synced.get(job.log) ?? 0) < job.end) { held.push(job); continue; }
+      }
       let failure = null;
       try {
         if (job.op === "write") writeNew(job.path, job.data, job.mtimeMs);
-        else fs.renameSync(job.from, job.to);
+        else if (job.op === "rename") fs.renameSync(job.from, job.to);
+        else if (job.op === "publish") publish(job);
+        else if (job.op === "abandon") failedLogs.add(job.log);
+        else if (job.op === "forget") {
+          const fd = logFds.get(job.log);
+          logFds.delete(job.log);
+          if (fd !== undefined) fs.closeSync(fd);
+          synced.delete(job.log);
+          failedLogs.delete(job.log);
+        }
       } catch (error) {
-        failure = { message: String(error && error.message), code: error && error.code, errno: error && error.errno, syscall: error && error.syscall, path: error && error.path };
+        failure = describe(error);
+        if (job.op === "write" && job.gated) failedWrites.add(job.path);
       }
-      answers.push(job.id, failure);
+      settle(job.id, failure);
+      if (job.op === "abandon") releaseHeld(job.log);
     }
-    // Everything that arrived in this drain is answered together, after it.
-    if (!answering) { answering = true; setImmediate(answer); }
+    if (appends.length > 0) appendAll(appends);
+    // Everything handled here is answered together, at once: a later message must not hold it up.
+    if (answers.length > 0) {
+      const out = answers;
+      answers = [];
+      parentPort.postMessage(out);
+    }
   });
   parentPort.postMessage("ready");
 });
 `;
 
 type Job =
-  | { readonly id: number; readonly op: "write"; readonly path: string; readonly data: Uint8Array; readonly mtimeMs: number }
-  | { readonly id: number; readonly op: "rename"; readonly from: string; readonly to: string };
+  | { readonly id: number; readonly op: "write"; readonly path: string; readonly data: Uint8Array; readonly mtimeMs: number; readonly gated: boolean }
+  | { readonly id: number; readonly op: "rename"; readonly from: string; readonly to: string }
+  | { readonly id: number; readonly op: "publish"; readonly from: string; readonly to: string; readonly log: string; readonly end: number }
+  | { readonly id: number; readonly op: "append"; readonly log: string; readonly create: LogCreation | null; readonly position: number; readonly data: Uint8Array }
+  | { readonly id: number; readonly op: "abandon"; readonly log: string }
+  | { readonly id: number; readonly op: "forget"; readonly log: string };
+
+/** How the thread creates a log file with its first append. */
+export interface LogCreation {
+  /** The log's directory, fsynced once the file exists. */
+  readonly dir: string;
+  /** Error codes of a directory fsync the platform cannot do, which are not failures. */
+  readonly unsyncable: readonly string[];
+}
 
 interface Failure {
   readonly message: string;
@@ -82,6 +200,22 @@ interface Failure {
 interface Waiter {
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
+}
+
+/**
+ * One copy of our own, handed over rather than cloned: the chunks may be views into larger buffers
+ * (which a clone would copy whole) and stay in use meanwhile.
+ */
+function joined(chunks: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
+  let length = 0;
+  for (const chunk of chunks) length += chunk.length;
+  const data = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    data.set(chunk, at);
+    at += chunk.length;
+  }
+  return data;
 }
 
 /** A system error rebuilt from the thread's answer, so callers map its errno as for any file call. */
@@ -120,23 +254,46 @@ export class FileThread {
     this.#worker.unref();
   }
 
-  /** Creates `path` (failing if it exists), writes `chunks`, sets its modification time and closes it. */
-  writeNew(path: string, chunks: readonly Uint8Array[], mtimeMs: number): Promise<void> {
-    // One copy of our own, handed over rather than cloned: the chunks may be views into larger
-    // buffers (which a clone would copy whole) and stay in use by the delivery log meanwhile.
-    let length = 0;
-    for (const chunk of chunks) length += chunk.length;
-    const data = new Uint8Array(length);
-    let at = 0;
-    for (const chunk of chunks) {
-      data.set(chunk, at);
-      at += chunk.length;
-    }
-    return this.#post((id) => ({ id, op: "write", path, data, mtimeMs }), data.buffer);
+  /**
+   * Creates `path` (failing if it exists), writes `chunks`, sets its modification time and closes it.
+   * `gated`: a `publish` of `path` follows, which must fail if this write did.
+   */
+  writeNew(path: string, chunks: readonly Uint8Array[], mtimeMs: number, gated = false): Promise<void> {
+    const data = joined(chunks);
+    return this.#post((id) => ({ id, op: "write", path, data, mtimeMs, gated }), data.buffer);
   }
 
   rename(from: string, to: string): Promise<void> {
     return this.#post((id) => ({ id, op: "rename", from, to }));
+  }
+
+  /**
+   * Renames `from` to `to` once the delivery log `log` is durable up to octet `end` (the end of the
+   * message's record), as an `append` sent to this thread before or after makes it. Fails, renaming
+   * nothing, if an append to that log fails first or the thread's write of `from` failed. Waiting in
+   * the thread rather than here saves the delivery a round trip between the commit and the rename.
+   */
+  publish(from: string, to: string, log: string, end: number): Promise<void> {
+    return this.#post((id) => ({ id, op: "publish", from, to, log, end }));
+  }
+
+  /**
+   * Writes `parts` at `position` of the log file `log` and fdatasyncs it. The first append to a log
+   * passes `create`: the thread then creates the file (failing if it exists) and fsyncs its directory.
+   */
+  append(log: string, create: LogCreation | null, position: number, parts: readonly Uint8Array[]): Promise<void> {
+    const data = joined(parts);
+    return this.#post((id) => ({ id, op: "append", log, create, position, data }), data.buffer);
+  }
+
+  /** Marks a log failed although no append to it failed here: its waiting and later publishes fail. */
+  abandon(log: string): Promise<void> {
+    return this.#post((id) => ({ id, op: "abandon", log }));
+  }
+
+  /** Closes a retired log and drops what the thread remembers about it. */
+  forget(log: string): Promise<void> {
+    return this.#post((id) => ({ id, op: "forget", log }));
   }
 
   /** Stops the thread: calls not answered yet fail, and the process goes on without one. */

@@ -3,13 +3,14 @@ import { closeFd, fsyncFd, openReadOnly } from "./fdio.js";
 import { isErrno } from "./errors.js";
 import { UNSYNCABLE, type SyncPolicy } from "./fsutil.js";
 
-interface Batch {
+export interface Batch {
   readonly promise: Promise<void>;
   resolve(): void;
   reject(error: unknown): void;
 }
 
-function newBatch(): Batch {
+/** A promise with its settle functions, for a group of callers that share one outcome. */
+export function newBatch(): Batch {
   let resolve!: () => void;
   let reject!: (error: unknown) => void;
   const promise = new Promise<void>((res, rej) => {

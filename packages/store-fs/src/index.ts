@@ -6,6 +6,7 @@ import { MailboxCaches, type StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
 import { DirSyncs } from "./groupcommit.js";
 import { DeliveryLog } from "./deliverylog.js";
+import { FileThread } from "./filethread.js";
 import { recoverDeliveryLogs } from "./logrecovery.js";
 import { BulkSync } from "./syncfs.js";
 import { mailboxLocator } from "./layout.js";
@@ -72,6 +73,7 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
     policy.fsync && logBytes > 0
       ? new DeliveryLog(root, policy, bulk, logger, {
           maxMessageBytes: logBytes,
+          ...(options.fileThread === false ? {} : { thread: () => FileThread.shared() }),
           ...(options.deliveryLogMs === undefined ? {} : { checkpointMs: options.deliveryLogMs }),
         })
       : null;

@@ -99,8 +99,9 @@ export class FsStore implements Store {
       // Small messages are held in memory for the delivery log; null means all of it fit.
       const rest = keep === undefined ? guarded : await gatherUpTo(guarded, keep);
       const logged = log !== null && keep !== undefined && rest === null;
-      // Small messages only: their calls are short, where a hand-off to the pool costs the most.
-      const thread = logged && this.ctx.fileThread ? FileThread.shared() : null;
+      // The file thread takes small messages only (their calls are short, where a hand-off to the pool
+      // costs the most), and only with the log that uses it: see below.
+      let thread: FileThread | null = null;
       let size: number;
       let crlfSize: number;
       let receivedAt: number;
@@ -120,25 +121,34 @@ export class FsStore implements Store {
         delivered.push({ mailbox: box.id, message: { uid: uidOfBase(own), size, receivedAt, retrievedAt: null } });
         return `${box.dir}${sep}new${sep}${messageName(own, size, crlfSize, null)}`;
       });
+      const own = targets[0]!;
+      let published = false;
       if (logged) {
         // The file (no fsync) and the log's record (shared fdatasync) are written at the same time;
         // both are done BEFORE anything becomes visible. The files themselves are made durable in
         // bulk later. See deliverylog.ts.
-        const [written, recorded] = await Promise.allSettled([
-          writeHeldFile(temp, keep.chunks, receivedAt, thread),
-          attempt("deliver", temp, () => log.record(targets, receivedAt, keep.chunks)),
+        const recording = log.begin(targets, receivedAt, keep.chunks);
+        // The thread that writes this record's log, or none: its ordering is what publish relies on.
+        thread = recording.thread;
+        const single = thread !== null && boxes.length === 1;
+        const [written, recorded, renamed] = await Promise.allSettled([
+          // Posted before the publish, so the thread has written the file when it renames it.
+          writeHeldFile(temp, keep.chunks, receivedAt, thread, single),
+          attempt("deliver", temp, () => recording.durable),
+          single ? attempt("deliver", own, () => thread!.publish(temp, own, recording.log, recording.end)) : Promise.resolve(),
         ]);
         if (recorded.status === "fulfilled") release = recorded.value;
         if (written.status === "rejected") throw written.reason;
         if (recorded.status === "rejected") throw recorded.reason;
+        if (renamed.status === "rejected") throw renamed.reason;
+        published = single;
       }
       for (let i = 1; i < boxes.length; i++) {
         const target = targets[i]!;
         await attempt("deliver", target, () => linkOrCopy(temp, target, `${boxes[i]!.dir}${sep}tmp`, this.ctx.policy));
         linked.push(target);
       }
-      const own = targets[0]!;
-      await attempt("deliver", own, () => (thread !== null ? thread.rename(temp, own) : renamePath(temp, own)));
+      if (!published) await attempt("deliver", own, () => (thread !== null ? thread.rename(temp, own) : renamePath(temp, own)));
       linked.push(own);
       if (!logged) {
         // Group commit: each new/ is synced once for all the deliveries that linked into it meanwhile.

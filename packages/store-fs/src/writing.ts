@@ -131,15 +131,17 @@ function replayThen(head: readonly Uint8Array[], iterator: AsyncIterator<Uint8Ar
  * Writes a message held in memory into a new file stamped `mtimeMs`, without an fsync: it is only
  * used while the delivery log's record, written at the same time, is what makes the delivery durable.
  * The stamp is set explicitly (futimes) so that the record can carry it before the write is done.
- * With `thread`, the calls are made there (see filethread.ts), else through the thread pool.
+ * With `thread`, the calls are made there (see filethread.ts), else through the thread pool; `gated`
+ * tells the thread that a publish of the file follows.
  */
 export async function writeHeldFile(
   path: string,
   chunks: readonly Uint8Array[],
   mtimeMs: number,
   thread: FileThread | null,
+  gated = false,
 ): Promise<void> {
-  if (thread !== null) return attempt("create", path, () => thread.writeNew(path, chunks, mtimeMs));
+  if (thread !== null) return attempt("create", path, () => thread.writeNew(path, chunks, mtimeMs, gated));
   const fd = await attempt("create", path, () => openNew(path));
   try {
     try {

@@ -3,10 +3,11 @@
 import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { describe, expect, it, vi } from "vitest";
+import { beforeAll, describe, expect, it, vi } from "vitest";
 import { readAll, silentLogger, type Store } from "@mailroom/store";
 import { createFsStore } from "../src/index.js";
 import { LOG_DIR } from "../src/deliverylog.js";
+import { FileThread } from "../src/filethread.js";
 import { encodeRecord } from "../src/logformat.js";
 import { recoverDeliveryLogs } from "../src/logrecovery.js";
 import { BulkSync, movedToCur } from "../src/syncfs.js";
@@ -16,9 +17,18 @@ const root = await tempRoot("deliverylog");
 let n = 0;
 const freshRoot = (): string => join(root, `r${n++}`);
 
+/** Whether the stores the tests open write their logs with the file thread; set per run below. */
+const mode = { fileThread: true };
+
 /** A store whose log is retired only on close or expunge, so a test can look at it first. */
 const open = (dir: string, deliveryLogBytes?: number): Promise<Store> =>
-  createFsStore({ root: dir, hostname: "test.host", deliveryLogMs: 600_000, ...(deliveryLogBytes === undefined ? {} : { deliveryLogBytes }) });
+  createFsStore({
+    root: dir,
+    hostname: "test.host",
+    deliveryLogMs: 600_000,
+    fileThread: mode.fileThread,
+    ...(deliveryLogBytes === undefined ? {} : { deliveryLogBytes }),
+  });
 
 const logsIn = (dir: string): string[] =>
   existsSync(join(dir, LOG_DIR)) ? readdirSync(join(dir, LOG_DIR)).filter((name) => name.endsWith(".log")) : [];
@@ -63,7 +73,18 @@ function asFirstVersion(log: Buffer): Buffer {
 const recover = (dir: string, boot: string) =>
   recoverDeliveryLogs({ root: dir, policy: { fsync: true }, logger: silentLogger, bulk: new BulkSync(() => undefined) }, boot);
 
-describe("delivery log", () => {
+// Everything the log promises holds whether its appends (and single-mailbox renames) run on the file
+// thread or through the thread pool: the same tests, once each way.
+describe.each([
+  { name: "written by the file thread", fileThread: true },
+  { name: "written through the thread pool", fileThread: false },
+])("delivery log, $name", ({ fileThread }) => {
+  beforeAll(async () => {
+    mode.fileThread = fileThread;
+    // Started up front, so that the very first log is already the thread's.
+    if (fileThread) expect(await FileThread.start()).not.toBeNull();
+  });
+
   it("keeps a record of each small delivery until close, which makes the files durable and deletes it", async () => {
     const dir = freshRoot();
     const store = await open(dir);
@@ -224,12 +245,29 @@ describe("delivery log", () => {
     expect(logsIn(dir)).toEqual([]);
     expect(messageFiles(dir, "alice@example.test")[0]).toContain(uids[0]![0]!);
   });
-});
 
-describe("delivery log under concurrency", () => {
+  it("refuses a delivery whose record cannot be written, and publishes nothing", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    // Where the log's directory should go, a file: the log cannot even be created.
+    writeFileSync(join(dir, LOG_DIR), "in the way");
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 3 }, (_, i) => store.deliver(["alice@example.test"], text(`Subject: ${i}\r\n\r\nhi\r\n`))),
+    );
+    expect(outcomes.map((o) => o.status)).toEqual(["rejected", "rejected", "rejected"]);
+    for (const sub of ["new", "cur", "tmp"]) expect(readdirSync(join(dir, "example.test", "alice", sub))).toEqual([]);
+    unlinkSync(join(dir, LOG_DIR));
+    // The next log file works again.
+    const [later] = await store.deliver(["alice@example.test"], text("Subject: later\r\n\r\nhi\r\n"));
+    await store.close();
+    const reopened = await open(dir);
+    expect(await bodyOf(reopened, "alice@example.test", later!.message.uid)).toBe("Subject: later\r\n\r\nhi\r\n");
+    await reopened.close();
+  });
+
   it("keeps every delivery while logs are retired every few milliseconds and expunges run alongside", async () => {
     const dir = freshRoot();
-    const store = await createFsStore({ root: dir, hostname: "test.host", deliveryLogMs: 3 });
+    const store = await createFsStore({ root: dir, hostname: "test.host", deliveryLogMs: 3, fileThread });
     const boxes = ["a@example.test", "b@example.test", "c@example.test"];
     const delivered: Array<{ box: string; uid: string; body: string }> = [];
     const deliverSome = async (worker: number): Promise<void> => {

@@ -52,6 +52,61 @@ describe("the file thread", () => {
     expect(readFileSync(join(dir, "49"), "latin1")).toBe("message 49");
   });
 
+  it("renames a published file only once the log is durable past its record, right after that append", async () => {
+    const thread = (await FileThread.start())!;
+    const dir = join(root, "publish");
+    mkdirSync(dir);
+    const log = join(dir, "x.log");
+    await thread.writeNew(join(dir, "one.tmp"), [Buffer.from("one")], Date.now(), true);
+    // The record ends at octet 10: an append that ends at 6 does not let it through, one to 10 does.
+    let renamed = false;
+    const published = thread.publish(join(dir, "one.tmp"), join(dir, "one.msg"), log, 10).then(() => (renamed = true));
+    // The first append creates the log (and would fail if it existed).
+    await thread.append(log, { dir, unsyncable: [] }, 0, [Buffer.from("abc"), Buffer.from("def")]);
+    expect(renamed).toBe(false);
+    expect(existsSync(join(dir, "one.tmp"))).toBe(true);
+    await thread.append(log, null, 6, [Buffer.from("ghij")]);
+    await published;
+    expect(readFileSync(join(dir, "one.msg"), "latin1")).toBe("one");
+    expect(readFileSync(log, "latin1")).toBe("abcdefghij");
+    // Already durable that far: published at once.
+    await thread.writeNew(join(dir, "two.tmp"), [Buffer.from("two")], Date.now(), true);
+    await thread.publish(join(dir, "two.tmp"), join(dir, "two.msg"), log, 8);
+    expect(readFileSync(join(dir, "two.msg"), "latin1")).toBe("two");
+    await thread.forget(log);
+  });
+
+  it("publishes nothing once an append failed, the log was abandoned, or the file's write failed", async () => {
+    const thread = (await FileThread.start())!;
+    const dir = join(root, "unpublished");
+    mkdirSync(dir);
+    // A log that already exists cannot be created: its first append fails.
+    const log = join(dir, "bad.log");
+    writeFileSync(log, "");
+    await thread.writeNew(join(dir, "a.tmp"), [Buffer.from("a")], Date.now(), true);
+    const waiting = thread.publish(join(dir, "a.tmp"), join(dir, "a.msg"), log, 5);
+    await expect(thread.append(log, { dir, unsyncable: [] }, 0, [Buffer.from("12345")])).rejects.toMatchObject({ code: "EEXIST" });
+    await expect(waiting).rejects.toThrow(/delivery log failed/);
+    // Later appends and publishes for that log fail at once, even where the bytes would be durable.
+    await expect(thread.append(log, null, 5, [Buffer.from("6")])).rejects.toThrow(/delivery log failed/);
+    await expect(thread.publish(join(dir, "a.tmp"), join(dir, "a.msg"), log, 0)).rejects.toThrow(/delivery log failed/);
+    expect(existsSync(join(dir, "a.msg"))).toBe(false);
+    expect(readFileSync(log, "latin1")).toBe("");
+    const other = join(dir, "other.log");
+    await thread.writeNew(join(dir, "b.tmp"), [Buffer.from("b")], Date.now(), true);
+    const held = thread.publish(join(dir, "b.tmp"), join(dir, "b.msg"), other, 1);
+    await thread.abandon(other);
+    await expect(held).rejects.toThrow(/delivery log failed/);
+    expect(existsSync(join(dir, "b.msg"))).toBe(false);
+    // A write that failed: its publish fails even though a file of that name exists.
+    writeFileSync(join(dir, "c.tmp"), "someone else's");
+    await expect(thread.writeNew(join(dir, "c.tmp"), [Buffer.from("c")], Date.now(), true)).rejects.toMatchObject({ code: "EEXIST" });
+    await expect(thread.publish(join(dir, "c.tmp"), join(dir, "c.msg"), join(dir, "third.log"), 0)).rejects.toThrow(/not written/);
+    expect(existsSync(join(dir, "c.msg"))).toBe(false);
+    await thread.forget(log);
+    await thread.forget(other);
+  });
+
   it("does not keep a finished program running, and keeps it running while a delivery waits", async () => {
     // The built package, as a user's program would import it (CI builds before it tests).
     const entry = fileURLToPath(new URL("../dist/index.js", import.meta.url));
