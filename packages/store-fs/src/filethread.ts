@@ -84,7 +84,10 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
     const waiting = [];
     for (const job of held) {
       if (job.log !== log) waiting.push(job);
-      else if (failed) settle(job.id, LOG_FAILED);
+      else if (failed) {
+        failedWrites.delete(job.from);
+        settle(job.id, LOG_FAILED);
+      }
       else if (job.end <= end) {
         let outcome = null;
         try { publish(job); } catch (error) { outcome = describe(error); }
@@ -138,7 +141,11 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
     for (const job of jobs) {
       if (job.op === "append") { appends.push(job); continue; }
       if (job.op === "publish") {
-        if (failedLogs.has(job.log)) { settle(job.id, LOG_FAILED); continue; }
+        if (failedLogs.has(job.log)) {
+          failedWrites.delete(job.from);
+          settle(job.id, LOG_FAILED);
+          continue;
+        }
         if ((synced.get(job.log) ?? 0) < job.end) { held.push(job); continue; }
       }
       let failure = null;
