@@ -58,7 +58,7 @@ export interface Recording {
   readonly log: string;
   /** The octet just past the record in that file: the log is durable up to here once it resolves. */
   readonly end: number;
-  /** Resolves once the record is durable, to the release function `record` describes. */
+  /** Resolves once the record is durable, to the release function `begin` describes. */
   readonly durable: Promise<() => void>;
 }
 
@@ -190,18 +190,11 @@ export class DeliveryLog {
   }
 
   /**
-   * Appends a record for a message written (not fsynced) to tmp/ that will be published under
-   * `targets` (absolute paths under the root) and resolves once the record is durable. The returned
-   * function must be called once the files are published or the delivery gave up: the log is only
-   * retired after that.
-   */
-  record(targets: readonly string[], mtimeMs: number, body: readonly Uint8Array[]): Promise<() => void> {
-    return this.begin(targets, mtimeMs, body).durable;
-  }
-
-  /**
-   * `record`, with what a caller needs to have the file thread rename the message once the record is
-   * durable (`FileThread.publish`). The record is queued before this returns.
+   * Queues a record for a message written (not fsynced) to tmp/ that will be published under
+   * `targets` (absolute paths under the root). `durable` resolves once the record is durable, to a
+   * function that must be called once the files are published or the delivery gave up: the log is
+   * only retired after that. The rest is what a caller needs to have the file thread rename the
+   * message once the record is durable (`FileThread.publish`).
    */
   begin(targets: readonly string[], mtimeMs: number, body: readonly Uint8Array[]): Recording {
     const gen = (this.current ??= this.open());
@@ -284,16 +277,21 @@ export class DeliveryLog {
    * durable before any record counts (the thread does the same itself with its first append).
    */
   private async prepare(gen: Generation): Promise<number> {
-    if (gen.failed) throw new Error(`maildir: delivery log ${gen.path} failed earlier`);
+    await this.usable(gen);
     if (gen.fd === undefined) {
-      if (!this.dirReady) {
-        await makeDirs(this.dir, this.policy);
-        this.dirReady = true;
-      }
       gen.fd = await openNew(gen.path, 0o600);
       await fsyncDir(this.dir, this.policy);
     }
     return gen.fd;
+  }
+
+  /** Fails for a log that failed before; makes sure the logs' directory exists. */
+  private async usable(gen: Generation): Promise<void> {
+    if (gen.failed) throw new Error(`maildir: delivery log ${gen.path} failed earlier`);
+    if (!this.dirReady) {
+      await makeDirs(this.dir, this.policy);
+      this.dirReady = true;
+    }
   }
 
   /**
@@ -349,11 +347,7 @@ export class DeliveryLog {
 
   private async send(gen: Generation, batch: Batch): Promise<void> {
     try {
-      if (gen.failed) throw new Error(`maildir: delivery log ${gen.path} failed earlier`);
-      if (!this.dirReady) {
-        await makeDirs(this.dir, this.policy);
-        this.dirReady = true;
-      }
+      await this.usable(gen);
       // Taken together with the queue: records queued from now on wait for the next append.
       if (gen.batch === batch) gen.batch = null;
       const parts = gen.queue;
