@@ -123,7 +123,7 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
       if (failure === null) synced.set(log, jobs[jobs.length - 1].position + jobs[jobs.length - 1].data.length);
       for (const job of jobs) settle(job.id, failure);
     }
-    for (const job of appends) releaseHeld(job.log);
+    for (const log of new Set(appends.map((job) => job.log))) releaseHeld(log);
   };
   // What the main thread sent while the thread was busy (its fdatasyncs above all) is taken in one go,
   // so that its appends share the next fdatasync instead of one each. Where a runtime cannot do this,
