@@ -20,8 +20,6 @@ export interface StoreContext {
   readonly dirSyncs: DirSyncs;
   /** Group commit of small deliveries' message files (null: every file is fsynced on its own). */
   readonly deliveryLog: DeliveryLog | null;
-  /** Small deliveries make their file calls on the process's file thread (see filethread.ts). */
-  readonly fileThread: boolean;
   /** Messages up to this many octets are read with synchronous calls (0: never). */
   readonly syncReadBytes: number;
   /** `locateMailbox` under this root, remembered for recently used ids. */

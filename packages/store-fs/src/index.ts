@@ -88,7 +88,6 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
     dirSyncs: new DirSyncs(policy),
     locate: mailboxLocator(root),
     syncReadBytes: options.syncReadBytes ?? DEFAULT_SYNC_READ_BYTES,
-    fileThread: options.fileThread ?? true,
   };
   return new FsStore(ctx);
 }

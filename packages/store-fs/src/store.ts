@@ -24,7 +24,7 @@ import { FsQueue } from "./queue.js";
 import { gatherUpTo, linkOrCopy, writeHeldFile, writeMessageFile } from "./writing.js";
 import { BareLfCounter } from "./streams.js";
 import { renamePath } from "./fdio.js";
-import { FileThread } from "./filethread.js";
+import type { FileThread } from "./filethread.js";
 
 async function hasEntry(dir: string): Promise<boolean> {
   let handle: Dir | undefined;
