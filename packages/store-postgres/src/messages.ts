@@ -41,7 +41,6 @@ export function messageSql(s: string) {
     list: `
       SELECT uid, size::float8 AS size, ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at
       FROM ${s}.messages WHERE mailbox = $1 ORDER BY seq`,
-    locate: `SELECT body_id::text AS body_id, size::float8 AS size FROM ${s}.messages WHERE mailbox = $1 AND uid = $2`,
     // A chunk is sent as slices small enough that each result row fits in one socket read: pg then
     // parses it in place, where a 512 KiB hex row would make it grow and copy a buffer several times.
     // With STORAGE EXTERNAL, substring reads only the TOAST pieces it needs.
@@ -49,6 +48,15 @@ export function messageSql(s: string) {
       SELECT substring(c.data FROM g.off + 1 FOR $3) AS data
       FROM ${s}.body_chunks c, generate_series(0, octet_length(c.data) - 1, $3) AS g (off)
       WHERE c.body_id = $1 AND c.seq = $2
+      ORDER BY g.off`,
+    // The message's row and the slices of its first chunk together: one round trip for a RETR of
+    // nearly all mail (one chunk holds 256 KiB). An empty body has no chunk: one row, data NULL.
+    readFirst: `
+      SELECT m.body_id::text AS body_id, m.size::float8 AS size, substring(c.data FROM g.off + 1 FOR $3) AS data
+      FROM ${s}.messages m
+      LEFT JOIN ${s}.body_chunks c ON c.body_id = m.body_id AND c.seq = 0
+      LEFT JOIN LATERAL generate_series(0, octet_length(c.data) - 1, $3) AS g (off) ON true
+      WHERE m.mailbox = $1 AND m.uid = $2
       ORDER BY g.off`,
     // Shared bodies are locked in id order before their counts change, so two expunges of messages
     // delivered to the same pair of mailboxes cannot deadlock on each other's bodies.
@@ -194,12 +202,48 @@ export async function appendMessage(
 }
 
 /**
+ * A mailbox message's octets, or null if there is no such message. The first chunk comes with the
+ * lookup (see readFirst); the rest as readBody reads it.
+ */
+export async function readMessage(
+  db: Db,
+  sql: MessageSql,
+  mailbox: MailboxId,
+  uid: Uid,
+): Promise<AsyncIterable<Uint8Array> | null> {
+  const result = await db.query<{ body_id: string; size: number; data: Buffer | null }>("read message", sql.readFirst, [
+    mailbox,
+    uid,
+    READ_SLICE,
+  ]);
+  const row = result.rows[0];
+  if (row === undefined) return null;
+  const head: Buffer[] = [];
+  for (const { data } of result.rows) if (data !== null) head.push(data);
+  return readBody(db, sql, row.body_id, row.size, head);
+}
+
+/**
  * The message's octets, one stored chunk per query, so reading 50 MB never holds more than one chunk.
  * Each chunk comes back as several small rows (see readChunk), and each row is yielded as it is.
+ * `head`, when given, holds the first chunk's rows already read.
  */
-export async function* readBody(db: Db, sql: MessageSql, bodyId: string, size: number): AsyncGenerator<Uint8Array> {
+export async function* readBody(
+  db: Db,
+  sql: MessageSql,
+  bodyId: string,
+  size: number,
+  head?: readonly Buffer[],
+): AsyncGenerator<Uint8Array> {
   let seq = 0;
   let sent = 0;
+  if (head !== undefined) {
+    seq = 1;
+    for (const data of head) {
+      sent += data.length;
+      yield data;
+    }
+  }
   while (sent < size) {
     const result = await db.query<{ data: Buffer }>("read message", sql.readChunk, [bodyId, seq, READ_SLICE]);
     if (result.rows.length === 0) throw new StoreError("not-found", "postgres: message was deleted while being read");

@@ -25,7 +25,7 @@ import { PostgresDirectory } from "./directory.js";
 import { toStoreError } from "./errors.js";
 import { acquireLease, checkFence, leaseSql, type LeaseSql } from "./lease.js";
 import { deliverySql, storeNewMessage, type DeliverySql } from "./delivery.js";
-import { appendMessage, messageSql, readBody, toInfo, type MessageSql } from "./messages.js";
+import { appendMessage, messageSql, readMessage, toInfo, type MessageSql } from "./messages.js";
 import { LATEST_VERSION, runMigrations, schemaVersion, type MigrationResult } from "./migrations.js";
 import { PostgresQueue, queueSql } from "./queue.js";
 import { DEFAULT_SCHEMA, assertSchemaName, quoteIdent } from "./schema.js";
@@ -85,10 +85,8 @@ class PostgresMailbox implements Mailbox {
   }
 
   async read(uid: Uid, options: ReadOptions = {}): Promise<AsyncIterable<Uint8Array>> {
-    const result = await this.db.query<{ body_id: string; size: number }>("read message", this.sql.locate, [this.id, uid]);
-    const row = result.rows[0];
-    if (!row) throw new StoreError("not-found", `postgres: no message ${uid} in ${this.id}`);
-    const whole = readBody(this.db, this.sql, row.body_id, row.size);
+    const whole = await readMessage(this.db, this.sql, this.id, uid);
+    if (whole === null) throw new StoreError("not-found", `postgres: no message ${uid} in ${this.id}`);
     return options.bodyLines === undefined ? whole : takeTop(whole, options.bodyLines);
   }
 

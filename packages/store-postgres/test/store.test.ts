@@ -179,6 +179,26 @@ describe.skipIf(!available)("postgres store behaviour", () => {
     expect(hashOut.digest("hex")).toBe(hashIn.digest("hex"));
   });
 
+  it("fails a read with not-found when the message goes after its first chunk was read", async () => {
+    const { store } = await open();
+    const box = store.mailbox("gone@example.test");
+    // Longer than one stored chunk (256 KiB): the first comes with the lookup, the second is read later.
+    const info = await box.append(fromBytes("Subject: long\r\n\r\n" + "y".repeat(400_000)));
+    const reader = (await box.read(info.uid))[Symbol.asyncIterator]();
+    const first = await reader.next();
+    expect(first.done).toBe(false);
+    const lease = await box.acquireLease({ holder: "t", ttlMs: 5000 });
+    expect(await box.expunge([info.uid], lease)).toBe(1);
+    await lease.release();
+    let code: string | undefined;
+    try {
+      while (!(await reader.next()).done);
+    } catch (error) {
+      code = (error as { code?: string }).code;
+    }
+    expect(code).toBe("not-found");
+  });
+
   it("keeps domains, accounts and aliases", async () => {
     const { store } = await open();
     const dir = store.directory;

@@ -15,7 +15,7 @@ import {
 } from "@mailroom/store";
 import { afterDurableWrite, call, runScript, type Context } from "./context.js";
 import type { DirectoryKeys, MailboxKeys } from "./keys.js";
-import { Staging, commit, parseInfo, readChunks, stageAll } from "./messages.js";
+import { Staging, commit, firstChunk, parseInfo, readChunks, stageAll } from "./messages.js";
 
 export class RedisMailbox implements Mailbox {
   constructor(
@@ -57,11 +57,13 @@ export class RedisMailbox implements Mailbox {
 
   async read(uid: Uid, options: ReadOptions = {}): Promise<AsyncIterable<Uint8Array>> {
     const body = this.keys.body(uid);
-    const found = (await runScript(this.ctx, "open message", "mailroomOpen", [this.keys.info, body], [uid])) as
-      | [string, number]
-      | null;
+    const what = `message ${uid} of ${this.id}`;
+    const lookup = runScript(this.ctx, "open message", "mailroomOpen", [this.keys.info, body], [uid]);
+    // Sent right behind the lookup, on the same connection: Redis answers both in one round trip.
+    const first = firstChunk(this.ctx, body, what);
+    const found = (await lookup) as [string, number] | null;
     if (!found) throw new StoreError("not-found", `redis: no message ${uid} in ${this.id}`);
-    const whole = readChunks(this.ctx, body, Number(found[1]), `message ${uid} of ${this.id}`);
+    const whole = readChunks(this.ctx, body, Number(found[1]), what, first);
     return options.bodyLines === undefined ? whole : takeTop(whole, options.bodyLines);
   }
 

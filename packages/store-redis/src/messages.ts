@@ -126,10 +126,28 @@ export function parseInfo(uid: Uid, value: string): MessageInfo {
   };
 }
 
-/** Yields the chunk list one LINDEX at a time, so a 50 MB message never sits in memory whole. */
-export async function* readChunks(ctx: Context, key: string, count: number, what: string): AsyncGenerator<Uint8Array> {
+/** The first chunk of `key`, asked for at once (see readChunks' `first`). */
+export function firstChunk(ctx: Context, key: string, what: string): Promise<Buffer | null> {
+  const pending = call(ctx, `read ${what}`, () => ctx.client.lindexBuffer(key, 0));
+  // Not awaited when the lookup beside it finds no message; a failure then is nobody's to report.
+  pending.catch(() => undefined);
+  return pending;
+}
+
+/**
+ * Yields the chunk list one LINDEX at a time, so a 50 MB message never sits in memory whole. `first`,
+ * when given, is chunk 0 already asked for together with the lookup (one round trip for a message
+ * that fits in one chunk, which is nearly all mail).
+ */
+export async function* readChunks(
+  ctx: Context,
+  key: string,
+  count: number,
+  what: string,
+  first?: Promise<Buffer | null>,
+): AsyncGenerator<Uint8Array> {
   for (let i = 0; i < count; i++) {
-    const chunk = await call(ctx, `read ${what}`, () => ctx.client.lindexBuffer(key, i));
+    const chunk = await (i === 0 && first !== undefined ? first : call(ctx, `read ${what}`, () => ctx.client.lindexBuffer(key, i)));
     if (chunk === null) throw new StoreError("not-found", `redis: ${what} was removed while being read`);
     yield chunk;
   }

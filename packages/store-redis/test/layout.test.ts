@@ -91,6 +91,19 @@ describe.skipIf(!available)("key layout", () => {
     expect(await admin.pttl(key)).toBe(-1);
   });
 
+  it("reads the pieces back in order, and fails with not-found when the message goes mid-read", async () => {
+    const box = store.mailbox("midread@example.test");
+    const data = "0123456789abcdef".repeat(5) + "tail";
+    const info = await box.append(fromBytes(data));
+    expect(new TextDecoder().decode(await readAll(await box.read(info.uid)))).toBe(data);
+    const reader = (await box.read(info.uid))[Symbol.asyncIterator]();
+    expect(new TextDecoder().decode((await reader.next()).value)).toBe("0123456789abcdef");
+    const lease = await box.acquireLease({ holder: "t", ttlMs: 5000 });
+    expect(await box.expunge([info.uid], lease)).toBe(1);
+    await lease.release();
+    await expect(reader.next()).rejects.toMatchObject({ code: "not-found" });
+  });
+
   it("stages an append in progress with an expiry, invisible to list, and removes it on failure", async () => {
     const box = store.mailbox("staging@example.test");
     let release!: () => void;

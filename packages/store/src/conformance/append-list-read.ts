@@ -58,6 +58,7 @@ export function appendListReadTests(options: ConformanceOptions): void {
       ["a message without a final line break", bytes("Subject: no eol\r\n\r\nlast line without CRLF")],
       ["bare-LF text", bytes("Subject: unix\nFrom: a@b.test\n\nline 1\nline 2\n")],
       ["UTF-8 headers", bytes("Subject: Grüße aus 例え\r\nFrom: ü@例え.jp\r\n\r\nÄÖÜ\r\n")],
+      ["an empty message (no octets at all)", new Uint8Array(0)],
     ];
 
     for (const [what, data] of samples) {
