@@ -50,6 +50,8 @@ export interface ServerConfig {
   };
   /** Absolute paths; null means "generate a self-signed certificate" (development) or no TLS. */
   readonly tls: { readonly cert: string; readonly key: string } | null;
+  /** How long a password that passed its scrypt check is remembered in memory (0: never). */
+  readonly auth: { readonly cacheSeconds: number };
   readonly limits: {
     readonly maxConnections: number;
     readonly maxConnectionsPerAddress: number;
@@ -131,6 +133,7 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     login_delay_seconds: { type: "integer", min: 0 },
   },
   tls: { cert: { type: "path" }, key: { type: "path" } },
+  auth: { cache_seconds: { type: "integer", min: 0, max: 86_400 } },
   limits: {
     max_connections: { type: "integer", min: 1 },
     max_connections_per_address: { type: "integer", min: 1 },
@@ -175,6 +178,7 @@ const PRODUCTION_DEFAULTS: Record<string, unknown> = {
   "pop3.idle_timeout_seconds": 600,
   "pop3.lease_ttl_seconds": 60,
   "pop3.login_delay_seconds": 0,
+  "auth.cache_seconds": 900,
   "limits.max_connections": 10_000,
   "limits.max_connections_per_address": 100,
   "limits.shutdown_timeout_seconds": 10,
@@ -308,6 +312,7 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
       loginDelaySeconds: get("pop3.login_delay_seconds"),
     },
     tls: cert !== undefined && key !== undefined ? { cert, key } : null,
+    auth: { cacheSeconds: get("auth.cache_seconds") },
     limits: {
       maxConnections: get("limits.max_connections"),
       maxConnectionsPerAddress: get("limits.max_connections_per_address"),

@@ -3,7 +3,7 @@
  * the outbound delivery worker, the metrics/health endpoint, the retention job, and an orderly stop.
  */
 import { hostname as osHostname } from "node:os";
-import { createLoginThrottle, type Logger, type Store } from "@mailroom/store";
+import { createLoginCache, createLoginThrottle, type Logger, type Store } from "@mailroom/store";
 import { createPop3Server, runExpire } from "@mailroom/pop3-protocol";
 import { createSmtpServer } from "@mailroom/smtp-protocol";
 import { createOutbound, type Outbound } from "@mailroom/outbound";
@@ -94,6 +94,8 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
     const working = metrics ? metrics.timed(rawStore) : rawStore;
 
     const loginThrottle = createLoginThrottle();
+    // One for both protocols: a client that sends with SMTP AUTH and fetches with POP3 pays one scrypt.
+    const loginCache = createLoginCache({ ttlMs: config.auth.cacheSeconds * 1000 });
     const smtpLogger = logger.child({ protocol: "smtp" });
     const pop3Logger = logger.child({ protocol: "pop3" });
     const smtp = createSmtpServer({
@@ -102,6 +104,7 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
       ...(tls ? { tls } : {}),
       logger: metrics ? metrics.sessionLogger("smtp", smtpLogger) : smtpLogger,
       loginThrottle: metrics ? metrics.throttle("smtp", loginThrottle) : loginThrottle,
+      loginCache,
       relay: outboundEnabled ? "queue" : "refuse",
       allowLoopbackPlaintextAuth: config.smtp.allowLoopbackPlaintextAuth,
       bareLineEndings: config.smtp.bareLineEndings,
@@ -118,6 +121,7 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
       ...(tls ? { tls } : {}),
       logger: metrics ? metrics.sessionLogger("pop3", pop3Logger) : pop3Logger,
       loginThrottle: metrics ? metrics.throttle("pop3", loginThrottle) : loginThrottle,
+      loginCache,
       allowPlaintextAuth: config.pop3.allowPlaintextAuth,
       expireDays: config.pop3.expireDays,
       loginDelaySeconds: config.pop3.loginDelaySeconds,

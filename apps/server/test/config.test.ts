@@ -38,6 +38,7 @@ describe("config file", () => {
     expect(config.limits.shutdownTimeoutSeconds).toBe(10);
     expect(config.log.level).toBe("info");
     expect(config.tls).toEqual({ cert, key });
+    expect(config.auth).toEqual({ cacheSeconds: 900 });
   });
 
   it("reads every section", () => {
@@ -57,6 +58,8 @@ allow_plaintext_auth = true
 expire_days = 30
 idle_timeout_seconds = 900
 lease_ttl_seconds = 20
+[auth]
+cache_seconds = 0
 [limits]
 max_connections = 50
 max_connections_per_address = 5
@@ -79,6 +82,7 @@ level = "debug"
     expect(config.pop3).toMatchObject({ expireDays: 30, idleTimeoutSeconds: 900, leaseTtlSeconds: 20, allowPlaintextAuth: true });
     expect(config.limits).toEqual({ maxConnections: 50, maxConnectionsPerAddress: 5, shutdownTimeoutSeconds: 3 });
     expect(config.log.level).toBe("debug");
+    expect(config.auth).toEqual({ cacheSeconds: 0 });
   });
 
   it("passes unknown [store] keys on as adapter options", () => {
@@ -104,6 +108,7 @@ level = "debug"
     ["log level", `${BASE}[log]\nlevel = "verbose"\n`, /log\.level: expected one of/],
     ["workers", `${BASE}[server]\nworkers = "many"\n`, /server\.workers: expected "auto" or a number of processes, got the string "many"/],
     ["no workers", `${BASE}[server]\nworkers = 0\n`, /server\.workers: must be at least 1, got 0/],
+    ["auth cache too long", `${BASE}[auth]\ncache_seconds = 100000\n`, /auth\.cache_seconds: must be at most 86400, got 100000/],
     ["store URL without scheme", BASE.replace('"maildir:./mail"', '"./mail"'), /store\.url: "\.\/mail" is not a store URL/],
     ["missing store URL", BASE.replace('url = "maildir:./mail"', ""), /store\.url: required/],
     ["missing hostname", BASE.replace('hostname = "mail.example.test"', ""), /hostname: required/],
@@ -151,6 +156,7 @@ describe("environment overrides", () => {
         MAILROOM_POP3_ALLOW_PLAINTEXT_AUTH: "true",
         MAILROOM_POP3_EXPIRE_DAYS: "14",
         MAILROOM_LOG_LEVEL: "warn",
+        MAILROOM_AUTH_CACHE_SECONDS: "60",
         MAILROOM_STORE_POOL_SIZE: "3",
         MAILROOM_TEST_PG: "ignored: not ours",
       },
@@ -166,6 +172,7 @@ describe("environment overrides", () => {
     expect(config.pop3.allowPlaintextAuth).toBe(true);
     expect(config.pop3.expireDays).toBe(14);
     expect(config.log.level).toBe("warn");
+    expect(config.auth.cacheSeconds).toBe(60);
     expect(config.store.options).toEqual({ pool_size: 3 });
     expect(config.where("smtp.listen")).toBe("MAILROOM_SMTP_LISTEN");
   });
@@ -176,6 +183,7 @@ describe("environment overrides", () => {
     ["MAILROOM_POP3_ALLOW_PLAINTEXT_AUTH", "maybe", /^MAILROOM_POP3_ALLOW_PLAINTEXT_AUTH: expected true or false/],
     ["MAILROOM_SMTP_LISTN", "127.0.0.1:25", /^MAILROOM_SMTP_LISTN: no such setting \(did you mean MAILROOM_SMTP_LISTEN\?\)/],
     ["MAILROOM_STORE_URL", "nothing", /^MAILROOM_STORE_URL: "nothing" is not a store URL/],
+    ["MAILROOM_AUTH_CACHE_SECONDS", "-5", /^MAILROOM_AUTH_CACHE_SECONDS: must be at least 0, got -5/],
   ])("names the variable: %s=%s", (variable, value, pattern) => {
     const file = configFile(BASE);
     expect(errorOf(() => loadConfig({ file, env: { [variable]: value } }))).toMatch(pattern);

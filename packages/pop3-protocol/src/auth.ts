@@ -1,5 +1,5 @@
 import { Buffer } from "node:buffer";
-import { authenticate, type Account, type Directory, type LoginThrottle } from "@mailroom/store";
+import { authenticate, type Account, type Directory, type LoginCache, type LoginThrottle } from "@mailroom/store";
 
 /**
  * SASL PLAIN (RFC 4616) and LOGIN for AUTH (RFC 5034), as pure steps the session drives, plus the
@@ -87,11 +87,12 @@ export async function checkLogin(
   client: string,
   login: string,
   password: string,
+  cache?: LoginCache,
 ): Promise<LoginOutcome> {
   const delay = throttle.delayFor(client, login);
   if (delay === Infinity) return { kind: "throttled" };
   if (delay > 0) await sleep(delay);
-  const account = await authenticate(directory, login, password);
+  const account = await authenticate(directory, login, password, cache);
   if (!account) {
     throttle.failure(client, login);
     return { kind: "bad-credentials" };

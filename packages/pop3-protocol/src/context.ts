@@ -1,4 +1,4 @@
-import type { Logger, LoginThrottle, Store } from "@mailroom/store";
+import type { Logger, LoginCache, LoginThrottle, Store } from "@mailroom/store";
 import type { TlsContext } from "@mailroom/transport";
 
 /** Everything a session needs from its server; one object shared by all sessions. */
@@ -8,6 +8,7 @@ export interface SessionContext {
   readonly tls: TlsContext | undefined;
   readonly logger: Logger;
   readonly throttle: LoginThrottle;
+  readonly loginCache: LoginCache;
   readonly allowPlaintextAuth: boolean;
   readonly expireDays: number | null;
   readonly loginDelaySeconds: number;

@@ -1,4 +1,4 @@
-import type { Logger, LoginThrottle, Store } from "@mailroom/store";
+import type { Logger, LoginCache, LoginThrottle, Store } from "@mailroom/store";
 import type { TlsContext } from "@mailroom/transport";
 
 export interface Pop3ServerOptions {
@@ -11,6 +11,8 @@ export interface Pop3ServerOptions {
   readonly logger?: Logger;
   /** Shared with SMTP AUTH by the app. Default: `createLoginThrottle()`. */
   readonly loginThrottle?: LoginThrottle;
+  /** Passwords that passed recently, checked without scrypt. Shared with SMTP AUTH by the app. Default: `createLoginCache()`. */
+  readonly loginCache?: LoginCache;
   /**
    * Allow USER/PASS and AUTH PLAIN/LOGIN on unencrypted non-loopback connections. Default false:
    * they are refused with a hint to use STLS, and not advertised in CAPA.

@@ -1,4 +1,4 @@
-import { createLoginThrottle, silentLogger } from "@mailroom/store";
+import { createLoginCache, createLoginThrottle, silentLogger } from "@mailroom/store";
 import { listen, type Connection, type Listener } from "@mailroom/transport";
 import type { Pop3ServerOptions } from "./options.js";
 import { err } from "./replies.js";
@@ -46,6 +46,7 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
     tls: options.tls,
     logger: options.logger ?? silentLogger,
     throttle: options.loginThrottle ?? createLoginThrottle(),
+    loginCache: options.loginCache ?? createLoginCache(),
     allowPlaintextAuth: options.allowPlaintextAuth ?? false,
     expireDays,
     loginDelaySeconds: Math.floor(nonNegative("loginDelaySeconds", options.loginDelaySeconds, 0)),

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Connection } from "@mailroom/transport";
-import { StoreError, type Logger, type Mailbox, type Store } from "@mailroom/store";
+import { StoreError, hashPassword, type Logger, type Mailbox, type Store } from "@mailroom/store";
 import { ALICE, fixtureStore, LineClient, loginClient, startServer, type Running } from "./helpers.js";
 
 let running: Running | undefined;
@@ -77,6 +77,27 @@ describe("store errors at login", () => {
     await client.line();
     expect(await client.line()).toBe("+OK 3 messages (150 octets)");
     client.destroy();
+  });
+});
+
+describe("login cache", () => {
+  it("refuses a password changed while the server runs at once, though it was just used", async () => {
+    running = await startServer();
+    const attempt = async (password: string): Promise<string | null> => {
+      const client = await LineClient.connect(running!.port);
+      await client.line();
+      client.write(`USER ${ALICE.login}\r\nPASS ${password}\r\nQUIT\r\n`);
+      await client.line();
+      const reply = await client.line();
+      client.destroy();
+      return reply;
+    };
+    // The second login takes the password from the cache; the answer is the same.
+    expect(await attempt(ALICE.password)).toBe("+OK 3 messages (150 octets)");
+    expect(await attempt(ALICE.password)).toBe("+OK 3 messages (150 octets)");
+    await running.store.directory.setPasswordHash(ALICE.login, await hashPassword("new secret", { logN: 10 }));
+    expect(await attempt(ALICE.password)).toBe("-ERR [AUTH] invalid user name or password");
+    expect(await attempt("new secret")).toBe("+OK 3 messages (150 octets)");
   });
 });
 

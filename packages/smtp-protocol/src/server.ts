@@ -1,4 +1,4 @@
-import { createLoginThrottle, silentLogger } from "@mailroom/store";
+import { createLoginCache, createLoginThrottle, silentLogger } from "@mailroom/store";
 import { listen, type Listener } from "@mailroom/transport";
 import { formatReply, R } from "./replies.js";
 import { Session, type ServerContext } from "./session.js";
@@ -18,6 +18,7 @@ export function createSmtpServer(options: SmtpServerOptions): SmtpServer {
     logger: options.logger ?? silentLogger,
     // Without a shared one, AUTH still gets its own: password guessing is never free.
     throttle: options.loginThrottle ?? createLoginThrottle(),
+    loginCache: options.loginCache ?? createLoginCache(),
     allowLoopbackPlaintextAuth: options.allowLoopbackPlaintextAuth ?? false,
     bareLineEndings: options.bareLineEndings ?? "reject",
     limits,

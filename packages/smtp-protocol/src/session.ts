@@ -1,4 +1,4 @@
-import { authenticate, silentLogger, type Account, type Logger, type LoginThrottle, type Store } from "@mailroom/store";
+import { authenticate, silentLogger, type Account, type Logger, type LoginCache, type LoginThrottle, type Store } from "@mailroom/store";
 import { HeldWrites, type Connection, type TlsContext } from "@mailroom/transport";
 import { authContinue, authStart, isMechanism, type AuthStep, type Mechanism } from "./auth.js";
 import { takeChunk, type BdatPhase, type BdatReturn } from "./bdat.js";
@@ -16,6 +16,7 @@ export interface ServerContext {
   readonly tls: TlsContext | undefined;
   readonly logger: Logger;
   readonly throttle: LoginThrottle;
+  readonly loginCache: LoginCache;
   readonly allowLoopbackPlaintextAuth: boolean;
   readonly bareLineEndings: "reject" | "normalize";
   readonly limits: SmtpLimits;
@@ -579,7 +580,7 @@ export class Session {
     try {
       account = this.#ctx.hooks.onAuth
         ? await this.#ctx.hooks.onAuth(login, password, this.info)
-        : await authenticate(this.#ctx.store.directory, login, password);
+        : await authenticate(this.#ctx.store.directory, login, password, this.#ctx.loginCache);
     } catch (error) {
       this.#log.warn({ login: shownLogin, error: describe(error) }, "auth lookup failed");
       return this.#error(R.authTemp());

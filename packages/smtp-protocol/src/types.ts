@@ -1,4 +1,4 @@
-import type { Account, Logger, LoginThrottle, MailboxId, Store } from "@mailroom/store";
+import type { Account, Logger, LoginCache, LoginThrottle, MailboxId, Store } from "@mailroom/store";
 import type { Listener, TlsContext, TlsInfo } from "@mailroom/transport";
 
 export type ListenerMode = "mx" | "submission";
@@ -143,6 +143,8 @@ export interface SmtpServerOptions {
   readonly logger?: Logger;
   /** Shared with POP3 by the app, so that guessing is slowed across both. */
   readonly loginThrottle?: LoginThrottle;
+  /** Passwords that passed recently, checked without scrypt. Shared with POP3 by the app. Default: `createLoginCache()`. */
+  readonly loginCache?: LoginCache;
   /** Offer and accept AUTH without TLS from loopback clients. Default false. */
   readonly allowLoopbackPlaintextAuth?: boolean;
   /** Bare CR or LF in a message: refuse it (default) or turn it into CRLF. */

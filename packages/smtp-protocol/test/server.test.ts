@@ -3,7 +3,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { Connection } from "@mailroom/transport";
-import { createLoginThrottle, StoreError, type Store, type StoreErrorCode } from "@mailroom/store";
+import { createLoginThrottle, hashPassword, StoreError, type Store, type StoreErrorCode } from "@mailroom/store";
 import { createSmtpServer, type SmtpServer, type SmtpServerOptions } from "../src/index.js";
 import { HOST, RawClient, seededStore, storedMessages } from "./helpers.js";
 
@@ -344,6 +344,27 @@ describe("limits and shutdown", () => {
     await busy.waitClosed();
     expect(server.sessionCount).toBe(0);
     expect(await storedMessages(store, "bob@local.test")).toEqual([]);
+  });
+});
+
+describe("login cache", () => {
+  it("accepts a password again without change in the answer, and refuses it once changed", async () => {
+    const { store, port } = await start({ allowLoopbackPlaintextAuth: true }, "submission");
+    const plain = (password: string) => `AUTH PLAIN ${Buffer.from(`\0alice@local.test\0${password}`).toString("base64")}`;
+    const attempt = async (password: string): Promise<string> => {
+      const client = await RawClient.connect(port);
+      await client.reply();
+      await client.command("EHLO c");
+      const reply = await client.command(plain(password));
+      client.close();
+      return reply;
+    };
+    expect(await attempt("alice-secret")).toBe("235 2.7.0 Authentication successful");
+    expect(await attempt("alice-secret")).toBe("235 2.7.0 Authentication successful");
+    expect(await attempt("alice-secret ")).toBe("535 5.7.8 Authentication credentials invalid");
+    await store.directory.setPasswordHash("alice@local.test", await hashPassword("rotated", { logN: 10 }));
+    expect(await attempt("alice-secret")).toBe("535 5.7.8 Authentication credentials invalid");
+    expect(await attempt("rotated")).toBe("235 2.7.0 Authentication successful");
   });
 });
 

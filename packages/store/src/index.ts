@@ -33,6 +33,7 @@ export { resolveRecipient, type Resolution } from "./recipients.js";
 export { abortable, countBytes, fromBytes, guardAppendSource, limitBytes, readAll, takeTop } from "./streams.js";
 export { silentLogger, type LogFn, type Logger } from "./logger.js";
 export { createLoginThrottle, type LoginThrottle, type LoginThrottleOptions } from "./throttle.js";
+export { createLoginCache, type LoginCache, type LoginCacheOptions } from "./logincache.js";
 export type {
   ClaimOptions,
   EnqueueOptions,

@@ -2,6 +2,7 @@ import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from "node:c
 import type { Account, Directory } from "./contract.js";
 import { normalizeAddress } from "./names.js";
 import { isStoreError } from "./errors.js";
+import type { LoginCache } from "./logincache.js";
 
 /**
  * Passwords are kept only as scrypt hashes in PHC string form:
@@ -87,12 +88,19 @@ export function isPasswordHash(hash: string): boolean {
   return parseHash(hash) !== null;
 }
 
-/** Constant-time check of a password against a PHC scrypt hash. False for an unknown format. */
-export async function verifyPassword(password: string, hash: string): Promise<boolean> {
+/**
+ * Constant-time check of a password against a PHC scrypt hash. False for an unknown format. With a
+ * `cache`, a password that passed recently is accepted without the scrypt, and one that passes now is
+ * remembered (see logincache.ts).
+ */
+export async function verifyPassword(password: string, hash: string, cache?: LoginCache): Promise<boolean> {
   const parsed = parseHash(hash);
   if (!parsed) return false;
+  if (cache?.has(hash, password)) return true;
   const key = await derive(password, parsed.salt, parsed.logN, parsed.r, parsed.p);
-  return key.length === parsed.key.length && timingSafeEqual(key, parsed.key);
+  const good = key.length === parsed.key.length && timingSafeEqual(key, parsed.key);
+  if (good) cache?.add(hash, password);
+  return good;
 }
 
 // A hash of nothing in particular with the default parameters: unknown logins are verified against it
@@ -101,10 +109,16 @@ let dummyHash: Promise<string> | undefined;
 
 /**
  * Checks a login. Unknown user, malformed login and wrong password all give null after the same amount
- * of work, so the answer and its timing tell nothing about which accounts exist. Store failures are
- * thrown (a protocol answers them with a temporary error, not "wrong password").
+ * of work, so the answer and its timing tell nothing about which accounts exist (a `cache` only
+ * shortens the check of a right password). Store failures are thrown (a protocol answers them with a
+ * temporary error, not "wrong password").
  */
-export async function authenticate(directory: Directory, login: string, password: string): Promise<Account | null> {
+export async function authenticate(
+  directory: Directory,
+  login: string,
+  password: string,
+  cache?: LoginCache,
+): Promise<Account | null> {
   let account: Account | null = null;
   try {
     account = await directory.getAccount(normalizeAddress(login));
@@ -116,5 +130,5 @@ export async function authenticate(directory: Directory, login: string, password
     await verifyPassword(password, await dummyHash);
     return null;
   }
-  return (await verifyPassword(password, account.passwordHash)) ? account : null;
+  return (await verifyPassword(password, account.passwordHash, cache)) ? account : null;
 }

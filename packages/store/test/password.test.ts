@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import type { Account, Directory } from "../src/contract.js";
 import { StoreError } from "../src/errors.js";
 import { createMemoryStore } from "../src/memory/index.js";
+import { createLoginCache, type LoginCache } from "../src/logincache.js";
 import { authenticate, hashPassword, isPasswordHash, verifyPassword } from "../src/password.js";
 
 const PHC = /^\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/]+)\$([A-Za-z0-9+/]+)$/;
@@ -118,6 +119,57 @@ describe("authenticate", () => {
     const malformed = await time("not an address");
     expect(unknown).toBeGreaterThan(known * 0.4);
     expect(malformed).toBeGreaterThan(known * 0.4);
+  });
+
+  it("with a login cache: takes a right password from it the second time, never a wrong one", async () => {
+    const directory = await directoryWith("secret", 10);
+    const inner = createLoginCache();
+    const hits: boolean[] = [];
+    const cache: LoginCache = {
+      has: (hash, password) => {
+        const hit = inner.has(hash, password);
+        hits.push(hit);
+        return hit;
+      },
+      add: (hash, password) => inner.add(hash, password),
+    };
+    expect(await authenticate(directory, "alice@example.test", "wrong", cache)).toBeNull();
+    expect((await authenticate(directory, "alice@example.test", "secret", cache))?.address).toBe("alice@example.test");
+    expect((await authenticate(directory, "ALICE@example.test", "secret", cache))?.address).toBe("alice@example.test");
+    expect(await authenticate(directory, "alice@example.test", "wrong", cache)).toBeNull();
+    expect(await authenticate(directory, "nobody@example.test", "secret", cache)).toBeNull();
+    // Miss, miss (then the scrypt check passes and is remembered), hit, miss; unknown logins never ask.
+    expect(hits).toEqual([false, false, true, false]);
+  });
+
+  it("with a login cache: a changed password and a removed account take effect at once", async () => {
+    const directory = await directoryWith("old password", 10);
+    const cache = createLoginCache();
+    expect(await authenticate(directory, "alice@example.test", "old password", cache)).not.toBeNull();
+    await directory.setPasswordHash("alice@example.test", await hashPassword("new password", { logN: 10 }));
+    expect(await authenticate(directory, "alice@example.test", "old password", cache)).toBeNull();
+    expect(await authenticate(directory, "alice@example.test", "new password", cache)).not.toBeNull();
+    await directory.removeAccount("alice@example.test");
+    expect(await authenticate(directory, "alice@example.test", "new password", cache)).toBeNull();
+  });
+
+  it("with a login cache: a wrong password still costs about what an unknown login does", async () => {
+    const directory = await directoryWith("secret");
+    const cache = createLoginCache();
+    expect(await authenticate(directory, "alice@example.test", "secret", cache)).not.toBeNull();
+    await authenticate(directory, "warmup@example.test", "x", cache);
+    const time = async (login: string): Promise<number> => {
+      const samples: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const started = performance.now();
+        expect(await authenticate(directory, login, "wrong", cache)).toBeNull();
+        samples.push(performance.now() - started);
+      }
+      return samples.sort((a, b) => a - b)[1]!;
+    };
+    const cachedAccount = await time("alice@example.test");
+    const unknown = await time("nobody@example.test");
+    expect(cachedAccount).toBeGreaterThan(unknown * 0.4);
   });
 
   it("throws store failures instead of reporting a wrong password", async () => {
