@@ -23,6 +23,7 @@ import { fsyncDir, makeDirs, readdirOrEmpty, uniqueSuffix, unlinkQuiet, withDirL
 import { LEASE_FILE, LeaseManager } from "./lease.js";
 import { fileChunks } from "./streams.js";
 import { openReadOnly } from "./fdio.js";
+import { QueueIndex } from "./queueindex.js";
 import { writeMessageFile } from "./writing.js";
 
 /**
@@ -47,6 +48,8 @@ const MESSAGE_FILE = "message";
 const DEFAULT_TTL_MS = 60_000;
 /** Leftovers of a crashed enqueue or removal older than this are swept. */
 const LEFTOVER_MS = 60 * 60_000;
+/** A claim scans every item at least this often, whatever the change markers say (see queueindex.ts). */
+const RESCAN_MS = 60_000;
 
 interface ClaimRecord {
   token: string;
@@ -83,12 +86,14 @@ export class FsQueue implements Queue {
   private readonly tmp: string;
   private readonly trash: string;
   private swept = false;
+  private readonly index: QueueIndex;
 
   constructor(private readonly ctx: StoreContext) {
     this.base = join(ctx.root, QUEUE_DIR);
     this.items = join(this.base, "items");
     this.tmp = join(this.base, "tmp");
     this.trash = join(this.base, "trash");
+    this.index = new QueueIndex(join(this.base, "changes"), RESCAN_MS);
   }
 
   private dirOf(id: string): string {
@@ -136,6 +141,7 @@ export class FsQueue implements Queue {
       await attempt("write queue item", staging, () => writeFileAtomic(join(staging, ITEM_FILE), JSON.stringify(item), this.ctx.policy));
       await attempt("commit queue item", staging, () => fsp.rename(staging, this.dirOf(id)));
       await attempt("fsync", this.items, () => fsyncDir(this.items, this.ctx.policy));
+      await this.index.changed(id, item);
       return item;
     } catch (error) {
       await fsp.rm(staging, { recursive: true, force: true }).catch(() => undefined);
@@ -143,7 +149,13 @@ export class FsQueue implements Queue {
     }
   }
 
-  async list(): Promise<readonly QueueItem[]> {
+  list(): Promise<readonly QueueItem[]> {
+    return this.index.markers().then((markers) => this.scan(markers));
+  }
+
+  /** Reads every item (after the change markers were read: see queueindex.ts), oldest first. */
+  private async scan(markers: ReadonlyMap<string, string> | null): Promise<readonly QueueItem[]> {
+    const started = this.index.begin();
     const ids = await attempt("list queue", this.items, () => readdirOrEmpty(this.items));
     const out: QueueItem[] = [];
     for (const id of ids) {
@@ -151,6 +163,7 @@ export class FsQueue implements Queue {
       const item = await this.readItem(id);
       if (item) out.push(item);
     }
+    this.index.remember(out, markers, started, Date.now());
     return out.sort(compareAge);
   }
 
@@ -172,7 +185,10 @@ export class FsQueue implements Queue {
       this.swept = true;
       await this.sweep();
     }
-    const due = (await this.list()).filter((i) => i.state === "queued" && i.nextAttemptAt <= now).sort(compareDue);
+    // Without a change since the last scan, the items held from it are the queue as it is.
+    const markers = await this.index.markers();
+    const items = this.index.current(markers, Date.now()) ?? (await this.scan(markers));
+    const due = items.filter((i) => i.state === "queued" && i.nextAttemptAt <= now).sort(compareDue);
     const claims: QueueClaim[] = [];
     for (const candidate of due) {
       if (claims.length >= limit) break;
@@ -235,6 +251,7 @@ export class FsQueue implements Queue {
   /** Replaces the item and ends any claim on it, in that order, so nobody claims the old state. */
   private async update(dir: string, item: QueueItem): Promise<void> {
     await this.writeItem(item);
+    await this.index.changed(item.id, item);
     await attempt("release claim", dir, async () => {
       if (await unlinkQuiet(join(dir, LEASE_FILE))) await fsyncDir(dir, this.ctx.policy);
     });
@@ -246,6 +263,7 @@ export class FsQueue implements Queue {
     const aside = join(this.trash, `${id}.${uniqueSuffix()}`);
     await attempt("remove queue item", dir, () => fsp.rename(dir, aside));
     await attempt("fsync", this.items, () => fsyncDir(this.items, this.ctx.policy));
+    await this.index.changed(id, null);
     return aside;
   }
 
@@ -301,6 +319,7 @@ export class FsQueue implements Queue {
   /** Best effort: removes what a crash left in tmp/ and trash/ a long time ago. */
   private async sweep(): Promise<void> {
     const cutoff = Date.now() - LEFTOVER_MS;
+    await this.index.sweep(cutoff);
     for (const dir of [this.tmp, this.trash]) {
       for (const name of await readdirOrEmpty(dir).catch(() => [])) {
         const path = join(dir, name);

@@ -50,6 +50,54 @@ describe("maildir outbound queue layout", () => {
     expect(await readdir(join(root, ".queue", "tmp"))).toEqual([]);
   });
 
+  it("claims without reading the items while nothing changed, and still sees every change another instance makes", async () => {
+    const root = freshRoot();
+    const worker = await createFsStore({ root });
+    const other = await createFsStore({ root }); // another process: an SMTP worker, or `mailroom queue retry`
+    const envelope = { sender: "a@example.test", recipients: ["b@remote.test"] };
+    const later = Date.now() + 3_600_000;
+    const deferred = await worker.queue.enqueue(envelope, fromBytes("deferred"), { notBefore: later });
+    expect(await worker.queue.claim({ holder: "w", ttlMs: 30_000 })).toEqual([]);
+
+    // Unchanged queue: the claim answers from what it holds. An item file edited by hand, with no
+    // instance announcing it, is therefore not seen (until the periodic full scan).
+    const itemFile = join(root, ".queue", "items", deferred.id, "item.json");
+    const original = await readFile(itemFile, "utf8");
+    await writeFile(itemFile, JSON.stringify({ ...deferred, nextAttemptAt: 0 }));
+    expect(await worker.queue.claim({ holder: "w", ttlMs: 30_000 })).toEqual([]);
+    await writeFile(itemFile, original);
+
+    // Another instance's enqueue, retry and removal are each seen by the next claim.
+    const fresh = await other.queue.enqueue(envelope, fromBytes("fresh"));
+    const [first] = await worker.queue.claim({ holder: "w", ttlMs: 30_000 });
+    expect(first!.item.id).toBe(fresh.id);
+    await worker.queue.reschedule(first!, { nextAttemptAt: later, error: "451 try later" });
+    expect(await worker.queue.claim({ holder: "w", ttlMs: 30_000 })).toEqual([]);
+    await other.queue.retry(deferred.id);
+    const [second] = await worker.queue.claim({ holder: "w", ttlMs: 30_000 });
+    expect(second!.item.id).toBe(deferred.id);
+    await worker.queue.reschedule(second!, { nextAttemptAt: later, error: "451 try later" });
+    await other.queue.retry(fresh.id);
+    await other.queue.remove(fresh.id);
+    expect(await worker.queue.claim({ holder: "w", ttlMs: 30_000 })).toEqual([]);
+    expect((await worker.queue.list()).map((item) => item.id)).toEqual([deferred.id]);
+  });
+
+  it("sweeps the change markers of instances gone for an hour", async () => {
+    const root = freshRoot();
+    const store = await createFsStore({ root });
+    await store.queue.enqueue({ sender: "", recipients: ["b@remote.test"] }, fromBytes("x"), { notBefore: Date.now() + 60_000 });
+    const changes = join(root, ".queue", "changes");
+    const mine = await readdir(changes);
+    expect(mine).toHaveLength(1);
+    await writeFile(join(changes, "4242-0123456789ab"), "7");
+    const old = new Date(Date.now() - 2 * 3_600_000);
+    await utimes(join(changes, "4242-0123456789ab"), old, old);
+    const reopened = await createFsStore({ root });
+    expect(await reopened.queue.claim({ holder: "w", ttlMs: 1_000 })).toEqual([]);
+    expect(await readdir(changes)).toEqual(mine);
+  });
+
   it("does not follow ids that are paths", async () => {
     const root = freshRoot();
     const store = await createFsStore({ root });
