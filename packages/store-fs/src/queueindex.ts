@@ -29,10 +29,20 @@ import { readdirOrEmpty } from "./fsutil.js";
  * Whatever slips past them (a process killed between its change and its marker) is picked up by the
  * full scan that runs at least every `maxAgeMs` regardless.
  */
+/** What a claim needs of an item to find the due ones (a few dozen octets, not the whole item). */
+export type QueueEntry = Pick<QueueItem, "id" | "state" | "nextAttemptAt" | "createdAt">;
+
+const entryOf = (item: QueueItem): QueueEntry => ({
+  id: item.id,
+  state: item.state,
+  nextAttemptAt: item.nextAttemptAt,
+  createdAt: item.createdAt,
+});
+
 export class QueueIndex {
   private readonly own = `${process.pid}-${randomBytes(6).toString("hex")}`;
   private ownCount = 0;
-  private held: Map<string, QueueItem> | null = null;
+  private held: Map<string, QueueEntry> | null = null;
   private heldMarkers = new Map<string, string>();
   private scannedAt = 0;
 
@@ -77,7 +87,7 @@ export class QueueIndex {
    * The items as of now if nothing changed since the last scan, or null if a scan is needed. Call
    * `markers()` first and hand its result here, and to `remember` after the scan.
    */
-  current(markers: ReadonlyMap<string, string> | null, now: number): readonly QueueItem[] | null {
+  current(markers: ReadonlyMap<string, string> | null, now: number): readonly QueueEntry[] | null {
     if (markers === null || this.held === null || now - this.scannedAt >= this.maxAgeMs) return null;
     if (markers.size !== this.heldMarkers.size) return null;
     for (const [name, content] of markers) if (this.heldMarkers.get(name) !== content) return null;
@@ -95,7 +105,7 @@ export class QueueIndex {
       this.held = null;
       return;
     }
-    this.held = new Map(items.map((item) => [item.id, item]));
+    this.held = new Map(items.map((item) => [item.id, entryOf(item)]));
     this.heldMarkers = new Map(markers);
     this.scannedAt = now;
   }
@@ -109,7 +119,7 @@ export class QueueIndex {
     this.ownCount++;
     if (this.held !== null) {
       if (item === null) this.held.delete(id);
-      else this.held.set(id, item);
+      else this.held.set(id, entryOf(item));
     }
     try {
       await fsp.mkdir(this.dir, { recursive: true });

@@ -180,7 +180,10 @@ export function mergeRecipients(
 }
 
 /** Claim order: due first, then older first, then by id, so every store picks the same way. */
-export function compareDue(a: QueueItem, b: QueueItem): number {
+export function compareDue(
+  a: Pick<QueueItem, "nextAttemptAt" | "createdAt" | "id">,
+  b: Pick<QueueItem, "nextAttemptAt" | "createdAt" | "id">,
+): number {
   return a.nextAttemptAt - b.nextAttemptAt || a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
 }
 
