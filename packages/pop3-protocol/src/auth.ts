@@ -76,23 +76,24 @@ export type LoginOutcome =
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** What a login check uses of the server's context. */
+export interface LoginContext {
+  readonly store: { readonly directory: Directory };
+  readonly throttle: LoginThrottle;
+  readonly loginCache: LoginCache;
+}
+
 /**
  * Checks a password with the throttle around it. Unknown user and wrong password cost the same and
  * answer the same (`authenticate` equalises the work); the throttle's delay comes before the check,
  * so a guesser can't learn the answer any sooner. Store failures are thrown.
  */
-export async function checkLogin(
-  directory: Directory,
-  throttle: LoginThrottle,
-  client: string,
-  login: string,
-  password: string,
-  cache?: LoginCache,
-): Promise<LoginOutcome> {
+export async function checkLogin(ctx: LoginContext, client: string, login: string, password: string): Promise<LoginOutcome> {
+  const { throttle } = ctx;
   const delay = throttle.delayFor(client, login);
   if (delay === Infinity) return { kind: "throttled" };
   if (delay > 0) await sleep(delay);
-  const account = await authenticate(directory, login, password, cache);
+  const account = await authenticate(ctx.store.directory, login, password, ctx.loginCache);
   if (!account) {
     throttle.failure(client, login);
     return { kind: "bad-credentials" };

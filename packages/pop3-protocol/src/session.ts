@@ -366,7 +366,7 @@ export class Session {
     const ctx = this.#ctx;
     let account: Account;
     try {
-      const outcome = await checkLogin(ctx.store.directory, ctx.throttle, this.#conn.remoteAddress, login, password, ctx.loginCache);
+      const outcome = await checkLogin(ctx, this.#conn.remoteAddress, login, password);
       if (outcome.kind === "throttled") {
         this.#log.warn({ user: login }, "login refused by throttle");
         return this.#send(err("too many failed logins, try later", "AUTH"));
