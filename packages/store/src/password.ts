@@ -103,15 +103,35 @@ export async function verifyPassword(password: string, hash: string, cache?: Log
   return good;
 }
 
-// A hash of nothing in particular with the default parameters: unknown logins are verified against it
-// so that they cost the same time as a wrong password for a real account.
-let dummyHash: Promise<string> | undefined;
+/**
+ * Hashes of nothing in particular, one per parameter set, that unknown logins are verified against so
+ * that they cost what a wrong password for a real account costs. The parameters are those of the
+ * account hash this process verified last: with the accounts' hashes all made one way (the usual
+ * case, including a directory hashed with other than the default parameters), an unknown login then
+ * takes as long as a known one, where a fixed default would make it slower or faster than every real
+ * account. A few sets are kept, for a directory in the middle of a change of parameters.
+ */
+const dummyHashes = new Map<string, Promise<string>>();
+const MAX_DUMMY_HASHES = 4;
+let recentParams: Required<PasswordHashOptions> = { logN: 15, r: 8, p: 1 };
+
+function dummyHash(params: Required<PasswordHashOptions>): Promise<string> {
+  const key = `${params.logN},${params.r},${params.p}`;
+  let hash = dummyHashes.get(key);
+  if (hash === undefined) {
+    hash = hashPassword(randomBytes(12).toString("hex"), params);
+    if (dummyHashes.size >= MAX_DUMMY_HASHES) dummyHashes.delete(dummyHashes.keys().next().value!);
+    dummyHashes.set(key, hash);
+  }
+  return hash;
+}
 
 /**
- * Checks a login. Unknown user, malformed login and wrong password all give null after the same amount
- * of work, so the answer and its timing tell nothing about which accounts exist (a `cache` only
- * shortens the check of a right password). Store failures are thrown (a protocol answers them with a
- * temporary error, not "wrong password").
+ * Checks a login. Unknown user, malformed login, an account whose stored hash cannot be checked (a
+ * locked or foreign entry) and wrong password all give null after about the same amount of work, so
+ * the answer and its timing tell nothing about which accounts exist (a `cache` only shortens the check
+ * of a right password). Store failures are thrown (a protocol answers them with a temporary error, not
+ * "wrong password").
  */
 export async function authenticate(
   directory: Directory,
@@ -125,10 +145,13 @@ export async function authenticate(
   } catch (error) {
     if (!isStoreError(error) || error.code !== "invalid-name") throw error;
   }
-  if (!account) {
-    dummyHash ??= hashPassword(randomBytes(12).toString("hex"));
-    await verifyPassword(password, await dummyHash);
+  const parsed = account === null ? null : parseHash(account.passwordHash);
+  if (account === null || parsed === null) {
+    await verifyPassword(password, await dummyHash(recentParams));
     return null;
+  }
+  if (parsed.logN !== recentParams.logN || parsed.r !== recentParams.r || parsed.p !== recentParams.p) {
+    recentParams = { logN: parsed.logN, r: parsed.r, p: parsed.p };
   }
   return (await verifyPassword(password, account.passwordHash, cache)) ? account : null;
 }

@@ -121,6 +121,41 @@ describe("authenticate", () => {
     expect(malformed).toBeGreaterThan(known * 0.4);
   });
 
+  /** Median time of `runs` failed logins as `login`. */
+  async function medianFailure(directory: Directory, login: string, runs = 5): Promise<number> {
+    const samples: number[] = [];
+    for (let i = 0; i < runs; i++) {
+      const started = performance.now();
+      expect(await authenticate(directory, login, "wrong")).toBeNull();
+      samples.push(performance.now() - started);
+    }
+    return samples.sort((a, b) => a - b)[Math.floor(runs / 2)]!;
+  }
+
+  it("spends about as long on an unknown login as on a wrong password when the accounts use cheaper parameters", async () => {
+    // logN 12 is an eighth of the default's work: an unknown login checked against a default-cost
+    // dummy would take about eight times as long as a wrong password for a real account.
+    const directory = await directoryWith("secret", 12);
+    await authenticate(directory, "alice@example.test", "wrong");
+    await authenticate(directory, "warmup@example.test", "x");
+    const known = await medianFailure(directory, "alice@example.test");
+    const unknown = await medianFailure(directory, "nobody@example.test");
+    expect(unknown).toBeLessThan(known * 3);
+    expect(unknown).toBeGreaterThan(known * 0.4);
+  });
+
+  it("spends about as long on an account whose stored hash cannot be checked as on a wrong password", async () => {
+    const store = createMemoryStore();
+    await store.directory.addDomain("example.test");
+    await store.directory.addAccount({ address: "alice@example.test", passwordHash: await hashPassword("secret") });
+    await store.directory.addAccount({ address: "locked@example.test", passwordHash: "!locked" });
+    await authenticate(store.directory, "alice@example.test", "wrong");
+    await authenticate(store.directory, "warmup@example.test", "x");
+    const known = await medianFailure(store.directory, "alice@example.test", 3);
+    const locked = await medianFailure(store.directory, "locked@example.test", 3);
+    expect(locked).toBeGreaterThan(known * 0.4);
+  });
+
   it("with a login cache: takes a right password from it the second time, never a wrong one", async () => {
     const directory = await directoryWith("secret", 10);
     const inner = createLoginCache();
