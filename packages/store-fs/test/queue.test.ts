@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, utimes, writeFile } from "node:f
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { fromBytes } from "@mailroom/store";
+import { compareAge, fromBytes } from "@mailroom/store";
 import { LEASE_FILE, createFsStore } from "../src/index.js";
 
 const tmp = await mkdtemp(join(tmpdir(), "mailroom-store-fs-queue-"));
@@ -81,6 +81,24 @@ describe("maildir outbound queue layout", () => {
     await other.queue.remove(fresh.id);
     expect(await worker.queue.claim({ holder: "w", ttlMs: 30_000 })).toEqual([]);
     expect((await worker.queue.list()).map((item) => item.id)).toEqual([deferred.id]);
+  });
+
+  it("lists a queue larger than one read slice, oldest first, with synchronous and asynchronous reads", async () => {
+    const root = freshRoot();
+    const store = await createFsStore({ root });
+    const envelope = { sender: "a@example.test", recipients: ["b@remote.test"] };
+    const later = Date.now() + 3_600_000;
+    const items = [];
+    // More than the 256 items a synchronous scan reads between two turns of the event loop.
+    for (let i = 0; i < 300; i++) items.push(await store.queue.enqueue(envelope, fromBytes(`m${i}`), { notBefore: later }));
+    const ids = items.sort(compareAge).map((item) => item.id);
+    // A directory without an item file (a removal under way) is left out, not an error.
+    await mkdir(join(root, ".queue", "items", `${ids[0]!.slice(0, -1)}x`));
+    const asynchronous = await createFsStore({ root, syncReadBytes: 0 });
+    for (const reader of [store, asynchronous]) {
+      expect((await reader.queue.list()).map((item) => item.id)).toEqual(ids);
+      expect(await reader.queue.claim({ holder: "w", ttlMs: 30_000 })).toEqual([]);
+    }
   });
 
   it("sweeps the change markers of instances gone for an hour", async () => {
