@@ -398,9 +398,10 @@ export class FsMailbox implements Mailbox {
 
   async expunge(uids: readonly Uid[], lease: Lease): Promise<number> {
     await this.leases.check(lease);
-    // Mail still covered by the delivery log is made durable and the log retired first: a replay
-    // after a power cut must not bring back what this expunge removes.
-    if (this.ctx.deliveryLog?.pending) await attempt("expunge", this.dir, () => this.ctx.deliveryLog!.checkpoint());
+    // Mail still recorded in the delivery log is made durable and the log retired first: a replay
+    // after a power cut must not bring back what this expunge removes. Mail whose log was retired
+    // already needs no wait (see DeliveryLog.covers).
+    if (this.ctx.deliveryLog?.covers(uids)) await attempt("expunge", this.dir, () => this.ctx.deliveryLog!.checkpoint());
     const wanted = new Set(uids);
     return attempt("expunge", this.dir, () =>
       this.withStateLock(async () => {

@@ -1,12 +1,13 @@
 // The delivery log (group commit of small messages' files): what it leaves on disk while it collects,
 // that close and expunge retire it, and what a replay does with the log of a process that stopped.
 import { createHash } from "node:crypto";
-import { copyFileSync, existsSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it, vi } from "vitest";
 import { readAll, silentLogger, type Store } from "@mailroom/store";
 import { createFsStore } from "../src/index.js";
-import { LOG_DIR } from "../src/deliverylog.js";
+import { DeliveryLog, LOG_DIR } from "../src/deliverylog.js";
+import { messageName, newBase } from "../src/filenames.js";
 import { FileThread } from "../src/filethread.js";
 import { encodeRecord } from "../src/logformat.js";
 import { recoverDeliveryLogs } from "../src/logrecovery.js";
@@ -129,6 +130,62 @@ describe.each([
     await lease.release();
     expect(logsIn(dir)).toEqual([]);
     await store.close();
+  });
+
+  it("lets an expunge of mail whose records are retired go ahead without retiring the log of newer mail", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    const [old] = await store.deliver(["alice@example.test"], text("Subject: old\r\n\r\nhi\r\n"));
+    // Closing retires the log: the old message is durable in its Maildir and in no log.
+    await store.close();
+    expect(logsIn(dir)).toEqual([]);
+
+    const reopened = await open(dir);
+    const [fresh] = await reopened.deliver(["alice@example.test"], text("Subject: new\r\n\r\nhi\r\n"));
+    expect(logsIn(dir)).toHaveLength(1);
+    const again = reopened.mailbox("alice@example.test");
+    const lease = await again.acquireLease({ holder: "test", ttlMs: 30_000 });
+    // The old message's record is gone with the first log: nothing to wait for, the new log stays.
+    expect(await again.expunge([old!.message.uid], lease)).toBe(1);
+    expect(logsIn(dir)).toHaveLength(1);
+    // The new message's record is in that log: it is retired first.
+    expect(await again.expunge([fresh!.message.uid], lease)).toBe(1);
+    expect(logsIn(dir)).toEqual([]);
+    await lease.release();
+    await reopened.close();
+  });
+
+  it("lets checkpoints asked for together share one retirement", async () => {
+    const dir = freshRoot();
+    const syncs: number[] = [];
+    const bulk = new BulkSync(() => undefined);
+    const original = bulk.sync.bind(bulk);
+    bulk.sync = (files, dirs) => {
+      syncs.push(files.length);
+      return original(files, dirs);
+    };
+    const log = new DeliveryLog(dir, { fsync: true }, bulk, silentLogger, {
+      maxMessageBytes: 32_768,
+      checkpointMs: 600_000,
+      ...(mode.fileThread ? { thread: () => FileThread.shared() } : {}),
+    });
+    const maildir = join(dir, "example.test", "alice");
+    mkdirSync(join(maildir, "new"), { recursive: true });
+    const deliver = async (): Promise<void> => {
+      const name = messageName(newBase("test.host"), 2, 2, null);
+      writeFileSync(join(maildir, "new", name), "hi");
+      const recording = log.begin([join(maildir, "new", name)], Date.now(), [Buffer.from("hi")]);
+      (await recording.durable)();
+    };
+    // A checkpoint right after each of ten deliveries, as POP3 QUITs under load ask for them: the first
+    // starts a retirement, the others share the next one, which takes every log sealed by then.
+    const work: Promise<void>[] = [];
+    for (let i = 0; i < 10; i++) work.push(deliver(), log.checkpoint());
+    await Promise.all(work);
+    expect(syncs.length).toBeLessThanOrEqual(2);
+    expect(syncs.reduce((a, b) => a + b, 0)).toBe(10);
+    expect(logsIn(dir)).toEqual([]);
+    await log.close();
   });
 
   it("after a killed process (same boot): makes the files durable, rewrites nothing, restores nothing deleted since", async () => {
