@@ -189,11 +189,6 @@ export class DeliveryLog {
     this.reserved -= n;
   }
 
-  /** True while some delivery is covered by a log that is not retired yet. */
-  get pending(): boolean {
-    return this.current !== null || this.sealed.length > 0;
-  }
-
   /**
    * Queues a record for a message written (not fsynced) to tmp/ that will be published under
    * `targets` (absolute paths under the root). `durable` resolves once the record is durable, to a
@@ -252,8 +247,8 @@ export class DeliveryLog {
 
   /**
    * Makes every file recorded so far durable in its Maildir and deletes the logs that covered them.
-   * Expunge calls this first, so that a replay after a power cut cannot bring back mail a client
-   * deleted.
+   * An expunge that removes a message still recorded in a log (see `covers`) calls this first, so
+   * that a replay after a power cut cannot bring back mail a client deleted.
    */
   checkpoint(): Promise<void> {
     if (this.timer !== undefined) {
