@@ -27,8 +27,9 @@ export interface FsStoreOptions {
    * 131072): such a file is nearly always in the page cache, where the read takes microseconds and
    * the three thread-pool round trips of an asynchronous open, read and close cost more. Larger
    * messages, and every message when this is 0, are read asynchronously; so are the outbound queue's
-   * item files when a scan reads them all. Set 0 where a cold read can take long (network file systems, spinning disks under load): a synchronous read holds up every
-   * other session of the process while it waits.
+   * item files when a scan reads them all. Set 0 where a cold read can take long (network file
+   * systems, spinning disks under load): a synchronous read holds up every other session of the
+   * process while it waits.
    */
   readonly syncReadBytes?: number;
   /**
