@@ -63,18 +63,10 @@ interface ClaimRecord {
   expiresAt: number;
 }
 
-async function readJson(path: string): Promise<unknown> {
+/** A JSON file's value, or null if it is gone; `sync` reads it with one synchronous call. */
+async function readJson(path: string, sync = false): Promise<unknown> {
   try {
-    return JSON.parse(await fsp.readFile(path, "utf8")) as unknown;
-  } catch (error) {
-    if (isErrno(error, "ENOENT", "ENOTDIR")) return null;
-    throw error;
-  }
-}
-
-function readJsonSync(path: string): unknown {
-  try {
-    return JSON.parse(readFileSync(path, "utf8")) as unknown;
+    return JSON.parse(sync ? readFileSync(path, "utf8") : await fsp.readFile(path, "utf8")) as unknown;
   } catch (error) {
     if (isErrno(error, "ENOENT", "ENOTDIR")) return null;
     throw error;
@@ -115,10 +107,10 @@ export class FsQueue implements Queue {
     return join(this.items, id);
   }
 
-  private async readItem(id: string): Promise<QueueItem | null> {
+  private async readItem(id: string, sync = false): Promise<QueueItem | null> {
     if (!isQueueId(id)) return null;
     const path = join(this.dirOf(id), ITEM_FILE);
-    return asItem(await attempt("read queue item", path, () => readJson(path)), id);
+    return asItem(await attempt("read queue item", path, () => readJson(path, sync)), id);
   }
 
   private async writeItem(item: QueueItem): Promise<void> {
@@ -191,14 +183,7 @@ export class FsQueue implements Queue {
     const out: Array<QueueItem | null> = [];
     for (let at = 0; at < ids.length; at += SYNC_SLICE) {
       if (at > 0) await new Promise((resolve) => setImmediate(resolve));
-      for (const id of ids.slice(at, at + SYNC_SLICE)) {
-        if (!isQueueId(id)) {
-          out.push(null);
-          continue;
-        }
-        const path = join(this.dirOf(id), ITEM_FILE);
-        out.push(asItem(await attempt("read queue item", path, async () => readJsonSync(path)), id));
-      }
+      for (const id of ids.slice(at, at + SYNC_SLICE)) out.push(await this.readItem(id, true));
     }
     return out;
   }
