@@ -1,7 +1,7 @@
 import * as fs from "node:fs";
 
 /**
- * Promises over the callback file API, for the calls every delivery makes (open, write, utimes, fsync,
+ * Promises over the callback file API, for the calls every delivery makes (open, writev, utimes, fsync,
  * close, rename, the directory fsync, the delivery log's writev and fdatasync) and every message read
  * (open, read, close). `fs/promises` wraps each descriptor in a FileHandle and each call in more
  * promise machinery; measured side by side on the delivery sequence, the plain callbacks cost about a
@@ -28,11 +28,6 @@ export function openReadOnly(path: string): Promise<number> {
   return new Promise((resolve, reject) => fs.open(path, "r", settle(resolve, reject)));
 }
 
-/** One write at the current position; returns how many bytes the kernel took. */
-export function writeSome(fd: number, data: Uint8Array, offset: number, length: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.write(fd, data, offset, length, null, settle(resolve, reject)));
-}
-
 /** One read at the current position; returns how many bytes came (0 at the end of the file). */
 export function readSome(fd: number, buffer: Uint8Array, offset: number, length: number): Promise<number> {
   return new Promise((resolve, reject) => fs.read(fd, buffer, offset, length, null, settle(resolve, reject)));
@@ -42,8 +37,8 @@ export function setTimesFd(fd: number, when: Date): Promise<void> {
   return new Promise((resolve, reject) => fs.futimes(fd, when, when, done(resolve, reject)));
 }
 
-/** One positional writev; returns how many bytes the kernel took. */
-export function writevAt(fd: number, parts: readonly Uint8Array[], position: number): Promise<number> {
+/** One writev at `position` (null: the current position); returns how many bytes the kernel took. */
+export function writevAt(fd: number, parts: readonly Uint8Array[], position: number | null): Promise<number> {
   return new Promise((resolve, reject) => fs.writev(fd, parts as Uint8Array[], position, settle(resolve, reject)));
 }
 

@@ -16,21 +16,23 @@ export async function* fromBytes(data: Uint8Array | string, chunkSize = 64 * 102
   }
 }
 
-/** Reads a whole stream into one array. For tests and small messages only. */
+/**
+ * Reads a whole stream into one array. For tests and small messages only. Each chunk's octets are
+ * copied as it comes: a source may reuse its buffer for the next chunk.
+ */
 export async function readAll(source: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
+  let out = new Uint8Array(0);
+  let length = 0;
   for await (const chunk of source) {
-    chunks.push(chunk);
-    total += chunk.length;
+    if (length + chunk.length > out.length) {
+      const grown = new Uint8Array(Math.max(out.length * 2, length + chunk.length, 4096));
+      grown.set(out.subarray(0, length));
+      out = grown;
+    }
+    out.set(chunk, length);
+    length += chunk.length;
   }
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
+  return length === out.length ? out : out.slice(0, length);
 }
 
 /** Passes chunks through and fails with "too-big" as soon as more than `maxBytes` went by. */

@@ -9,6 +9,7 @@ import {
   expectStoreError,
   failingSource,
   message,
+  oneReusedBuffer,
   readBytes,
   sleep,
   text,
@@ -85,6 +86,26 @@ export function appendListReadTests(options: ConformanceOptions): void {
       expectSameBytes(await readBytes(box, small.uid), data.subarray(0, 5_000));
       expectSameBytes(await readBytes(box, big.uid), data);
       expect(big.size).toBe(data.length);
+    });
+
+    it("keeps the octets of each chunk, not the chunk: a source may reuse its buffer for the next one", async () => {
+      const { store } = await h.fresh();
+      const box = store.mailbox("alice@example.test");
+      let body = "";
+      for (let i = 0; body.length < 600_000; i++) body += `line ${i} ${"r".repeat(i % 90)}\r\n`;
+      const data = message("reused", body);
+      // Small and large messages, whole chunks and single octets: every way a store may gather.
+      const cases = [
+        [data.subarray(0, 3_000), 1],
+        [data.subarray(0, 40_000), 1],
+        [data, 7 * 1024],
+        [data, 64 * 1024 + 3],
+      ] as const;
+      for (const [part, size] of cases) {
+        const info = await box.append(oneReusedBuffer(part, size));
+        expect(info.size).toBe(part.length);
+        expectSameBytes(await readBytes(box, info.uid), part);
+      }
     });
 
     it("takes chunks that are views into larger buffers, Node streams and web streams", async () => {

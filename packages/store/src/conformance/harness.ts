@@ -194,3 +194,18 @@ export function lease(mailbox: Mailbox, ttlMs = 10_000, who = "test"): Promise<L
  * this is the slack for "now" checks.
  */
 export const CLOCK_SLACK_MS = 1_000;
+
+/**
+ * Every chunk in one buffer, overwritten with the next part as soon as the store asks for it: a
+ * store that keeps a chunk instead of its octets (to write several together, say) stores the last
+ * part over and over.
+ */
+export async function* oneReusedBuffer(data: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
+  const buffer = new Uint8Array(size);
+  for (let offset = 0; offset < data.length; offset += size) {
+    const part = data.subarray(offset, Math.min(offset + size, data.length));
+    buffer.set(part);
+    yield buffer.subarray(0, part.length);
+    buffer.fill(0x21);
+  }
+}

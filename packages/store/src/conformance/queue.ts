@@ -10,6 +10,7 @@ import {
   failingSource,
   holder,
   message,
+  oneReusedBuffer,
   sleep,
   useHarness,
   type ConformanceOptions,
@@ -90,6 +91,18 @@ export function queueTests(options: ConformanceOptions): void {
       expect(await queue.get(item.id)).toEqual(item);
       expect(await queue.list()).toEqual([item]);
       expectSameBytes(await readQueued(queue, item.id), data);
+    });
+
+    it("keeps the octets of each chunk, not the chunk: a source may reuse its buffer for the next one", async () => {
+      const queue = queueOf((await h.fresh()).store);
+      let body = "";
+      for (let i = 0; body.length < 400_000; i++) body += `line ${i} ${"q".repeat(i % 90)}\r\n`;
+      const data = message("reused", body);
+      for (const [part, size] of [[data.subarray(0, 2_000), 1], [data, 7 * 1024]] as const) {
+        const item = await queue.enqueue({ sender: "alice@example.test", recipients: ["bob@remote.test"] }, oneReusedBuffer(part, size));
+        expect(item.size).toBe(part.length);
+        expectSameBytes(await readQueued(queue, item.id), part);
+      }
     });
 
     it("keeps the null reverse path and an empty meta", async () => {
