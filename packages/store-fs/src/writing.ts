@@ -72,13 +72,12 @@ export async function writeMessageFile(
   const counter = new BareLfCounter();
   let stamped = 0;
   let synced = false;
-  let gather: Uint8Array | undefined;
+  const buffer = takeBuffer();
   try {
     try {
       // Chunks are copied into one buffer as they come and written when it is full, so a source that
       // reuses its buffer for the next chunk cannot change what we write, and each write is as large
       // as the batch allows.
-      const buffer = (gather = takeBuffer());
       let staged = 0;
       for await (const chunk of source) {
         counter.push(chunk);
@@ -118,7 +117,7 @@ export async function writeMessageFile(
     throw error;
   } finally {
     // Every write that used it has ended (each was awaited, also one that failed).
-    if (gather !== undefined) giveBack(gather);
+    giveBack(buffer);
   }
   return { size: counter.octets, crlfSize: counter.octets + counter.count, receivedAt: stamped };
 }
