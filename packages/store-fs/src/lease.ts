@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { StoreError, type Lease, type LeaseOptions, type MailboxId } from "@mailroom/store";
 import { attempt, isErrno } from "./errors.js";
 import { fsyncDir, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic, type SyncPolicy } from "./fsutil.js";
+import { asStamp, hasEnded, ownStamp, type ProcessStamp } from "./liveness.js";
 
 /**
  * The mailbox lease is the file `<maildir>/mailroom-lease` holding `{token, holder, expiresAt}`.
@@ -12,6 +13,9 @@ import { fsyncDir, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic, type
  *   EEXIST if anyone else got there first, and nobody ever sees a half-written lease.
  * - Every later change (taking over an expired lease, renew, release) happens under the short mkdir
  *   mutex `mailroom-lease.lock` and re-reads the file first, so two processes never both replace it.
+ * - The file also names the process that holds it (`owner`, Linux only). A lease whose process has
+ *   certainly ended is taken over at once, as Dovecot does with its lock files: after `kill -9` or a
+ *   crash, a client that reconnects gets its mailbox back without waiting out the TTL.
  */
 export const LEASE_FILE = "mailroom-lease";
 
@@ -19,6 +23,12 @@ interface LeaseRecord {
   token: string;
   holder: string;
   expiresAt: number;
+  owner?: ProcessStamp;
+}
+
+/** A lease that protects its holder: not expired, and its process (where this one can tell) alive. */
+export function isLive(record: { readonly expiresAt: number; readonly owner?: unknown }, now = Date.now()): boolean {
+  return record.expiresAt > now && !hasEnded(asStamp(record.owner));
 }
 
 async function readLease(path: string): Promise<LeaseRecord | null> {
@@ -32,7 +42,8 @@ async function readLease(path: string): Promise<LeaseRecord | null> {
   try {
     const value = JSON.parse(text) as Partial<LeaseRecord>;
     if (typeof value.token === "string" && typeof value.expiresAt === "number") {
-      return { token: value.token, holder: String(value.holder ?? ""), expiresAt: value.expiresAt };
+      const owner = asStamp(value.owner);
+      return { token: value.token, holder: String(value.holder ?? ""), expiresAt: value.expiresAt, ...(owner ? { owner } : {}) };
     }
   } catch {
     // fall through: an unreadable lease protects nobody, treat it as expired
@@ -88,15 +99,21 @@ export class LeaseManager {
   async acquire(options: LeaseOptions): Promise<Lease> {
     return attempt("lease", this.dir, async () => {
       for (let round = 0; round < 10; round++) {
-        const record: LeaseRecord = { token: randomUUID(), holder: options.holder, expiresAt: Date.now() + options.ttlMs };
+        const owner = ownStamp();
+        const record: LeaseRecord = {
+          token: randomUUID(),
+          holder: options.holder,
+          expiresAt: Date.now() + options.ttlMs,
+          ...(owner ? { owner } : {}),
+        };
         if (await createExclusive(this.path, record, this.policy)) return this.handle(record, options.ttlMs);
         const current = await readLease(this.path);
         if (current === null) continue;
-        if (current.expiresAt > Date.now()) throw this.inUse(current);
+        if (isLive(current)) throw this.inUse(current);
         const outcome = await this.locked(async () => {
           const again = await readLease(this.path);
           if (again === null) return "retry" as const;
-          if (again.expiresAt > Date.now()) return again;
+          if (isLive(again)) return again;
           record.expiresAt = Date.now() + options.ttlMs;
           await writeFileAtomic(this.path, JSON.stringify(record), this.policy);
           return "taken" as const;
@@ -119,7 +136,7 @@ export class LeaseManager {
   /** True when somebody holds a live lease (used to decide whether a leftover journal is orphaned). */
   async held(): Promise<boolean> {
     const current = await readLease(this.path);
-    return current !== null && current.expiresAt > Date.now();
+    return current !== null && isLive(current);
   }
 
   private inUse(current: LeaseRecord): StoreError {

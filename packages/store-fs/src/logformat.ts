@@ -1,6 +1,6 @@
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
-import { readFileSync, readSync } from "node:fs";
+import { readSync } from "node:fs";
 import { crc32 } from "node:zlib";
 
 /**
@@ -105,18 +105,4 @@ function readFully(fd: number, into: Buffer, position: number): number {
     got += n;
   }
   return got;
-}
-
-let bootId: string | undefined;
-
-/** Linux's per-boot random id: a log whose boot id differs was written before the last restart. */
-export function currentBootId(): string {
-  if (bootId === undefined) {
-    try {
-      bootId = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
-    } catch {
-      bootId = "";
-    }
-  }
-  return bootId;
 }

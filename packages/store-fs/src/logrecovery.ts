@@ -5,7 +5,8 @@ import type { Logger } from "@mailroom/store";
 import { LOG_DIR, liveLogs } from "./deliverylog.js";
 import { isErrno } from "./errors.js";
 import { fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type SyncPolicy } from "./fsutil.js";
-import { currentBootId, readRecords, type LogOwner } from "./logformat.js";
+import { readRecords, type LogOwner } from "./logformat.js";
+import { currentBootId } from "./liveness.js";
 import { movedToCur, type BulkSync } from "./syncfs.js";
 
 export interface RecoveryContext {

@@ -21,7 +21,8 @@ import {
 import type { StoreContext } from "./context.js";
 import { attempt, fsError, isErrno } from "./errors.js";
 import { fsyncDir, makeDirs, readdirOrEmpty, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
-import { LEASE_FILE, LeaseManager } from "./lease.js";
+import { isLive, LEASE_FILE, LeaseManager } from "./lease.js";
+import { asStamp, type ProcessStamp } from "./liveness.js";
 import { fileChunks } from "./streams.js";
 import { openReadOnly } from "./fdio.js";
 import { QueueIndex } from "./queueindex.js";
@@ -57,10 +58,12 @@ const SYNC_SLICE = 256;
 /** A claim scans every item at least this often, whatever the change markers say (see queueindex.ts). */
 const RESCAN_MS = 60_000;
 
+/** The claim file is a lease file (lease.ts); a renewal keeps its owner. */
 interface ClaimRecord {
   token: string;
   holder: string;
   expiresAt: number;
+  owner?: ProcessStamp;
 }
 
 /** A JSON file's value, or null if it is gone; `sync` reads it with one synchronous call. */
@@ -77,7 +80,8 @@ function asClaim(value: unknown): ClaimRecord | null {
   if (value === null || typeof value !== "object") return null;
   const v = value as Partial<ClaimRecord>;
   if (typeof v.token !== "string" || typeof v.expiresAt !== "number") return null;
-  return { token: v.token, holder: String(v.holder ?? ""), expiresAt: v.expiresAt };
+  const owner = asStamp(v.owner);
+  return { token: v.token, holder: String(v.holder ?? ""), expiresAt: v.expiresAt, ...(owner ? { owner } : {}) };
 }
 
 function asItem(value: unknown, id: string): QueueItem | null {
@@ -216,7 +220,7 @@ export class FsQueue implements Queue {
       const dir = this.dirOf(candidate.id);
       // A live claim is skipped by a plain read, without the temp file and fsync of a failed acquire.
       const current = asClaim(await readJson(join(dir, LEASE_FILE)).catch(() => null));
-      if (current && current.expiresAt > Date.now()) continue;
+      if (current && isLive(current)) continue;
       let lease;
       try {
         lease = await new LeaseManager(dir, candidate.id, this.ctx.policy).acquire({ holder: options.holder, ttlMs: options.ttlMs });

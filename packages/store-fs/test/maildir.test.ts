@@ -218,7 +218,7 @@ describe("maildir specifics", () => {
     expect(await stores[1]!.directory.listAccounts()).toHaveLength(15);
   });
 
-  it("lease file is JSON with token, holder and expiresAt", async () => {
+  it("lease file is JSON with token, holder, expiresAt and (on Linux) the owning process", async () => {
     const ns = fresh();
     const box = (await openStore(ns)).mailbox("h@example.test");
     const lease = await box.acquireLease({ holder: "pop3 127.0.0.1:1234", ttlMs: 5000 });
@@ -227,6 +227,16 @@ describe("maildir specifics", () => {
       token: lease.token,
       holder: "pop3 127.0.0.1:1234",
       expiresAt: lease.expiresAt,
+      ...(process.platform === "linux"
+        ? {
+            owner: {
+              boot: expect.any(String),
+              pidns: expect.stringMatching(/^pid:\[\d+\]$/),
+              pid: process.pid,
+              start: expect.stringMatching(/^\d+$/),
+            },
+          }
+        : {}),
     });
     await lease.release();
     await expect(stat(join(dir, "mailroom-lease"))).rejects.toThrow();

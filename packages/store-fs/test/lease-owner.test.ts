@@ -1,0 +1,155 @@
+// A lease file names the process that holds it (Linux). Once that process has ended, the next
+// session or delivery worker takes the mailbox or queue item at once instead of waiting out the TTL;
+// while the process runs, or where this process cannot tell (another boot, another pid namespace),
+// the lease holds as before.
+import { spawn, type ChildProcess } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterEach, describe, expect, it } from "vitest";
+import { StoreError, type Mailbox, type Store } from "@mailroom/store";
+import { createFsStore } from "../src/index.js";
+import { LEASE_FILE } from "../src/lease.js";
+import { ownStamp } from "../src/liveness.js";
+import { tempRoot, text } from "./helpers.js";
+
+const root = await tempRoot("lease-owner");
+let n = 0;
+const freshRoot = (): string => join(root, `r${n++}`);
+// The built package, as another server process would load it (CI builds before it tests).
+const entry = fileURLToPath(new URL("../dist/index.js", import.meta.url));
+const TEN_MINUTES = 600_000;
+
+const children = new Set<ChildProcess>();
+const stores: Store[] = [];
+afterEach(async () => {
+  for (const child of children) child.kill("SIGKILL");
+  children.clear();
+  for (const store of stores.splice(0)) await store.close();
+});
+
+async function open(dir: string): Promise<Store> {
+  const store = await createFsStore({ root: dir });
+  stores.push(store);
+  return store;
+}
+
+/** A fresh store whose alice has one message; returns its root and alice's mailbox. */
+async function aliceWithMail(): Promise<{ dir: string; mailbox: Mailbox }> {
+  const dir = freshRoot();
+  const store = await open(dir);
+  await store.deliver(["alice@example.test"], text("Subject: x\r\n\r\nhi\r\n"));
+  return { dir, mailbox: store.mailbox("alice@example.test") };
+}
+
+/** Runs `body` in another Node process against the store at `dir`; resolves once it printed "ready". */
+async function holdInChild(dir: string, body: string): Promise<ChildProcess> {
+  const script = [
+    `const { createFsStore } = await import(${JSON.stringify(entry)});`,
+    `const store = await createFsStore({ root: ${JSON.stringify(dir)} });`,
+    body,
+    `process.stdout.write("ready\\n");`,
+    `setInterval(() => {}, 1000);`,
+  ].join("\n");
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "pipe"] });
+  children.add(child);
+  let errors = "";
+  child.stderr!.on("data", (chunk: Buffer) => (errors += chunk.toString()));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on("data", (chunk: Buffer) => {
+      if (chunk.toString().includes("ready")) resolve();
+    });
+    child.on("exit", (code) => reject(new Error(`child exited with ${code}: ${errors}`)));
+  });
+  return child;
+}
+
+async function killHard(child: ChildProcess): Promise<void> {
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGKILL");
+  await exited;
+  children.delete(child);
+}
+
+async function refusedAsInUse(attempt: Promise<unknown>): Promise<void> {
+  const error = await attempt.then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(StoreError);
+  expect((error as StoreError).code).toBe("in-use");
+}
+
+/** Replaces the owner recorded in a mailbox's lease file, as if another process had written it. */
+function stampLease(dir: string, owner: Record<string, unknown>): void {
+  const path = join(dir, "example.test", "alice", LEASE_FILE);
+  const record = JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>;
+  writeFileSync(path, JSON.stringify({ ...record, owner, expiresAt: Date.now() + TEN_MINUTES }));
+}
+
+describe.skipIf(ownStamp() === null)("lease owners (Linux)", () => {
+  it("gives a killed process's mailbox to the next session at once, and not before", async () => {
+    const { dir, mailbox } = await aliceWithMail();
+    const child = await holdInChild(
+      dir,
+      `await store.mailbox("alice@example.test").acquireLease({ holder: "pop3 in the child", ttlMs: ${TEN_MINUTES} });`,
+    );
+    await refusedAsInUse(mailbox.acquireLease({ holder: "test", ttlMs: 30_000 }));
+    // A leftover journal would be rolled forward only for a mailbox nobody holds; listing still works.
+    expect(await mailbox.list()).toHaveLength(1);
+
+    await killHard(child);
+    const lease = await mailbox.acquireLease({ holder: "test", ttlMs: 30_000 });
+    await lease.renew();
+    // And now this process holds it: a second session is refused as before.
+    await refusedAsInUse(mailbox.acquireLease({ holder: "second", ttlMs: 30_000 }));
+    await lease.release();
+  });
+
+  it("takes over a lease whose pid now belongs to another process (a later start time)", async () => {
+    const { dir, mailbox } = await aliceWithMail();
+    await (await mailbox.acquireLease({ holder: "earlier", ttlMs: TEN_MINUTES })).release();
+    const first = await mailbox.acquireLease({ holder: "earlier", ttlMs: TEN_MINUTES });
+    // Our own pid, but started at another time: an earlier process (a restarted container) had it.
+    stampLease(dir, { ...ownStamp()!, start: "1" });
+    const lease = await mailbox.acquireLease({ holder: "test", ttlMs: 30_000 });
+    expect(lease.token).not.toBe(first.token);
+    await lease.release();
+  });
+
+  it("keeps a lease it cannot judge: another boot, another pid namespace, no owner", async () => {
+    const { dir, mailbox } = await aliceWithMail();
+    await mailbox.acquireLease({ holder: "elsewhere", ttlMs: TEN_MINUTES });
+    // No process has a pid over Linux's highest (2^22); each stamp differs from ours in one more place.
+    const unknowable = [
+      { ...ownStamp()!, pid: 2 ** 22 + 1, boot: "00000000-0000-0000-0000-000000000000" },
+      { ...ownStamp()!, pid: 2 ** 22 + 1, pidns: "pid:[1]" },
+      null,
+    ];
+    for (const owner of unknowable) {
+      stampLease(dir, owner === null ? {} : owner);
+      await refusedAsInUse(mailbox.acquireLease({ holder: "test", ttlMs: 30_000 }));
+    }
+    // The same stamp with this boot and namespace names a pid no process has: taken over.
+    stampLease(dir, { ...ownStamp()!, pid: 2 ** 22 + 1 });
+    await (await mailbox.acquireLease({ holder: "test", ttlMs: 30_000 })).release();
+  });
+
+  it("lets the next delivery worker claim a queue item a killed process had claimed", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    const item = await store.queue!.enqueue({ sender: "alice@example.test", recipients: ["bob@remote.test"] }, text("Subject: out\r\n\r\nhi\r\n"));
+    const child = await holdInChild(
+      dir,
+      `const claims = await store.queue.claim({ holder: "worker in the child", ttlMs: ${TEN_MINUTES}, limit: 1 });\n` +
+        `if (claims.length !== 1) throw new Error("the child claimed nothing");`,
+    );
+    expect(await store.queue!.claim({ holder: "test", ttlMs: 30_000, limit: 1 })).toEqual([]);
+
+    await killHard(child);
+    const claims = await store.queue!.claim({ holder: "test", ttlMs: 30_000, limit: 1 });
+    expect(claims.map((c) => c.item.id)).toEqual([item.id]);
+    const renewed = await store.queue!.renew(claims[0]!);
+    await store.queue!.finish(renewed);
+  });
+});
