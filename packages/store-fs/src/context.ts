@@ -24,6 +24,8 @@ export interface StoreContext {
   readonly syncReadBytes: number;
   /** `locateMailbox` under this root, remembered for recently used ids. */
   readonly locate: (id: string) => MailboxLocation;
+  /** Retries for delivery logs that opening the store left to another container's process. */
+  readonly laterRecovery: { stop(): void } | null;
 }
 
 /** What listing learns about one message file, kept so the next listing needs no stat or read. */

@@ -4,8 +4,8 @@ import type { Logger } from "@mailroom/store";
 import { GroupCommit, newBatch, type Batch } from "./groupcommit.js";
 import { UNSYNCABLE, fsyncDir, makeDirs, unlinkQuiet, type SyncPolicy } from "./fsutil.js";
 import { closeFd, fdatasyncFd, openNew, writevAt } from "./fdio.js";
-import { encodeRecord } from "./logformat.js";
-import { currentBootId } from "./liveness.js";
+import { encodeRecord, type LogOwner } from "./logformat.js";
+import { currentBootId, ownStamp } from "./liveness.js";
 import { parseName, uidOfBase } from "./filenames.js";
 import type { BulkSync } from "./syncfs.js";
 import type { FileThread } from "./filethread.js";
@@ -308,7 +308,7 @@ export class DeliveryLog {
     const path = join(this.dir, `${this.nonce}-${this.seq++}.log`);
     liveLogs.add(path);
     const gen = new Generation(path, this.options.thread?.() ?? null, (g) => this.flush(g));
-    gen.enqueue(encodeRecord({ kind: "owner", pid: process.pid, boot: currentBootId(), started: Date.now() }, []));
+    gen.enqueue(encodeRecord(ownerRecord(), []));
     this.schedule();
     return gen;
   }
@@ -425,4 +425,16 @@ export class DeliveryLog {
       batch.reject(error);
     }
   }
+}
+
+/** The first record of every log: who writes it, precisely enough for recovery to tell if it still runs. */
+function ownerRecord(): LogOwner {
+  const stamp = ownStamp();
+  return {
+    kind: "owner",
+    pid: process.pid,
+    boot: currentBootId(),
+    started: Date.now(),
+    ...(stamp ? { pidns: stamp.pidns, start: stamp.start } : {}),
+  };
 }

@@ -7,7 +7,7 @@ import { attempt } from "./errors.js";
 import { DirSyncs } from "./groupcommit.js";
 import { DeliveryLog } from "./deliverylog.js";
 import { FileThread } from "./filethread.js";
-import { recoverDeliveryLogs } from "./logrecovery.js";
+import { recoverDeliveryLogs, retryLeftLogs } from "./logrecovery.js";
 import { BulkSync } from "./syncfs.js";
 import { mailboxLocator } from "./layout.js";
 import { FsStore } from "./store.js";
@@ -68,7 +68,8 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
   const logger = options.logger ?? silentLogger;
   const bulk = new BulkSync((message) => logger.warn(message));
   // Before anything else touches the maildirs: what a crashed process acknowledged becomes durable.
-  await attempt("replay delivery log", root, () => recoverDeliveryLogs({ root, policy, logger, bulk }));
+  const recovery = { root, policy, logger, bulk };
+  const left = await attempt("replay delivery log", root, () => recoverDeliveryLogs(recovery));
   const logBytes = options.deliveryLogBytes ?? DEFAULT_DELIVERY_LOG_BYTES;
   const deliveryLog =
     policy.fsync && logBytes > 0
@@ -89,6 +90,7 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
     dirSyncs: new DirSyncs(policy),
     locate: mailboxLocator(root),
     syncReadBytes: options.syncReadBytes ?? DEFAULT_SYNC_READ_BYTES,
+    laterRecovery: left > 0 ? retryLeftLogs(recovery) : null,
   };
   return new FsStore(ctx);
 }

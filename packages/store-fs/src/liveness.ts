@@ -78,12 +78,26 @@ export function hasEnded(stamp: ProcessStamp | null): boolean {
   const me = ownStamp();
   if (!stamp || !me || stamp.boot !== me.boot || stamp.pidns !== me.pidns) return false;
   if (stamp.pid === me.pid) return stamp.start !== me.start;
+  // Asked first because /proc may hide other users' processes (hidepid): there a missing entry
+  // would not mean a missing process, while kill() still answers EPERM for one that exists.
+  if (!exists(stamp.pid)) return true;
   let stat: string;
   try {
     stat = readFileSync(`/proc/${stamp.pid}/stat`, "latin1");
   } catch (error) {
-    return isErrno(error, "ENOENT", "ESRCH");
+    // Gone since the kill() above, or hidden from us: only the first is certain.
+    return isErrno(error, "ENOENT", "ESRCH") && !exists(stamp.pid);
   }
   const state = stateOf(stat);
   return state === "Z" || state === "X" || startTimeOf(stat) !== stamp.start;
+}
+
+/** False only when the kernel says there is no such process (EPERM: there is, another user's). */
+function exists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return !isErrno(error, "ESRCH");
+  }
 }

@@ -33,6 +33,12 @@ export interface LogOwner {
   /** The kernel's boot id when the log was created ("" where it cannot be read). */
   readonly boot: string;
   readonly started: number;
+  /**
+   * The owner's pid namespace and the pid's start time (see liveness.ts), written since logs could be
+   * opened from other containers; absent in older logs and where there is no /proc.
+   */
+  readonly pidns?: string;
+  readonly start?: string;
 }
 
 export interface LogDelivery {

@@ -6,7 +6,7 @@ import { LOG_DIR, liveLogs } from "./deliverylog.js";
 import { isErrno } from "./errors.js";
 import { fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type SyncPolicy } from "./fsutil.js";
 import { readRecords, type LogOwner } from "./logformat.js";
-import { currentBootId } from "./liveness.js";
+import { currentBootId, hasEnded, ownStamp } from "./liveness.js";
 import { movedToCur, type BulkSync } from "./syncfs.js";
 
 export interface RecoveryContext {
@@ -27,16 +27,16 @@ export interface RecoveryContext {
  *   checked against the log and written again where it is missing, short or different. Mail deleted
  *   in the last second before a power cut can come back this way; mail acknowledged is never lost.
  *
- * Logs whose owner still runs (same boot, its pid alive, written to in the last five minutes) are left
- * alone. A lock directory keeps two processes that open the store at once from replaying the same log.
+ * Logs whose owner may still run are left alone (see `ownerAlive`), and their number returned. A lock
+ * directory keeps two processes that open the store at once from replaying the same log.
  */
-export async function recoverDeliveryLogs(ctx: RecoveryContext, bootId = currentBootId()): Promise<void> {
+export async function recoverDeliveryLogs(ctx: RecoveryContext, bootId = currentBootId()): Promise<number> {
   const dir = join(ctx.root, LOG_DIR);
   let names: string[];
   try {
     names = readdirSync(dir);
   } catch (error) {
-    if (isErrno(error, "ENOENT", "ENOTDIR")) return;
+    if (isErrno(error, "ENOENT", "ENOTDIR")) return 0;
     throw error;
   }
   const logs = names
@@ -44,10 +44,36 @@ export async function recoverDeliveryLogs(ctx: RecoveryContext, bootId = current
     .sort()
     .map((name) => join(dir, name))
     .filter((path) => !liveLogs.has(path));
-  if (logs.length === 0) return;
+  if (logs.length === 0) return 0;
+  let left = 0;
   await withDirLock(join(dir, "replay.lock"), async () => {
-    for (const path of logs) await replayIfAbandoned(ctx, path, bootId);
+    for (const path of logs) if (!(await replayIfAbandoned(ctx, path, bootId))) left++;
   }, { staleMs: 5_000, waitMs: 120_000 });
+  return left;
+}
+
+/**
+ * Tries again, every `everyMs` until none is left, the logs a recovery left to owners that may still
+ * run: an owner in another container is only judged abandoned after five quiet minutes, and a
+ * server that started meanwhile (the container's replacement) should not keep its log until its own
+ * next restart. The timer does not keep a program alive; `stop` ends it.
+ */
+export function retryLeftLogs(ctx: RecoveryContext, everyMs = 60_000): { stop(): void } {
+  let running = false;
+  const timer = setInterval(() => {
+    if (running) return;
+    running = true;
+    recoverDeliveryLogs(ctx)
+      .then((left) => {
+        if (left === 0) clearInterval(timer);
+      })
+      .catch((error: unknown) => ctx.logger.warn({ err: error }, "maildir: replaying a delivery log left by another process failed; will retry"))
+      .finally(() => {
+        running = false;
+      });
+  }, everyMs);
+  timer.unref?.();
+  return { stop: () => clearInterval(timer) };
 }
 
 /**
@@ -56,10 +82,33 @@ export async function recoverDeliveryLogs(ctx: RecoveryContext, bootId = current
  */
 const ABANDONED_AFTER_MS = 5 * 60_000;
 
+/**
+ * Whether the log's owner may still be appending to it. Replaying unlinks the log, and a live owner's
+ * later records would then be durable in a file no restart finds: when in doubt, alive.
+ *
+ * - Another boot: the owner is gone (the machine restarted).
+ * - The owner's pid namespace is ours (its stamp, see liveness.ts): the pid and its start time say
+ *   exactly whether it runs, however long its log has been quiet.
+ * - Another pid namespace (another container on this kernel): its pids mean nothing here, so only a
+ *   log nothing has written to for five minutes is abandoned (a live owner retires its logs within
+ *   seconds).
+ * - A log from before the stamp: its pid alive and written to in the last five minutes.
+ */
 function ownerAlive(owner: LogOwner, bootId: string, lastWrite: number): boolean {
   if (bootId === "" || owner.boot !== bootId) return false;
-  if (owner.pid === process.pid) return false; // an earlier process that had our pid (a container restart)
+  const stamp =
+    owner.pidns !== undefined && owner.start !== undefined
+      ? { boot: owner.boot, pidns: owner.pidns, pid: owner.pid, start: owner.start }
+      : null;
+  const me = ownStamp();
+  if (stamp !== null && stamp.pidns === me?.pidns) {
+    // Our own logs that are still open were skipped before: one of ours here is a leftover.
+    if (stamp.pid === me.pid && stamp.start === me.start) return false;
+    return !hasEnded(stamp);
+  }
   if (Date.now() - lastWrite > ABANDONED_AFTER_MS) return false;
+  if (stamp !== null) return true;
+  if (owner.pid === process.pid) return false; // an earlier process that had our pid (a container restart)
   try {
     process.kill(owner.pid, 0);
     return true;
@@ -68,12 +117,13 @@ function ownerAlive(owner: LogOwner, bootId: string, lastWrite: number): boolean
   }
 }
 
-async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: string): Promise<void> {
+/** False when the log was left to an owner that may still run. */
+async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: string): Promise<boolean> {
   let fd: number;
   try {
     fd = openSync(path, "r");
   } catch (error) {
-    if (isErrno(error, "ENOENT")) return; // replayed by another process meanwhile
+    if (isErrno(error, "ENOENT")) return true; // replayed by another process meanwhile
     throw error;
   }
   const files: string[] = [];
@@ -86,7 +136,7 @@ async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: str
     const first = records.next();
     if (!first.done && first.value.header.kind === "owner") {
       const owner = first.value.header;
-      if (ownerAlive(owner, bootId, fstatSync(fd).mtimeMs)) return;
+      if (ownerAlive(owner, bootId, fstatSync(fd).mtimeMs)) return false;
       verify = bootId === "" || owner.boot !== bootId;
       const curNames = new Map<string, readonly string[]>();
       const listCur = (dir: string): readonly string[] => {
@@ -130,6 +180,7 @@ async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: str
     { log: basename(path), messages: files.length, restored, repaired, verified: verify },
     "maildir: replayed the delivery log of a process that stopped without retiring it",
   );
+  return true;
 }
 
 /** Where a published file is now: under its name in new/, or moved to cur/ by a reader. */

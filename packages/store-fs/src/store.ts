@@ -197,6 +197,7 @@ export class FsStore implements Store {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.ctx.laterRecovery?.stop();
     this.ctx.dirSyncs.close();
     await this.ctx.deliveryLog?.close();
   }

@@ -9,8 +9,9 @@ import { createFsStore } from "../src/index.js";
 import { DeliveryLog, LOG_DIR } from "../src/deliverylog.js";
 import { messageName, newBase } from "../src/filenames.js";
 import { FileThread } from "../src/filethread.js";
-import { encodeRecord } from "../src/logformat.js";
-import { recoverDeliveryLogs } from "../src/logrecovery.js";
+import { encodeRecord, type LogOwner } from "../src/logformat.js";
+import { ownStamp } from "../src/liveness.js";
+import { recoverDeliveryLogs, retryLeftLogs } from "../src/logrecovery.js";
 import { BulkSync, movedToCur } from "../src/syncfs.js";
 import { tempRoot, text } from "./helpers.js";
 
@@ -67,6 +68,15 @@ async function deliverAndKeepLog(dir: string, bodies: string[], to = ["alice@exa
   const listed = await store.mailbox(to[0]!).list();
   await store.close();
   return { uids, listed, restoreLog: () => copyFileSync(saved, join(dir, LOG_DIR, logs[0]!)), logPath: join(dir, LOG_DIR, logs[0]!) };
+}
+
+/** Rewrites a log's first record (its owner), keeping the records after it and the file's times. */
+function replaceOwner(logPath: string, owner: LogOwner): void {
+  const bytes = readFileSync(logPath);
+  const { atime, mtime } = statSync(logPath);
+  const ownerLength = 12 + bytes.readUInt32LE(4) + 4; // prefix, header, no body, checksum
+  writeFileSync(logPath, Buffer.concat([...encodeRecord(owner, []), bytes.subarray(ownerLength)]));
+  utimesSync(logPath, atime, mtime);
 }
 
 /** The same records in the first version's format: magic "MRLG" and a SHA-256 instead of the CRC-32. */
@@ -306,6 +316,46 @@ describe.each([
     await recover(dir, "next-boot");
     expect(logsIn(dir)).toEqual([]);
     expect(messageFiles(dir, "alice@example.test")[0]).toContain(uids[0]![0]!);
+  });
+
+  it("judges an owner in this pid namespace by its pid and start time, however quiet its log", async () => {
+    const dir = freshRoot();
+    const me = ownStamp()!;
+    const { logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n"]);
+    restoreLog();
+    // Owned by the parent of this test process: alive, even after ten quiet minutes.
+    const parentStart = readFileSync(`/proc/${process.ppid}/stat`, "latin1").split(") ")[1]!.split(" ")[19]!;
+    replaceOwner(logPath, { kind: "owner", pid: process.ppid, boot: me.boot, started: 0, pidns: me.pidns, start: parentStart });
+    const old = new Date(Date.now() - 10 * 60_000);
+    utimesSync(logPath, old, old);
+    expect(await recover(dir, me.boot)).toBe(1);
+    expect(logsIn(dir)).toHaveLength(1);
+    // The same pid started at another time: an earlier process, gone; replayed at once.
+    replaceOwner(logPath, { kind: "owner", pid: me.pid, boot: me.boot, started: 0, pidns: me.pidns, start: "1" });
+    expect(await recover(dir, me.boot)).toBe(0);
+    expect(logsIn(dir)).toEqual([]);
+  });
+
+  it("leaves the log of a process in another pid namespace (container) alone until it has been quiet for five minutes", async () => {
+    const dir = freshRoot();
+    const me = ownStamp()!;
+    const { logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n"]);
+    restoreLog();
+    // Its pid is free here, which proves nothing about a process another namespace numbers.
+    replaceOwner(logPath, { kind: "owner", pid: 2 ** 22 + 1, boot: me.boot, started: 0, pidns: "pid:[1]", start: "5" });
+    expect(await recover(dir, me.boot)).toBe(1);
+    expect(logsIn(dir)).toHaveLength(1);
+    // A store opened meanwhile tries again every so often, and replays it once it has been quiet.
+    const retry = retryLeftLogs({ root: dir, policy: { fsync: true }, logger: silentLogger, bulk: new BulkSync(() => undefined) }, 20);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(logsIn(dir)).toHaveLength(1);
+      const old = new Date(Date.now() - 10 * 60_000);
+      utimesSync(logPath, old, old);
+      await vi.waitFor(() => expect(logsIn(dir)).toEqual([]), { timeout: 5_000 });
+    } finally {
+      retry.stop();
+    }
   });
 
   it("refuses a delivery whose record cannot be written, and publishes nothing", async () => {

@@ -1,14 +1,15 @@
-// A lease file names the process that holds it (Linux). Once that process has ended, the next
-// session or delivery worker takes the mailbox or queue item at once instead of waiting out the TTL;
-// while the process runs, or where this process cannot tell (another boot, another pid namespace),
-// the lease holds as before.
-import { spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+// Lease files and delivery logs name the process that wrote them (Linux). Once that process has
+// ended, the next session or delivery worker takes the mailbox or queue item at once instead of
+// waiting out the TTL; while the process runs, or where this process cannot tell (another boot,
+// another pid namespace), the lease holds and the log is left to its owner.
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
 import { StoreError, type Mailbox, type Store } from "@mailroom/store";
 import { createFsStore } from "../src/index.js";
+import { LOG_DIR } from "../src/deliverylog.js";
 import { LEASE_FILE } from "../src/lease.js";
 import { ownStamp } from "../src/liveness.js";
 import { tempRoot, text } from "./helpers.js";
@@ -43,10 +44,10 @@ async function aliceWithMail(): Promise<{ dir: string; mailbox: Mailbox }> {
 }
 
 /** Runs `body` in another Node process against the store at `dir`; resolves once it printed "ready". */
-async function holdInChild(dir: string, body: string): Promise<ChildProcess> {
+async function holdInChild(dir: string, body: string, options = ""): Promise<ChildProcess> {
   const script = [
     `const { createFsStore } = await import(${JSON.stringify(entry)});`,
-    `const store = await createFsStore({ root: ${JSON.stringify(dir)} });`,
+    `const store = await createFsStore({ root: ${JSON.stringify(dir)}${options} });`,
     body,
     `process.stdout.write("ready\\n");`,
     `setInterval(() => {}, 1000);`,
@@ -151,5 +152,42 @@ describe.skipIf(ownStamp() === null)("lease owners (Linux)", () => {
     expect(claims.map((c) => c.item.id)).toEqual([item.id]);
     const renewed = await store.queue!.renew(claims[0]!);
     await store.queue!.finish(renewed);
+  });
+});
+
+/** Opens and closes the store at `dir` from a process in a pid namespace of its own (needs root). */
+function openInOtherNamespace(dir: string): void {
+  const script = `const { createFsStore } = await import(${JSON.stringify(entry)}); await (await createFsStore({ root: ${JSON.stringify(dir)} })).close();`;
+  execFileSync("unshare", ["--pid", "--fork", "--mount-proc", process.execPath, "--input-type=module", "-e", script], { stdio: "pipe" });
+}
+
+function canUnshare(): boolean {
+  try {
+    execFileSync("unshare", ["--pid", "--fork", "--mount-proc", "true"], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// A container started beside the server on the same kernel, sharing its volume, e.g. `docker run
+// … mailroom user add`: the server's pid does not exist in there. Unprivileged runs cannot make one.
+describe.skipIf(ownStamp() === null || !canUnshare())("delivery logs seen from another pid namespace", () => {
+  it("leaves a running server's open log alone; the server's own namespace replays it once the server is killed", async () => {
+    const dir = freshRoot();
+    const child = await holdInChild(
+      dir,
+      `await store.deliver(["alice@example.test"], (async function* () { yield new TextEncoder().encode("Subject: x\\r\\n\\r\\nhi\\r\\n"); })());`,
+      ", deliveryLogMs: 600000",
+    );
+    const logs = (): string[] => readdirSync(join(dir, LOG_DIR)).filter((name) => name.endsWith(".log"));
+    expect(logs()).toHaveLength(1);
+    openInOtherNamespace(dir);
+    expect(logs()).toHaveLength(1);
+
+    await killHard(child);
+    const store = await open(dir);
+    expect(logs()).toEqual([]);
+    expect(await store.mailbox("alice@example.test").list()).toHaveLength(1);
   });
 });
