@@ -1,11 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { basename, dirname, join, sep } from "node:path";
-import type { Logger } from "@mailroom/store";
+import { currentBootId, processStamp, type Logger } from "@mailroom/store";
 import { GroupCommit, newBatch, type Batch } from "./groupcommit.js";
 import { UNSYNCABLE, fsyncDir, makeDirs, unlinkQuiet, type SyncPolicy } from "./fsutil.js";
 import { closeFd, fdatasyncFd, openNew, writevAt } from "./fdio.js";
 import { encodeRecord, type LogOwner } from "./logformat.js";
-import { currentBootId, ownStamp } from "./liveness.js";
 import { parseName, uidOfBase } from "./filenames.js";
 import type { BulkSync } from "./syncfs.js";
 import type { FileThread } from "./filethread.js";
@@ -429,7 +428,7 @@ export class DeliveryLog {
 
 /** The first record of every log: who writes it, precisely enough for recovery to tell if it still runs. */
 function ownerRecord(): LogOwner {
-  const stamp = ownStamp();
+  const stamp = processStamp();
   return {
     kind: "owner",
     pid: process.pid,

@@ -1,10 +1,18 @@
 import { promises as fsp } from "node:fs";
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
-import { StoreError, type Lease, type LeaseOptions, type MailboxId } from "@mailroom/store";
+import {
+  parseProcessStamp,
+  processHasEnded,
+  processStamp,
+  StoreError,
+  type Lease,
+  type LeaseOptions,
+  type MailboxId,
+  type ProcessStamp,
+} from "@mailroom/store";
 import { attempt, isErrno } from "./errors.js";
 import { fsyncDir, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic, type SyncPolicy } from "./fsutil.js";
-import { asStamp, hasEnded, ownStamp, type ProcessStamp } from "./liveness.js";
 
 /**
  * The mailbox lease is the file `<maildir>/mailroom-lease` holding `{token, holder, expiresAt}`.
@@ -28,7 +36,7 @@ interface LeaseRecord {
 
 /** A lease that protects its holder: not expired, and its process (where this one can tell) alive. */
 export function isLive(record: { readonly expiresAt: number; readonly owner?: unknown }, now = Date.now()): boolean {
-  return record.expiresAt > now && !hasEnded(asStamp(record.owner));
+  return record.expiresAt > now && !processHasEnded(parseProcessStamp(record.owner));
 }
 
 async function readLease(path: string): Promise<LeaseRecord | null> {
@@ -42,7 +50,7 @@ async function readLease(path: string): Promise<LeaseRecord | null> {
   try {
     const value = JSON.parse(text) as Partial<LeaseRecord>;
     if (typeof value.token === "string" && typeof value.expiresAt === "number") {
-      const owner = asStamp(value.owner);
+      const owner = parseProcessStamp(value.owner);
       return { token: value.token, holder: String(value.holder ?? ""), expiresAt: value.expiresAt, ...(owner ? { owner } : {}) };
     }
   } catch {
@@ -99,7 +107,7 @@ export class LeaseManager {
   async acquire(options: LeaseOptions): Promise<Lease> {
     return attempt("lease", this.dir, async () => {
       for (let round = 0; round < 10; round++) {
-        const owner = ownStamp();
+        const owner = processStamp();
         const record: LeaseRecord = {
           token: randomUUID(),
           holder: options.holder,

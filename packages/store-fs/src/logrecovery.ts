@@ -1,12 +1,11 @@
 import { closeSync, fstatSync, openSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { promises as fsp } from "node:fs";
 import { basename, dirname, join, resolve, sep } from "node:path";
-import type { Logger } from "@mailroom/store";
+import { currentBootId, processHasEnded, processStamp, type Logger } from "@mailroom/store";
 import { LOG_DIR, liveLogs } from "./deliverylog.js";
 import { isErrno } from "./errors.js";
 import { fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type SyncPolicy } from "./fsutil.js";
 import { readRecords, type LogOwner } from "./logformat.js";
-import { currentBootId, hasEnded, ownStamp } from "./liveness.js";
 import { movedToCur, type BulkSync } from "./syncfs.js";
 
 export interface RecoveryContext {
@@ -100,11 +99,11 @@ function ownerAlive(owner: LogOwner, bootId: string, lastWrite: number): boolean
     owner.pidns !== undefined && owner.start !== undefined
       ? { boot: owner.boot, pidns: owner.pidns, pid: owner.pid, start: owner.start }
       : null;
-  const me = ownStamp();
+  const me = processStamp();
   if (stamp !== null && stamp.pidns === me?.pidns) {
     // Our own logs that are still open were skipped before: one of ours here is a leftover.
     if (stamp.pid === me.pid && stamp.start === me.start) return false;
-    return !hasEnded(stamp);
+    return !processHasEnded(stamp);
   }
   if (Date.now() - lastWrite > ABANDONED_AFTER_MS) return false;
   if (stamp !== null) return true;

@@ -10,8 +10,10 @@ import {
   isQueueId,
   mergeRecipients,
   newQueueId,
+  parseProcessStamp,
   type ClaimOptions,
   type EnqueueOptions,
+  type ProcessStamp,
   type Queue,
   type QueueClaim,
   type QueueItem,
@@ -22,7 +24,6 @@ import type { StoreContext } from "./context.js";
 import { attempt, fsError, isErrno } from "./errors.js";
 import { fsyncDir, makeDirs, readdirOrEmpty, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
 import { isLive, LEASE_FILE, LeaseManager } from "./lease.js";
-import { asStamp, type ProcessStamp } from "./liveness.js";
 import { fileChunks } from "./streams.js";
 import { openReadOnly } from "./fdio.js";
 import { QueueIndex } from "./queueindex.js";
@@ -80,7 +81,7 @@ function asClaim(value: unknown): ClaimRecord | null {
   if (value === null || typeof value !== "object") return null;
   const v = value as Partial<ClaimRecord>;
   if (typeof v.token !== "string" || typeof v.expiresAt !== "number") return null;
-  const owner = asStamp(v.owner);
+  const owner = parseProcessStamp(v.owner);
   return { token: v.token, holder: String(v.holder ?? ""), expiresAt: v.expiresAt, ...(owner ? { owner } : {}) };
 }
 

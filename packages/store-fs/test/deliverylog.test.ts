@@ -4,13 +4,12 @@ import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it, vi } from "vitest";
-import { readAll, silentLogger, type Store } from "@mailroom/store";
+import { processStamp, readAll, silentLogger, type Store } from "@mailroom/store";
 import { createFsStore } from "../src/index.js";
 import { DeliveryLog, LOG_DIR } from "../src/deliverylog.js";
 import { messageName, newBase } from "../src/filenames.js";
 import { FileThread } from "../src/filethread.js";
 import { encodeRecord, type LogOwner } from "../src/logformat.js";
-import { ownStamp } from "../src/liveness.js";
 import { recoverDeliveryLogs, retryLeftLogs } from "../src/logrecovery.js";
 import { BulkSync, movedToCur } from "../src/syncfs.js";
 import { tempRoot, text } from "./helpers.js";
@@ -320,7 +319,7 @@ describe.each([
 
   it("judges an owner in this pid namespace by its pid and start time, however quiet its log", async () => {
     const dir = freshRoot();
-    const me = ownStamp()!;
+    const me = processStamp()!;
     const { logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n"]);
     restoreLog();
     // Owned by the parent of this test process: alive, even after ten quiet minutes.
@@ -338,7 +337,7 @@ describe.each([
 
   it("leaves the log of a process in another pid namespace (container) alone until it has been quiet for five minutes", async () => {
     const dir = freshRoot();
-    const me = ownStamp()!;
+    const me = processStamp()!;
     const { logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n"]);
     restoreLog();
     // Its pid is free here, which proves nothing about a process another namespace numbers.

@@ -7,11 +7,10 @@ import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterEach, describe, expect, it } from "vitest";
-import { StoreError, type Mailbox, type Store } from "@mailroom/store";
+import { processStamp, StoreError, type Mailbox, type Store } from "@mailroom/store";
 import { createFsStore } from "../src/index.js";
 import { LOG_DIR } from "../src/deliverylog.js";
 import { LEASE_FILE } from "../src/lease.js";
-import { ownStamp } from "../src/liveness.js";
 import { tempRoot, text } from "./helpers.js";
 
 const root = await tempRoot("lease-owner");
@@ -88,7 +87,7 @@ function stampLease(dir: string, owner: Record<string, unknown>): void {
   writeFileSync(path, JSON.stringify({ ...record, owner, expiresAt: Date.now() + TEN_MINUTES }));
 }
 
-describe.skipIf(ownStamp() === null)("lease owners (Linux)", () => {
+describe.skipIf(processStamp() === null)("lease owners (Linux)", () => {
   it("gives a killed process's mailbox to the next session at once, and not before", async () => {
     const { dir, mailbox } = await aliceWithMail();
     const child = await holdInChild(
@@ -112,7 +111,7 @@ describe.skipIf(ownStamp() === null)("lease owners (Linux)", () => {
     await (await mailbox.acquireLease({ holder: "earlier", ttlMs: TEN_MINUTES })).release();
     const first = await mailbox.acquireLease({ holder: "earlier", ttlMs: TEN_MINUTES });
     // Our own pid, but started at another time: an earlier process (a restarted container) had it.
-    stampLease(dir, { ...ownStamp()!, start: "1" });
+    stampLease(dir, { ...processStamp()!, start: "1" });
     const lease = await mailbox.acquireLease({ holder: "test", ttlMs: 30_000 });
     expect(lease.token).not.toBe(first.token);
     await lease.release();
@@ -123,8 +122,8 @@ describe.skipIf(ownStamp() === null)("lease owners (Linux)", () => {
     await mailbox.acquireLease({ holder: "elsewhere", ttlMs: TEN_MINUTES });
     // No process has a pid over Linux's highest (2^22); each stamp differs from ours in one more place.
     const unknowable = [
-      { ...ownStamp()!, pid: 2 ** 22 + 1, boot: "00000000-0000-0000-0000-000000000000" },
-      { ...ownStamp()!, pid: 2 ** 22 + 1, pidns: "pid:[1]" },
+      { ...processStamp()!, pid: 2 ** 22 + 1, boot: "00000000-0000-0000-0000-000000000000" },
+      { ...processStamp()!, pid: 2 ** 22 + 1, pidns: "pid:[1]" },
       null,
     ];
     for (const owner of unknowable) {
@@ -132,7 +131,7 @@ describe.skipIf(ownStamp() === null)("lease owners (Linux)", () => {
       await refusedAsInUse(mailbox.acquireLease({ holder: "test", ttlMs: 30_000 }));
     }
     // The same stamp with this boot and namespace names a pid no process has: taken over.
-    stampLease(dir, { ...ownStamp()!, pid: 2 ** 22 + 1 });
+    stampLease(dir, { ...processStamp()!, pid: 2 ** 22 + 1 });
     await (await mailbox.acquireLease({ holder: "test", ttlMs: 30_000 })).release();
   });
 
@@ -172,7 +171,7 @@ function canUnshare(): boolean {
 
 // A container started beside the server on the same kernel, sharing its volume, e.g. `docker run
 // … mailroom user add`: the server's pid does not exist in there. Unprivileged runs cannot make one.
-describe.skipIf(ownStamp() === null || !canUnshare())("delivery logs seen from another pid namespace", () => {
+describe.skipIf(processStamp() === null || !canUnshare())("delivery logs seen from another pid namespace", () => {
   it("leaves a running server's open log alone; the server's own namespace replays it once the server is killed", async () => {
     const dir = freshRoot();
     const child = await holdInChild(

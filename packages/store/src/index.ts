@@ -45,3 +45,4 @@ export type {
 } from "./queue.js";
 export { compareAge, compareDue, isQueueId, mergeRecipients, newQueueId } from "./queue.js";
 export { rfc5322Date } from "./dates.js";
+export { currentBootId, parseProcessStamp, processHasEnded, processStamp, type ProcessStamp } from "./liveness.js";

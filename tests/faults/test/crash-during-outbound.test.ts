@@ -1,8 +1,10 @@
 // Fault 7: SIGKILL while the outbound worker is in the middle of handing a queued message to the next
 // hop (a fake smarthost on loopback that has received part of the DATA). After a restart the item is
 // still queued, nothing was bounced, and once delivered again the next hop gets the whole message.
-// The claim of the killed worker would expire only after 5 minutes, so the test ends it the way an
-// operator would, with `mailroom queue retry ID` (which the store contract lets win over a live claim).
+// With store-fs the claim names the killed process, so the restarted worker claims the item at once.
+// On PostgreSQL and Redis the claim would expire only after 5 minutes, so the test ends it the way an
+// operator would, with `mailroom queue retry ID` (which the store contract lets win over a live claim;
+// with store-fs that would break the new worker's claim and send the message twice).
 import { createServer, type Server, type Socket } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import {
@@ -130,7 +132,7 @@ describe.each(stores)("store %s", (kind) => {
 
     hop.onData = () => true;
     server = await serve(config);
-    admin(config, ["queue", "retry", id]);
+    if (kind !== "fs") admin(config, ["queue", "retry", id]);
     await until(() => hop.received.length > 0, "redelivery after restart");
     await until(() => admin(config, ["queue", "list"]).startsWith("Mail queue is empty"), "the queue to drain");
     expect(hop.received).toHaveLength(1);

@@ -1,9 +1,8 @@
 import { readFileSync, readlinkSync } from "node:fs";
-import { isErrno } from "./errors.js";
 
 let bootId: string | undefined;
 
-/** Linux's per-boot random id: a log whose boot id differs was written before the last restart. */
+/** Linux's per-boot random id ("" where it cannot be read): something stamped with another one is from before the last restart. */
 export function currentBootId(): string {
   if (bootId === undefined) {
     try {
@@ -17,7 +16,8 @@ export function currentBootId(): string {
 
 /**
  * Enough about a process for another process on the same machine to tell later whether it is still
- * running. A pid alone is not: pids are reused, and one pid namespace (a container) cannot see the
+ * running (a lease's holder, a log's writer), so that what a killed process held can be taken over
+ * at once instead of after a timeout, as Dovecot does with the pid in its lock files. A pid alone is not: pids are reused, and one pid namespace (a container) cannot see the
  * processes of another that shares the Maildir. So the stamp also names the kernel's boot, the pid
  * namespace and the pid's start time (in clock ticks since boot; a reused pid has a later one).
  */
@@ -31,7 +31,7 @@ export interface ProcessStamp {
 let own: ProcessStamp | null | undefined;
 
 /** This process's stamp, or null where there is no Linux /proc to make one (leases then only expire). */
-export function ownStamp(): ProcessStamp | null {
+export function processStamp(): ProcessStamp | null {
   if (own === undefined) own = readOwnStamp();
   return own;
 }
@@ -61,7 +61,7 @@ function stateOf(stat: string): string {
 }
 
 /** The stamp stored in a JSON record, if the value is one. */
-export function asStamp(value: unknown): ProcessStamp | null {
+export function parseProcessStamp(value: unknown): ProcessStamp | null {
   if (value === null || typeof value !== "object") return null;
   const v = value as Partial<ProcessStamp>;
   if (typeof v.boot !== "string" || typeof v.pidns !== "string" || typeof v.start !== "string") return null;
@@ -74,8 +74,8 @@ export function asStamp(value: unknown): ProcessStamp | null {
  * namespace, and its pid is now free, a zombie, or another process's. Anything this process cannot
  * judge (another machine, another container, no /proc) is taken to be alive.
  */
-export function hasEnded(stamp: ProcessStamp | null): boolean {
-  const me = ownStamp();
+export function processHasEnded(stamp: ProcessStamp | null): boolean {
+  const me = processStamp();
   if (!stamp || !me || stamp.boot !== me.boot || stamp.pidns !== me.pidns) return false;
   if (stamp.pid === me.pid) return stamp.start !== me.start;
   // Asked first because /proc may hide other users' processes (hidepid): there a missing entry
@@ -86,7 +86,7 @@ export function hasEnded(stamp: ProcessStamp | null): boolean {
     stat = readFileSync(`/proc/${stamp.pid}/stat`, "latin1");
   } catch (error) {
     // Gone since the kill() above, or hidden from us: only the first is certain.
-    return isErrno(error, "ENOENT", "ESRCH") && !exists(stamp.pid);
+    return (errnoOf(error) === "ENOENT" || errnoOf(error) === "ESRCH") && !exists(stamp.pid);
   }
   const state = stateOf(stat);
   return state === "Z" || state === "X" || startTimeOf(stat) !== stamp.start;
@@ -98,6 +98,11 @@ function exists(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch (error) {
-    return !isErrno(error, "ESRCH");
+    return errnoOf(error) !== "ESRCH";
   }
+}
+
+function errnoOf(error: unknown): string | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? code : undefined;
 }
