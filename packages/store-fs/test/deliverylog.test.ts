@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it, vi } from "vitest";
-import { processStamp, readAll, silentLogger, type Store } from "@mailroom/store";
+import { processStamp, processStampOf, readAll, silentLogger, type Store } from "@mailroom/store";
 import { createFsStore } from "../src/index.js";
 import { DeliveryLog, LOG_DIR } from "../src/deliverylog.js";
 import { messageName, newBase } from "../src/filenames.js";
@@ -323,8 +323,8 @@ describe.each([
     const { logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n"]);
     restoreLog();
     // Owned by the parent of this test process: alive, even after ten quiet minutes.
-    const parentStart = readFileSync(`/proc/${process.ppid}/stat`, "latin1").split(") ")[1]!.split(" ")[19]!;
-    replaceOwner(logPath, { kind: "owner", pid: process.ppid, boot: me.boot, started: 0, pidns: me.pidns, start: parentStart });
+    const parent = processStampOf(process.ppid)!;
+    replaceOwner(logPath, { kind: "owner", pid: parent.pid, boot: parent.boot, started: 0, pidns: parent.pidns, start: parent.start });
     const old = new Date(Date.now() - 10 * 60_000);
     utimesSync(logPath, old, old);
     expect(await recover(dir, me.boot)).toBe(1);

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { StoreError, type Lease, type LeaseOptions, type MailboxId } from "@mailroom/store";
+import { parseProcessStamp, processHasEnded, processStamp, StoreError, type Lease, type LeaseOptions, type MailboxId } from "@mailroom/store";
 import type pg from "pg";
 import type { Db } from "./db.js";
 import { tsToMs } from "./schema.js";
@@ -8,18 +8,21 @@ import { tsToMs } from "./schema.js";
  * Leases are rows, not advisory locks: a row outlives the connection that wrote it (pool churn, a
  * database restart, a transaction-mode pooler all keep it), it expires by the database clock so hosts
  * with skewed clocks agree, and `SELECT * FROM leases` shows who holds what. The token is the fence:
- * every write that needs the lease re-checks it in its own transaction.
+ * every write that needs the lease re-checks it in its own transaction. The `owner` column names the
+ * holding process: a lease whose process has certainly ended (judged on this machine, see
+ * `processHasEnded`) is taken over at once, by its token, instead of after its expiry.
  */
 export function leaseSql(s: string) {
   return {
     acquire: `
-      INSERT INTO ${s}.leases AS l (mailbox, token, holder, expires_at)
-      VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond')
+      INSERT INTO ${s}.leases AS l (mailbox, token, holder, expires_at, owner)
+      VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond', $5)
       ON CONFLICT (mailbox) DO UPDATE
-        SET token = EXCLUDED.token, holder = EXCLUDED.holder, acquired_at = now(), expires_at = EXCLUDED.expires_at
-        WHERE l.expires_at <= now()
+        SET token = EXCLUDED.token, holder = EXCLUDED.holder, acquired_at = now(), expires_at = EXCLUDED.expires_at,
+            owner = EXCLUDED.owner
+        WHERE l.expires_at <= now() OR l.token = $6
       RETURNING ${tsToMs("expires_at")} AS expires_at`,
-    holder: `SELECT holder FROM ${s}.leases WHERE mailbox = $1`,
+    holder: `SELECT holder, token, owner FROM ${s}.leases WHERE mailbox = $1`,
     renew: `
       UPDATE ${s}.leases SET expires_at = now() + $3::bigint * interval '1 millisecond'
       WHERE mailbox = $1 AND token = $2 AND expires_at > now()
@@ -47,12 +50,19 @@ export async function checkFence(client: pg.PoolClient, sql: LeaseSql, mailbox: 
 export async function acquireLease(db: Db, sql: LeaseSql, mailbox: MailboxId, options: LeaseOptions): Promise<Lease> {
   const ttl = Math.max(0, Math.ceil(options.ttlMs));
   const token = randomUUID();
-  const got = await db.query<{ expires_at: number }>("acquire lease", sql.acquire, [mailbox, token, options.holder, ttl]);
-  const row = got.rows[0];
+  const stamp = processStamp();
+  const owner = stamp ? JSON.stringify(stamp) : null;
+  const take = (ended: string | null) =>
+    db.query<{ expires_at: number }>("acquire lease", sql.acquire, [mailbox, token, options.holder, ttl, owner, ended]);
+  let row = (await take(null)).rows[0];
   if (!row) {
-    const other = await db.query<{ holder: string }>("acquire lease", sql.holder, [mailbox]);
-    const by = other.rows[0]?.holder;
-    throw new StoreError("in-use", `postgres: ${mailbox} is in use${by === undefined ? "" : ` by ${by}`}`);
+    const other = (await db.query<{ holder: string; token: string; owner: string | null }>("acquire lease", sql.holder, [mailbox])).rows[0];
+    // Replaced only if it is still the lease judged here: a successor that got in meanwhile is live.
+    if (other && processHasEnded(parseProcessStamp(other.owner))) row = (await take(other.token)).rows[0];
+    if (!row) {
+      const by = other?.holder;
+      throw new StoreError("in-use", `postgres: ${mailbox} is in use${by === undefined ? "" : ` by ${by}`}`);
+    }
   }
   let expiresAt = row.expires_at;
   return {

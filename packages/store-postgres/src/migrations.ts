@@ -110,6 +110,16 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX queue_items_age ON ${s}.queue_items (created_at, id);
     `,
   },
+  {
+    version: 3,
+    name: "lease owners",
+    sql: (s) => `
+      -- The holding process as JSON (boot id, pid namespace, pid, start time; see @mailroom/store's
+      -- processStamp), so that a server on the same machine can take over the lease of a killed one
+      -- at once. NULL where the holder could not tell (no /proc) or wrote it before this version.
+      ALTER TABLE ${s}.leases ADD COLUMN owner text;
+    `,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((max, m) => Math.max(max, m.version), 0);

@@ -19,6 +19,7 @@
  *   <p>{mb:<id>}:stage:<random>   list    an append in progress; expires unless committed
  *   <p>{mb:<id>}:lease            string  the lease token (SET NX PX)
  *   <p>{mb:<id>}:lease-holder     string  who holds the lease, same expiry
+ *   <p>{mb:<id>}:lease-owner      string  the holding process as JSON (processStamp), same expiry
  *
  * `<id>`, `<uid>` and `<source>` are escaped with {@link escapeKeyPart}, so no value can end the hash tag
  * early or pass for another key's separator.
@@ -64,6 +65,7 @@ export class MailboxKeys {
   readonly info: string;
   readonly lease: string;
   readonly leaseHolder: string;
+  readonly leaseOwner: string;
   private readonly base: string;
 
   constructor(prefix: string, id: string) {
@@ -75,6 +77,7 @@ export class MailboxKeys {
     this.info = `${this.base}info`;
     this.lease = `${this.base}lease`;
     this.leaseHolder = `${this.base}lease-holder`;
+    this.leaseOwner = `${this.base}lease-owner`;
   }
 
   body(uid: string): string {

@@ -2,6 +2,9 @@ import { randomUUID } from "node:crypto";
 import {
   StoreError,
   assertUid,
+  parseProcessStamp,
+  processHasEnded,
+  processStamp,
   guardAppendSource,
   takeTop,
   type AppendOptions,
@@ -99,11 +102,20 @@ export class RedisMailbox implements Mailbox {
   async acquireLease(options: LeaseOptions): Promise<Lease> {
     const ttlMs = Math.max(1, Math.ceil(options.ttlMs));
     const token = randomUUID();
-    const keys = [this.keys.lease, this.keys.leaseHolder];
-    const result = (await runScript(this.ctx, "acquire lease", "mailroomAcquire", keys, [token, options.holder, ttlMs])) as [
-      number,
-      string?,
-    ];
+    const keys = [this.keys.lease, this.keys.leaseHolder, this.keys.leaseOwner];
+    const stamp = processStamp();
+    const owner = stamp ? JSON.stringify(stamp) : "";
+    const take = async (ended: string): Promise<[number, string?, string?, string?]> =>
+      (await runScript(this.ctx, "acquire lease", "mailroomAcquire", keys, [token, options.holder, ttlMs, owner, ended])) as [
+        number,
+        string?,
+        string?,
+        string?,
+      ];
+    let result = await take("");
+    // A lease whose process has ended on this machine is replaced at once, by its token: a successor
+    // that got in meanwhile is live and stays.
+    if (Number(result[0]) !== 1 && result[2] && processHasEnded(parseProcessStamp(result[3]))) result = await take(result[2]);
     if (Number(result[0]) !== 1) {
       throw new StoreError("in-use", `redis: ${this.id} is in use by ${result[1] || "another session"}`);
     }

@@ -100,25 +100,35 @@ const SOURCES = {
     end
     return 0`,
 
-  // KEYS: lease, lease-holder. ARGV: token, holder, ttl ms. {1} when taken, {0, holder} when in use.
+  // KEYS: lease, lease-holder, lease-owner. ARGV: token, holder, ttl ms, owner ("" when unknown),
+  // the token of a lease whose owner has ended ("" for none), which is replaced like a free one.
+  // {1} when taken, {0, holder, token, owner} when in use.
   mailroomAcquire: String.raw`
-    if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3]) then
-      redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-      return {1}
+    local current = redis.call('GET', KEYS[1])
+    if current and (ARGV[5] == '' or current ~= ARGV[5]) then
+      return {0, redis.call('GET', KEYS[2]) or '', current, redis.call('GET', KEYS[3]) or ''}
     end
-    return {0, redis.call('GET', KEYS[2]) or ''}`,
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+    if ARGV[4] == '' then
+      redis.call('DEL', KEYS[3])
+    else
+      redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[3])
+    end
+    return {1}`,
 
-  // KEYS: lease, lease-holder. ARGV: token, ttl ms. Compare-and-set: only our own token is extended.
+  // KEYS: lease, lease-holder, lease-owner. ARGV: token, ttl ms. Compare-and-set: only our own token is extended.
   mailroomRenew: String.raw`
     if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
     redis.call('PEXPIRE', KEYS[2], ARGV[2])
+    redis.call('PEXPIRE', KEYS[3], ARGV[2])
     return 1`,
 
-  // KEYS: lease, lease-holder. ARGV: token.
+  // KEYS: lease, lease-holder, lease-owner. ARGV: token.
   mailroomRelease: String.raw`
     if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-    redis.call('DEL', KEYS[1], KEYS[2])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
     return 1`,
 
   // KEYS: domains, accounts, aliases. ARGV: domain.

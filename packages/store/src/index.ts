@@ -45,4 +45,11 @@ export type {
 } from "./queue.js";
 export { compareAge, compareDue, isQueueId, mergeRecipients, newQueueId } from "./queue.js";
 export { rfc5322Date } from "./dates.js";
-export { currentBootId, parseProcessStamp, processHasEnded, processStamp, type ProcessStamp } from "./liveness.js";
+export {
+  currentBootId,
+  parseProcessStamp,
+  processHasEnded,
+  processStamp,
+  processStampOf,
+  type ProcessStamp,
+} from "./liveness.js";

@@ -50,6 +50,21 @@ function readOwnStamp(): ProcessStamp | null {
   }
 }
 
+/**
+ * The stamp of another running process of this pid namespace (its pid's current start time), or
+ * null where there is no such process or no /proc. For tools and tests that name a live holder.
+ */
+export function processStampOf(pid: number): ProcessStamp | null {
+  const me = processStamp();
+  if (!me) return null;
+  try {
+    const start = startTimeOf(readFileSync(`/proc/${pid}/stat`, "latin1"));
+    return start === null ? null : { ...me, pid, start };
+  } catch {
+    return null;
+  }
+}
+
 /** Field 22 of /proc/<pid>/stat; the command name before it may hold spaces and parentheses. */
 function startTimeOf(stat: string): string | null {
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
@@ -60,8 +75,15 @@ function stateOf(stat: string): string {
   return stat.charAt(stat.lastIndexOf(")") + 2);
 }
 
-/** The stamp stored in a JSON record, if the value is one. */
+/** The stamp a record holds, if the value is one: the object itself or its JSON text. */
 export function parseProcessStamp(value: unknown): ProcessStamp | null {
+  if (typeof value === "string") {
+    try {
+      value = JSON.parse(value);
+    } catch {
+      return null;
+    }
+  }
   if (value === null || typeof value !== "object") return null;
   const v = value as Partial<ProcessStamp>;
   if (typeof v.boot !== "string" || typeof v.pidns !== "string" || typeof v.start !== "string") return null;

@@ -3,9 +3,9 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { parseProcessStamp, processHasEnded, processStamp, type ProcessStamp } from "../src/index.js";
+import { parseProcessStamp, processHasEnded, processStamp, processStampOf, type ProcessStamp } from "../src/index.js";
 
-const startOf = (pid: number): string => readFileSync(`/proc/${pid}/stat`, "latin1").split(") ")[1]!.split(" ")[19]!;
+const startOf = (pid: number): string => processStampOf(pid)!.start;
 // Linux never hands out a pid above 2^22.
 const NO_SUCH_PID = 2 ** 22 + 1;
 
@@ -32,6 +32,12 @@ describe.skipIf(processStamp() === null)("process stamps (Linux)", () => {
     expect(processHasEnded(stamp)).toBe(true);
   });
 
+  it("stamps another process by its pid, or says there is none", () => {
+    const field22 = readFileSync(`/proc/${process.ppid}/stat`, "latin1").split(") ")[1]!.split(" ")[19];
+    expect(processStampOf(process.ppid)).toEqual({ ...processStamp()!, pid: process.ppid, start: field22 });
+    expect(processStampOf(NO_SUCH_PID)).toBeNull();
+  });
+
   it("says a pid now used by a process started at another time has ended", () => {
     expect(processHasEnded({ ...processStamp()!, start: "1" })).toBe(true);
     expect(processHasEnded({ ...processStamp()!, pid: process.ppid, start: "1" })).toBe(true);
@@ -49,7 +55,8 @@ describe.skipIf(processStamp() === null)("process stamps (Linux)", () => {
   it("reads a stamp back from JSON and refuses anything else", () => {
     const me = processStamp()!;
     expect(parseProcessStamp(JSON.parse(JSON.stringify(me)))).toEqual(me);
-    for (const junk of [null, "x", 3, {}, { ...me, pid: "1" }, { ...me, pid: -1 }, { ...me, start: 5 }, { ...me, boot: undefined }]) {
+    expect(parseProcessStamp(JSON.stringify(me))).toEqual(me);
+    for (const junk of [null, "x", "{", "null", 3, {}, { ...me, pid: "1" }, { ...me, pid: -1 }, { ...me, start: 5 }, { ...me, boot: undefined }]) {
       expect(parseProcessStamp(junk)).toBeNull();
     }
   });

@@ -1,16 +1,18 @@
-// Fault 6: SIGKILL while a POP3 session holds a mailbox (store-fs, the default 60 s lease). The
+// Fault 6: SIGKILL while a POP3 session holds a mailbox (the default 60 s lease), on every store. The
 // restarted server gives the mailbox to the next login at once: the lease names the killed process,
 // which is gone. The session's DELE, never followed by QUIT, deleted nothing.
 import { afterAll, describe, expect, it } from "vitest";
-import { addUsers, cleanup, deliver, killHard, message, popLogin, serve, storeSetup, tempDir, uniqueTag, writeConfig } from "./harness.js";
+import {
+  addUsers, cleanup, deliver, killHard, message, popLogin, serve, storeSetup, stores, tempDir, uniqueTag, writeConfig,
+} from "./harness.js";
 
 afterAll(cleanup);
 
-describe("store fs", () => {
+describe.each(stores)("store %s", (kind) => {
   it("a mailbox held by a killed server is free again as soon as it restarts", async () => {
     const tag = uniqueTag();
-    const dir = tempDir("lease-fs");
-    const config = writeConfig(dir, storeSetup("fs", dir, tag));
+    const dir = tempDir(`lease-${kind}`);
+    const config = writeConfig(dir, storeSetup(kind, dir, tag));
     const [user] = addUsers(config, ["holder"]);
     let server = await serve(config);
     await deliver(server.smtp, user!, [message(`a${tag}`, user!), message(`b${tag}`, user!)]);
