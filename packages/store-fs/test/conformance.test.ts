@@ -1,9 +1,11 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, expect } from "vitest";
+import type { ProcessStamp } from "@mailroom/store";
 import { describeStoreConformance } from "@mailroom/store/conformance";
-import { createFsStore } from "../src/index.js";
+import { createFsStore, locateMailbox } from "../src/index.js";
+import { LEASE_FILE } from "../src/lease.js";
 import { FileThread } from "../src/filethread.js";
 
 const tmp = await mkdtemp(join(tmpdir(), "mailroom-store-fs-conformance-"));
@@ -16,10 +18,21 @@ afterAll(() => rm(tmp, { recursive: true, force: true }));
 // Started up front, so that the first run's logs are all written by the file thread.
 expect(await FileThread.start()).not.toBeNull();
 
+/** Rewrites the holder recorded in a lease or claim file, as another process would have written it. */
+async function setOwner(path: string, owner: ProcessStamp | null): Promise<void> {
+  const record = JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;
+  delete record["owner"];
+  await writeFile(path, JSON.stringify(owner ? { ...record, owner } : record));
+}
+
 describeStoreConformance({
   name: "maildir",
   open: (ns) => createFsStore({ root: join(tmp, ns) }),
   destroy: (ns) => rm(join(tmp, ns), { recursive: true, force: true }),
+  owners: {
+    setLeaseOwner: (ns, mailbox, owner) => setOwner(join(locateMailbox(join(tmp, ns), mailbox).dir, LEASE_FILE), owner),
+    setClaimOwner: (ns, id, owner) => setOwner(join(tmp, ns, ".queue", "items", id, LEASE_FILE), owner),
+  },
 });
 
 describeStoreConformance({

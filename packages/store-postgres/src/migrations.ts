@@ -112,12 +112,16 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 3,
-    name: "lease owners",
+    name: "lease and claim owners",
     sql: (s) => `
       -- The holding process as JSON (boot id, pid namespace, pid, start time; see @mailroom/store's
-      -- processStamp), so that a server on the same machine can take over the lease of a killed one
-      -- at once. NULL where the holder could not tell (no /proc) or wrote it before this version.
+      -- processStamp), so that a server on the same machine can take over the leases and queue claims
+      -- of a killed one at once. NULL where the holder could not tell (no /proc) or wrote it before
+      -- this version.
       ALTER TABLE ${s}.leases ADD COLUMN owner text;
+      ALTER TABLE ${s}.queue_items ADD COLUMN claim_owner text;
+      -- What a claim reads first to find claims of ended processes: only the rows claimed right now.
+      CREATE INDEX queue_items_claimed ON ${s}.queue_items (id) WHERE claim_owner IS NOT NULL;
     `,
   },
 ];

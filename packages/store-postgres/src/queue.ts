@@ -5,6 +5,9 @@ import {
   guardAppendSource,
   mergeRecipients,
   newQueueId,
+  parseProcessStamp,
+  processHasEnded,
+  processStamp,
   type ClaimOptions,
   type EnqueueOptions,
   type Queue,
@@ -45,16 +48,20 @@ export function queueSql(s: string) {
       WITH due AS (
         SELECT id FROM ${s}.queue_items
         WHERE state = 'queued' AND next_attempt_at <= ${msToTs("$1")}
-          AND (claim_expires_at IS NULL OR claim_expires_at <= now())
+          AND (claim_expires_at IS NULL OR claim_expires_at <= now() OR claim_token = ANY($5::text[]))
         ORDER BY next_attempt_at, created_at, id
         LIMIT $2
         FOR UPDATE SKIP LOCKED
       )
       UPDATE ${s}.queue_items q
       SET claim_token = gen_random_uuid()::text, claim_holder = $3,
-          claim_expires_at = now() + $4::bigint * interval '1 millisecond', claim_ttl_ms = $4
+          claim_expires_at = now() + $4::bigint * interval '1 millisecond', claim_ttl_ms = $4, claim_owner = $6
       FROM due WHERE q.id = due.id
       RETURNING ${COLUMNS("q")}, q.claim_token, ${tsToMs("q.claim_expires_at")} AS claim_expires_at`,
+    // Claims whose holder may have ended; the claimer judges them (processHasEnded) before claiming.
+    owners: `
+      SELECT claim_token, claim_owner FROM ${s}.queue_items
+      WHERE claim_owner IS NOT NULL AND claim_expires_at > now()`,
     renew: `
       UPDATE ${s}.queue_items q
       SET claim_expires_at = now() + COALESCE($3::bigint, q.claim_ttl_ms) * interval '1 millisecond'
@@ -67,7 +74,7 @@ export function queueSql(s: string) {
     update: `
       UPDATE ${s}.queue_items
       SET attempts = $2, next_attempt_at = ${msToTs("$3")}, last_error = $4, recipients = $5::jsonb, state = $6,
-          claim_token = NULL, claim_holder = NULL, claim_expires_at = NULL, claim_ttl_ms = NULL
+          claim_token = NULL, claim_holder = NULL, claim_expires_at = NULL, claim_ttl_ms = NULL, claim_owner = NULL
       WHERE id = $1`,
     finish: `
       DELETE FROM ${s}.queue_items
@@ -146,12 +153,21 @@ export class PostgresQueue implements Queue {
     const limit = Math.max(0, Math.floor(options.limit ?? 1));
     if (limit === 0) return [];
     const ttl = Math.max(0, Math.ceil(options.ttlMs));
+    const stamp = processStamp();
+    // A claim whose process has ended on this machine (a killed server's) is taken like an expired one.
+    const ended = stamp
+      ? (await this.db.query<{ claim_token: string; claim_owner: string }>("read queue claim owners", this.sql.owners, [])).rows
+          .filter((row) => processHasEnded(parseProcessStamp(row.claim_owner)))
+          .map((row) => row.claim_token)
+      : [];
     const result = await this.db.transaction("claim queue items", (client) =>
       client.query<ItemRow & { claim_token: string; claim_expires_at: number }>(this.sql.claim, [
         String(Math.round(options.now ?? Date.now())),
         limit,
         options.holder,
         ttl,
+        ended,
+        stamp ? JSON.stringify(stamp) : null,
       ]),
     );
     return result.rows

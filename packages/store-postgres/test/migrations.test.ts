@@ -90,7 +90,7 @@ describe.skipIf(!available)("postgres schema and migrations", () => {
     await store.close();
   });
 
-  it("upgrades a version-1 schema to the queue schema and lease owners on open", async () => {
+  it("upgrades a version-1 schema to the queue schema and process owners on open", async () => {
     const schema = fresh("upgrade");
     await migrate({ url: PG_URL, schema });
     // Back to what version 1 left behind, as a server of the previous release would have it.

@@ -1,13 +1,11 @@
 import { createHash } from "node:crypto";
 import { afterAll, describe, expect, it } from "vitest";
-import { fromBytes, processStamp, processStampOf, readAll, type Store, type StoreErrorCode } from "@mailroom/store";
+import { fromBytes, readAll, type Store, type StoreErrorCode } from "@mailroom/store";
 import { createPostgresStore } from "../src/index.js";
 import { PG_URL, adminQuery, dropSchemas, postgresAvailable, uniqueSchema } from "./pg-env.js";
 
 const available = await postgresAvailable();
 const text = (bytes: Uint8Array): string => new TextDecoder().decode(bytes);
-// Linux never hands out a pid above 2^22.
-const NO_SUCH_PID = 2 ** 22 + 1;
 const schemas: string[] = [];
 const stores: Store[] = [];
 
@@ -110,27 +108,6 @@ describe.skipIf(!available)("postgres store behaviour", () => {
     expect(await zed.expunge(["u1"], zedLease)).toBe(1);
     expect(await bodies()).toBe(0);
     expect(Number((await adminQuery<{ n: string }>(`SELECT count(*) AS n FROM "${schema}".body_chunks`))[0]!.n)).toBe(0);
-  });
-
-  it.skipIf(processStamp() === null)("takes over at once a lease whose process has ended on this machine, and only such a lease", async () => {
-    const { store, schema } = await open();
-    const box = store.mailbox("fay@example.test");
-    await box.append(fromBytes("one"));
-    const first = await box.acquireLease({ holder: "killed", ttlMs: 600_000 });
-    const [row] = await adminQuery<{ owner: string }>(`SELECT owner FROM "${schema}".leases`);
-    expect(JSON.parse(row!.owner)).toEqual(processStamp());
-    const setOwner = (owner: unknown) => adminQuery(`UPDATE "${schema}".leases SET owner = $1`, [owner === null ? null : JSON.stringify(owner)]);
-    // Running (the parent of this test process), unknowable (another container), or not recorded: in use.
-    for (const owner of [processStampOf(process.ppid), { ...processStamp()!, pid: NO_SUCH_PID, pidns: "pid:[1]" }, null]) {
-      await setOwner(owner);
-      expect(await codeOf(box.acquireLease({ holder: "next", ttlMs: 30_000 }))).toBe("in-use");
-    }
-    // A pid no process has: the holder is gone, the lease is taken over and fenced at once.
-    await setOwner({ ...processStamp()!, pid: NO_SUCH_PID });
-    const next = await box.acquireLease({ holder: "next", ttlMs: 30_000 });
-    expect(await codeOf(first.renew())).toBe("lease-lost");
-    expect(await codeOf(box.expunge(["u1"], first))).toBe("lease-lost");
-    await next.release();
   });
 
   it("fences writes with the lease token", async () => {

@@ -6,6 +6,9 @@ import {
   guardAppendSource,
   mergeRecipients,
   newQueueId,
+  parseProcessStamp,
+  processHasEnded,
+  processStamp,
   type ClaimOptions,
   type EnqueueOptions,
   type Queue,
@@ -25,6 +28,7 @@ import { readChunks, rechunk } from "./messages.js";
  *   <p>{queue}:items          hash    id -> QueueItem as JSON
  *   <p>{queue}:due            zset    ids of "queued" items, scored by nextAttemptAt (dead ones leave it)
  *   <p>{queue}:claims         hash    id -> "token expiresAt ttl holder" (times by the Redis clock)
+ *   <p>{queue}:claim-owners   hash    id -> "token owner": the claiming process as JSON (processStamp)
  *   <p>{queue}:body:<id>      list    the message octets in chunks
  *   <p>{queue}:stage:<random> list    an enqueue in progress; expires unless committed
  *
@@ -32,6 +36,8 @@ import { readChunks, rechunk } from "./messages.js";
  * inside the same script that makes the change. Changes that rewrite the item JSON (reschedule,
  * dead-letter, retry) compute it here and commit it only if the stored JSON is still the one they read
  * (compare-and-set), so an operator's retry and a worker's reschedule never overwrite each other.
+ * A claim whose process has ended on this machine (a killed server) counts as free: the claimer names
+ * the tokens it judged so (see `deadClaims`), and the claim script takes only claims with those tokens.
  */
 
 // Current Redis time in milliseconds; scripts use it for claim expiry so every host agrees.
@@ -61,10 +67,13 @@ const QUEUE_SCRIPTS = {
     redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
     return 'ok'`,
 
-  // KEYS: due, items, claims. ARGV: now, limit, ttl, holder, token seed.
+  // KEYS: due, items, claims, claim-owners. ARGV: now, limit, ttl, holder, token seed, tokens of
+  // claims whose process has ended (space-separated), this claimer's owner JSON ('' when unknown).
   // Returns id, json, token, expiresAt, … for each item claimed.
   mailroomQueueClaim: String.raw`
     ${CLOCK}
+    local ended = {}
+    for t in string.gmatch(ARGV[6], '%S+') do ended[t] = true end
     local limit = tonumber(ARGV[2])
     local out = {}
     local got = 0
@@ -78,8 +87,8 @@ const QUEUE_SCRIPTS = {
         local c = redis.call('HGET', KEYS[3], id)
         local free = true
         if c then
-          local exp = string.match(c, '^%S+ (%S+)')
-          free = tonumber(exp) <= clock
+          local tok, exp = string.match(c, '^(%S+) (%S+)')
+          free = tonumber(exp) <= clock or ended[tok] == true
         end
         local json = redis.call('HGET', KEYS[2], id)
         if free and json then
@@ -87,6 +96,11 @@ const QUEUE_SCRIPTS = {
           local token = ARGV[5] .. '.' .. got
           local exp = clock + tonumber(ARGV[3])
           redis.call('HSET', KEYS[3], id, token .. ' ' .. exp .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
+          if ARGV[7] == '' then
+            redis.call('HDEL', KEYS[4], id)
+          else
+            redis.call('HSET', KEYS[4], id, token .. ' ' .. ARGV[7])
+          end
           out[#out + 1] = id
           out[#out + 1] = json
           out[#out + 1] = token
@@ -108,7 +122,7 @@ const QUEUE_SCRIPTS = {
     redis.call('HSET', KEYS[1], ARGV[1], tok .. ' ' .. exp .. ' ' .. ttl .. ' ' .. holder)
     return {tostring(exp), ttl}`,
 
-  // KEYS: items, due, claims, body. ARGV: id, token.
+  // KEYS: items, due, claims, body, claim-owners. ARGV: id, token.
   mailroomQueueFinish: String.raw`
     ${CLOCK}
     ${HELD}
@@ -116,10 +130,11 @@ const QUEUE_SCRIPTS = {
     redis.call('HDEL', KEYS[1], ARGV[1])
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('HDEL', KEYS[5], ARGV[1])
     redis.call('DEL', KEYS[4])
     return 'ok'`,
 
-  // KEYS: items, due, claims. ARGV: id, token ('' = operator, no claim needed), expected json, new json,
+  // KEYS: items, due, claims, claim-owners. ARGV: id, token ('' = operator, no claim needed), expected json, new json,
   // nextAttemptAt ('' = dead: leaves the due set). Ends any claim.
   mailroomQueueUpdate: String.raw`
     ${CLOCK}
@@ -135,13 +150,15 @@ const QUEUE_SCRIPTS = {
       redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
     end
     redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('HDEL', KEYS[4], ARGV[1])
     return 'ok'`,
 
-  // KEYS: items, due, claims, body. ARGV: id.
+  // KEYS: items, due, claims, body, claim-owners. ARGV: id.
   mailroomQueueRemove: String.raw`
     if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 'not-found' end
     redis.call('ZREM', KEYS[2], ARGV[1])
     redis.call('HDEL', KEYS[3], ARGV[1])
+    redis.call('HDEL', KEYS[5], ARGV[1])
     redis.call('DEL', KEYS[4])
     return 'ok'`,
 } as const;
@@ -165,6 +182,7 @@ class QueueKeys {
   readonly items: string;
   readonly due: string;
   readonly claims: string;
+  readonly claimOwners: string;
   private readonly base: string;
 
   constructor(prefix: string) {
@@ -172,6 +190,7 @@ class QueueKeys {
     this.items = `${this.base}items`;
     this.due = `${this.base}due`;
     this.claims = `${this.base}claims`;
+    this.claimOwners = `${this.base}claim-owners`;
   }
 
   body(id: string): string {
@@ -245,19 +264,40 @@ export class RedisQueue implements Queue {
     const limit = Math.max(0, Math.floor(options.limit ?? 1));
     if (limit === 0) return [];
     const ttl = Math.max(0, Math.ceil(options.ttlMs));
+    const stamp = processStamp();
+    const ended = stamp ? await this.deadClaims() : [];
     // Holder text goes last in the claim record, so spaces in it are harmless.
     const raw = (await script(
       this.ctx,
       "claim queue items",
       "mailroomQueueClaim",
-      [this.keys.due, this.keys.items, this.keys.claims],
-      [Math.round(options.now ?? Date.now()), limit, ttl, options.holder.replace(/[\r\n]/g, " "), randomBytes(12).toString("hex")],
+      [this.keys.due, this.keys.items, this.keys.claims, this.keys.claimOwners],
+      [
+        Math.round(options.now ?? Date.now()),
+        limit,
+        ttl,
+        options.holder.replace(/[\r\n]/g, " "),
+        randomBytes(12).toString("hex"),
+        ended.join(" "),
+        stamp ? JSON.stringify(stamp) : "",
+      ],
     )) as string[];
     const claims: QueueClaim[] = [];
     for (let i = 0; i + 3 < raw.length; i += 4) {
       claims.push({ item: parseItem(raw[i + 1]!), token: raw[i + 2]!, expiresAt: Number(raw[i + 3]), ttlMs: ttl });
     }
     return claims.sort((a, b) => compareDue(a.item, b.item));
+  }
+
+  /** Tokens of live-looking claims whose process has ended on this machine (a killed server's). */
+  private async deadClaims(): Promise<string[]> {
+    const owners = await call(this.ctx, "read queue claim owners", () => this.ctx.client.hgetall(this.keys.claimOwners));
+    const ended: string[] = [];
+    for (const record of Object.values(owners)) {
+      const space = record.indexOf(" ");
+      if (space > 0 && processHasEnded(parseProcessStamp(record.slice(space + 1)))) ended.push(record.slice(0, space));
+    }
+    return ended;
   }
 
   async renew(claim: QueueClaim): Promise<QueueClaim> {
@@ -285,7 +325,7 @@ export class RedisQueue implements Queue {
       this.ctx,
       "finish queue item",
       "mailroomQueueFinish",
-      [this.keys.items, this.keys.due, this.keys.claims, this.keys.body(id)],
+      [this.keys.items, this.keys.due, this.keys.claims, this.keys.body(id), this.keys.claimOwners],
       [id, claim.token],
     );
     if (status !== "ok") throw lost(id);
@@ -302,7 +342,7 @@ export class RedisQueue implements Queue {
         this.ctx,
         "update queue item",
         "mailroomQueueUpdate",
-        [this.keys.items, this.keys.due, this.keys.claims],
+        [this.keys.items, this.keys.due, this.keys.claims, this.keys.claimOwners],
         [id, claim?.token ?? "", json, JSON.stringify(next), next.state === "dead" ? "" : Math.round(next.nextAttemptAt)],
       );
       if (status === "ok") {
@@ -356,7 +396,7 @@ export class RedisQueue implements Queue {
       this.ctx,
       "remove queue item",
       "mailroomQueueRemove",
-      [this.keys.items, this.keys.due, this.keys.claims, this.keys.body(id)],
+      [this.keys.items, this.keys.due, this.keys.claims, this.keys.body(id), this.keys.claimOwners],
       [id],
     );
     if (status !== "ok") throw missing(id);

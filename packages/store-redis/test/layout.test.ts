@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Redis } from "ioredis";
-import { StoreError, fromBytes, processStamp, processStampOf, readAll, type Store } from "@mailroom/store";
+import { StoreError, fromBytes, processStamp, readAll, type Store } from "@mailroom/store";
 import { createRedisStore, escapeKeyPart } from "../src/index.js";
 import { adminClient, deletePrefix, keysUnder, redisUrl, requireRedis } from "./services.js";
 
@@ -8,15 +8,6 @@ const available = await requireRedis();
 
 const prefix = `mrtest:layout_${process.pid}_${Date.now().toString(36)}:`;
 const encoder = new TextEncoder();
-// Linux never hands out a pid above 2^22.
-const NO_SUCH_PID = 2 ** 22 + 1;
-
-async function codeOf(promise: Promise<unknown>): Promise<string> {
-  return promise.then(
-    () => "resolved",
-    (error: unknown) => (error instanceof StoreError ? error.code : String(error)),
-  );
-}
 
 /** prefix, then exactly one hash tag, then a colon: `{mb:<escaped id>}` or `{dir}`. */
 const KEY = /^(?<prefix>[^{}]*)(?<tag>\{(?:mb:[^{}]*|dir)\}):[^{}]*$/;
@@ -166,33 +157,5 @@ describe.skipIf(!available)("key layout", () => {
     // The failed UID is not handed out again.
     const next = await store.mailbox(good).append(fromBytes("Subject: later\r\n\r\n"));
     expect(next.uid).toBe("2");
-  });
-
-  // The lease records the holding process (lease-owner). A server on the same machine takes over the
-  // lease of a killed one at once, by its token; a running holder, or one it cannot judge (another
-  // container or machine, nothing recorded), keeps it.
-  it.skipIf(processStamp() === null)("takes over at once a lease whose process has ended on this machine, and only such a lease", async () => {
-    const box = store.mailbox("fay@example.test");
-    await box.append(fromBytes("Subject: x\r\n\r\none\r\n"));
-    const first = await box.acquireLease({ holder: "killed", ttlMs: 600_000 });
-    const ownerKey = `${prefix}{mb:${escapeKeyPart("fay@example.test")}}:lease-owner`;
-    expect(JSON.parse((await admin.get(ownerKey))!)).toEqual(processStamp());
-    const setOwner = async (owner: unknown): Promise<void> => {
-      if (owner === null) await admin.del(ownerKey);
-      else await admin.set(ownerKey, JSON.stringify(owner), "PX", 600_000);
-    };
-    // Running (the parent of this test process), unknowable (another container), or not recorded: in use.
-    for (const owner of [processStampOf(process.ppid), { ...processStamp()!, pid: NO_SUCH_PID, pidns: "pid:[1]" }, null]) {
-      await setOwner(owner);
-      expect(await codeOf(box.acquireLease({ holder: "next", ttlMs: 30_000 }))).toBe("in-use");
-    }
-    // A pid no process has: the holder is gone, the lease is taken over and fenced at once.
-    await setOwner({ ...processStamp()!, pid: NO_SUCH_PID });
-    const next = await box.acquireLease({ holder: "next", ttlMs: 30_000 });
-    expect(JSON.parse((await admin.get(ownerKey))!)).toEqual(processStamp());
-    expect(await codeOf(first.renew())).toBe("lease-lost");
-    expect(await codeOf(box.expunge([(await box.list())[0]!.uid], first))).toBe("lease-lost");
-    await next.release();
-    expect(await admin.exists(ownerKey)).toBe(0);
   });
 });

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Redis } from "ioredis";
-import { fromBytes, readAll, type Store } from "@mailroom/store";
+import { fromBytes, processStamp, readAll, type Store } from "@mailroom/store";
 import { createRedisStore } from "../src/index.js";
 import { adminClient, deletePrefix, keysUnder, redisUrl, requireRedis } from "./services.js";
 
@@ -36,7 +36,8 @@ describe.skipIf(!available)("redis outbound queue layout", () => {
     const [claim] = await store.queue.claim({ holder: "layout test with spaces", ttlMs: 30_000 });
     expect(claim?.item.id).toBe(item.id);
     const keys = (await keysUnder(admin, prefix)).map((k) => k.slice(prefix.length)).sort();
-    expect(keys).toEqual(["{queue}:body:" + item.id, "{queue}:claims", "{queue}:due", "{queue}:items"]);
+    const owners = processStamp() ? ["{queue}:claim-owners"] : [];
+    expect(keys).toEqual(["{queue}:body:" + item.id, ...owners, "{queue}:claims", "{queue}:due", "{queue}:items"]);
     expect(await admin.llen(`${prefix}{queue}:body:${item.id}`)).toBe(Math.ceil(item.size / 16));
     expect(await admin.hget(`${prefix}{queue}:claims`, item.id)).toMatch(/^\S+ \d+ 30000 layout test with spaces$/);
     const renewed = await store.queue.renew(claim!);

@@ -84,7 +84,9 @@ export interface LeaseOptions {
 /**
  * Exclusive right to change a mailbox for a while. Two holders never overlap, also across processes
  * that share one store. A lease that is not renewed expires and may then be taken by someone else;
- * the old holder's `renew`, `expunge` and `markRetrieved` then fail with "lease-lost".
+ * the old holder's `renew`, `expunge` and `markRetrieved` then fail with "lease-lost". A store may also
+ * let a lease go before its expiry when the process holding it has certainly ended (the bundled stores
+ * do, judged by `processHasEnded` on the same machine), so a crashed server does not block its users.
  */
 export interface Lease {
   readonly mailbox: MailboxId;

@@ -82,7 +82,8 @@ export interface RescheduleOptions {
  * - A claim is a lease on one item. While it is live, no other `claim` returns that item. Once it
  *   expires, the item may be claimed again; the old claim's `renew`, `finish`, `reschedule` and
  *   `deadLetter` then fail with StoreError "lease-lost". A claim that expired but was not taken over yet
- *   may also fail that way: a worker must renew well before `expiresAt`.
+ *   may also fail that way: a worker must renew well before `expiresAt`. As with mailbox leases, a
+ *   store may treat a claim whose process has certainly ended as expired (the bundled stores do).
  * - `finish`, `reschedule` and `deadLetter` end the claim. Each of them, and `enqueue`, is durable when
  *   it resolves.
  * - `retry` and `remove` are operator actions and need no claim: they win over a live claim, whose

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { afterEach, expect } from "vitest";
-import type { Lease, Mailbox, MessageInfo, Store } from "../contract.js";
+import type { Lease, Mailbox, MailboxId, MessageInfo, Store } from "../contract.js";
+import type { ProcessStamp } from "../liveness.js";
 import { isStoreError, type StoreErrorCode } from "../errors.js";
 import { fromBytes, readAll } from "../streams.js";
 
@@ -15,6 +16,23 @@ export interface ConformanceOptions {
   open(namespace: string): Promise<Store>;
   /** Optional clean-up of a namespace after its tests. */
   destroy?(namespace: string): Promise<void>;
+  /**
+   * For stores that record which process holds a lease or claim (`processStamp`): adds the tests that
+   * such a store takes over what a process that has ended held, and nothing else.
+   */
+  readonly owners?: OwnerHooks;
+}
+
+/**
+ * For stores that record which process holds a lease or queue claim (`processStamp`): a way for the
+ * suite to overwrite that record, standing in for a holder that is another process. `owner` null
+ * means "nothing recorded" (a holder without /proc, or written by an older version).
+ */
+export interface OwnerHooks {
+  /** Overwrites the holder recorded with the live lease of `mailbox`. */
+  setLeaseOwner(namespace: string, mailbox: MailboxId, owner: ProcessStamp | null): Promise<void>;
+  /** Overwrites the holder recorded with the live claim on queue item `id`. */
+  setClaimOwner(namespace: string, id: string, owner: ProcessStamp | null): Promise<void>;
 }
 
 /**

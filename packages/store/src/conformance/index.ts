@@ -19,10 +19,11 @@ import type { ConformanceOptions } from "./harness.js";
 import { largeMessageTests } from "./large-message.js";
 import { leaseTests } from "./lease.js";
 import { nameTests } from "./names.js";
+import { ownerTests } from "./owners.js";
 import { queueTests } from "./queue.js";
 import { uidTests } from "./uids.js";
 
-export type { ConformanceOptions } from "./harness.js";
+export type { ConformanceOptions, OwnerHooks } from "./harness.js";
 
 /** Registers the conformance suite (vitest `describe`/`it` blocks) for one adapter. */
 export function describeStoreConformance(options: ConformanceOptions): void {
@@ -39,5 +40,6 @@ export function describeStoreConformance(options: ConformanceOptions): void {
     nameTests(options);
     largeMessageTests(options);
     queueTests(options);
+    if (options.owners) ownerTests({ ...options, owners: options.owners });
   });
 }
