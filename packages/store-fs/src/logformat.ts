@@ -34,8 +34,8 @@ export interface LogOwner {
   readonly boot: string;
   readonly started: number;
   /**
-   * The owner's pid namespace and the pid's start time (see liveness.ts), written since logs could be
-   * opened from other containers; absent in older logs and where there is no /proc.
+   * The owner's pid namespace and the pid's start time (`processStamp` in @mailroom/store), written
+   * since logs could be opened from other containers; absent in older logs and where there is no /proc.
    */
   readonly pidns?: string;
   readonly start?: string;

@@ -86,8 +86,8 @@ const ABANDONED_AFTER_MS = 5 * 60_000;
  * later records would then be durable in a file no restart finds: when in doubt, alive.
  *
  * - Another boot: the owner is gone (the machine restarted).
- * - The owner's pid namespace is ours (its stamp, see liveness.ts): the pid and its start time say
- *   exactly whether it runs, however long its log has been quiet.
+ * - The owner's pid namespace is ours (its stamp: `processStamp` in @mailroom/store): the pid and its
+ *   start time say exactly whether it runs, however long its log has been quiet.
  * - Another pid namespace (another container on this kernel): its pids mean nothing here, so only a
  *   log nothing has written to for five minutes is abandoned (a live owner retires its logs within
  *   seconds).
