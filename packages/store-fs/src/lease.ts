@@ -27,11 +27,21 @@ import { fsyncDir, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic, type
  */
 export const LEASE_FILE = "mailroom-lease";
 
-interface LeaseRecord {
+/** What a lease file holds; queue claims (queue.ts) are the same file. */
+export interface LeaseRecord {
   token: string;
   holder: string;
   expiresAt: number;
   owner?: ProcessStamp;
+}
+
+/** The record a parsed lease file holds, or null if it holds none. */
+export function asLeaseRecord(value: unknown): LeaseRecord | null {
+  if (value === null || typeof value !== "object") return null;
+  const v = value as Partial<LeaseRecord>;
+  if (typeof v.token !== "string" || typeof v.expiresAt !== "number") return null;
+  const owner = parseProcessStamp(v.owner);
+  return { token: v.token, holder: String(v.holder ?? ""), expiresAt: v.expiresAt, ...(owner ? { owner } : {}) };
 }
 
 /** A lease that protects its holder: not expired, and its process (where this one can tell) alive. */
@@ -48,11 +58,8 @@ async function readLease(path: string): Promise<LeaseRecord | null> {
     throw error;
   }
   try {
-    const value = JSON.parse(text) as Partial<LeaseRecord>;
-    if (typeof value.token === "string" && typeof value.expiresAt === "number") {
-      const owner = parseProcessStamp(value.owner);
-      return { token: value.token, holder: String(value.holder ?? ""), expiresAt: value.expiresAt, ...(owner ? { owner } : {}) };
-    }
+    const record = asLeaseRecord(JSON.parse(text));
+    if (record) return record;
   } catch {
     // fall through: an unreadable lease protects nobody, treat it as expired
   }

@@ -10,10 +10,8 @@ import {
   isQueueId,
   mergeRecipients,
   newQueueId,
-  parseProcessStamp,
   type ClaimOptions,
   type EnqueueOptions,
-  type ProcessStamp,
   type Queue,
   type QueueClaim,
   type QueueItem,
@@ -23,7 +21,7 @@ import {
 import type { StoreContext } from "./context.js";
 import { attempt, fsError, isErrno } from "./errors.js";
 import { fsyncDir, makeDirs, readdirOrEmpty, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
-import { isLive, LEASE_FILE, LeaseManager } from "./lease.js";
+import { asLeaseRecord, isLive, LEASE_FILE, LeaseManager, type LeaseRecord } from "./lease.js";
 import { fileChunks } from "./streams.js";
 import { openReadOnly } from "./fdio.js";
 import { QueueIndex } from "./queueindex.js";
@@ -59,14 +57,6 @@ const SYNC_SLICE = 256;
 /** A claim scans every item at least this often, whatever the change markers say (see queueindex.ts). */
 const RESCAN_MS = 60_000;
 
-/** The claim file is a lease file (lease.ts); a renewal keeps its owner. */
-interface ClaimRecord {
-  token: string;
-  holder: string;
-  expiresAt: number;
-  owner?: ProcessStamp;
-}
-
 /** A JSON file's value, or null if it is gone; `sync` reads it with one synchronous call. */
 async function readJson(path: string, sync = false): Promise<unknown> {
   try {
@@ -75,14 +65,6 @@ async function readJson(path: string, sync = false): Promise<unknown> {
     if (isErrno(error, "ENOENT", "ENOTDIR")) return null;
     throw error;
   }
-}
-
-function asClaim(value: unknown): ClaimRecord | null {
-  if (value === null || typeof value !== "object") return null;
-  const v = value as Partial<ClaimRecord>;
-  if (typeof v.token !== "string" || typeof v.expiresAt !== "number") return null;
-  const owner = parseProcessStamp(v.owner);
-  return { token: v.token, holder: String(v.holder ?? ""), expiresAt: v.expiresAt, ...(owner ? { owner } : {}) };
 }
 
 function asItem(value: unknown, id: string): QueueItem | null {
@@ -220,7 +202,7 @@ export class FsQueue implements Queue {
       if (claims.length >= limit) break;
       const dir = this.dirOf(candidate.id);
       // A live claim is skipped by a plain read, without the temp file and fsync of a failed acquire.
-      const current = asClaim(await readJson(join(dir, LEASE_FILE)).catch(() => null));
+      const current = asLeaseRecord(await readJson(join(dir, LEASE_FILE)).catch(() => null));
       if (current && isLive(current)) continue;
       let lease;
       try {
@@ -260,7 +242,7 @@ export class FsQueue implements Queue {
           const item = await this.readItem(id);
           if (!item) throw gone();
           if (claim) {
-            const current = asClaim(await readJson(join(dir, LEASE_FILE)));
+            const current = asLeaseRecord(await readJson(join(dir, LEASE_FILE)));
             if (!current || current.token !== claim.token || current.expiresAt <= Date.now()) throw gone();
           }
           return body(dir, item);
@@ -296,8 +278,8 @@ export class FsQueue implements Queue {
   async renew(claim: QueueClaim): Promise<QueueClaim> {
     const ttlMs = claim.ttlMs ?? DEFAULT_TTL_MS;
     return this.locked(claim.item.id, claim, async (dir, item) => {
-      const current = asClaim(await readJson(join(dir, LEASE_FILE)))!;
-      const next: ClaimRecord = { ...current, expiresAt: Date.now() + ttlMs };
+      const current = asLeaseRecord(await readJson(join(dir, LEASE_FILE)))!;
+      const next: LeaseRecord = { ...current, expiresAt: Date.now() + ttlMs };
       await attempt("renew claim", dir, () => writeFileAtomic(join(dir, LEASE_FILE), JSON.stringify(next), this.ctx.policy));
       return { item, token: claim.token, expiresAt: next.expiresAt, ttlMs };
     });
