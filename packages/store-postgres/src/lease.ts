@@ -1,5 +1,13 @@
 import { randomUUID } from "node:crypto";
-import { parseProcessStamp, processHasEnded, processStamp, StoreError, type Lease, type LeaseOptions, type MailboxId } from "@mailroom/store";
+import {
+  parseProcessStamp,
+  processHasEnded,
+  processStamp,
+  StoreError,
+  type Lease,
+  type LeaseOptions,
+  type MailboxId,
+} from "@mailroom/store";
 import type pg from "pg";
 import type { Db } from "./db.js";
 import { tsToMs } from "./schema.js";
