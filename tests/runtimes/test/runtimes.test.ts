@@ -1,5 +1,7 @@
 // The same scenario under Node, Bun and Deno, on every store: start `mailroom serve`, deliver one
 // message over SMTP with STARTTLS, fetch it over POP3 after STLS, compare bytes, stop with SIGTERM.
+// Also per runtime: a server killed while a POP3 session holds a mailbox, and the restarted server
+// giving that mailbox to the next login at once (the process check behind lease takeover).
 // A failure names the runtime, the store and the step.
 import { randomBytes } from "node:crypto";
 import { execFile } from "node:child_process";
@@ -41,6 +43,37 @@ describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
     expect(files).toHaveLength(40);
     const bodies = files.map((name) => readFileSync(join(mail, "example.test", "alice", "new", name), "latin1"));
     expect(bodies.filter((body) => /^Subject: (\d+)\r\n\r\nmessage \1\r\n$/.test(body))).toHaveLength(40);
+  });
+
+  it(`${runtime}: a POP3 mailbox held by a killed server is free again as soon as it restarts`, async () => {
+    const tag = `rt_kill_${runtime}_${randomBytes(3).toString("hex")}`;
+    const config = writeConfig({ dir, name: tag, store: storeLines("fs", dir, tag), tls, extra: ["allow_plaintext_auth = true"] });
+    const password = "runtime-kill-pw";
+    admin(config, ["domain", "add", "example.test"]);
+    admin(config, ["user", "add", "held@example.test", "--password-stdin"], `${password}\n`);
+    const login = async (port: number): Promise<LineClient> => {
+      const pop = await LineClient.open("127.0.0.1", port);
+      await pop.reply(/^\+OK/, "greeting");
+      await pop.expect("USER held@example.test", /^\+OK/, "USER");
+      await pop.expect(`PASS ${password}`, /^\+OK/, "PASS");
+      return pop;
+    };
+    const first = await step(`[${runtime}] start the server`, () => serve(config, runtime));
+    const holder = await step(`[${runtime}] log in`, () => login(first.ports.pop3!));
+    const exited = new Promise((resolve) => first.child.once("exit", resolve));
+    first.child.kill("SIGKILL");
+    await exited;
+    holder.close();
+    // The lease (default TTL 60 s) names the killed process: the restarted server sees it gone.
+    const second = await step(`[${runtime}] restart the server`, () => serve(config, runtime));
+    try {
+      const pop = await step(`[${runtime}] log in again at once`, () => login(second.ports.pop3!));
+      await pop.expect("QUIT", /^\+OK/, "QUIT");
+      pop.close();
+    } finally {
+      await second.stop();
+      dropStoreData("fs", tag);
+    }
   });
 
   it.each(stores)(`${runtime}: delivers over SMTP+STARTTLS and retrieves over POP3+STLS on store %s`, async (store) => {
