@@ -8,6 +8,7 @@
  * item and tells the test when the worker has rescheduled it.
  */
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { get as httpGet } from "node:http";
 import { createServer, type Server } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -15,6 +16,7 @@ import { createTransport } from "nodemailer";
 import dns2 from "dns2";
 import { hashPassword, readAll, type Store } from "@mailroom/store";
 import { createMemoryStore } from "@mailroom/store/memory";
+import { createFsStore } from "@mailroom/store-fs";
 import { createSmtpServer } from "@mailroom/smtp-protocol";
 import { cleanup, opensslCertificate, python, runCli, serve, tempDir, writeFile, type Served } from "./helpers.js";
 
@@ -295,6 +297,25 @@ describe("outbound delivery through mailroom serve", () => {
     });
     const id = listed.stdout.slice(0, 22);
     expect(await cli("queue", "retry", id)).toMatchObject({ code: 0 });
+    // A delivery in progress (here this test holds the claim, as a worker would): retry leaves it
+    // alone and says why; --force breaks the claim.
+    const store = await createFsStore({ root: join(dir, "mail") });
+    try {
+      const [claim] = await until("a claim on the item", async () => {
+        const got = await store.queue.claim({ holder: "test worker", ttlMs: 600_000, now: Date.now() + 86_400_000 });
+        return got.length > 0 ? got : null;
+      });
+      expect(claim!.item.id).toBe(id);
+      expect(await cli("queue", "retry", id)).toMatchObject({
+        code: 0,
+        stdout: expect.stringMatching(new RegExp(`^item ${id} is being delivered right now; left as it is .*--force ${id}`)),
+      });
+      expect(await cli("queue", "retry", "--force", id)).toMatchObject({ code: 0, stdout: expect.stringMatching(/ is due now;/) });
+      await expect(store.queue.renew(claim!)).rejects.toMatchObject({ code: "lease-lost" });
+    } finally {
+      await store.close();
+    }
+    expect(await cli("queue", "list", "--force")).toMatchObject({ code: 2, stderr: expect.stringContaining("--force only goes with queue retry") });
     expect(await cli("queue", "delete", id)).toMatchObject({ code: 0, stdout: `deleted item ${id} (no bounce is sent)\n` });
     expect((await cli("queue", "list")).stdout).toBe("Mail queue is empty\n");
 

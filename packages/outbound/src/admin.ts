@@ -1,4 +1,4 @@
-import type { Queue, QueueItem } from "@mailroom/store";
+import type { Queue, QueueItem, RetryOutcome } from "@mailroom/store";
 
 /** What `mailroom queue list` shows per item. */
 export interface QueueRow {
@@ -59,9 +59,12 @@ export async function queueStats(queue: Queue, now = Date.now()): Promise<QueueS
   };
 }
 
-/** Makes an item (also a dead one) due now. Throws the store's "not-found" for an unknown id. */
-export function retryItem(queue: Queue, id: string): Promise<void> {
-  return queue.retry(id);
+/**
+ * Makes an item (also a dead one) due now; one being delivered right now is left alone
+ * ("in-delivery") unless `force` breaks its claim. Throws the store's "not-found" for an unknown id.
+ */
+export function retryItem(queue: Queue, id: string, options: { readonly force?: boolean } = {}): Promise<RetryOutcome> {
+  return queue.retry(id, { breakClaim: options.force ?? false });
 }
 
 /** Deletes an item without a bounce. Throws the store's "not-found" for an unknown id. */

@@ -17,6 +17,8 @@ import {
   type QueueItem,
   type QueueRecipient,
   type RescheduleOptions,
+  type RetryOptions,
+  type RetryOutcome,
 } from "@mailroom/store";
 import type { StoreContext } from "./context.js";
 import { attempt, fsError, isErrno } from "./errors.js";
@@ -315,8 +317,15 @@ export class FsQueue implements Queue {
     );
   }
 
-  async retry(id: string): Promise<void> {
-    await this.locked(id, null, (dir, item) => this.update(dir, { ...item, state: "queued", nextAttemptAt: Date.now() }));
+  async retry(id: string, options: RetryOptions = {}): Promise<RetryOutcome> {
+    return this.locked(id, null, async (dir, item) => {
+      // Under the claim mutex no claim is taken over or ends meanwhile; a first claim made in the
+      // instant between this look and the update is ended by it, as before `retry` looked at all.
+      const claim = asLeaseRecord(await readJson(join(dir, LEASE_FILE)));
+      if (claim && isLive(claim) && !options.breakClaim) return "in-delivery";
+      await this.update(dir, { ...item, state: "queued", nextAttemptAt: Date.now() });
+      return "retried";
+    });
   }
 
   async remove(id: string): Promise<void> {

@@ -15,6 +15,8 @@ import {
   type QueueItem,
   type QueueRecipient,
   type RescheduleOptions,
+  type RetryOptions,
+  type RetryOutcome,
 } from "@mailroom/store";
 import type pg from "pg";
 import type { Db } from "./db.js";
@@ -71,6 +73,10 @@ export function queueSql(s: string) {
       SELECT ${COLUMNS("q")} FROM ${s}.queue_items q
       WHERE q.id = $1 AND q.claim_token = $2 AND q.claim_expires_at > now() FOR UPDATE`,
     lock: `SELECT ${COLUMNS("q")} FROM ${s}.queue_items q WHERE q.id = $1 FOR UPDATE`,
+    // What retry needs to know besides the item: whether a live claim holds it, and whose.
+    lockClaimed: `
+      SELECT ${COLUMNS("q")}, COALESCE(q.claim_expires_at > now(), false) AS claim_live, q.claim_owner
+      FROM ${s}.queue_items q WHERE q.id = $1 FOR UPDATE`,
     update: `
       UPDATE ${s}.queue_items
       SET attempts = $2, next_attempt_at = ${msToTs("$3")}, last_error = $4, recipients = $5::jsonb, state = $6,
@@ -118,6 +124,9 @@ function toItem(row: ItemRow): QueueItem {
 const lost = (id: string): StoreError =>
   new StoreError("lease-lost", `postgres: claim on queue item ${id} expired or was taken over`);
 const missing = (id: string): StoreError => new StoreError("not-found", `postgres: no queue item ${JSON.stringify(id)}`);
+
+/** The columns a reschedule, dead-letter or retry rewrites. */
+type ItemChange = Pick<QueueItem, "attempts" | "nextAttemptAt" | "lastError" | "recipients" | "state">;
 
 export class PostgresQueue implements Queue {
   constructor(
@@ -208,7 +217,7 @@ export class PostgresQueue implements Queue {
     what: string,
     id: string,
     claim: QueueClaim | null,
-    change: (item: QueueItem) => { attempts: number; nextAttemptAt: number; lastError: string | null; recipients: readonly QueueRecipient[]; state: "queued" | "dead" },
+    change: (item: QueueItem) => ItemChange,
   ): Promise<void> {
     await this.db.transaction(what, async (client: pg.PoolClient) => {
       const found = claim
@@ -216,16 +225,20 @@ export class PostgresQueue implements Queue {
         : await client.query<ItemRow>(this.sql.lock, [id]);
       const row = found.rows[0];
       if (!row) throw claim ? lost(id) : missing(id);
-      const next = change(toItem(row));
-      await client.query(this.sql.update, [
-        id,
-        next.attempts,
-        String(Math.round(next.nextAttemptAt)),
-        next.lastError,
-        JSON.stringify(next.recipients),
-        next.state,
-      ]);
+      await this.write(client, id, change(toItem(row)));
     });
+  }
+
+  /** Replaces the item's changing columns and ends any claim on it. */
+  private async write(client: pg.PoolClient, id: string, next: ItemChange): Promise<void> {
+    await client.query(this.sql.update, [
+      id,
+      next.attempts,
+      String(Math.round(next.nextAttemptAt)),
+      next.lastError,
+      JSON.stringify(next.recipients),
+      next.state,
+    ]);
   }
 
   reschedule(claim: QueueClaim, options: RescheduleOptions): Promise<void> {
@@ -259,15 +272,18 @@ export class PostgresQueue implements Queue {
     return row ? toItem(row) : null;
   }
 
-  retry(id: string): Promise<void> {
+  retry(id: string, options: RetryOptions = {}): Promise<RetryOutcome> {
     const now = Date.now();
-    return this.change("retry queue item", id, null, (item) => ({
-      attempts: item.attempts,
-      nextAttemptAt: now,
-      lastError: item.lastError,
-      recipients: item.recipients,
-      state: "queued",
-    }));
+    return this.db.transaction("retry queue item", async (client: pg.PoolClient) => {
+      const found = await client.query<ItemRow & { claim_live: boolean; claim_owner: string | null }>(this.sql.lockClaimed, [id]);
+      const row = found.rows[0];
+      if (!row) throw missing(id);
+      // A claim whose process has ended is no delivery in progress (see claim).
+      if (row.claim_live && !options.breakClaim && !processHasEnded(parseProcessStamp(row.claim_owner))) return "in-delivery";
+      const item = toItem(row);
+      await this.write(client, id, { ...item, nextAttemptAt: now, state: "queued" });
+      return "retried";
+    });
   }
 
   async remove(id: string): Promise<void> {

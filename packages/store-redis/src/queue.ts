@@ -16,6 +16,8 @@ import {
   type QueueItem,
   type QueueRecipient,
   type RescheduleOptions,
+  type RetryOptions,
+  type RetryOutcome,
 } from "@mailroom/store";
 import type { RedisClient } from "./connection.js";
 import { afterDurableWrite, call, runScript, type Context } from "./context.js";
@@ -135,11 +137,23 @@ const QUEUE_SCRIPTS = {
     return 'ok'`,
 
   // KEYS: items, due, claims, claim-owners. ARGV: id, token ('' = operator, no claim needed), expected json, new json,
-  // nextAttemptAt ('' = dead: leaves the due set). Ends any claim.
+  // nextAttemptAt ('' = dead: leaves the due set), 'keep' to change nothing while a live claim holds the
+  // item ('claimed'), tokens of claims whose process has ended (space-separated; not live). Ends any claim.
   mailroomQueueUpdate: String.raw`
     ${CLOCK}
     ${HELD}
     if ARGV[2] ~= '' and not held(KEYS[3], ARGV[1], ARGV[2], clock) then return 'lost' end
+    if ARGV[6] == 'keep' then
+      local c = redis.call('HGET', KEYS[3], ARGV[1])
+      if c then
+        local tok, exp = string.match(c, '^(%S+) (%S+)')
+        local ended = false
+        for t in string.gmatch(ARGV[7], '%S+') do
+          if t == tok then ended = true end
+        end
+        if tonumber(exp) > clock and not ended then return 'claimed' end
+      end
+    end
     local current = redis.call('HGET', KEYS[1], ARGV[1])
     if not current then return 'not-found' end
     if current ~= ARGV[3] then return 'changed' end
@@ -332,8 +346,17 @@ export class RedisQueue implements Queue {
     await afterDurableWrite(this.ctx, "finish");
   }
 
-  /** Read, change, compare-and-set; a concurrent change by someone else makes it start over. */
-  private async update(id: string, claim: QueueClaim | null, change: (item: QueueItem) => QueueItem): Promise<void> {
+  /**
+   * Read, change, compare-and-set; a concurrent change by someone else makes it start over. With
+   * `keepClaimed`, an item a live claim holds is left as it is ("claimed").
+   */
+  private async update(
+    id: string,
+    claim: QueueClaim | null,
+    change: (item: QueueItem) => QueueItem,
+    keepClaimed = false,
+  ): Promise<"ok" | "claimed"> {
+    const ended = keepClaimed && processStamp() ? (await this.deadClaims()).join(" ") : "";
     for (let round = 0; round < 20; round++) {
       const json = await call(this.ctx, "read queue item", () => this.ctx.client.hget(this.keys.items, id));
       if (json === null) throw claim ? lost(id) : missing(id);
@@ -343,11 +366,20 @@ export class RedisQueue implements Queue {
         "update queue item",
         "mailroomQueueUpdate",
         [this.keys.items, this.keys.due, this.keys.claims, this.keys.claimOwners],
-        [id, claim?.token ?? "", json, JSON.stringify(next), next.state === "dead" ? "" : Math.round(next.nextAttemptAt)],
+        [
+          id,
+          claim?.token ?? "",
+          json,
+          JSON.stringify(next),
+          next.state === "dead" ? "" : Math.round(next.nextAttemptAt),
+          keepClaimed ? "keep" : "",
+          ended,
+        ],
       );
+      if (status === "claimed") return "claimed";
       if (status === "ok") {
         await afterDurableWrite(this.ctx, "queue update");
-        return;
+        return "ok";
       }
       if (status === "lost") throw lost(id);
       if (status === "not-found") throw claim ? lost(id) : missing(id);
@@ -355,8 +387,8 @@ export class RedisQueue implements Queue {
     throw new StoreError("temporary", `redis: queue item ${id} keeps changing; try again`);
   }
 
-  reschedule(claim: QueueClaim, options: RescheduleOptions): Promise<void> {
-    return this.update(claim.item.id, claim, (item) => ({
+  async reschedule(claim: QueueClaim, options: RescheduleOptions): Promise<void> {
+    await this.update(claim.item.id, claim, (item) => ({
       ...item,
       attempts: item.attempts + 1,
       nextAttemptAt: Math.round(options.nextAttemptAt),
@@ -366,8 +398,8 @@ export class RedisQueue implements Queue {
     }));
   }
 
-  deadLetter(claim: QueueClaim, options: { readonly error: string; readonly recipients?: readonly QueueRecipient[] }): Promise<void> {
-    return this.update(claim.item.id, claim, (item) => ({
+  async deadLetter(claim: QueueClaim, options: { readonly error: string; readonly recipients?: readonly QueueRecipient[] }): Promise<void> {
+    await this.update(claim.item.id, claim, (item) => ({
       ...item,
       attempts: item.attempts + 1,
       lastError: options.error,
@@ -386,9 +418,10 @@ export class RedisQueue implements Queue {
     return json === null ? null : parseItem(json);
   }
 
-  retry(id: string): Promise<void> {
+  async retry(id: string, options: RetryOptions = {}): Promise<RetryOutcome> {
     const now = Date.now();
-    return this.update(id, null, (item) => ({ ...item, state: "queued", nextAttemptAt: now }));
+    const status = await this.update(id, null, (item) => ({ ...item, state: "queued", nextAttemptAt: now }), !options.breakClaim);
+    return status === "claimed" ? "in-delivery" : "retried";
   }
 
   async remove(id: string): Promise<void> {

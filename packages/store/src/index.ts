@@ -42,6 +42,8 @@ export type {
   QueueItem,
   QueueRecipient,
   RescheduleOptions,
+  RetryOptions,
+  RetryOutcome,
 } from "./queue.js";
 export { compareAge, compareDue, isQueueId, mergeRecipients, newQueueId } from "./queue.js";
 export { rfc5322Date } from "./dates.js";

@@ -36,6 +36,14 @@ export interface QueueItem {
   readonly meta: Readonly<Record<string, string>>;
 }
 
+export interface RetryOptions {
+  /** End a live claim too (default: leave an item that is being delivered alone). */
+  readonly breakClaim?: boolean;
+}
+
+/** "retried": the item is queued and due now; "in-delivery": a live claim holds it, nothing changed. */
+export type RetryOutcome = "retried" | "in-delivery";
+
 export interface EnqueueOptions {
   readonly maxBytes?: number;
   /** Aborting stops the enqueue; nothing is kept. Only the queue's while `enqueue` runs (see DeliverOptions). */
@@ -86,8 +94,9 @@ export interface RescheduleOptions {
  *   store may treat a claim whose process has certainly ended as expired (the bundled stores do).
  * - `finish`, `reschedule` and `deadLetter` end the claim. Each of them, and `enqueue`, is durable when
  *   it resolves.
- * - `retry` and `remove` are operator actions and need no claim: they win over a live claim, whose
- *   holder then gets "lease-lost".
+ * - `retry` and `remove` are operator actions and need no claim. `remove` wins over a live claim, whose
+ *   holder then gets "lease-lost"; `retry` leaves an item under a live claim alone (it is being
+ *   delivered right now) unless asked to break the claim.
  */
 export interface Queue {
   /**
@@ -136,10 +145,12 @@ export interface Queue {
   get(id: string): Promise<QueueItem | null>;
 
   /**
-   * Operator: make an item (also a dead one) "queued" and due now, ending any claim on it. Attempts are
-   * kept. "not-found" if unknown.
+   * Operator: make an item (also a dead one) "queued" and due now. Attempts are kept. An item held by
+   * a live claim is being delivered right now and is left alone ("in-delivery"); with `breakClaim` the
+   * claim ends instead, its holder gets "lease-lost", and the message may go out twice (for a holder
+   * that is stuck, or gone where the store cannot tell). "not-found" if unknown.
    */
-  retry(id: string): Promise<void>;
+  retry(id: string, options?: RetryOptions): Promise<RetryOutcome>;
 
   /** Operator: delete an item whatever its state. "not-found" if unknown. */
   remove(id: string): Promise<void>;

@@ -21,7 +21,8 @@ Commands:
   alias del SOURCE [TARGET]      remove one forwarding, or all of SOURCE
   alias list [DOMAIN]            list aliases
   queue list                     show the outbound queue (mail waiting for other domains)
-  queue retry ID                 make a queued (or dead) item due now
+  queue retry [--force] ID       make a queued (or dead) item due now; --force also for one being
+                                 delivered right now (it may then be sent twice)
   queue delete ID                remove an item without a bounce
   queue run                      one delivery pass over what is due now, then exit
   migrate                        create or upgrade the store's schema (PostgreSQL)
@@ -82,6 +83,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         ca: { type: "string" },
         only: { type: "string" },
         user: { type: "string" },
+        force: { type: "boolean" },
       },
     });
   } catch (error) {
@@ -116,6 +118,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     for (const flag of ["host", "ca", "only", "user"] as const) {
       if (values[flag] !== undefined && command !== "doctor") usage(`--${flag} only goes with doctor`);
     }
+    if (values.force !== undefined && !(command === "queue" && sub === "retry")) usage("--force only goes with queue retry");
     const isCopy = command === "store" && sub === "copy";
     const isImport = command === "import" && sub === "dovecot";
     for (const flag of ["from", "to", "verify", "verify-content", "prune", "resume"] as const) {
@@ -136,8 +139,8 @@ export async function main(argv: readonly string[]): Promise<number> {
             await queue.queueList(config(), stdout);
             return 0;
           case "retry":
-            arity(rest, 1, 1, "queue retry ID");
-            await queue.queueRetry(config(), rest[0]!, stdout);
+            arity(rest, 1, 1, "queue retry [--force] ID");
+            await queue.queueRetry(config(), rest[0]!, stdout, values.force ?? false);
             return 0;
           case "delete":
             arity(rest, 1, 1, "queue delete ID");

@@ -37,9 +37,16 @@ export async function queueList(config: ServerConfig, io: Output): Promise<void>
   io.out(text.replace(/\n$/, ""));
 }
 
-export async function queueRetry(config: ServerConfig, id: string, io: Output): Promise<void> {
+export async function queueRetry(config: ServerConfig, id: string, io: Output, force = false): Promise<void> {
   checkId(id);
-  await withQueueStore(config, (store) => retryItem(store.queue, id).catch((e: unknown) => notFound(e, id)));
+  const outcome = await withQueueStore(config, (store) => retryItem(store.queue, id, { force }).catch((e: unknown) => notFound(e, id)));
+  if (outcome === "in-delivery") {
+    io.out(
+      `item ${id} is being delivered right now; left as it is (if that delivery is stuck on a server that is gone, ` +
+        `mailroom queue retry --force ${id} ends it, and the message may then be sent twice)`,
+    );
+    return;
+  }
   io.out(`item ${id} is due now; a running server delivers it within a second or two (or run mailroom queue run)`);
 }
 

@@ -50,8 +50,11 @@ export function ownerTests(options: ConformanceOptions & { readonly owners: Owne
       for (const owner of liveOrUnknowable(me!)) {
         await hooks.setClaimOwner(ns, item.id, owner);
         expect(await queue.claim({ holder: "next", ttlMs: 30_000 })).toEqual([]);
+        expect(await queue.retry(item.id)).toBe("in-delivery");
       }
       await hooks.setClaimOwner(ns, item.id, { ...me!, pid: NO_SUCH_PID });
+      // Nobody is delivering it any more: an operator's retry goes through, and so does a claim.
+      expect(await queue.retry(item.id)).toBe("retried");
       const [next] = await queue.claim({ holder: "next", ttlMs: 30_000 });
       expect(next?.item.id).toBe(item.id);
       await expectStoreError(queue.renew(first!), "lease-lost");

@@ -402,15 +402,19 @@ export function queueTests(options: ConformanceOptions): void {
       expect(idsOf(await claimOne(queue, "after retry", 10_000, Date.now() + CLOCK_SLACK_MS))).toEqual([item.id]);
     });
 
-    it("retry makes a waiting item due now and ends a live claim", async () => {
+    it("retry makes a waiting item due now, leaves one in delivery alone, and breaks a live claim only when asked", async () => {
       const { store } = await h.fresh();
       const queue = queueOf(store);
       const item = await enqueueBytes(queue, message("waiting"), {}, { notBefore: Date.now() + 3_600_000 });
       expect(await claimOne(queue, "early")).toEqual([]);
-      await queue.retry(item.id);
+      expect(await queue.retry(item.id)).toBe("retried");
       const [claim] = await claimOne(queue, "now", 10_000, Date.now() + CLOCK_SLACK_MS);
       expect(claim?.item.id).toBe(item.id);
-      await queue.retry(item.id);
+      // Being delivered right now: a retry would only send it twice.
+      expect(await queue.retry(item.id)).toBe("in-delivery");
+      expect(await claimOne(queue, "meanwhile", 10_000, Date.now() + CLOCK_SLACK_MS)).toEqual([]);
+      await queue.renew(claim!);
+      expect(await queue.retry(item.id, { breakClaim: true })).toBe("retried");
       const [second] = await claimOne(queue, "after operator", 10_000, Date.now() + CLOCK_SLACK_MS);
       expect(second?.item.id).toBe(item.id);
       await expectStoreError(queue.finish(claim!), "lease-lost");

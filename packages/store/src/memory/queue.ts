@@ -17,6 +17,8 @@ import {
   type QueueItem,
   type QueueRecipient,
   type RescheduleOptions,
+  type RetryOptions,
+  type RetryOutcome,
 } from "../queue.js";
 import { fromBytes, guardAppendSource, readAll } from "../streams.js";
 
@@ -149,11 +151,13 @@ export class MemoryQueue implements Queue {
     return this.state.entries.get(id)?.item ?? null;
   }
 
-  async retry(id: string): Promise<void> {
+  async retry(id: string, options: RetryOptions = {}): Promise<RetryOutcome> {
     const entry = this.state.entries.get(id);
     if (!entry) throw new StoreError("not-found", `memory: no queue item ${id}`);
+    if (entry.claim && entry.claim.expiresAt > Date.now() && !options.breakClaim) return "in-delivery";
     entry.item = { ...entry.item, state: "queued", nextAttemptAt: Date.now() };
     entry.claim = null;
+    return "retried";
   }
 
   async remove(id: string): Promise<void> {
