@@ -56,6 +56,14 @@ const HELD = String.raw`
     return tok == token and tonumber(exp) > clock
   end`;
 
+// The tokens of claims whose process has ended, passed space-separated, as a set.
+const ENDED = String.raw`
+  local function endedTokens(list)
+    local set = {}
+    for t in string.gmatch(list, '%S+') do set[t] = true end
+    return set
+  end`;
+
 const QUEUE_SCRIPTS = {
   // KEYS: items, due, stage, body. ARGV: id, json, nextAttemptAt, chunks.
   mailroomQueueCommit: String.raw`
@@ -74,8 +82,8 @@ const QUEUE_SCRIPTS = {
   // Returns id, json, token, expiresAt, … for each item claimed.
   mailroomQueueClaim: String.raw`
     ${CLOCK}
-    local ended = {}
-    for t in string.gmatch(ARGV[6], '%S+') do ended[t] = true end
+    ${ENDED}
+    local ended = endedTokens(ARGV[6])
     local limit = tonumber(ARGV[2])
     local out = {}
     local got = 0
@@ -142,16 +150,13 @@ const QUEUE_SCRIPTS = {
   mailroomQueueUpdate: String.raw`
     ${CLOCK}
     ${HELD}
+    ${ENDED}
     if ARGV[2] ~= '' and not held(KEYS[3], ARGV[1], ARGV[2], clock) then return 'lost' end
     if ARGV[6] == 'keep' then
       local c = redis.call('HGET', KEYS[3], ARGV[1])
       if c then
         local tok, exp = string.match(c, '^(%S+) (%S+)')
-        local ended = false
-        for t in string.gmatch(ARGV[7], '%S+') do
-          if t == tok then ended = true end
-        end
-        if tonumber(exp) > clock and not ended then return 'claimed' end
+        if tonumber(exp) > clock and not endedTokens(ARGV[7])[tok] then return 'claimed' end
       end
     end
     local current = redis.call('HGET', KEYS[1], ARGV[1])
