@@ -45,8 +45,8 @@ export function asLeaseRecord(value: unknown): LeaseRecord | null {
 }
 
 /** A lease that protects its holder: not expired, and its process (where this one can tell) alive. */
-export function isLive(record: { readonly expiresAt: number; readonly owner?: unknown }, now = Date.now()): boolean {
-  return record.expiresAt > now && !processHasEnded(parseProcessStamp(record.owner));
+export function isLive(record: LeaseRecord, now = Date.now()): boolean {
+  return record.expiresAt > now && !processHasEnded(record.owner ?? null);
 }
 
 async function readLease(path: string): Promise<LeaseRecord | null> {

@@ -2,7 +2,10 @@ import { readFileSync, readlinkSync } from "node:fs";
 
 let bootId: string | undefined;
 
-/** Linux's per-boot random id ("" where it cannot be read): something stamped with another one is from before the last restart. */
+/**
+ * Linux's per-boot random id ("" where it cannot be read): something stamped with another one is from
+ * before the last restart.
+ */
 export function currentBootId(): string {
   if (bootId === undefined) {
     try {
@@ -17,9 +20,10 @@ export function currentBootId(): string {
 /**
  * Enough about a process for another process on the same machine to tell later whether it is still
  * running (a lease's holder, a log's writer), so that what a killed process held can be taken over
- * at once instead of after a timeout, as Dovecot does with the pid in its lock files. A pid alone is not: pids are reused, and one pid namespace (a container) cannot see the
- * processes of another that shares the Maildir. So the stamp also names the kernel's boot, the pid
- * namespace and the pid's start time (in clock ticks since boot; a reused pid has a later one).
+ * at once instead of after a timeout, as Dovecot does with the pid in its lock files. A pid alone is
+ * not enough: pids are reused, and one pid namespace (a container) cannot see the processes of another
+ * that shares the store. So the stamp also names the kernel's boot, the pid namespace and the pid's
+ * start time (in clock ticks since boot; a reused pid has a later one).
  */
 export interface ProcessStamp {
   readonly boot: string;
