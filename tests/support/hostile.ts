@@ -129,3 +129,15 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
+
+/** Sends `text` one character per `everyMs` until the peer closes; returns how many went out. */
+export async function dribble(client: { readonly closed: boolean; write(text: string): void }, text: string, everyMs: number): Promise<number> {
+  let sent = 0;
+  for (const ch of text) {
+    if (client.closed) break;
+    client.write(ch);
+    sent++;
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+  return sent;
+}

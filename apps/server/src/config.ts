@@ -38,6 +38,8 @@ export interface ServerConfig {
     readonly maxRecipients: number;
     readonly allowLoopbackPlaintextAuth: boolean;
     readonly bareLineEndings: "reject" | "normalize";
+    /** 0: no limit. */
+    readonly maxSessionSeconds: number;
   };
   readonly pop3: {
     readonly listen: readonly ListenAddress[];
@@ -45,6 +47,8 @@ export interface ServerConfig {
     readonly allowPlaintextAuth: boolean;
     readonly expireDays: number | null;
     readonly idleTimeoutSeconds: number;
+    /** 0: no limit. */
+    readonly loginTimeoutSeconds: number;
     readonly leaseTtlSeconds: number;
     readonly loginDelaySeconds: number;
   };
@@ -122,6 +126,7 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     max_recipients: { type: "integer", min: 1, max: 100_000 },
     allow_loopback_plaintext_auth: { type: "boolean" },
     bare_line_endings: { type: "enum", values: ["reject", "normalize"] },
+    max_session_seconds: { type: "integer", min: 0 },
   },
   pop3: {
     listen: { type: "listen" },
@@ -129,6 +134,7 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     allow_plaintext_auth: { type: "boolean" },
     expire_days: { type: "days-or-never" },
     idle_timeout_seconds: { type: "integer", min: 1 },
+    login_timeout_seconds: { type: "integer", min: 0 },
     lease_ttl_seconds: { type: "integer", min: 1 },
     login_delay_seconds: { type: "integer", min: 0 },
   },
@@ -171,11 +177,13 @@ const PRODUCTION_DEFAULTS: Record<string, unknown> = {
   "smtp.max_recipients": 100,
   "smtp.allow_loopback_plaintext_auth": false,
   "smtp.bare_line_endings": "reject",
+  "smtp.max_session_seconds": 1800,
   "pop3.listen": ["0.0.0.0:110"],
   "pop3.pop3s": ["0.0.0.0:995"],
   "pop3.allow_plaintext_auth": false,
   "pop3.expire_days": "never",
   "pop3.idle_timeout_seconds": 600,
+  "pop3.login_timeout_seconds": 180,
   "pop3.lease_ttl_seconds": 60,
   "pop3.login_delay_seconds": 0,
   "auth.cache_seconds": 900,
@@ -301,6 +309,7 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
       maxRecipients: get("smtp.max_recipients"),
       allowLoopbackPlaintextAuth: get("smtp.allow_loopback_plaintext_auth"),
       bareLineEndings: get("smtp.bare_line_endings"),
+      maxSessionSeconds: get("smtp.max_session_seconds"),
     },
     pop3: {
       listen: get("pop3.listen"),
@@ -308,6 +317,7 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
       allowPlaintextAuth: get("pop3.allow_plaintext_auth"),
       expireDays: get("pop3.expire_days"),
       idleTimeoutSeconds: get("pop3.idle_timeout_seconds"),
+      loginTimeoutSeconds: get("pop3.login_timeout_seconds"),
       leaseTtlSeconds: get("pop3.lease_ttl_seconds"),
       loginDelaySeconds: get("pop3.login_delay_seconds"),
     },

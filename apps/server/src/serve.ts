@@ -113,6 +113,7 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
         maxRecipients: config.smtp.maxRecipients,
         maxConnections,
         maxConnectionsPerAddress,
+        timeouts: { session: config.smtp.maxSessionSeconds * 1000 },
       },
     });
     const pop3 = createPop3Server({
@@ -126,6 +127,7 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
       expireDays: config.pop3.expireDays,
       loginDelaySeconds: config.pop3.loginDelaySeconds,
       idleTimeoutMs: config.pop3.idleTimeoutSeconds * 1000,
+      loginTimeoutMs: config.pop3.loginTimeoutSeconds * 1000,
       leaseTtlMs: config.pop3.leaseTtlSeconds * 1000,
       maxConnections,
       maxConnectionsPerAddress,

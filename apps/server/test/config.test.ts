@@ -36,6 +36,8 @@ describe("config file", () => {
     expect(config.pop3.expireDays).toBeNull();
     expect(config.smtp.maxMessageSize).toBe(26_214_400);
     expect(config.limits.shutdownTimeoutSeconds).toBe(10);
+    expect(config.smtp.maxSessionSeconds).toBe(1800);
+    expect(config.pop3.loginTimeoutSeconds).toBe(180);
     expect(config.log.level).toBe("info");
     expect(config.tls).toEqual({ cert, key });
     expect(config.auth).toEqual({ cacheSeconds: 900 });
@@ -51,12 +53,14 @@ max_message_size = 1048576
 max_recipients = 5
 allow_loopback_plaintext_auth = true
 bare_line_endings = "normalize"
+max_session_seconds = 0
 [pop3]
 listen = ["127.0.0.1:0"]
 pop3s = []
 allow_plaintext_auth = true
 expire_days = 30
 idle_timeout_seconds = 900
+login_timeout_seconds = 60
 lease_ttl_seconds = 20
 [auth]
 cache_seconds = 0
@@ -78,8 +82,9 @@ level = "debug"
       maxRecipients: 5,
       allowLoopbackPlaintextAuth: true,
       bareLineEndings: "normalize",
+      maxSessionSeconds: 0,
     });
-    expect(config.pop3).toMatchObject({ expireDays: 30, idleTimeoutSeconds: 900, leaseTtlSeconds: 20, allowPlaintextAuth: true });
+    expect(config.pop3).toMatchObject({ expireDays: 30, idleTimeoutSeconds: 900, loginTimeoutSeconds: 60, leaseTtlSeconds: 20, allowPlaintextAuth: true });
     expect(config.limits).toEqual({ maxConnections: 50, maxConnectionsPerAddress: 5, shutdownTimeoutSeconds: 3 });
     expect(config.log.level).toBe("debug");
     expect(config.auth).toEqual({ cacheSeconds: 0 });
@@ -99,6 +104,7 @@ level = "debug"
     ["unknown top-level key", `hostnme = "x"\n${BASE}`, /hostnme: unknown key \(did you mean hostname\?\)/],
     ["wrong type", `${BASE}[smtp]\nmax_recipients = "ten"\n`, /smtp\.max_recipients: expected an integer, got the string "ten"/],
     ["integer out of range", `${BASE}[smtp]\nmax_recipients = 0\n`, /smtp\.max_recipients: must be at least 1, got 0/],
+    ["negative time limit", `${BASE}[pop3]\nlogin_timeout_seconds = -1\n`, /pop3\.login_timeout_seconds: must be at least 0, got -1/],
     ["bad host:port", `${BASE}[pop3]\nlisten = ["110"]\n`, /pop3\.listen: "110" is not "host:port"/],
     ["port out of range", `${BASE}[pop3]\nlisten = ["127.0.0.1:70000"]\n`, /pop3\.listen: "127\.0\.0\.1:70000": port 70000 is out of range/],
     ["listen not a list of strings", `${BASE}[smtp]\nlisten = [25]\n`, /smtp\.listen: expected "host:port" strings, got number 25/],

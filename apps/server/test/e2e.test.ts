@@ -26,9 +26,11 @@ url = "maildir:./mail"
 listen = ["127.0.0.1:0"]
 submission = ["127.0.0.1:0"]
 submissions = ["127.0.0.1:0"]
+max_session_seconds = 5
 [pop3]
 listen = ["127.0.0.1:0"]
 pop3s = ["127.0.0.1:0"]
+login_timeout_seconds = 3
 [tls]
 cert = "live-cert.pem"
 key = "live-key.pem"
@@ -87,6 +89,22 @@ beforeAll(async () => {
   expect((await run(["user", "add", "carol@example.test", "--password-stdin"], `${PASSWORD}\n`)).code).toBe(0);
   server = await serve(config, { cwd: dir });
 });
+
+/** A raw connection that collects everything the server sends, once its greeting has come. */
+async function openSession(port: number, greeting: RegExp) {
+  const socket = connect(port, "127.0.0.1");
+  const state = { received: "" };
+  socket.setEncoding("utf8").on("data", (d: string) => (state.received += d));
+  const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()));
+  socket.on("error", () => {});
+  const end = Date.now() + 10_000;
+  while (!state.received.includes("\r\n")) {
+    if (Date.now() > end) throw new Error("no greeting");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  expect(state.received).toMatch(greeting);
+  return { socket, state, closed };
+}
 
 describe("mailroom serve", () => {
   it("logs every listener's actual address", () => {
@@ -244,21 +262,28 @@ p.quit()
     expect(pinned).toBe("+OK");
   });
 
+  it("ends a POP3 connection not logged in after pop3.login_timeout_seconds, an SMTP one after smtp.max_session_seconds", async () => {
+    const started = Date.now();
+    const pop3 = await openSession(server.port("pop3"), /^\+OK /);
+    const smtp = await openSession(server.port("smtp"), /^220 /);
+    // Busy clients: neither is idle, so only the two limits can end them.
+    const busy = setInterval(() => {
+      pop3.socket.write("CAPA\r\n");
+      smtp.socket.write("NOOP\r\n");
+    }, 500);
+    try {
+      await pop3.closed;
+      expect(Date.now() - started).toBeGreaterThanOrEqual(2900);
+      expect(pop3.state.received).toMatch(/\r\n-ERR no login within the time limit, closing connection\r\n$/);
+      await smtp.closed;
+      expect(Date.now() - started).toBeGreaterThanOrEqual(4900);
+      expect(smtp.state.received).toMatch(/\r\n250 2\.0\.0 OK\r\n421 4\.4\.2 mail\.example\.test connection time limit reached, closing connection\r\n$/);
+    } finally {
+      clearInterval(busy);
+    }
+  });
+
   it("stops on SIGTERM: tells open sessions, exits 0 within the deadline", async () => {
-    const openSession = async (port: number, greeting: RegExp) => {
-      const socket = connect(port, "127.0.0.1");
-      const state = { received: "" };
-      socket.setEncoding("utf8").on("data", (d: string) => (state.received += d));
-      const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()));
-      socket.on("error", () => {});
-      const end = Date.now() + 10_000;
-      while (!state.received.includes("\r\n")) {
-        if (Date.now() > end) throw new Error("no greeting");
-        await new Promise((resolve) => setTimeout(resolve, 10));
-      }
-      expect(state.received).toMatch(greeting);
-      return { state, closed };
-    };
     const pop3 = await openSession(server.port("pop3"), /^\+OK /);
     const smtp = await openSession(server.port("smtp"), /^220 /);
 

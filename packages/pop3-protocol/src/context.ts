@@ -13,6 +13,7 @@ export interface SessionContext {
   readonly expireDays: number | null;
   readonly loginDelaySeconds: number;
   readonly idleTimeoutMs: number;
+  readonly loginTimeoutMs: number;
   readonly leaseTtlMs: number;
   readonly maxBadCommands: number;
   readonly isLocalAddress: (address: string) => boolean;

@@ -22,8 +22,17 @@ export interface Pop3ServerOptions {
   readonly expireDays?: number | null;
   /** Minimum seconds between two logins of one account; advertised as LOGIN-DELAY and enforced when > 0. */
   readonly loginDelaySeconds?: number;
-  /** A session without traffic for this long is ended. Default 600 000 (RFC 1939's 10-minute minimum). */
+  /**
+   * A session without traffic for this long is ended, and so is one whose client takes this long to
+   * finish a command line it has begun. Default 600 000 (RFC 1939's 10-minute minimum).
+   */
   readonly idleTimeoutMs?: number;
+  /**
+   * A connection that has not logged in this long after it was opened is ended, however busy it keeps
+   * itself; 0 turns the limit off. Default 180 000 (Dovecot's three minutes). Bounds how long an
+   * unauthenticated client can hold one of the listener's connection slots.
+   */
+  readonly loginTimeoutMs?: number;
   /** Mailbox lease lifetime; renewed every ttl/3 while the session lives. Default 60 000. */
   readonly leaseTtlMs?: number;
   /** Connections open at once, per listener. */

@@ -51,6 +51,7 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
     expireDays,
     loginDelaySeconds: Math.floor(nonNegative("loginDelaySeconds", options.loginDelaySeconds, 0)),
     idleTimeoutMs: nonNegative("idleTimeoutMs", options.idleTimeoutMs, 600_000),
+    loginTimeoutMs: nonNegative("loginTimeoutMs", options.loginTimeoutMs, 180_000),
     leaseTtlMs: nonNegative("leaseTtlMs", options.leaseTtlMs, 60_000) || 60_000,
     maxBadCommands: Math.max(1, nonNegative("maxBadCommands", options.maxBadCommands, 10)),
     isLocalAddress: options.isLocalAddress ?? isLoopback,

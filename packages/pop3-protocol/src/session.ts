@@ -35,6 +35,7 @@ const MAX_SASL_OCTETS = 8192;
 /** Pipelined input kept while a command runs; beyond it, reading pauses until the backlog shrinks. */
 const MAX_BUFFERED_INPUT = 64 * 1024;
 const SHUTTING_DOWN = err("server shutting down", "SYS/TEMP");
+const LOGIN_TOO_SLOW = err("no login within the time limit, closing connection");
 const LF = 0x0a;
 
 export class Session {
@@ -50,6 +51,9 @@ export class Session {
   #shuttingDown = false;
   #streaming = false;
   #badCommands = 0;
+  /** Ends a connection that has not logged in within the login timeout. */
+  #loginTimer: ReturnType<typeof setTimeout> | undefined;
+  #loginExpired = false;
   /** Replies (a small RETR's message included) held while #pump works through pipelined commands. */
   readonly #replies: HeldWrites;
   #resolveClosed!: () => void;
@@ -69,10 +73,15 @@ export class Session {
   start(): void {
     this.#log.info({ tls: this.#conn.secure }, "connected");
     this.#conn.setIdleTimeout(this.#ctx.idleTimeoutMs);
+    this.#conn.setLineTimeout(this.#ctx.idleTimeoutMs);
+    if (this.#ctx.loginTimeoutMs > 0) {
+      this.#loginTimer = setTimeout(() => this.#onLoginTimeout(), this.#ctx.loginTimeoutMs);
+      this.#loginTimer.unref?.();
+    }
     this.#conn.start({
       data: (chunk) => this.#onData(chunk),
       close: () => this.#onClose(),
-      timeout: () => this.#onTimeout(),
+      timeout: (reason) => this.#onTimeout(reason),
     });
     // No APOP timestamp: there is no shared secret to check it against.
     this.#conn.write(ok(`${this.#ctx.hostname} Mailroom POP3 server ready`));
@@ -115,18 +124,29 @@ export class Session {
     void this.#pump();
   }
 
-  #onTimeout(): void {
-    this.#log.info({ state: this.#state.name }, "idle timeout");
+  #onTimeout(reason: "idle" | "line"): void {
+    this.#log.info({ state: this.#state.name }, reason === "idle" ? "idle timeout" : "command line not finished in time");
     // Mid-reply an -ERR would be read as message text; just drop.
     if (this.#streaming) {
       this.#ending = true;
       this.#conn.destroy();
     } else {
+      // One answer for both: a line that trickles in is idling too, and which timer fires first when
+      // both are due is chance.
       this.#endWith(err("idle timeout, closing connection", "SYS/TEMP"));
     }
   }
 
+  #onLoginTimeout(): void {
+    if (this.#state.name !== "authorization") return;
+    this.#log.info({}, "login timeout");
+    this.#loginExpired = true;
+    // A login being checked right now may still succeed; #pump decides once it is done.
+    if (!this.#busy) this.#endWith(LOGIN_TOO_SLOW);
+  }
+
   #onClose(): void {
+    clearTimeout(this.#loginTimer);
     this.#connClosed = true;
     this.#ending = true;
     this.#log.info({ state: this.#state.name }, "disconnected");
@@ -199,6 +219,7 @@ export class Session {
         if (this.#shuttingDown && this.#state.name === "authorization" && this.#state.sasl === null) {
           this.#endWith(SHUTTING_DOWN);
         }
+        if (this.#loginExpired && this.#state.name === "authorization") this.#endWith(LOGIN_TOO_SLOW);
         // No complete command left to answer: what was held goes out now. (Never wait for the client
         // with replies held: it may be waiting for them.)
         if (this.#input.indexOf(LF) === -1 && !this.#replies.flush()) await this.#conn.drained();
@@ -400,6 +421,7 @@ export class Session {
       renewTimer,
     };
     this.#state = tx;
+    clearTimeout(this.#loginTimer);
     this.#log.info({ user: account.address, messages: messages.length }, "logged in");
     return this.#send(ok(maildropSummary(tx)));
   }

@@ -87,6 +87,7 @@ export const R = {
 
   shuttingDown: (host: string) => reply(421, "4.3.2", `${host} shutting down`),
   timeout: (host: string) => reply(421, "4.4.2", `${host} timeout, closing connection`),
+  sessionTooLong: (host: string) => reply(421, "4.4.2", `${host} connection time limit reached, closing connection`),
   lineTooLongClose: (host: string) => reply(421, "4.7.0", `${host} line too long, closing connection`),
   tooManyErrors: (host: string) => reply(421, "4.7.0", `${host} too many errors, closing connection`),
   tooManyConnections: (host: string) => reply(421, "4.7.0", `${host} too many connections, try again later`),

@@ -70,6 +70,9 @@ export class Session {
   #transactions = 0;
   #shuttingDown = false;
   #writeBlocked = false;
+  /** Ends the connection at the session time limit. */
+  #sessionTimer: ReturnType<typeof setTimeout> | undefined;
+  #overTime = false;
   /** Replies held while more of the client's input waits to be handled (inside #run). */
   readonly #replies: HeldWrites;
   /** The signal handed to store deliveries; replaced once aborted (see #startDelivery). */
@@ -112,9 +115,13 @@ export class Session {
     this.#conn.start({
       data: (chunk) => this.#onData(chunk),
       close: () => this.#onClose(),
-      timeout: () => this.#onTimeout(),
+      timeout: (reason) => this.#onTimeout(reason),
     });
-    this.#conn.setIdleTimeout(this.#ctx.limits.timeouts.command);
+    this.#waitFor(this.#ctx.limits.timeouts.command, this.#ctx.limits.timeouts.command);
+    if (this.#ctx.limits.timeouts.session > 0) {
+      this.#sessionTimer = setTimeout(() => this.#onSessionTimeout(), this.#ctx.limits.timeouts.session);
+      this.#sessionTimer.unref?.();
+    }
     // Hold commands back until the greeting is out: bytes sent before it are kept and answered in order.
     this.#busy = true;
     try {
@@ -184,6 +191,7 @@ export class Session {
           this.#writeBlocked = false;
         }
         if (this.#shuttingDown && !this.#inData() && !this.#isClosed()) this.#close(R.shuttingDown(this.#ctx.hostname));
+        if (this.#overTime && !this.#isClosed()) this.#close(R.sessionTooLong(this.#ctx.hostname));
       }
     } catch (error) {
       this.#log.error({ error: describe(error) }, "session failed");
@@ -194,6 +202,7 @@ export class Session {
       this.#busy = false;
     }
     if (this.#shuttingDown && !this.#inData() && this.#phase.kind !== "closed") this.#close(R.shuttingDown(this.#ctx.hostname));
+    if (this.#overTime && this.#phase.kind !== "closed") this.#close(R.sessionTooLong(this.#ctx.hostname));
     if (this.#inputBytes < RESUME_BELOW && this.#phase.kind !== "closed") this.#conn.resume();
   }
 
@@ -304,12 +313,28 @@ export class Session {
     this.#phase = { kind: "closed" };
   }
 
-  #onTimeout(): void {
-    this.#log.info({ phase: this.#phase.kind }, "timeout");
+  #onTimeout(reason: "idle" | "line"): void {
+    this.#log.info({ phase: this.#phase.kind, reason }, "timeout");
     this.#close(R.timeout(this.#ctx.hostname));
   }
 
+  /** How long the client may be silent, and how long one of its lines may take once begun. */
+  #waitFor(idleMs: number, lineMs: number): void {
+    this.#conn.setIdleTimeout(idleMs);
+    this.#conn.setLineTimeout(lineMs);
+  }
+
+  #onSessionTimeout(): void {
+    if (this.#phase.kind === "closed") return;
+    this.#log.info({ phase: this.#phase.kind }, "session time limit");
+    this.#overTime = true;
+    // A command or a message's delivery under way finishes first (#run ends the session after it),
+    // so a message the store took is answered: dropping its 250 would make the sender send it again.
+    if (!this.#busy) this.#close(R.sessionTooLong(this.#ctx.hostname));
+  }
+
   #onClose(): void {
+    clearTimeout(this.#sessionTimer);
     if (this.#phase.kind !== "closed") {
       this.#abortTransaction();
       this.#phase = { kind: "closed" };
@@ -449,7 +474,7 @@ export class Session {
     if (phase.tx.recipients.length === 0) return this.#error(R.badSequence("Need RCPT command first"));
     const delivery = this.#startDelivery(phase.tx, "dot");
     this.#phase = { kind: "data", tx: phase.tx, delivery };
-    this.#conn.setIdleTimeout(this.#ctx.limits.timeouts.dataBlock);
+    this.#waitFor(this.#ctx.limits.timeouts.dataBlock, this.#ctx.limits.timeouts.dataBlock);
     this.#write(R.startData());
   }
 
@@ -466,6 +491,8 @@ export class Session {
     if (refusal || phase.kind !== "mail") {
       const back: BdatReturn = phase.kind === "fresh" || phase.kind === "mail" ? phase : { kind: "idle" };
       this.#phase = { kind: "bdat-discard", remaining: c.size, reply: refusal ?? R.badSequence("Bad sequence"), back };
+      // A chunk is octets, not lines.
+      this.#waitFor(this.#ctx.limits.timeouts.dataBlock, 0);
       if (c.size === 0) this.#discardComplete(this.#phase);
       return;
     }
@@ -473,7 +500,7 @@ export class Session {
     phase.tx.bdat = delivery;
     const next: BdatPhase = { kind: "bdat", tx: phase.tx, delivery, size: c.size, remaining: c.size, last: c.last };
     this.#phase = next;
-    this.#conn.setIdleTimeout(this.#ctx.limits.timeouts.dataBlock);
+    this.#waitFor(this.#ctx.limits.timeouts.dataBlock, 0);
     if (c.size === 0) await this.#chunkComplete(next);
   }
 
@@ -494,12 +521,13 @@ export class Session {
       return;
     }
     this.#phase = { kind: "mail", tx };
-    this.#conn.setIdleTimeout(this.#ctx.limits.timeouts.command);
+    this.#waitFor(this.#ctx.limits.timeouts.command, this.#ctx.limits.timeouts.command);
     this.#write(R.chunkOk(phase.size));
   }
 
   #discardComplete(phase: Extract<BdatPhase, { kind: "bdat-discard" }>): void {
     this.#phase = phase.back;
+    this.#waitFor(this.#ctx.limits.timeouts.command, this.#ctx.limits.timeouts.command);
     this.#error(phase.reply);
   }
 
@@ -631,7 +659,8 @@ export class Session {
       this.#log.info({ id: tx.id, problem, size: delivery.decoder.size }, "message refused");
     } else {
       delivery.queue.end();
-      this.#conn.setIdleTimeout(this.#ctx.limits.timeouts.dataEnd);
+      // What the client sends next is a command.
+      this.#waitFor(this.#ctx.limits.timeouts.dataEnd, this.#ctx.limits.timeouts.command);
       let timer: ReturnType<typeof setTimeout> | undefined;
       const late = new Promise<Reply>((resolve) => {
         timer = setTimeout(() => {
@@ -651,7 +680,7 @@ export class Session {
   #endTransaction(): void {
     if (this.#phase.kind === "closed") return;
     this.#phase = { kind: "idle" };
-    this.#conn.setIdleTimeout(this.#ctx.limits.timeouts.command);
+    this.#waitFor(this.#ctx.limits.timeouts.command, this.#ctx.limits.timeouts.command);
   }
 
   #abortDelivery(delivery: Delivery, why: string): void {

@@ -83,13 +83,26 @@ export interface SmtpHooks {
     | Verdict;
 }
 
+/** Milliseconds. */
 export interface SmtpTimeouts {
-  /** Waiting for a command (and for the first one after the greeting). Default 5 minutes. */
+  /**
+   * Waiting for a command (and for the first one after the greeting), and for the rest of a command
+   * line once its first octet has arrived. Default 5 minutes.
+   */
   readonly command: number;
-  /** Waiting for the next bytes inside DATA or a BDAT chunk. Default 3 minutes. */
+  /**
+   * Waiting for the next bytes inside DATA or a BDAT chunk, and for the rest of a DATA line once it
+   * has begun. Default 3 minutes.
+   */
   readonly dataBlock: number;
   /** The store's delivery after the end of data, before the client gives up. Default 10 minutes. */
   readonly dataEnd: number;
+  /**
+   * The longest a connection may last; a message whose 250 is being decided finishes first. 0 turns
+   * the limit off. Default 30 minutes: a sending MTA reuses a connection for minutes, not hours
+   * (Postfix's client for at most 300 s).
+   */
+  readonly session: number;
 }
 
 export interface SmtpLimits {
@@ -126,7 +139,7 @@ export const DEFAULT_LIMITS: SmtpLimits = {
   maxTransactionsPerConnection: 10_000,
   maxConnections: 1000,
   maxConnectionsPerAddress: 20,
-  timeouts: { command: 5 * 60_000, dataBlock: 3 * 60_000, dataEnd: 10 * 60_000 },
+  timeouts: { command: 5 * 60_000, dataBlock: 3 * 60_000, dataEnd: 10 * 60_000, session: 30 * 60_000 },
 };
 
 export function resolveLimits(options: SmtpLimitsOptions | undefined): SmtpLimits {

@@ -123,6 +123,31 @@ describe("durability and streaming", () => {
     client.close();
   });
 
+  it("a message being delivered when the connection time limit passes gets its 250 before the 421", async () => {
+    const base = await seededStore();
+    let delivering: () => void = () => {};
+    const started = new Promise<void>((resolve) => (delivering = resolve));
+    const store = withDeliver(base, async (boxes, source, options) => {
+      delivering();
+      const result = await base.deliver(boxes, source, options);
+      // Still in the store when the limit passes.
+      await new Promise((r) => setTimeout(r, 800));
+      return result;
+    });
+    const { port } = await start({ store, limits: { timeouts: { session: 1000 } } });
+    const client = await RawClient.connect(port);
+    await envelope(client);
+    expect(await client.command("DATA")).toMatch(/^354 /);
+    // Sent just before the limit, so that the store is still at work when it passes.
+    await new Promise((r) => setTimeout(r, 500));
+    client.write("Subject: late\r\n\r\n.\r\n");
+    await started;
+    expect(await client.reply()).toMatch(/^250 2\.0\.0 OK: message accepted as [A-Z0-9]+$/);
+    expect(await client.line()).toBe(`421 4.4.2 ${HOST} connection time limit reached, closing connection`);
+    await client.waitClosed();
+    expect(await storedMessages(base, "bob@local.test")).toHaveLength(1);
+  });
+
   it("hands one signal to every delivery of a session until a refused message aborts it", async () => {
     const base = await seededStore();
     const signals: AbortSignal[] = [];

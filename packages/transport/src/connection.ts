@@ -1,5 +1,6 @@
 import type { Socket } from "node:net";
 import { TLSSocket } from "node:tls";
+import { LineDeadline } from "./line-deadline.js";
 import { noteSpentBytes } from "./spent-buffers.js";
 import type { TlsContext } from "./tls-context.js";
 
@@ -13,8 +14,11 @@ export interface ConnectionEvents {
   data(chunk: Uint8Array): void;
   /** The peer closed, the connection failed, or `destroy`/`end` finished. Called once. */
   close(): void;
-  /** No bytes in either direction for the idle timeout. The session should reply and end. */
-  timeout?(): void;
+  /**
+   * No bytes in either direction for the idle timeout ("idle"), or a line not finished within the
+   * line timeout ("line"). The session should reply and end.
+   */
+  timeout?(reason: "idle" | "line"): void;
 }
 
 export interface TlsInfo {
@@ -49,6 +53,7 @@ export class Connection {
    * once `upgradeToTls` has resolved and `secure` is true.
    */
   #held: Buffer[] | null = null;
+  readonly #lineDeadline = new LineDeadline(() => this.#timedOut("line"));
 
   constructor(socket: Socket) {
     this.#socket = socket;
@@ -135,16 +140,27 @@ export class Connection {
   /** Stops reading from the peer (while a slow store write is under way). */
   pause(): void {
     this.#socket.pause();
+    this.#lineDeadline.pause();
   }
 
   resume(): void {
-    if (!this.#upgrading) this.#socket.resume();
+    if (this.#upgrading) return;
+    this.#socket.resume();
+    this.#lineDeadline.resume();
   }
 
   /** Ends the session after `ms` without traffic; 0 turns it off. */
   setIdleTimeout(ms: number): void {
     this.#idleMs = ms;
     this.#socket.setTimeout(ms);
+  }
+
+  /**
+   * A line the peer has begun must end (LF) within `ms`, however it trickles in; the session then
+   * hears `timeout`, as for the idle timeout. 0 turns it off, for input that is not made of lines.
+   */
+  setLineTimeout(ms: number): void {
+    this.#lineDeadline.set(ms);
   }
 
   /**
@@ -243,14 +259,17 @@ export class Connection {
 
   #onData = (chunk: Buffer): void => {
     noteSpentBytes(chunk.length);
+    this.#lineDeadline.observe(chunk);
     if (this.#held) this.#held.push(chunk);
     else this.#events?.data(chunk);
   };
 
-  #onTimeout = (): void => {
-    if (this.#events?.timeout) this.#events.timeout();
+  #onTimeout = (): void => this.#timedOut("idle");
+
+  #timedOut(reason: "idle" | "line"): void {
+    if (this.#events?.timeout) this.#events.timeout(reason);
     else this.destroy();
-  };
+  }
 
   // Errors (ECONNRESET, TLS alerts) always end in "close"; the session learns of them there.
   #onError = (): void => {};
@@ -260,6 +279,7 @@ export class Connection {
     // Bytes that arrived just before the close still belong to the session.
     if (this.#tls && this.#held) this.#releaseHeld();
     this.#closed = true;
+    this.#lineDeadline.stop();
     this.#events?.close();
   };
 }

@@ -179,12 +179,12 @@ describe("targetsFromConfig", () => {
         listen: [{ host: "0.0.0.0", port: 25 }],
         submission: [{ host: "::", port: 587 }],
         submissions: [{ host: "192.0.2.7", port: 465 }],
-        maxMessageSize: 1, maxRecipients: 1, allowLoopbackPlaintextAuth: false, bareLineEndings: "reject",
+        maxMessageSize: 1, maxRecipients: 1, allowLoopbackPlaintextAuth: false, bareLineEndings: "reject", maxSessionSeconds: 1800,
       },
       pop3: {
         listen: [{ host: "127.0.0.1", port: 110 }, { host: "127.0.0.1", port: 0 }],
         pop3s: [{ host: "0.0.0.0", port: 995 }],
-        allowPlaintextAuth: false, expireDays: null, idleTimeoutSeconds: 600, leaseTtlSeconds: 60, loginDelaySeconds: 0,
+        allowPlaintextAuth: false, expireDays: null, idleTimeoutSeconds: 600, loginTimeoutSeconds: 180, leaseTtlSeconds: 60, loginDelaySeconds: 0,
       },
     });
     expect(targets).toEqual([

@@ -2,7 +2,7 @@ import { Buffer } from "node:buffer";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { fromBytes } from "@mailroom/store";
 import { ALICE, LineClient, loginClient, startServer, type Running } from "../helpers.js";
-import { canCollectGarbage, flood, memorySampler, trapProcessErrors, waitFor } from "../../../../tests/support/hostile.js";
+import { canCollectGarbage, dribble, flood, memorySampler, trapProcessErrors, waitFor } from "../../../../tests/support/hostile.js";
 import type { Pop3ServerOptions } from "../../src/index.js";
 
 /**
@@ -57,37 +57,83 @@ async function rest(client: LineClient, timeoutMs = 20_000): Promise<string[]> {
   }
 }
 
-describe("slow clients are cut off by the idle timeout", () => {
-  it("one byte per second before login: -ERR and closed", async () => {
-    const { port } = await start({ idleTimeoutMs: 600 });
+// A byte a second with a shorter timeout is what any idle timer catches. A byte every 100 ms with a
+// longer one is what only the line timer catches: each byte comes well inside the timeout, and a
+// timer restarted by every read would never fire.
+describe.each([
+  { every: 1000, timeout: 600 },
+  { every: 100, timeout: 800 },
+])("slow clients: a byte every $every ms, idle timeout $timeout ms", ({ every, timeout }) => {
+  it("before login: -ERR and closed within about the timeout", async () => {
+    const { port } = await start({ idleTimeoutMs: timeout });
     const client = await connect(port);
     expect(await client.line()).toMatch(/^\+OK /);
     const started = Date.now();
-    for (const ch of "USER alice@example.test\r\n") {
-      if (client.closed) break;
-      client.write(ch);
-      await sleep(1000);
-    }
+    const sent = await dribble(client, "USER a-user-who-takes-a-long-time@example.test\r\n", every);
     expect(await client.line()).toBe("-ERR [SYS/TEMP] idle timeout, closing connection");
     await client.waitClosed();
-    expect(Date.now() - started).toBeLessThan(4000);
+    expect(sent).toBeLessThan(20);
+    expect(Date.now() - started).toBeLessThan(timeout + every + 2000);
   });
 
-  it("one byte per second after DELE: -ERR, closed, and nothing deleted", async () => {
-    const { port } = await start({ idleTimeoutMs: 600 });
+  it("after DELE: -ERR, closed, and nothing deleted", async () => {
+    const { port } = await start({ idleTimeoutMs: timeout });
     const client = await loginClient(port);
     clients.push(client);
     client.write("DELE 1\r\n");
     expect(await client.line()).toBe("+OK message 1 deleted");
-    for (const ch of "QUIT\r\n") {
-      if (client.closed) break;
-      client.write(ch);
-      await sleep(1000);
-    }
+    await dribble(client, "QUIT      \r\n", every);
     expect(await client.line()).toBe("-ERR [SYS/TEMP] idle timeout, closing connection");
     await client.waitClosed();
     await waitFor(() => running!.server.sessionCount === 0, 3000, "the session to end");
     expect(await aliceCount()).toBe(3);
+  });
+});
+
+describe("lines are timed, not the session", () => {
+  it("lines that each end in time keep the session, even when each is split over reads", async () => {
+    const { port } = await start({ idleTimeoutMs: 800 });
+    const client = await loginClient(port);
+    clients.push(client);
+    for (let i = 0; i < 5; i++) {
+      client.write("NO");
+      await sleep(300);
+      client.write("OP\r\n");
+      expect(await client.line()).toBe("+OK");
+    }
+  });
+});
+
+describe("the login time limit", () => {
+  it("a connection that has not logged in within the limit is ended, however busy it keeps itself", async () => {
+    const { port } = await start({ loginTimeoutMs: 1000 });
+    const client = await connect(port);
+    expect(await client.line()).toMatch(/^\+OK /);
+    const started = Date.now();
+    const lines: string[] = [];
+    for (let i = 0; i < 30; i++) {
+      client.write("USER alice@example.test\r\n");
+      const line = await client.line();
+      if (line === null) break;
+      lines.push(line);
+      if (line !== "+OK send PASS") break;
+      await sleep(150);
+    }
+    expect(lines.at(-1)).toBe("-ERR no login within the time limit, closing connection");
+    await client.waitClosed();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+    expect(Date.now() - started).toBeLessThan(3000);
+  });
+
+  it("does not touch a session that logged in", async () => {
+    const { port } = await start({ loginTimeoutMs: 600 });
+    const client = await loginClient(port);
+    clients.push(client);
+    await sleep(1000);
+    client.write("STAT\r\n");
+    expect(await client.line()).toMatch(/^\+OK 3 /);
+    client.write("QUIT\r\n");
+    expect(await client.line()).toMatch(/^\+OK /);
   });
 });
 

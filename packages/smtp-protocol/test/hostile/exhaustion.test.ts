@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import type { Store } from "@mailroom/store";
 import { createSmtpServer, type SmtpServer, type SmtpServerOptions } from "../../src/index.js";
 import { HOST, RawClient, seededStore } from "../helpers.js";
-import { canCollectGarbage, flood, memorySampler, trapProcessErrors, waitFor } from "../../../../tests/support/hostile.js";
+import { canCollectGarbage, dribble, flood, memorySampler, trapProcessErrors, waitFor } from "../../../../tests/support/hostile.js";
 
 /**
  * Resource exhaustion against a live SMTP server (loopback TCP, memory store): each attack must end
@@ -64,43 +64,109 @@ function collect(client: RawClient, timeoutMs = 20_000): { lines: string[]; done
   return { lines, done };
 }
 
-/** Sends `text` one byte per `everyMs`, until the server closes. */
-async function dribble(client: RawClient, text: string, everyMs: number): Promise<number> {
-  let sent = 0;
-  for (const ch of text) {
-    if (client.closed) break;
-    client.write(ch);
-    sent++;
-    await sleep(everyMs);
-  }
-  return sent;
+/** EHLO, MAIL and RCPT for alice, pipelined; with "DATA", also DATA up to its 354. */
+async function envelope(client: RawClient, data?: "DATA"): Promise<void> {
+  client.write(`EHLO slow.example\r\nMAIL FROM:<s@far.example>\r\nRCPT TO:<alice@local.test>\r\n${data ? "DATA\r\n" : ""}`);
+  expect(await client.reply()).toMatch(/^250-/);
+  expect(await client.reply()).toBe("250 2.1.0 Sender OK");
+  expect(await client.reply()).toBe("250 2.1.5 Recipient OK");
+  if (data) expect(await client.reply()).toMatch(/^354 /);
 }
 
-describe("slow clients are cut off by the timeouts", () => {
-  it("one byte per second in the command phase: 421 4.4.2 and closed", async () => {
-    const port = await start({ limits: { timeouts: { command: 600 } } });
+// A byte a second with a shorter timeout is what any idle timer catches. A byte every 100 ms with a
+// longer one is what only the line timer catches: each byte comes well inside the timeout, and a
+// timer restarted by every read would never fire.
+describe.each([
+  { every: 1000, timeout: 600 },
+  { every: 100, timeout: 800 },
+])("slow clients: a byte every $every ms, timeout $timeout ms", ({ every, timeout }) => {
+  it("in the command phase: 421 4.4.2 and closed within about the timeout", async () => {
+    const port = await start({ limits: { timeouts: { command: timeout } } });
     const client = await connect(port);
     expect(await client.reply()).toMatch(/^220 /);
     const started = Date.now();
-    const sent = await dribble(client, "EHLO slow.example\r\n", 1000);
-    expect(sent).toBeLessThanOrEqual(2);
+    const sent = await dribble(client, "EHLO a-client-that-takes-its-time.example\r\n", every);
     expect(await client.line()).toBe(`421 4.4.2 ${HOST} timeout, closing connection`);
     await client.waitClosed();
-    expect(Date.now() - started).toBeLessThan(4000);
+    expect(sent).toBeLessThan(20);
+    expect(Date.now() - started).toBeLessThan(timeout + every + 2000);
   });
 
-  it("one byte per second inside DATA: 421 4.4.2, closed, and nothing delivered", async () => {
-    const port = await start({ limits: { timeouts: { command: 5000, dataBlock: 600 } } });
+  it("inside DATA: 421 4.4.2, closed, and nothing delivered", async () => {
+    const port = await start({ limits: { timeouts: { command: 5000, dataBlock: timeout } } });
     const client = await connect(port);
     expect(await client.reply()).toMatch(/^220 /);
-    client.write("EHLO slow.example\r\nMAIL FROM:<s@far.example>\r\nRCPT TO:<alice@local.test>\r\nDATA\r\n");
-    expect(await client.reply()).toMatch(/^250-/);
-    expect(await client.reply()).toBe("250 2.1.0 Sender OK");
-    expect(await client.reply()).toBe("250 2.1.5 Recipient OK");
-    expect(await client.reply()).toMatch(/^354 /);
+    await envelope(client, "DATA");
     const before = await count("alice@local.test");
-    await dribble(client, "Subject: slow\r\n\r\nbody\r\n.\r\n", 1000);
+    client.write("Subject: slow\r\n\r\n");
+    const sent = await dribble(client, "a body line that never seems to end\r\n.\r\n", every);
+    expect(sent).toBeLessThan(20);
     expect(await client.line()).toBe(`421 4.4.2 ${HOST} timeout, closing connection`);
+    await client.waitClosed();
+    await waitFor(() => server!.sessionCount === 0, 3000, "the session to end");
+    expect(await count("alice@local.test")).toBe(before);
+  });
+});
+
+describe("lines are timed, not the session", () => {
+  it("lines that each end in time keep the session, even when each is split over reads", async () => {
+    const port = await start({ limits: { timeouts: { command: 800 } } });
+    const client = await connect(port);
+    expect(await client.reply()).toMatch(/^220 /);
+    // Five commands, 1.5 s in all: every line takes 300 ms, the whole far longer than the timeout.
+    for (let i = 0; i < 5; i++) {
+      client.write("NO");
+      await sleep(300);
+      client.write("OP\r\n");
+      expect(await client.reply()).toBe("250 2.0.0 OK");
+    }
+  });
+
+  it("a BDAT chunk is octets, not lines: one trickled in without a line end is taken whole", async () => {
+    const port = await start({ limits: { timeouts: { command: 5000, dataBlock: 800 } } });
+    const client = await connect(port);
+    expect(await client.reply()).toMatch(/^220 /);
+    const before = await count("alice@local.test");
+    await envelope(client);
+    const head = "Subject: chunked\r\n\r\n";
+    const tail = "0123456789abcdefghij"; // 2 s at 100 ms a byte, no line end
+    client.write(`BDAT ${head.length + tail.length} LAST\r\n${head}`);
+    await dribble(client, tail, 100);
+    expect(await client.reply()).toMatch(/^250 2\.0\.0 OK/);
+    expect(await count("alice@local.test")).toBe(before + 1);
+  });
+});
+
+describe("the connection time limit", () => {
+  it("ends a session that keeps itself busy with 421 4.4.2 once the limit passes", async () => {
+    const port = await start({ limits: { timeouts: { session: 1200 } } });
+    const client = await connect(port);
+    expect(await client.reply()).toMatch(/^220 /);
+    const started = Date.now();
+    const lines = collect(client, 5000);
+    for (let i = 0; i < 20 && !client.closed; i++) {
+      client.write("NOOP\r\n");
+      await sleep(200);
+    }
+    await lines.done;
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1100);
+    expect(Date.now() - started).toBeLessThan(3500);
+    expect(lines.lines.at(-1)).toBe(`421 4.4.2 ${HOST} connection time limit reached, closing connection`);
+    expect(lines.lines.slice(0, -1).every((l) => l === "250 2.0.0 OK")).toBe(true);
+    expect(lines.lines.length).toBeGreaterThan(3);
+  });
+
+  it("cuts a message that is still arriving: nothing is delivered", async () => {
+    const port = await start({ limits: { timeouts: { session: 1000 } } });
+    const client = await connect(port);
+    expect(await client.reply()).toMatch(/^220 /);
+    const before = await count("alice@local.test");
+    await envelope(client, "DATA");
+    for (let i = 0; i < 20 && !client.closed; i++) {
+      client.write(`line ${i}\r\n`);
+      await sleep(100);
+    }
+    expect(await client.line()).toBe(`421 4.4.2 ${HOST} connection time limit reached, closing connection`);
     await client.waitClosed();
     await waitFor(() => server!.sessionCount === 0, 3000, "the session to end");
     expect(await count("alice@local.test")).toBe(before);
