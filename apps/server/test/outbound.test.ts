@@ -306,6 +306,7 @@ describe("outbound delivery through mailroom serve", () => {
         return got.length > 0 ? got : null;
       });
       expect(claim!.item.id).toBe(id);
+      expect((await cli("queue", "list")).stdout).toMatch(new RegExp(`^${id} {2}\\d+ B {2}age \\w+ {2}\\d+ attempts {2}in delivery {2}from <`));
       expect(await cli("queue", "retry", id)).toMatchObject({
         code: 0,
         stdout: expect.stringMatching(new RegExp(`^item ${id} is being delivered right now; left as it is .*--force ${id}`)),

@@ -14,6 +14,8 @@ export interface QueueRow {
   readonly ageMs: number;
   readonly nextAttemptAt: number;
   readonly lastError: string | null;
+  /** A worker is delivering it right now (a live claim holds it). */
+  readonly inDelivery: boolean;
 }
 
 export interface QueueStats {
@@ -27,7 +29,7 @@ export interface QueueStats {
   readonly bytes: number;
 }
 
-export function toRow(item: QueueItem, now = Date.now()): QueueRow {
+export function toRow(item: QueueItem, now = Date.now(), inDelivery = false): QueueRow {
   return {
     id: item.id,
     state: item.state,
@@ -40,11 +42,14 @@ export function toRow(item: QueueItem, now = Date.now()): QueueRow {
     ageMs: Math.max(0, now - item.createdAt),
     nextAttemptAt: item.nextAttemptAt,
     lastError: item.lastError,
+    inDelivery,
   };
 }
 
 export async function listQueue(queue: Queue, now = Date.now()): Promise<QueueRow[]> {
-  return (await queue.list()).map((item) => toRow(item, now));
+  const [items, delivering] = await Promise.all([queue.list(), queue.delivering()]);
+  const busy = new Set(delivering);
+  return items.map((item) => toRow(item, now, busy.has(item.id)));
 }
 
 export async function queueStats(queue: Queue, now = Date.now()): Promise<QueueStats> {
@@ -86,7 +91,14 @@ export function formatQueue(rows: readonly QueueRow[], now = Date.now()): string
   if (rows.length === 0) return "Mail queue is empty\n";
   const lines: string[] = [];
   for (const row of rows) {
-    const next = row.state === "dead" ? "dead" : row.nextAttemptAt <= now ? "due now" : `next in ${formatAge(row.nextAttemptAt - now)}`;
+    // Like the "*" postqueue -p puts after an id in Postfix's active queue.
+    const next = row.inDelivery
+      ? "in delivery"
+      : row.state === "dead"
+        ? "dead"
+        : row.nextAttemptAt <= now
+          ? "due now"
+          : `next in ${formatAge(row.nextAttemptAt - now)}`;
     lines.push(`${row.id}  ${row.size} B  age ${formatAge(row.ageMs)}  ${row.attempts} attempts  ${next}  from <${row.sender}>`);
     for (const r of row.pending) lines.push(`    <${r}>`);
     if (row.delivered + row.failed > 0) lines.push(`    (${row.delivered} delivered, ${row.failed} failed)`);

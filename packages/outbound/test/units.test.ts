@@ -90,6 +90,14 @@ describe("queue admin", () => {
     expect(table.endsWith("-- 2 items, 19 B\n")).toBe(true);
     expect(await queueStats(store.queue, now + 125_000)).toEqual({ queued: 2, dead: 0, oldestAgeMs: expect.any(Number), bytes: 19 });
 
+    // An item a worker holds right now says so.
+    const [claim] = await store.queue.claim({ holder: "a worker", ttlMs: 60_000 });
+    expect(claim?.item.id).toBe(a.id);
+    const busy = await listQueue(store.queue, now + 125_000);
+    expect(busy.find((r) => r.id === a.id)?.inDelivery).toBe(true);
+    expect(formatQueue(busy, now + 125_000)).toContain(`${a.id}  18 B  age 2m  0 attempts  in delivery  from <alice@ours.test>\n`);
+    expect(busy.find((r) => r.id !== a.id)?.inDelivery).toBe(false);
+
     const [, later] = rows;
     await retryItem(store.queue, later!.id);
     expect((await store.queue.get(later!.id))!.nextAttemptAt).toBeLessThanOrEqual(Date.now());

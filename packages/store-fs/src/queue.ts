@@ -181,6 +181,16 @@ export class FsQueue implements Queue {
     return this.readItem(id);
   }
 
+  async delivering(): Promise<readonly string[]> {
+    const ids = await attempt("list queue", this.items, () => readdirOrEmpty(this.items));
+    const live = await mapLimited(ids, SCAN_READS, async (id) => {
+      // A claim file that is half-written or unreadable is no delivery we can vouch for.
+      const claim = asLeaseRecord(await readJson(join(this.dirOf(id), LEASE_FILE)).catch(() => null));
+      return claim !== null && isLive(claim);
+    });
+    return ids.filter((_, i) => live[i]);
+  }
+
   async readMessage(id: string): Promise<AsyncIterable<Uint8Array>> {
     const path = join(this.dirOf(id), MESSAGE_FILE);
     if (!isQueueId(id)) throw new StoreError("not-found", `maildir: no queue item ${JSON.stringify(id)}`);

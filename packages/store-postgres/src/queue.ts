@@ -64,6 +64,7 @@ export function queueSql(s: string) {
     owners: `
       SELECT claim_token, claim_owner FROM ${s}.queue_items
       WHERE claim_owner IS NOT NULL AND claim_expires_at > now()`,
+    delivering: `SELECT id, claim_owner FROM ${s}.queue_items WHERE claim_expires_at > now()`,
     renew: `
       UPDATE ${s}.queue_items q
       SET claim_expires_at = now() + COALESCE($3::bigint, q.claim_ttl_ms) * interval '1 millisecond'
@@ -270,6 +271,11 @@ export class PostgresQueue implements Queue {
     const result = await this.db.query<ItemRow>("get queue item", this.sql.get, [id]);
     const row = result.rows[0];
     return row ? toItem(row) : null;
+  }
+
+  async delivering(): Promise<readonly string[]> {
+    const result = await this.db.query<{ id: string; claim_owner: string | null }>("list queue deliveries", this.sql.delivering);
+    return result.rows.filter((row) => !processHasEnded(parseProcessStamp(row.claim_owner))).map((row) => row.id);
   }
 
   retry(id: string, options: RetryOptions = {}): Promise<RetryOutcome> {

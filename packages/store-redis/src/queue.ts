@@ -65,6 +65,19 @@ const ENDED = String.raw`
   end`;
 
 const QUEUE_SCRIPTS = {
+  // KEYS: claims. ARGV: tokens of claims whose process has ended (space-separated). Ids under a live claim.
+  mailroomQueueDelivering: String.raw`
+    ${CLOCK}
+    ${ENDED}
+    local ended = endedTokens(ARGV[1])
+    local out = {}
+    local all = redis.call('HGETALL', KEYS[1])
+    for i = 1, #all, 2 do
+      local tok, exp = string.match(all[i + 1], '^(%S+) (%S+)')
+      if tok and tonumber(exp) > clock and not ended[tok] then out[#out + 1] = all[i] end
+    end
+    return out`,
+
   // KEYS: items, due, stage, body. ARGV: id, json, nextAttemptAt, chunks.
   mailroomQueueCommit: String.raw`
     local chunks = tonumber(ARGV[4])
@@ -421,6 +434,12 @@ export class RedisQueue implements Queue {
   async get(id: string): Promise<QueueItem | null> {
     const json = await call(this.ctx, "get queue item", () => this.ctx.client.hget(this.keys.items, id));
     return json === null ? null : parseItem(json);
+  }
+
+  async delivering(): Promise<readonly string[]> {
+    const ended = (await this.deadClaims()).join(" ");
+    const ids = await script(this.ctx, "list queue deliveries", "mailroomQueueDelivering", [this.keys.claims], [ended]);
+    return ids as string[];
   }
 
   async retry(id: string, options: RetryOptions = {}): Promise<RetryOutcome> {

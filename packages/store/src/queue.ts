@@ -145,6 +145,12 @@ export interface Queue {
   get(id: string): Promise<QueueItem | null>;
 
   /**
+   * Operator: the ids of the items being delivered right now, i.e. held by a live claim (one `retry`
+   * would answer "in-delivery" for), in any order. For `mailroom queue list`; not a hot path.
+   */
+  delivering(): Promise<readonly string[]>;
+
+  /**
    * Operator: make an item (also a dead one) "queued" and due now. Attempts are kept. An item held by
    * a live claim is being delivered right now and is left alone ("in-delivery"); with `breakClaim` the
    * claim ends instead, its holder gets "lease-lost", and the message may go out twice (for a holder

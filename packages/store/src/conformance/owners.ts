@@ -51,8 +51,10 @@ export function ownerTests(options: ConformanceOptions & { readonly owners: Owne
         await hooks.setClaimOwner(ns, item.id, owner);
         expect(await queue.claim({ holder: "next", ttlMs: 30_000 })).toEqual([]);
         expect(await queue.retry(item.id)).toBe("in-delivery");
+        expect(await queue.delivering()).toEqual([item.id]);
       }
       await hooks.setClaimOwner(ns, item.id, { ...me!, pid: NO_SUCH_PID });
+      expect(await queue.delivering()).toEqual([]);
       // Nobody is delivering it any more: an operator's retry goes through, and so does a claim.
       expect(await queue.retry(item.id)).toBe("retried");
       const [next] = await queue.claim({ holder: "next", ttlMs: 30_000 });

@@ -245,6 +245,32 @@ export function queueTests(options: ConformanceOptions): void {
       expect((await other.list()).length).toBe(1);
     });
 
+    it("tells which items are being delivered: those under a live claim, seen from any instance", async () => {
+      const { ns, store } = await h.fresh();
+      const other = queueOf(await h.open(ns));
+      const queue = queueOf(store);
+      const sorted = async (q: Queue): Promise<string[]> => [...(await q.delivering())].sort();
+      const ids: string[] = [];
+      for (const text of ["a", "b", "c"]) ids.push((await enqueueBytes(queue, message(text))).id);
+      expect(await queue.delivering()).toEqual([]);
+      const claims = await queue.claim({ holder: holder("worker"), ttlMs: 10_000, limit: 2 });
+      const held = idsOf(claims).sort();
+      expect(held).toHaveLength(2);
+      const rest = ids.find((id) => !held.includes(id))!;
+      expect(await sorted(queue)).toEqual(held);
+      expect(await sorted(other)).toEqual(held);
+      // A delivery that ends, either way, is no longer under way.
+      await queue.finish(claims[0]!);
+      await queue.reschedule(claims[1]!, { nextAttemptAt: Date.now() + 60_000, error: "451 later" });
+      expect(await other.delivering()).toEqual([]);
+      // Nor is one whose claim expired.
+      const [short] = await claimOne(other, "short", 300);
+      expect(short?.item.id).toBe(rest);
+      expect(await queue.delivering()).toEqual([rest]);
+      await sleep(450);
+      expect(await queue.delivering()).toEqual([]);
+    });
+
     it("gives each of 20 items to exactly one of two instances claiming in parallel", async () => {
       const { ns, store } = await h.fresh();
       const other = await h.open(ns);

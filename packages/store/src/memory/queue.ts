@@ -147,6 +147,11 @@ export class MemoryQueue implements Queue {
     return [...this.state.entries.values()].map((e) => e.item).sort(compareAge);
   }
 
+  async delivering(): Promise<readonly string[]> {
+    const now = Date.now();
+    return [...this.state.entries.values()].filter((e) => e.claim !== null && e.claim.expiresAt > now).map((e) => e.item.id);
+  }
+
   async get(id: string): Promise<QueueItem | null> {
     return this.state.entries.get(id)?.item ?? null;
   }
