@@ -8,9 +8,12 @@
  * store: everything that must hold across processes (POP3's one-session-per-mailbox lease, UIDs,
  * queue claims) already lives in the store, because it has to hold across machines too. What stays
  * per process is divided or assigned: connection limits are split evenly, and the once-per-server
- * jobs (outbound worker, EXPIRE run) run in worker 0 only.
+ * jobs (outbound worker, EXPIRE run) run in worker 0 only. The login throttle is kept by every worker
+ * and fed by all of them (each failed or good login is passed on through the primary), so spreading
+ * guesses over the workers buys an attacker nothing.
  */
 import cluster, { type Worker } from "node:cluster";
+import type { LoginThrottle } from "@mailroom/store";
 import type { AppLogger } from "./logger.js";
 import { runtimeName } from "@mailroom/transport";
 import { AggregatorRegistry, type Registry } from "prom-client";
@@ -55,7 +58,15 @@ export function share(limit: number, role: Role): number {
 
 // ---- messages between primary and workers -------------------------------------------------------------
 
-type ToWorker = { readonly mailroom: "health"; readonly id: number };
+/** A login outcome one worker saw, for every other worker's throttle. */
+interface ThrottleNews {
+  readonly mailroom: "throttle";
+  readonly outcome: "failure" | "success";
+  readonly client: string;
+  readonly login: string;
+}
+
+type ToWorker = { readonly mailroom: "health"; readonly id: number } | ThrottleNews;
 interface ListenerLine {
   readonly listener: string;
   readonly address: string;
@@ -63,7 +74,8 @@ interface ListenerLine {
 
 type ToPrimary =
   | { readonly mailroom: "ready"; readonly listeners: readonly ListenerLine[] }
-  | { readonly mailroom: "health"; readonly id: number; readonly problem: string | null };
+  | { readonly mailroom: "health"; readonly id: number; readonly problem: string | null }
+  | ThrottleNews;
 
 function isToPrimary(message: unknown): message is ToPrimary {
   return typeof message === "object" && message !== null && typeof (message as { mailroom?: unknown }).mailroom === "string";
@@ -85,6 +97,41 @@ export function serveClusterRequests(registry: Registry | null, health: () => Pr
       (error: unknown) => process.send?.({ mailroom: "health", id, problem: String(error) } satisfies ToPrimary),
     );
   });
+}
+
+function isThrottleNews(message: unknown): message is ThrottleNews {
+  const m = message as Partial<ThrottleNews> | null;
+  return (
+    m?.mailroom === "throttle" && (m.outcome === "failure" || m.outcome === "success") && typeof m.client === "string" && typeof m.login === "string"
+  );
+}
+
+/**
+ * In a worker: `local`, fed also by the other workers' login outcomes (relayed by the primary), and
+ * passing this worker's on to them. Answers stay local and synchronous; what another worker saw
+ * arrives within the IPC round trip, long before the same client's next USER/PASS. A worker that
+ * is replaced starts with an empty throttle, as a restarted server does.
+ */
+export function clusterThrottle(local: LoginThrottle): LoginThrottle {
+  process.on("message", (message: unknown) => {
+    if (!isThrottleNews(message)) return;
+    if (message.outcome === "failure") local.failure(message.client, message.login);
+    else local.success(message.client, message.login);
+  });
+  const tell = (outcome: ThrottleNews["outcome"], client: string, login: string): void => {
+    process.send?.({ mailroom: "throttle", outcome, client, login } satisfies ToPrimary);
+  };
+  return {
+    delayFor: (client, login) => local.delayFor(client, login),
+    failure(client, login) {
+      local.failure(client, login);
+      tell("failure", client, login);
+    },
+    success(client, login) {
+      local.success(client, login);
+      tell("success", client, login);
+    },
+  };
 }
 
 /** In a worker: tells the primary that the listeners are open, and where. */
@@ -136,6 +183,8 @@ export async function runPrimary(config: ServerConfig, logger: AppLogger): Promi
         }
       } else if (message.mailroom === "health") {
         pendingHealth.get(message.id)?.({ index, problem: message.problem });
+      } else if (isThrottleNews(message)) {
+        for (const [other, s] of slots) if (other !== index && s.worker.isConnected()) s.worker.send(message satisfies ToWorker);
       }
     });
     worker.on("exit", (code, signal) => {

@@ -11,7 +11,7 @@ import { runtimeName, type Listener, type RuntimeName } from "@mailroom/transpor
 import { formatAddress, type ListenAddress, type ServerConfig } from "./config.js";
 import { ConfigError } from "./errors.js";
 import { outboundOptions } from "./outbound-options.js";
-import { SINGLE_PROCESS, serveClusterRequests, share, type Role } from "./cluster.js";
+import { clusterThrottle, SINGLE_PROCESS, serveClusterRequests, share, type Role } from "./cluster.js";
 import { createMetrics, localSource, startMetricsServer, storeHealth, type HttpEndpoint } from "./metrics.js";
 import { openStore } from "./registry.js";
 import { ensureDevelopmentDomain } from "./development.js";
@@ -93,7 +93,8 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
     // Everything below works on the timed store, so the latency histogram sees every protocol's calls.
     const working = metrics ? metrics.timed(rawStore) : rawStore;
 
-    const loginThrottle = createLoginThrottle();
+    // In a cluster every worker's throttle hears of every worker's failed logins.
+    const loginThrottle = role.index === null ? createLoginThrottle() : clusterThrottle(createLoginThrottle());
     // One for both protocols: a client that sends with SMTP AUTH and fetches with POP3 pays one scrypt.
     const loginCache = createLoginCache({ ttlMs: config.auth.cacheSeconds * 1000 });
     const smtpLogger = logger.child({ protocol: "smtp" });

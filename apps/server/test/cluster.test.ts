@@ -71,6 +71,24 @@ first.quit()
 print(json.dumps({"answers": answers, "count": count, "uidls": uidls}))
 `;
 
+const GUESS = `
+import poplib, sys, json, time
+port, user, tries = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+seconds = []
+# One connection per guess, so that the primary hands them to both workers in turn.
+for i in range(tries):
+    p = poplib.POP3("127.0.0.1", port, timeout=30)
+    p.user(user)
+    started = time.monotonic()
+    try:
+        p.pass_(f"wrong guess {i}")
+    except poplib.error_proto:
+        pass
+    seconds.append(time.monotonic() - started)
+    p.close()
+print(json.dumps(seconds))
+`;
+
 function get(port: number, path: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = request({ host: "127.0.0.1", port, path, timeout: 10_000 }, (res) => {
@@ -155,6 +173,19 @@ describe("mailroom serve with two workers", () => {
     await server.waitForLine(() => server.lines.filter((l) => l["msg"] === "mailroom ready" && l["worker"] === 1).length >= 2, 30_000);
     expect((await python(SEND_MANY, [String(smtp), "4"])).trim()).toBe("sent");
     expect(readdirSync(join(dir, "mail", "example.test", "carol", "new")).length).toBe(16);
+  }, 60_000);
+
+  it("slows down password guesses spread over both workers as one server would", async () => {
+    const pop3 = Number((ready["listeners"] as Array<{ listener: string; address: string }>).find((l) => l.listener === "pop3")!.address.split(":").pop());
+    const seconds = JSON.parse(await python(GUESS, [String(pop3), "carol@example.test", "5"])) as number[];
+    const failed = server.lines.filter((l) => l["msg"] === "login failed");
+    expect(failed).toHaveLength(5);
+    expect(new Set(failed.map((l) => l["worker"]))).toEqual(new Set([0, 1]));
+    // Three failures are free, the fourth costs 1 s and the fifth 2 s, counted over both workers:
+    // with a throttle per worker each would have seen only two or three, and answered at once.
+    expect(seconds.slice(0, 3).every((s) => s < 0.9)).toBe(true);
+    expect(seconds[3]).toBeGreaterThanOrEqual(0.9);
+    expect(seconds[4]).toBeGreaterThanOrEqual(1.9);
   }, 60_000);
 
   it("stops every worker on SIGTERM and exits 0", async () => {

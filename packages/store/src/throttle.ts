@@ -2,8 +2,9 @@
  * Slows down password guessing, per client address and per login, across every protocol that shares
  * one instance (the server gives POP3 and SMTP AUTH the same one). After a few free failures each
  * further failure doubles the delay; past a hard limit the key is refused until it cools down.
- * It is in memory: several server processes each keep their own counts, which still bounds an attacker
- * to a small multiple of the single-process rate.
+ * It is in memory: separate server processes each keep their own counts (which still bounds an
+ * attacker to a small multiple of the single-process rate), unless the app passes the outcomes
+ * between them, as `mailroom serve` does between its workers.
  */
 export interface LoginThrottleOptions {
   /** Failures that cost nothing (typos). Default 3. */
