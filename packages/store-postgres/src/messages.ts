@@ -42,17 +42,18 @@ export function messageSql(s: string) {
       SELECT uid, size::float8 AS size, ${tsToMs("received_at")} AS received_at, ${tsToMs("retrieved_at")} AS retrieved_at
       FROM ${s}.messages WHERE mailbox = $1 ORDER BY seq`,
     // A chunk is sent as slices small enough that each result row fits in one socket read: pg then
-    // parses it in place, where a 512 KiB hex row would make it grow and copy a buffer several times.
-    // With STORAGE EXTERNAL, substring reads only the TOAST pieces it needs.
+    // parses it in place, where a 512 KiB row would make it grow and copy a buffer several times.
+    // With STORAGE EXTERNAL, substring reads only the TOAST pieces it needs. The octets travel as
+    // base64 text (see fromBase64), not as bytea's hex.
     readChunk: `
-      SELECT substring(c.data FROM g.off + 1 FOR $3) AS data
+      SELECT encode(substring(c.data FROM g.off + 1 FOR $3), 'base64') AS data
       FROM ${s}.body_chunks c, generate_series(0, octet_length(c.data) - 1, $3) AS g (off)
       WHERE c.body_id = $1 AND c.seq = $2
       ORDER BY g.off`,
     // The message's row and the slices of its first chunk together: one round trip for a RETR of
     // nearly all mail (one chunk holds 256 KiB). An empty body has no chunk: one row, data NULL.
     readFirst: `
-      SELECT m.body_id::text AS body_id, m.size::float8 AS size, substring(c.data FROM g.off + 1 FOR $3) AS data
+      SELECT m.body_id::text AS body_id, m.size::float8 AS size, encode(substring(c.data FROM g.off + 1 FOR $3), 'base64') AS data
       FROM ${s}.messages m
       LEFT JOIN ${s}.body_chunks c ON c.body_id = m.body_id AND c.seq = 0
       LEFT JOIN LATERAL generate_series(0, octet_length(c.data) - 1, $3) AS g (off) ON true
@@ -202,6 +203,17 @@ export async function appendMessage(
 }
 
 /**
+ * node-postgres reads every column as text, and bytea's text form is hex: two characters per octet,
+ * decoded by `Buffer.from(…, "hex")`, which took 30–40 µs per 16 KiB on Node 20 and 170 µs on Deno.
+ * base64 is a third shorter on the wire and decodes four to fifteen times faster there (Bun decodes
+ * both fast). PostgreSQL breaks its base64 into lines of 76; Buffer.from skips the line ends on every
+ * runtime.
+ */
+function fromBase64(text: string): Buffer {
+  return Buffer.from(text, "base64");
+}
+
+/**
  * A mailbox message's octets, or null if there is no such message. The first chunk comes with the
  * lookup (see readFirst); the rest as readBody reads it.
  */
@@ -211,7 +223,7 @@ export async function readMessage(
   mailbox: MailboxId,
   uid: Uid,
 ): Promise<AsyncIterable<Uint8Array> | null> {
-  const result = await db.query<{ body_id: string; size: number; data: Buffer | null }>("read message", sql.readFirst, [
+  const result = await db.query<{ body_id: string; size: number; data: string | null }>("read message", sql.readFirst, [
     mailbox,
     uid,
     READ_SLICE,
@@ -219,7 +231,7 @@ export async function readMessage(
   const row = result.rows[0];
   if (row === undefined) return null;
   const head: Buffer[] = [];
-  for (const { data } of result.rows) if (data !== null) head.push(data);
+  for (const { data } of result.rows) if (data !== null) head.push(fromBase64(data));
   return readBody(db, sql, row.body_id, row.size, head);
 }
 
@@ -245,12 +257,13 @@ export async function* readBody(
     }
   }
   while (sent < size) {
-    const result = await db.query<{ data: Buffer }>("read message", sql.readChunk, [bodyId, seq, READ_SLICE]);
+    const result = await db.query<{ data: string }>("read message", sql.readChunk, [bodyId, seq, READ_SLICE]);
     if (result.rows.length === 0) throw new StoreError("not-found", "postgres: message was deleted while being read");
     seq++;
     for (const row of result.rows) {
-      sent += row.data.length;
-      yield row.data;
+      const data = fromBase64(row.data);
+      sent += data.length;
+      yield data;
     }
   }
 }
