@@ -268,10 +268,14 @@ export class FsQueue implements Queue {
     }
   }
 
-  /** Replaces the item and ends any claim on it, in that order, so nobody claims the old state. */
-  private async update(dir: string, item: QueueItem): Promise<void> {
+  /**
+   * Replaces the item and ends any claim on it, in that order, so nobody claims the old state.
+   * `endClaim: false` leaves the claim file alone (see retry).
+   */
+  private async update(dir: string, item: QueueItem, endClaim = true): Promise<void> {
     await this.writeItem(item);
     await this.index.changed(item.id, item);
+    if (!endClaim) return;
     await attempt("release claim", dir, async () => {
       if (await unlinkQuiet(join(dir, LEASE_FILE))) await fsyncDir(dir, this.ctx.policy);
     });
@@ -329,11 +333,13 @@ export class FsQueue implements Queue {
 
   async retry(id: string, options: RetryOptions = {}): Promise<RetryOutcome> {
     return this.locked(id, null, async (dir, item) => {
-      // Under the claim mutex no claim is taken over or ends meanwhile; a first claim made in the
-      // instant between this look and the update is ended by it, as before `retry` looked at all.
+      // Under the claim mutex no claim is taken over or ends meanwhile, but a first claim (no claim
+      // file yet) is made without it. So a claim file is removed only when this look found one
+      // (ended, or broken on purpose): one created after the look belongs to a delivery that has
+      // just begun, which ending would let a second worker send the message again.
       const claim = asLeaseRecord(await readJson(join(dir, LEASE_FILE)));
       if (claim && isLive(claim) && !options.breakClaim) return "in-delivery";
-      await this.update(dir, { ...item, state: "queued", nextAttemptAt: Date.now() });
+      await this.update(dir, { ...item, state: "queued", nextAttemptAt: Date.now() }, claim !== null);
       return "retried";
     });
   }

@@ -116,6 +116,35 @@ describe("maildir outbound queue layout", () => {
     expect(await readdir(changes)).toEqual(mine);
   });
 
+  it("a retry does not end a first claim made by another process while it looked for one", async () => {
+    // The first claim of an item takes no mutex (the claim file is created exclusively), so it can
+    // land between retry's look at the claim file and its update of the item. That delivery has
+    // begun; ending its claim would let a second worker send the message again.
+    const root = freshRoot();
+    const store = await createFsStore({ root });
+    const other = await createFsStore({ root });
+    try {
+      const item = await store.queue.enqueue({ sender: "a@example.test", recipients: ["b@remote.test"] }, fromBytes("x"));
+      const queue = store.queue as unknown as { writeItem(item: unknown): Promise<void> };
+      const writeItem = queue.writeItem.bind(queue);
+      let racing: Awaited<ReturnType<typeof other.queue.claim>> = [];
+      queue.writeItem = async (next) => {
+        racing = await other.queue.claim({ holder: "the other worker", ttlMs: 30_000 });
+        return writeItem(next);
+      };
+      expect(await store.queue.retry(item.id)).toBe("retried");
+      expect(racing.map((c) => c.item.id)).toEqual([item.id]);
+      // Still that worker's, and nobody else can claim it.
+      await other.queue.renew(racing[0]!);
+      expect(await other.queue.delivering()).toEqual([item.id]);
+      expect(await store.queue.claim({ holder: "a third worker", ttlMs: 30_000, now: Date.now() + 60_000 })).toEqual([]);
+      await other.queue.finish(racing[0]!);
+    } finally {
+      await other.close();
+      await store.close();
+    }
+  });
+
   it("does not follow ids that are paths", async () => {
     const root = freshRoot();
     const store = await createFsStore({ root });
