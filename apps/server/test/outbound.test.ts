@@ -307,6 +307,11 @@ describe("outbound delivery through mailroom serve", () => {
       });
       expect(claim!.item.id).toBe(id);
       expect((await cli("queue", "list")).stdout).toMatch(new RegExp(`^${id} {2}\\d+ B {2}age \\w+ {2}\\d+ attempts {2}in delivery {2}from <`));
+      const json = await cli("queue", "list", "--json");
+      expect(json.code).toBe(0);
+      expect(json.stdout.trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>)).toEqual([
+        expect.objectContaining({ id, state: "queued", inDelivery: true, attempts: expect.any(Number), queuedAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) }),
+      ]);
       expect(await cli("queue", "retry", id)).toMatchObject({
         code: 0,
         stdout: expect.stringMatching(new RegExp(`^item ${id} is being delivered right now; left as it is .*--force ${id}`)),
@@ -317,8 +322,10 @@ describe("outbound delivery through mailroom serve", () => {
       await store.close();
     }
     expect(await cli("queue", "list", "--force")).toMatchObject({ code: 2, stderr: expect.stringContaining("--force only goes with queue retry") });
+    expect(await cli("queue", "retry", "--json", "x")).toMatchObject({ code: 2, stderr: expect.stringContaining("--json only goes with queue list") });
     expect(await cli("queue", "delete", id)).toMatchObject({ code: 0, stdout: `deleted item ${id} (no bounce is sent)\n` });
     expect((await cli("queue", "list")).stdout).toBe("Mail queue is empty\n");
+    expect(await cli("queue", "list", "--json")).toMatchObject({ code: 0, stdout: "" });
 
     expect(await cli("queue", "retry", "q000000000aaaaaaaaaaaa")).toMatchObject({ code: 1, stderr: "mailroom: no queue item q000000000aaaaaaaaaaaa\n" });
     expect(await cli("queue", "delete", "nonsense")).toMatchObject({ code: 2 });

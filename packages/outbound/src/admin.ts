@@ -11,6 +11,8 @@ export interface QueueRow {
   readonly failed: number;
   readonly size: number;
   readonly attempts: number;
+  /** When it was queued (ms since the epoch). */
+  readonly createdAt: number;
   readonly ageMs: number;
   readonly nextAttemptAt: number;
   readonly lastError: string | null;
@@ -39,6 +41,7 @@ export function toRow(item: QueueItem, now = Date.now(), inDelivery = false): Qu
     failed: item.recipients.filter((r) => r.status === "failed").length,
     size: item.size,
     attempts: item.attempts,
+    createdAt: item.createdAt,
     ageMs: Math.max(0, now - item.createdAt),
     nextAttemptAt: item.nextAttemptAt,
     lastError: item.lastError,
@@ -84,6 +87,29 @@ export function formatAge(ms: number): string {
   if (s < 3600) return `${Math.floor(s / 60)}m`;
   if (s < 86400) return `${Math.floor(s / 3600)}h`;
   return `${Math.floor(s / 86400)}d`;
+}
+
+/**
+ * `mailroom queue list --json`: one JSON object per item, one item per line (like `postqueue -j`),
+ * with times as ISO 8601 text.
+ */
+export function formatQueueJson(rows: readonly QueueRow[]): string[] {
+  return rows.map((row) =>
+    JSON.stringify({
+      id: row.id,
+      state: row.state,
+      inDelivery: row.inDelivery,
+      sender: row.sender,
+      pending: row.pending,
+      delivered: row.delivered,
+      failed: row.failed,
+      size: row.size,
+      attempts: row.attempts,
+      queuedAt: new Date(row.createdAt).toISOString(),
+      nextAttemptAt: new Date(row.nextAttemptAt).toISOString(),
+      lastError: row.lastError,
+    }),
+  );
 }
 
 /** The `mailroom queue list` table, one item per block, like `postqueue -p`. */

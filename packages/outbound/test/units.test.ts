@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { Buffer } from "node:buffer";
 import { fromBytes } from "@mailroom/store";
 import { DotStuffer } from "../src/client.js";
-import { buildDsn, defaultRetrySchedule, deleteItem, enqueueRelay, formatQueue, listQueue, queueStats, retryItem, statusOf } from "../src/index.js";
+import { buildDsn, defaultRetrySchedule, deleteItem, enqueueRelay, formatQueue, formatQueueJson, listQueue, queueStats, retryItem, statusOf } from "../src/index.js";
 import { parseDsn, withQueue } from "./helpers.js";
 import { createMemoryStore } from "@mailroom/store/memory";
 
@@ -97,6 +97,22 @@ describe("queue admin", () => {
     expect(busy.find((r) => r.id === a.id)?.inDelivery).toBe(true);
     expect(formatQueue(busy, now + 125_000)).toContain(`${a.id}  18 B  age 2m  0 attempts  in delivery  from <alice@ours.test>\n`);
     expect(busy.find((r) => r.id !== a.id)?.inDelivery).toBe(false);
+    const json = formatQueueJson(busy).map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(json.find((o) => o["id"] === a.id)).toEqual({
+      id: a.id,
+      state: "queued",
+      inDelivery: true,
+      sender: "alice@ours.test",
+      pending: ["x@far.test", "y@far.test"],
+      delivered: 0,
+      failed: 0,
+      size: 18,
+      attempts: 0,
+      queuedAt: new Date(a.createdAt).toISOString(),
+      nextAttemptAt: new Date(a.nextAttemptAt).toISOString(),
+      lastError: null,
+    });
+    expect(formatQueueJson([])).toEqual([]);
 
     const [, later] = rows;
     await retryItem(store.queue, later!.id);

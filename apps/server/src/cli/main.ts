@@ -20,7 +20,8 @@ Commands:
   alias add SOURCE TARGET        forward SOURCE (an address or @domain) to TARGET
   alias del SOURCE [TARGET]      remove one forwarding, or all of SOURCE
   alias list [DOMAIN]            list aliases
-  queue list                     show the outbound queue (mail waiting for other domains)
+  queue list [--json]            show the outbound queue (mail waiting for other domains); --json:
+                                 one JSON object per item and line, for scripts
   queue retry [--force] ID       make a queued (or dead) item due now; --force also for one being
                                  delivered right now (it may then be sent twice)
   queue delete ID                remove an item without a bounce
@@ -84,6 +85,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         only: { type: "string" },
         user: { type: "string" },
         force: { type: "boolean" },
+        json: { type: "boolean" },
       },
     });
   } catch (error) {
@@ -119,6 +121,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       if (values[flag] !== undefined && command !== "doctor") usage(`--${flag} only goes with doctor`);
     }
     if (values.force !== undefined && !(command === "queue" && sub === "retry")) usage("--force only goes with queue retry");
+    if (values.json !== undefined && !(command === "queue" && sub === "list")) usage("--json only goes with queue list");
     const isCopy = command === "store" && sub === "copy";
     const isImport = command === "import" && sub === "dovecot";
     for (const flag of ["from", "to", "verify", "verify-content", "prune", "resume"] as const) {
@@ -135,8 +138,8 @@ export async function main(argv: readonly string[]): Promise<number> {
         const queue = await import("./queue.js");
         switch (sub) {
           case "list":
-            arity(rest, 0, 0, "queue list");
-            await queue.queueList(config(), stdout);
+            arity(rest, 0, 0, "queue list [--json]");
+            await queue.queueList(config(), stdout, values.json ?? false);
             return 0;
           case "retry":
             arity(rest, 1, 1, "queue retry [--force] ID");

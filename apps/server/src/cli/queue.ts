@@ -4,7 +4,7 @@
  * a running server because queue items are claimed.
  */
 import { isQueueId, isStoreError, type Store } from "@mailroom/store";
-import { createOutbound, deleteItem, formatQueue, listQueue, retryItem } from "@mailroom/outbound";
+import { createOutbound, deleteItem, formatQueue, formatQueueJson, listQueue, retryItem } from "@mailroom/outbound";
 import type { ServerConfig } from "../config.js";
 import { ConfigError } from "../errors.js";
 import { createLogger } from "../logger.js";
@@ -32,9 +32,14 @@ function notFound(error: unknown, id: string): never {
   throw error;
 }
 
-export async function queueList(config: ServerConfig, io: Output): Promise<void> {
-  const text = await withQueueStore(config, async (store) => formatQueue(await listQueue(store.queue)));
-  io.out(text.replace(/\n$/, ""));
+export async function queueList(config: ServerConfig, io: Output, json = false): Promise<void> {
+  const rows = await withQueueStore(config, (store) => listQueue(store.queue));
+  if (json) {
+    // Nothing at all for an empty queue, as `postqueue -j` prints nothing.
+    for (const line of formatQueueJson(rows)) io.out(line);
+    return;
+  }
+  io.out(formatQueue(rows).replace(/\n$/, ""));
 }
 
 export async function queueRetry(config: ServerConfig, id: string, io: Output, force = false): Promise<void> {
