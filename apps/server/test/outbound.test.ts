@@ -297,6 +297,14 @@ describe("outbound delivery through mailroom serve", () => {
     });
     const id = listed.stdout.slice(0, 22);
     expect(await cli("queue", "retry", id)).toMatchObject({ code: 0 });
+    // The running worker may be trying it (and failing: no receiver) at this very instant.
+    expect(await cli("queue", "retry", "--all")).toMatchObject({
+      code: 0,
+      stdout: expect.stringMatching(/^(1 item due now|0 items due now; 1 item being delivered left as it is)\n$/),
+    });
+    expect(await cli("queue", "retry", "--all", id)).toMatchObject({ code: 2, stderr: expect.stringContaining("queue retry --all (no ID)") });
+    expect(await cli("queue", "retry", "--all", "--force")).toMatchObject({ code: 2, stderr: expect.stringContaining("--all and --force") });
+    expect(await cli("queue", "list", "--all")).toMatchObject({ code: 2, stderr: expect.stringContaining("--all only goes with queue retry") });
     // A delivery in progress (here this test holds the claim, as a worker would): retry leaves it
     // alone and says why; --force breaks the claim.
     const store = await createFsStore({ root: join(dir, "mail") });
@@ -312,6 +320,7 @@ describe("outbound delivery through mailroom serve", () => {
       expect(json.stdout.trim().split("\n").map((line) => JSON.parse(line) as Record<string, unknown>)).toEqual([
         expect.objectContaining({ id, state: "queued", inDelivery: true, attempts: expect.any(Number), queuedAt: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) }),
       ]);
+      expect(await cli("queue", "retry", "--all")).toMatchObject({ code: 0, stdout: "0 items due now; 1 item being delivered left as it is\n" });
       expect(await cli("queue", "retry", id)).toMatchObject({
         code: 0,
         stdout: expect.stringMatching(new RegExp(`^item ${id} is being delivered right now; left as it is .*--force ${id}`)),
@@ -326,6 +335,7 @@ describe("outbound delivery through mailroom serve", () => {
     expect(await cli("queue", "delete", id)).toMatchObject({ code: 0, stdout: `deleted item ${id} (no bounce is sent)\n` });
     expect((await cli("queue", "list")).stdout).toBe("Mail queue is empty\n");
     expect(await cli("queue", "list", "--json")).toMatchObject({ code: 0, stdout: "" });
+    expect(await cli("queue", "retry", "--all")).toMatchObject({ code: 0, stdout: "0 items due now\n" });
 
     expect(await cli("queue", "retry", "q000000000aaaaaaaaaaaa")).toMatchObject({ code: 1, stderr: "mailroom: no queue item q000000000aaaaaaaaaaaa\n" });
     expect(await cli("queue", "delete", "nonsense")).toMatchObject({ code: 2 });

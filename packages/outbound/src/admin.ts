@@ -1,4 +1,4 @@
-import type { Queue, QueueItem, RetryOutcome } from "@mailroom/store";
+import { isStoreError, type Queue, type QueueItem, type RetryOutcome } from "@mailroom/store";
 
 /** What `mailroom queue list` shows per item. */
 export interface QueueRow {
@@ -73,6 +73,40 @@ export async function queueStats(queue: Queue, now = Date.now()): Promise<QueueS
  */
 export function retryItem(queue: Queue, id: string, options: { readonly force?: boolean } = {}): Promise<RetryOutcome> {
   return queue.retry(id, { breakClaim: options.force ?? false });
+}
+
+/** What `retryAll` did. */
+export interface RetryAllOutcome {
+  /** Made due now. */
+  readonly retried: number;
+  /** Left alone: being delivered right now. */
+  readonly inDelivery: number;
+  /** Left alone: given up ("dead"); each needs `retryItem` of its own. */
+  readonly dead: number;
+}
+
+/**
+ * Makes every waiting item due now, like `postqueue -f` (after the outage of a destination, say).
+ * Dead items are left for the operator to retry one by one; items being delivered are left alone.
+ * Items finished or removed meanwhile are skipped.
+ */
+export async function retryAll(queue: Queue): Promise<RetryAllOutcome> {
+  let retried = 0;
+  let inDelivery = 0;
+  let dead = 0;
+  for (const item of await queue.list()) {
+    if (item.state === "dead") {
+      dead++;
+      continue;
+    }
+    try {
+      if ((await queue.retry(item.id)) === "retried") retried++;
+      else inDelivery++;
+    } catch (error) {
+      if (!isStoreError(error) || error.code !== "not-found") throw error;
+    }
+  }
+  return { retried, inDelivery, dead };
 }
 
 /** Deletes an item without a bounce. Throws the store's "not-found" for an unknown id. */

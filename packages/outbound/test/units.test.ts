@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { Buffer } from "node:buffer";
 import { fromBytes } from "@mailroom/store";
 import { DotStuffer } from "../src/client.js";
-import { buildDsn, defaultRetrySchedule, deleteItem, enqueueRelay, formatQueue, formatQueueJson, listQueue, queueStats, retryItem, statusOf } from "../src/index.js";
+import { buildDsn, defaultRetrySchedule, deleteItem, enqueueRelay, formatQueue, formatQueueJson, listQueue, retryAll, queueStats, retryItem, statusOf } from "../src/index.js";
 import { parseDsn, withQueue } from "./helpers.js";
 import { createMemoryStore } from "@mailroom/store/memory";
 
@@ -121,5 +121,21 @@ describe("queue admin", () => {
     expect((await listQueue(store.queue)).map((r) => r.id)).toEqual([later!.id]);
     await expect(deleteItem(store.queue, a.id)).rejects.toMatchObject({ code: "not-found" });
     expect(formatQueue([])).toBe("Mail queue is empty\n");
+  });
+
+  it("retries every waiting item at once, leaving dead ones and ones in delivery alone", async () => {
+    const store = withQueue(createMemoryStore());
+    const later = Date.now() + 3_600_000;
+    const waiting = await enqueueRelay(store.queue, { sender: "a@ours.test", recipients: ["w@far.test"] }, fromBytes("w"), { notBefore: later });
+    const sending = await enqueueRelay(store.queue, { sender: "a@ours.test", recipients: ["s@far.test"] }, fromBytes("s"));
+    const [claim] = await store.queue.claim({ holder: "a worker", ttlMs: 60_000 });
+    expect(claim?.item.id).toBe(sending.id);
+    const given = await enqueueRelay(store.queue, { sender: "a@ours.test", recipients: ["d@far.test"] }, fromBytes("d"));
+    const [last] = await store.queue.claim({ holder: "a worker", ttlMs: 60_000 });
+    await store.queue.deadLetter(last!, { error: "550 no such user" });
+    expect(await retryAll(store.queue)).toEqual({ retried: 1, inDelivery: 1, dead: 1 });
+    expect((await store.queue.get(waiting.id))!.nextAttemptAt).toBeLessThanOrEqual(Date.now());
+    expect((await store.queue.get(given.id))!.state).toBe("dead");
+    await store.queue.renew(claim!);
   });
 });

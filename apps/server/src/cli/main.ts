@@ -24,6 +24,8 @@ Commands:
                                  one JSON object per item and line, for scripts
   queue retry [--force] ID       make a queued (or dead) item due now; --force also for one being
                                  delivered right now (it may then be sent twice)
+  queue retry --all              make every waiting item due now (not dead ones, not ones being
+                                 delivered), like postqueue -f
   queue delete ID                remove an item without a bounce
   queue run                      one delivery pass over what is due now, then exit
   migrate                        create or upgrade the store's schema (PostgreSQL)
@@ -86,6 +88,7 @@ export async function main(argv: readonly string[]): Promise<number> {
         user: { type: "string" },
         force: { type: "boolean" },
         json: { type: "boolean" },
+        all: { type: "boolean" },
       },
     });
   } catch (error) {
@@ -122,6 +125,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     if (values.force !== undefined && !(command === "queue" && sub === "retry")) usage("--force only goes with queue retry");
     if (values.json !== undefined && !(command === "queue" && sub === "list")) usage("--json only goes with queue list");
+    if (values.all !== undefined && !(command === "queue" && sub === "retry")) usage("--all only goes with queue retry");
+    if (values.all && values.force) usage("--all and --force do not go together: --force is for one item, by id");
     const isCopy = command === "store" && sub === "copy";
     const isImport = command === "import" && sub === "dovecot";
     for (const flag of ["from", "to", "verify", "verify-content", "prune", "resume"] as const) {
@@ -142,6 +147,11 @@ export async function main(argv: readonly string[]): Promise<number> {
             await queue.queueList(config(), stdout, values.json ?? false);
             return 0;
           case "retry":
+            if (values.all) {
+              arity(rest, 0, 0, "queue retry --all (no ID)");
+              await queue.queueRetryAll(config(), stdout);
+              return 0;
+            }
             arity(rest, 1, 1, "queue retry [--force] ID");
             await queue.queueRetry(config(), rest[0]!, stdout, values.force ?? false);
             return 0;

@@ -4,7 +4,7 @@
  * a running server because queue items are claimed.
  */
 import { isQueueId, isStoreError, type Store } from "@mailroom/store";
-import { createOutbound, deleteItem, formatQueue, formatQueueJson, listQueue, retryItem } from "@mailroom/outbound";
+import { createOutbound, deleteItem, formatQueue, formatQueueJson, listQueue, retryAll, retryItem } from "@mailroom/outbound";
 import type { ServerConfig } from "../config.js";
 import { ConfigError } from "../errors.js";
 import { createLogger } from "../logger.js";
@@ -53,6 +53,16 @@ export async function queueRetry(config: ServerConfig, id: string, io: Output, f
     return;
   }
   io.out(`item ${id} is due now; a running server delivers it within a second or two (or run mailroom queue run)`);
+}
+
+/** `queue retry --all`: every waiting item due now, like `postqueue -f`. */
+export async function queueRetryAll(config: ServerConfig, io: Output): Promise<void> {
+  const done = await withQueueStore(config, (store) => retryAll(store.queue));
+  const items = (n: number): string => `${n} item${n === 1 ? "" : "s"}`;
+  const parts = [`${items(done.retried)} due now`];
+  if (done.inDelivery > 0) parts.push(`${items(done.inDelivery)} being delivered left as ${done.inDelivery === 1 ? "it is" : "they are"}`);
+  if (done.dead > 0) parts.push(`${items(done.dead)} given up left alone (mailroom queue retry ID retries one)`);
+  io.out(parts.join("; "));
 }
 
 export async function queueDelete(config: ServerConfig, id: string, io: Output): Promise<void> {
