@@ -139,6 +139,8 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
     const appends = [];
     const jobs = first.concat(waiting());
     for (const job of jobs) {
+      // Octets come as the ArrayBuffer itself (see Job).
+      if (job.data !== undefined) job.data = new Uint8Array(job.data);
       if (job.op === "append") { appends.push(job); continue; }
       if (job.op === "publish") {
         if (failedLogs.has(job.log)) {
@@ -180,11 +182,17 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
 });
 `;
 
+/**
+ * `data` is an ArrayBuffer, not a view of one: Deno's worker_threads looks for MessagePorts in every
+ * message by walking it property by property, which for a Uint8Array means every index (4 % of the
+ * process's CPU at 4 KB messages), while an ArrayBuffer has no properties to walk. It is transferred,
+ * not copied.
+ */
 type Job =
-  | { readonly id: number; readonly op: "write"; readonly path: string; readonly data: Uint8Array; readonly mtimeMs: number; readonly gated: boolean }
+  | { readonly id: number; readonly op: "write"; readonly path: string; readonly data: ArrayBuffer; readonly mtimeMs: number; readonly gated: boolean }
   | { readonly id: number; readonly op: "rename"; readonly from: string; readonly to: string }
   | { readonly id: number; readonly op: "publish"; readonly from: string; readonly to: string; readonly log: string; readonly end: number }
-  | { readonly id: number; readonly op: "append"; readonly log: string; readonly create: LogCreation | null; readonly position: number; readonly data: Uint8Array }
+  | { readonly id: number; readonly op: "append"; readonly log: string; readonly create: LogCreation | null; readonly position: number; readonly data: ArrayBuffer }
   | { readonly id: number; readonly op: "abandon"; readonly log: string }
   | { readonly id: number; readonly op: "forget"; readonly log: string };
 
@@ -267,7 +275,7 @@ export class FileThread {
    */
   writeNew(path: string, chunks: readonly Uint8Array[], mtimeMs: number, gated = false): Promise<void> {
     const data = joined(chunks);
-    return this.#post((id) => ({ id, op: "write", path, data, mtimeMs, gated }), data.buffer);
+    return this.#post((id) => ({ id, op: "write", path, data: data.buffer, mtimeMs, gated }), data.buffer);
   }
 
   rename(from: string, to: string): Promise<void> {
@@ -290,7 +298,7 @@ export class FileThread {
    */
   append(log: string, create: LogCreation | null, position: number, parts: readonly Uint8Array[]): Promise<void> {
     const data = joined(parts);
-    return this.#post((id) => ({ id, op: "append", log, create, position, data }), data.buffer);
+    return this.#post((id) => ({ id, op: "append", log, create, position, data: data.buffer }), data.buffer);
   }
 
   /** Marks a log failed although no append to it failed here: its waiting and later publishes fail. */
