@@ -1,13 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { DotStuffer, multiline } from "../src/replies.js";
+import { DotStuffer, multiline, searchLineEnds, searchPair, type LineDotSearch } from "../src/replies.js";
 import { storeErrorReply } from "../src/replies.js";
 import { StoreError } from "@mailroom/store";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-function stuff(chunks: string[]): string {
-  const stuffer = new DotStuffer();
+function stuff(chunks: string[], find?: LineDotSearch): string {
+  const stuffer = new DotStuffer(find);
   let out = "";
   for (const chunk of chunks) for (const piece of stuffer.push(enc.encode(chunk))) out += dec.decode(piece);
   return out + dec.decode(stuffer.end());
@@ -19,7 +19,11 @@ function reference(text: string): string {
   return stuffed + (text === "" || text.endsWith("\r\n") ? ".\r\n" : "\r\n.\r\n");
 }
 
-describe("DotStuffer", () => {
+// Each runtime uses one of the two searches (see findLineDot); both are checked here.
+describe.each([
+  ["the two-octet search", searchPair],
+  ["the line-end search", searchLineEnds],
+])("DotStuffer with %s", (_name, find) => {
   it.each([
     ["", ".\r\n"],
     ["a\r\n", "a\r\n.\r\n"],
@@ -30,7 +34,7 @@ describe("DotStuffer", () => {
     ["x\n.bare lf", "x\n..bare lf\r\n.\r\n"],
     ["no.dot\r\n", "no.dot\r\n.\r\n"],
   ])("%j", (input, expected) => {
-    expect(stuff([input])).toBe(expected);
+    expect(stuff([input], find)).toBe(expected);
   });
 
   it("gives the same bytes however the message is chunked", () => {
@@ -38,14 +42,14 @@ describe("DotStuffer", () => {
     const expected = reference(text);
     for (let a = 0; a <= text.length; a++) {
       for (let b = a; b <= text.length; b++) {
-        expect(stuff([text.slice(0, a), text.slice(a, b), text.slice(b)])).toBe(expected);
+        expect(stuff([text.slice(0, a), text.slice(a, b), text.slice(b)], find)).toBe(expected);
       }
     }
   });
 
   it("does not copy chunks without dots", () => {
     const chunk = enc.encode("plain text\r\n");
-    const pieces = new DotStuffer().push(chunk);
+    const pieces = new DotStuffer(find).push(chunk);
     expect(pieces).toHaveLength(1);
     expect(pieces[0]).toBe(chunk);
   });
