@@ -4,6 +4,7 @@
 // time, then sweeps every mailbox and checks that each message that got a 250 was retrieved exactly
 // once. Samples the server's RSS. Exits 1 when a message is lost (or retrieved twice), 2 on bad usage.
 import { execFileSync, spawn } from "node:child_process";
+import { Buffer } from "node:buffer";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect, createServer } from "node:net";
@@ -320,6 +321,13 @@ async function smtpWorker(worker) {
   }
 }
 
+/**
+ * A string that shares no memory with the one it came from. A regular-expression match is a slice of
+ * the message it was found in, and V8 keeps the whole message alive for as long as the slice lives:
+ * kept in `retrieved`, every id held its 4 KB message, and a 17-minute run filled the driver's 4 GB heap.
+ */
+const ownCopy = (text) => Buffer.from(text, "latin1").toString("latin1");
+
 /** One POP3 visit: retrieve and delete everything; ids count as retrieved only once QUIT said +OK. */
 async function popVisit(address) {
   const wire = await Wire.open(popPort);
@@ -335,7 +343,7 @@ async function popVisit(address) {
     for (let n = 1; n <= count; n++) {
       await wire.command(`RETR ${n}`, /^\+OK/);
       const body = await wire.multiline();
-      seen.push(/^Message-ID: <([^@>]+)@/im.exec(body)?.[1] ?? `unparsed-${address}-${n}`);
+      seen.push(ownCopy(/^Message-ID: <([^@>]+)@/im.exec(body)?.[1] ?? `unparsed-${address}-${n}`));
       await wire.command(`DELE ${n}`, /^\+OK/);
     }
     const quitAt = Date.now();
