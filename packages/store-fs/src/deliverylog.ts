@@ -3,7 +3,7 @@ import { basename, dirname, join, sep } from "node:path";
 import { currentBootId, processStamp, type Logger } from "@mailroom/store";
 import { GroupCommit, newBatch, type Batch } from "./groupcommit.js";
 import { UNSYNCABLE, fsyncDir, makeDirs, unlinkQuiet, type SyncPolicy } from "./fsutil.js";
-import { closeFd, fdatasyncFd, openNew, writevAt } from "./fdio.js";
+import { closeFd, fdatasyncFd, openExisting, openNew, writevAt } from "./fdio.js";
 import { encodeRecord, type LogOwner } from "./logformat.js";
 import { parseName, uidOfBase } from "./filenames.js";
 import type { BulkSync } from "./syncfs.js";
@@ -30,6 +30,14 @@ import type { FileThread } from "./filethread.js";
  * order with the tmp/ writes, and a single-mailbox delivery's rename waits there for the append that
  * carries its record: the rename then follows the fdatasync at once instead of after a round trip
  * through the event loop, which at 8 connections was a fifth of a delivery's time.
+ *
+ * A retired log file is not deleted but used again by the next log (see `FreeLog`): an fdatasync
+ * after an append has to commit the file's new size and blocks as well (on ext4 with a journal, a
+ * journal commit), while one after overwriting octets the file already has is a plain data flush.
+ * Measured on the benchmark machine with 4.5 KB records: 550–690 µs against 285 µs per fdatasync on
+ * ext4 with a journal, 215–300 against 145 without one. Retiring a file that is kept writes a new
+ * owner record with a new generation over its first record and fdatasyncs it: from then on the older
+ * records in it are never replayed (see logformat.ts), as they would not be from a deleted file.
  */
 
 /** The log files' directory under the store root (a name mailbox encoding never produces). */
@@ -63,11 +71,35 @@ export interface Recording {
   readonly durable: Promise<() => void>;
 }
 
+/**
+ * A retired log file kept for the next log: its first record is a durable owner record of generation
+ * `gen`, which no record follows yet. The owner record keeps other processes' recovery away from it
+ * while this process runs (a live owner's log is left alone); once the process is gone, a recovery
+ * finds nothing to replay in it and deletes it.
+ */
+interface FreeLog {
+  readonly path: string;
+  readonly gen: string;
+  /** Where the generation's first record goes: just past the owner record. */
+  readonly start: number;
+  /** When its owner record was written (Date.now()). */
+  readonly at: number;
+}
+
+/**
+ * A free log older than this is deleted rather than used again. A recovery in another pid namespace
+ * (another container on this kernel) judges a log by its modification time and takes one untouched
+ * for five minutes for abandoned: reusing only files written in the last minute keeps far from that.
+ */
+const REUSE_WITHIN_MS = 60_000;
+/** More free logs than this are deleted: one or two are in use at a time. */
+const MAX_FREE_LOGS = 4;
+
 class Generation {
   fd: number | undefined;
-  position = 0;
+  position: number;
   /** Octets ever queued: the end of the latest record, since the file is written in queue order. */
-  total = 0;
+  total: number;
   queue: Uint8Array[] = [];
   queuedBytes = 0;
   /** Records appended whose files are not published (renamed into new/) or given up yet. */
@@ -90,11 +122,20 @@ class Generation {
   /** With the file thread: the outcome of the latest append sent. */
   lastSent: Promise<void> = Promise.resolve();
 
+  /**
+   * `reused`: the file exists and holds this generation's owner record, durable, up to `start`; else
+   * it is created with the first append, which begins with the owner record.
+   */
   constructor(
     readonly path: string,
+    readonly gen: string,
+    readonly reused: boolean,
+    start: number,
     readonly thread: FileThread | null,
     flush: (gen: Generation) => Promise<void>,
   ) {
+    this.position = start;
+    this.total = start;
     this.commit = new GroupCommit(() => flush(this));
   }
 
@@ -154,6 +195,11 @@ export class DeliveryLog {
   private current: Generation | null = null;
   private readonly sealed: Generation[] = [];
   private readonly retirements = new GroupCommit(() => this.retire());
+  /** Retired files ready for the next log, the latest last (see FreeLog). */
+  private free: FreeLog[] = [];
+  /** Files to delete with the next retirement: free logs too old to use again. */
+  private stale: string[] = [];
+  private closing = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private reserved = 0;
   private dirReady = false;
@@ -198,7 +244,7 @@ export class DeliveryLog {
    */
   begin(targets: readonly string[], mtimeMs: number, body: readonly Uint8Array[]): Recording {
     const gen = (this.current ??= this.open());
-    gen.enqueue(encodeRecord({ kind: "delivery", targets: targets.map((t) => this.relative(t)), mtimeMs }, body));
+    gen.enqueue(encodeRecord({ kind: "delivery", targets: targets.map((t) => this.relative(t)), mtimeMs, gen: gen.gen }, body));
     gen.inflight++;
     for (const target of targets) {
       gen.files.push(target);
@@ -276,27 +322,77 @@ export class DeliveryLog {
     const files = gens.flatMap((gen) => gen.files);
     const dirs = new Set(gens.flatMap((gen) => [...gen.dirs]));
     await this.bulk.sync(files, dirs);
-    let removed = false;
+    const stale = this.stale.splice(0);
+    const removing = [...stale];
+    const kept: FreeLog[] = [];
     for (const gen of gens) {
       // The thread closes the logs it opened (and forgets the others' failures).
       if (gen.thread !== null) await gen.thread.forget(gen.path).catch(() => undefined);
-      if (gen.fd !== undefined || gen.created) {
-        const fd = gen.fd;
-        gen.fd = undefined;
-        if (fd !== undefined) await closeFd(fd).catch(() => undefined);
-        await unlinkQuiet(gen.path);
-        removed = true;
+      const fd = gen.fd;
+      gen.fd = undefined;
+      if (fd !== undefined) await closeFd(fd).catch(() => undefined);
+      if (fd === undefined && !gen.created && !gen.reused) {
+        // Never written: there is no file.
+        liveLogs.delete(gen.path);
+        continue;
       }
+      // Either way the records in it can no longer be replayed once this is done: the file is gone,
+      // or its first record names a generation none of them belongs to.
+      const free = this.closing || gen.failed ? null : await this.renew(gen.path);
+      if (free !== null) kept.push(free);
+      else removing.push(gen.path);
     }
-    // Durable removal: a log that came back after a power cut would restore mail deleted since.
-    if (removed) await fsyncDir(this.dir, this.policy);
-    for (const gen of gens) liveLogs.delete(gen.path);
+    try {
+      await this.remove(removing);
+    } catch (error) {
+      // Tried again with the next retirement; until then the logs count as not retired (`covers`).
+      this.stale.unshift(...stale);
+      throw error;
+    }
     this.sealed.splice(0, gens.length);
+    this.free.push(...kept);
+    while (this.free.length > MAX_FREE_LOGS) this.stale.push(this.free.shift()!.path);
   }
 
-  /** Retires everything (store close). */
-  close(): Promise<void> {
-    return this.checkpoint();
+  /** Deletes log files, durably: a log that came back after a power cut would restore mail deleted since. */
+  private async remove(paths: readonly string[]): Promise<void> {
+    if (paths.length === 0) return;
+    for (const path of paths) await unlinkQuiet(path);
+    await fsyncDir(this.dir, this.policy);
+    for (const path of paths) liveLogs.delete(path);
+  }
+
+  /**
+   * Makes a retired log file ready for the next log: a new generation's owner record over its first
+   * record, fdatasynced. Null if that failed (the file is deleted instead).
+   */
+  private async renew(path: string): Promise<FreeLog | null> {
+    const gen = newGeneration();
+    const parts = encodeRecord(ownerRecord(gen), []);
+    let bytes = 0;
+    for (const part of parts) bytes += part.length;
+    let fd: number | undefined;
+    try {
+      fd = await openExisting(path);
+      if ((await writevAt(fd, parts, 0)) !== bytes) return null;
+      await fdatasyncFd(fd);
+      return { path, gen, start: bytes, at: Date.now() };
+    } catch (error) {
+      this.logger.warn({ err: error, log: path }, "maildir: could not reuse a delivery log file; deleting it");
+      return null;
+    } finally {
+      if (fd !== undefined) await closeFd(fd).catch(() => undefined);
+    }
+  }
+
+  /** Retires everything and deletes the log files (store close). */
+  async close(): Promise<void> {
+    this.closing = true;
+    await this.checkpoint();
+    const paths = [...this.free.map((free) => free.path), ...this.stale];
+    this.free = [];
+    this.stale = [];
+    await this.remove(paths);
   }
 
   private relative(target: string): string {
@@ -304,12 +400,27 @@ export class DeliveryLog {
   }
 
   private open(): Generation {
+    const thread = this.options.thread?.() ?? null;
+    const flush = (g: Generation): Promise<void> => this.flush(g);
+    this.schedule();
+    const free = this.takeFree();
+    if (free !== null) return new Generation(free.path, free.gen, true, free.start, thread, flush);
     const path = join(this.dir, `${this.nonce}-${this.seq++}.log`);
     liveLogs.add(path);
-    const gen = new Generation(path, this.options.thread?.() ?? null, (g) => this.flush(g));
-    gen.enqueue(encodeRecord(ownerRecord(), []));
-    this.schedule();
+    const gen = new Generation(path, newGeneration(), false, 0, thread, flush);
+    gen.enqueue(encodeRecord(ownerRecord(gen.gen), []));
     return gen;
+  }
+
+  /** The latest free log young enough to use again; older ones are deleted with the next retirement. */
+  private takeFree(): FreeLog | null {
+    const latest = this.closing ? undefined : this.free.pop();
+    if (latest !== undefined && Date.now() - latest.at < REUSE_WITHIN_MS) return latest;
+    // The rest are older still.
+    if (latest !== undefined) this.stale.push(latest.path);
+    this.stale.push(...this.free.map((free) => free.path));
+    this.free = [];
+    return null;
   }
 
   private schedule(): void {
@@ -331,6 +442,7 @@ export class DeliveryLog {
    */
   private async prepare(gen: Generation): Promise<number> {
     await this.usable(gen);
+    if (gen.fd === undefined && gen.reused) gen.fd = await openExisting(gen.path);
     if (gen.fd === undefined) {
       gen.fd = await openNew(gen.path, 0o600);
       await fsyncDir(this.dir, this.policy);
@@ -353,8 +465,11 @@ export class DeliveryLog {
    */
   private fail(gen: Generation): void {
     gen.failed = true;
-    // Whatever went wrong may have been the directory itself: the next log file checks it again.
+    // Whatever went wrong may have been the directory itself: the next log file checks it again, and
+    // is a new one (the files kept for reuse may be gone with it; they are deleted if not).
     this.dirReady = false;
+    this.stale.push(...this.free.map((free) => free.path));
+    this.free = [];
     // Publishes waiting in the thread for an append that will never come must fail, not wait.
     gen.thread?.abandon(gen.path).catch(() => undefined);
     if (this.current === gen) {
@@ -408,7 +523,7 @@ export class DeliveryLog {
       gen.queue = [];
       gen.queuedBytes = 0;
       if (bytes > 0) {
-        const create = gen.created ? null : { dir: this.dir, unsyncable: UNSYNCABLE };
+        const create = gen.created ? null : { dir: this.dir, unsyncable: UNSYNCABLE, reuse: gen.reused };
         gen.created = true;
         gen.lastSent = gen.thread!.append(gen.path, create, gen.position, parts);
         gen.position += bytes;
@@ -426,8 +541,11 @@ export class DeliveryLog {
   }
 }
 
-/** The first record of every log: who writes it, precisely enough for recovery to tell if it still runs. */
-function ownerRecord(): LogOwner {
+/**
+ * The first record of every log: who writes it, precisely enough for recovery to tell if it still runs,
+ * and the generation whose records follow it.
+ */
+function ownerRecord(gen: string): LogOwner {
   const stamp = processStamp();
   return {
     kind: "owner",
@@ -435,5 +553,11 @@ function ownerRecord(): LogOwner {
     boot: currentBootId(),
     started: Date.now(),
     ...(stamp ? { pidns: stamp.pidns, start: stamp.start } : {}),
+    gen,
   };
+}
+
+/** Random, so that no two uses of any file share one, whichever process wrote them. */
+function newGeneration(): string {
+  return randomBytes(8).toString("hex");
 }

@@ -23,6 +23,11 @@ export function openNew(path: string, mode = 0o666): Promise<number> {
   return new Promise((resolve, reject) => fs.open(path, "wx", mode, settle(resolve, reject)));
 }
 
+/** Opens an existing file for reading and writing (`r+`), for writes at chosen positions. */
+export function openExisting(path: string): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, "r+", settle(resolve, reject)));
+}
+
 /** Opens a file or directory read-only (to read a message, or to fsync a directory). */
 export function openReadOnly(path: string): Promise<number> {
   return new Promise((resolve, reject) => fs.open(path, "r", settle(resolve, reject)));

@@ -1,3 +1,4 @@
+import { Buffer } from "node:buffer";
 import { setImmediate } from "node:timers";
 import { Worker } from "node:worker_threads";
 
@@ -41,6 +42,12 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
     let fd = logFds.get(job.log);
     if (fd !== undefined) return fd;
     if (job.create === null) throw new Error("maildir: the delivery log is not open");
+    if (job.create.reuse) {
+      // A retired file used again: it exists, and so does its durable directory entry.
+      fd = fs.openSync(job.log, "r+");
+      logFds.set(job.log, fd);
+      return fd;
+    }
     fd = fs.openSync(job.log, "wx", 0o600);
     logFds.set(job.log, fd);
     // Its directory entry must be durable before any of its records counts.
@@ -196,12 +203,14 @@ type Job =
   | { readonly id: number; readonly op: "abandon"; readonly log: string }
   | { readonly id: number; readonly op: "forget"; readonly log: string };
 
-/** How the thread creates a log file with its first append. */
+/** How the thread creates (or opens) a log file with its first append. */
 export interface LogCreation {
   /** The log's directory, fsynced once the file exists. */
   readonly dir: string;
   /** Error codes of a directory fsync the platform cannot do, which are not failures. */
   readonly unsyncable: readonly string[];
+  /** The file exists already (a retired log used again): opened for writing, not created. */
+  readonly reuse?: boolean;
 }
 
 interface Failure {
@@ -219,12 +228,17 @@ interface Waiter {
 
 /**
  * One copy of our own, handed over rather than cloned: the chunks may be views into larger buffers
- * (which a clone would copy whole) and stay in use meanwhile.
+ * (which a clone would copy whole) and stay in use meanwhile. Not zero-filled first (every octet is
+ * written right after): for a 100 KB message, clearing the two buffers it needs took a sixth of the
+ * event loop's time.
  */
 function joined(chunks: readonly Uint8Array[]): Uint8Array<ArrayBuffer> {
   let length = 0;
   for (const chunk of chunks) length += chunk.length;
-  const data = new Uint8Array(length);
+  // It must have an ArrayBuffer of its own of exactly this length to be transferred: where a runtime's
+  // allocUnsafeSlow gives anything else (a slice of a pool), a zero-filled array it is.
+  const unsafe = Buffer.allocUnsafeSlow(length);
+  const data = unsafe.byteOffset === 0 && unsafe.buffer.byteLength === length ? new Uint8Array(unsafe.buffer) : new Uint8Array(length);
   let at = 0;
   for (const chunk of chunks) {
     data.set(chunk, at);
@@ -294,7 +308,8 @@ export class FileThread {
 
   /**
    * Writes `parts` at `position` of the log file `log` and fdatasyncs it. The first append to a log
-   * passes `create`: the thread then creates the file (failing if it exists) and fsyncs its directory.
+   * passes `create`: the thread then creates the file (failing if it exists) and fsyncs its directory,
+   * or with `create.reuse` opens the file that is there.
    */
   append(log: string, create: LogCreation | null, position: number, parts: readonly Uint8Array[]): Promise<void> {
     const data = joined(parts);

@@ -17,6 +17,12 @@ import { crc32 } from "node:zlib";
  * formats use one per record for the same reason); the first version ended each record with a
  * SHA-256 instead (magic "MRLG"), which cost 16 µs per 4 KB message on a CPU without SHA
  * instructions. Such records are still read, so a log left by that version replays after an upgrade.
+ *
+ * A log file is used again after it is retired (see deliverylog.ts: overwriting octets a file already
+ * has makes an fdatasync a plain data flush, where an append also has to commit the file's new size).
+ * Each use is a generation with its own `gen`, named in its owner record and in every record of it, and
+ * the records of earlier generations that still follow the current ones are never read as current:
+ * reading stops at the first record of another generation.
  */
 const MAGIC = 0x434c524d; // "MRLC" read little-endian
 const MAGIC_SHA256 = 0x474c524d; // "MRLG": the first version's records
@@ -39,6 +45,8 @@ export interface LogOwner {
    */
   readonly pidns?: string;
   readonly start?: string;
+  /** The generation of the file this record opens (absent in logs from before files were reused). */
+  readonly gen?: string;
 }
 
 export interface LogDelivery {
@@ -47,6 +55,8 @@ export interface LogDelivery {
   readonly targets: readonly string[];
   /** The modification time the files carry (what list() reports as receivedAt). */
   readonly mtimeMs: number;
+  /** The generation it belongs to: its log's owner record names the current one. */
+  readonly gen?: string;
 }
 
 export type LogHeader = LogOwner | LogDelivery;
@@ -72,9 +82,15 @@ export interface DecodedRecord {
   readonly body: Buffer;
 }
 
-/** Reads records from an open log until the end or the first damaged record. */
+/**
+ * Reads records from an open log until the end, the first damaged record, or the first record of a
+ * generation other than the one its owner record names.
+ */
 export function* readRecords(fd: number): Generator<DecodedRecord> {
   let position = 0;
+  /** The current generation, once the owner record named it. */
+  let gen: string | undefined;
+  let first = true;
   const prefix = Buffer.alloc(PREFIX);
   for (;;) {
     if (readFully(fd, prefix, position) < PREFIX) return;
@@ -96,6 +112,13 @@ export function* readRecords(fd: number): Generator<DecodedRecord> {
     try {
       header = JSON.parse(rest.subarray(0, headerLength).toString("utf8")) as LogHeader;
     } catch {
+      return;
+    }
+    if (first) {
+      if (header.kind === "owner") gen = header.gen;
+      first = false;
+    } else if (gen !== undefined && header.gen !== gen) {
+      // An earlier generation's record: this one and all that follow were retired already.
       return;
     }
     yield { header, body: rest.subarray(headerLength, headerLength + bodyLength) };

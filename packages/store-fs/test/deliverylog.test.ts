@@ -1,7 +1,7 @@
 // The delivery log (group commit of small messages' files): what it leaves on disk while it collects,
 // that close and expunge retire it, and what a replay does with the log of a process that stopped.
 import { createHash } from "node:crypto";
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
+import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it, vi } from "vitest";
 import { processStamp, processStampOf, readAll, silentLogger, type Store } from "@mailroom/store";
@@ -9,7 +9,7 @@ import { createFsStore } from "../src/index.js";
 import { DeliveryLog, LOG_DIR } from "../src/deliverylog.js";
 import { messageName, newBase } from "../src/filenames.js";
 import { FileThread } from "../src/filethread.js";
-import { encodeRecord, type LogOwner } from "../src/logformat.js";
+import { encodeRecord, readRecords, type LogOwner } from "../src/logformat.js";
 import { recoverDeliveryLogs, retryLeftLogs } from "../src/logrecovery.js";
 import { BulkSync, movedToCur } from "../src/syncfs.js";
 import { tempRoot, text } from "./helpers.js";
@@ -33,6 +33,20 @@ const open = (dir: string, deliveryLogBytes?: number): Promise<Store> =>
 
 const logsIn = (dir: string): string[] =>
   existsSync(join(dir, LOG_DIR)) ? readdirSync(join(dir, LOG_DIR)).filter((name) => name.endsWith(".log")) : [];
+
+/** Delivery records a replay would find in the logs of `dir` now (a retired log file kept for reuse has none). */
+function pendingIn(dir: string): number {
+  let count = 0;
+  for (const name of logsIn(dir)) {
+    const fd = openSync(join(dir, LOG_DIR, name), "r");
+    try {
+      for (const { header } of readRecords(fd)) if (header.kind === "delivery") count++;
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return count;
+}
 
 const bodyOf = async (store: Store, mailbox: string, uid: string): Promise<string> =>
   new TextDecoder().decode(await readAll(await store.mailbox(mailbox).read(uid)));
@@ -144,9 +158,12 @@ describe.each([
     const store = await open(dir);
     const [d] = await store.deliver(["alice@example.test"], text("Subject: x\r\n\r\nhi\r\n"));
     expect(logsIn(dir)).toHaveLength(1);
+    expect(pendingIn(dir)).toBe(1);
     expect(await expungeAlice(store, d!.message.uid)).toBe(1);
-    expect(logsIn(dir)).toEqual([]);
+    // Retired: the file is kept for the next log, but holds nothing a replay would bring back.
+    expect(pendingIn(dir)).toBe(0);
     await store.close();
+    expect(logsIn(dir)).toEqual([]);
   });
 
   it("lets an expunge of mail whose records are retired go ahead without retiring the log of newer mail", async () => {
@@ -163,9 +180,10 @@ describe.each([
     // The old message's record is gone with the first log: nothing to wait for, the new log stays.
     expect(await expungeAlice(reopened, old!.message.uid)).toBe(1);
     expect(logsIn(dir)).toHaveLength(1);
+    expect(pendingIn(dir)).toBe(1);
     // The new message's record is in that log: it is retired first.
     expect(await expungeAlice(reopened, fresh!.message.uid)).toBe(1);
-    expect(logsIn(dir)).toEqual([]);
+    expect(pendingIn(dir)).toBe(0);
     await reopened.close();
   });
 
@@ -198,8 +216,9 @@ describe.each([
     await Promise.all(work);
     expect(syncs.length).toBeLessThanOrEqual(2);
     expect(syncs.reduce((a, b) => a + b, 0)).toBe(10);
-    expect(logsIn(dir)).toEqual([]);
+    expect(pendingIn(dir)).toBe(0);
     await log.close();
+    expect(logsIn(dir)).toEqual([]);
   });
 
   it("after a killed process (same boot): makes the files durable, rewrites nothing, restores nothing deleted since", async () => {
@@ -417,6 +436,121 @@ describe.each([
     for (const box of boxes) for (const m of await reopened.mailbox(box).list()) listed.add(`${box} ${m.uid}`);
     expect(listed.size).toBe(delivered.filter((d) => !expunged.has(d.uid)).length);
     await reopened.close();
+  });
+
+  it("uses a retired log file again, and a replay of it finds only the records written since", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    const bodies = ["Subject: a\r\n\r\n1\r\n", "Subject: b\r\n\r\n22\r\n", "Subject: c\r\n\r\n333\r\n"];
+    const uids: string[] = [];
+    for (const body of bodies) uids.push((await store.deliver(["alice@example.test"], text(body)))[0]!.message.uid);
+    const [log] = logsIn(dir);
+    const logPath = join(dir, LOG_DIR, log!);
+    const firstSize = statSync(logPath).size;
+    // The expunge retires the log first; the file stays, its records no longer count.
+    expect(await expungeAlice(store, uids[0]!)).toBe(1);
+    expect(logsIn(dir)).toEqual([log]);
+    expect(pendingIn(dir)).toBe(0);
+    const retired = readFileSync(logPath);
+    // The next delivery's record goes into the same file, over the old ones.
+    const [later] = await store.deliver(["alice@example.test"], text("Subject: d\r\n\r\n4\r\n"));
+    expect(logsIn(dir)).toEqual([log]);
+    expect(pendingIn(dir)).toBe(1);
+    expect(statSync(logPath).size).toBe(firstSize);
+    const current = readFileSync(logPath);
+    const listed = await store.mailbox("alice@example.test").list();
+    await store.close();
+    expect(logsIn(dir)).toEqual([]);
+
+    // A power cut now (another boot): the current record is replayed; the older records still in the
+    // file are not, so neither the expunged message nor the others' copies come back from it.
+    writeFileSync(logPath, current);
+    const fileOf = (uid: string) => messageFiles(dir, "alice@example.test").find((f) => f.includes(uid))!;
+    unlinkSync(fileOf(later!.message.uid));
+    unlinkSync(fileOf(uids[1]!)); // not what a power cut does to a file retired as durable: a marker
+    await recover(dir, "another-boot");
+    expect(logsIn(dir)).toEqual([]);
+    const reopened = await open(dir);
+    const after = (await reopened.mailbox("alice@example.test").list()).map((m) => m.uid).sort();
+    expect(after).toEqual([uids[2]!, later!.message.uid].sort());
+    expect(await bodyOf(reopened, "alice@example.test", later!.message.uid)).toBe("Subject: d\r\n\r\n4\r\n");
+    const laterListed = listed.find((m) => m.uid === later!.message.uid)!;
+    expect((await reopened.mailbox("alice@example.test").list()).find((m) => m.uid === later!.message.uid)!.receivedAt).toBeCloseTo(laterListed.receivedAt, -1);
+    await reopened.close();
+
+    // The file as the retirement left it (a new owner record, nothing after it of that generation):
+    // a process that died then left nothing to replay.
+    writeFileSync(logPath, retired);
+    unlinkSync(fileOf(uids[2]!));
+    await recover(dir, "another-boot");
+    expect(logsIn(dir)).toEqual([]);
+    expect(messageFiles(dir, "alice@example.test").map((f) => f.includes(uids[2]!))).not.toContain(true);
+  });
+
+  it("refuses the deliveries of one append, and then starts a new file, when a kept log file has vanished", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    const [first] = await store.deliver(["alice@example.test"], text("Subject: a\r\n\r\n1\r\n"));
+    const [log] = logsIn(dir);
+    expect(await expungeAlice(store, first!.message.uid)).toBe(1);
+    unlinkSync(join(dir, LOG_DIR, log!)); // someone cleaned up .log/ by hand
+    await expect(store.deliver(["alice@example.test"], text("Subject: b\r\n\r\n2\r\n"))).rejects.toThrow();
+    expect(await store.mailbox("alice@example.test").list()).toEqual([]);
+    const [third] = await store.deliver(["alice@example.test"], text("Subject: c\r\n\r\n3\r\n"));
+    expect(logsIn(dir)).toHaveLength(1);
+    expect(logsIn(dir)).not.toContain(log);
+    expect(pendingIn(dir)).toBe(1);
+    expect(await bodyOf(store, "alice@example.test", third!.message.uid)).toBe("Subject: c\r\n\r\n3\r\n");
+    await store.close();
+    expect(logsIn(dir)).toEqual([]);
+  });
+
+  it("deletes a retired log file that was not used again within a minute, and starts a new one", async () => {
+    const dir = freshRoot();
+    const store = await open(dir);
+    const [first] = await store.deliver(["alice@example.test"], text("Subject: a\r\n\r\n1\r\n"));
+    const [log] = logsIn(dir);
+    expect(await expungeAlice(store, first!.message.uid)).toBe(1);
+    expect(logsIn(dir)).toEqual([log]);
+    const now = Date.now();
+    const clock = vi.spyOn(Date, "now").mockReturnValue(now + 61_000);
+    try {
+      const [second] = await store.deliver(["alice@example.test"], text("Subject: b\r\n\r\n2\r\n"));
+      const logs = logsIn(dir);
+      expect(logs).toHaveLength(2);
+      expect(pendingIn(dir)).toBe(1);
+      // The old file goes with the next retirement.
+      expect(await expungeAlice(store, second!.message.uid)).toBe(1);
+      expect(logsIn(dir)).toEqual(logs.filter((name) => name !== log));
+    } finally {
+      clock.mockRestore();
+    }
+    await store.close();
+    expect(logsIn(dir)).toEqual([]);
+  });
+});
+
+describe("log records of several generations in one file", () => {
+  it("stop at the first record of an earlier generation, even one that starts right where the current ones end", () => {
+    const dir = freshRoot();
+    mkdirSync(dir, { recursive: true });
+    const path = join(dir, "mixed.log");
+    const owner = { kind: "owner", pid: 1, boot: "b", started: 0 } as const;
+    const delivery = (gen: string | undefined, n: number) =>
+      encodeRecord({ kind: "delivery", targets: [`example.test/alice/new/${n}`], mtimeMs: 0, ...(gen === undefined ? {} : { gen }) }, [Buffer.from(`body ${n}`)]);
+    const read = (parts: Uint8Array[]): string[] => {
+      writeFileSync(path, Buffer.concat(parts));
+      const fd = openSync(path, "r");
+      try {
+        return [...readRecords(fd)].map(({ header }) => (header.kind === "delivery" ? header.targets[0]!.split("/").pop()! : "owner"));
+      } finally {
+        closeSync(fd);
+      }
+    };
+    expect(read([...encodeRecord({ ...owner, gen: "g2" }, []), ...delivery("g2", 1), ...delivery("g2", 2), ...delivery("g1", 3)])).toEqual(["owner", "1", "2"]);
+    expect(read([...encodeRecord({ ...owner, gen: "g2" }, []), ...delivery("g1", 3)])).toEqual(["owner"]);
+    // A log from before generations: every record counts.
+    expect(read([...encodeRecord(owner, []), ...delivery(undefined, 1), ...delivery(undefined, 2)])).toEqual(["owner", "1", "2"]);
   });
 });
 
