@@ -1,7 +1,7 @@
 // Fault 2: SIGKILL the moment the last of N "250" replies arrives, while other sessions are still
 // mid-transaction. After a restart every message that got a 250 is in the mailbox exactly once, and
 // no message is there twice.
-import { readdirSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
@@ -70,6 +70,45 @@ describe.each(stores)("store %s", (kind) => {
     expect(acked.filter((id) => !counts.has(id))).toEqual([]);
     // Anything beyond the acknowledged set can only be a transaction whose 250 the kill swallowed.
     expect(found.length - acked.length).toBeLessThanOrEqual(SESSIONS);
+    process.kill(restarted.pid, "SIGKILL");
+    await restarted.exited;
+  });
+});
+
+describe("store fs, delivery log written over a retired file", () => {
+  it("every 250 survives a SIGKILL while the log reuses a retired file, nothing twice", async () => {
+    const tag = uniqueTag();
+    const dir = tempDir("after250-reuse");
+    const config = writeConfig(dir, storeSetup("fs", dir, tag));
+    const [rcpt] = addUsers(config, ["acked"]);
+    const server: Running = await serve(config);
+    const client = await smtpOpen(server.smtp);
+    const acked: string[] = [];
+    const send = async (n: number): Promise<void> => {
+      const id = `r${n}${tag}`;
+      expect(await smtpSend(client, rcpt!, message(id, rcpt!, 2_000 * (n % 5)))).toMatch(/^250/);
+      acked.push(id);
+    };
+    const logDir = join(dir, "mail", ".log");
+    const logs = (): string[] => readdirSync(logDir).filter((name) => name.endsWith(".log"));
+    for (let n = 0; n < 10; n++) await send(n);
+    const [log] = logs();
+    const firstRecord = (): string => readFileSync(join(logDir, log!)).subarray(0, 160).toString("latin1");
+    const written = firstRecord();
+    // The log is retired about once a second: its file stays, with a new owner record (another
+    // generation) over the first one, and the next records go over the old ones.
+    await new Promise((resolve) => setTimeout(resolve, 2_500));
+    expect(logs()).toEqual([log]);
+    expect(firstRecord()).not.toBe(written);
+    for (let n = 10; n < 20; n++) await send(n);
+    expect(logs()).toEqual([log]);
+    process.kill(server.pid, "SIGKILL");
+    await server.exited;
+
+    const restarted = await serve(config);
+    expect(logs()).toEqual([]);
+    const found = [...(await peek(restarted.pop3, rcpt!, messageIds)).values()];
+    expect(found.sort()).toEqual([...acked].sort());
     process.kill(restarted.pid, "SIGKILL");
     await restarted.exited;
   });
