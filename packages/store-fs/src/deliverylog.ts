@@ -57,6 +57,8 @@ export interface DeliveryLogOptions {
   readonly maxLogBytes?: number;
   /** The file thread to write new logs with, if one runs (asked once per log file). */
   readonly thread?: () => FileThread | null;
+  /** How long a retired log file may wait to be used again before it is deleted (default 60 s). */
+  readonly reuseWithinMs?: number;
 }
 
 /** A record on its way: where it goes, and a promise for its durability (see `DeliveryLog.begin`). */
@@ -90,6 +92,7 @@ interface FreeLog {
  * A free log older than this is deleted rather than used again. A recovery in another pid namespace
  * (another container on this kernel) judges a log by its modification time and takes one untouched
  * for five minutes for abandoned: reusing only files written in the last minute keeps far from that.
+ * Deleting them once idle also leaves nothing behind for other processes' recovery to look at.
  */
 const REUSE_WITHIN_MS = 60_000;
 /** More free logs than this are deleted: one or two are in use at a time. */
@@ -201,6 +204,9 @@ export class DeliveryLog {
   private stale: string[] = [];
   private closing = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** Deletes free logs once they are too old to use again (see `sweep`). */
+  private sweeper: ReturnType<typeof setTimeout> | undefined;
+  private readonly reuseWithinMs: number;
   private reserved = 0;
   private dirReady = false;
   private readonly checkpointMs: number;
@@ -218,6 +224,7 @@ export class DeliveryLog {
     this.checkpointMs = options.checkpointMs ?? 1_000;
     this.budgetBytes = options.budgetBytes ?? 32 * 1024 * 1024;
     this.maxLogBytes = options.maxLogBytes ?? 64 * 1024 * 1024;
+    this.reuseWithinMs = options.reuseWithinMs ?? REUSE_WITHIN_MS;
   }
 
   /** A collector for one delivery's body. */
@@ -317,7 +324,7 @@ export class DeliveryLog {
       this.current = null;
     }
     const gens = this.sealed.slice();
-    if (gens.length === 0) return;
+    if (gens.length === 0 && this.stale.length === 0) return;
     await Promise.all(gens.map((gen) => gen.drained()));
     const files = gens.flatMap((gen) => gen.files);
     const dirs = new Set(gens.flatMap((gen) => [...gen.dirs]));
@@ -352,6 +359,31 @@ export class DeliveryLog {
     this.sealed.splice(0, gens.length);
     this.free.push(...kept);
     while (this.free.length > MAX_FREE_LOGS) this.stale.push(this.free.shift()!.path);
+    if (this.free.length > 0) this.scheduleSweep();
+  }
+
+  private scheduleSweep(): void {
+    if (this.sweeper !== undefined || this.closing) return;
+    const oldest = Math.min(...this.free.map((free) => free.at));
+    this.sweeper = setTimeout(() => {
+      this.sweeper = undefined;
+      this.sweep();
+    }, Math.max(0, oldest + this.reuseWithinMs - Date.now()) + 50);
+    // Like the checkpoint timer: never what keeps a finished process alive.
+    (this.sweeper as { unref?: () => void }).unref?.();
+  }
+
+  /** Moves the free logs too old to use again to `stale`, and has a retirement delete them. */
+  private sweep(): void {
+    const now = Date.now();
+    const expired = this.free.filter((free) => now - free.at >= this.reuseWithinMs);
+    this.free = this.free.filter((free) => now - free.at < this.reuseWithinMs);
+    if (this.free.length > 0) this.scheduleSweep();
+    if (expired.length === 0) return;
+    this.stale.push(...expired.map((free) => free.path));
+    this.checkpoint().catch((error: unknown) => {
+      this.logger.warn({ err: error }, "maildir: could not delete unused delivery log files; the next retirement tries again");
+    });
   }
 
   /** Deletes log files, durably: a log that came back after a power cut would restore mail deleted since. */
@@ -388,6 +420,10 @@ export class DeliveryLog {
   /** Retires everything and deletes the log files (store close). */
   async close(): Promise<void> {
     this.closing = true;
+    if (this.sweeper !== undefined) {
+      clearTimeout(this.sweeper);
+      this.sweeper = undefined;
+    }
     await this.checkpoint();
     const paths = [...this.free.map((free) => free.path), ...this.stale];
     this.free = [];
@@ -415,7 +451,7 @@ export class DeliveryLog {
   /** The latest free log young enough to use again; older ones are deleted with the next retirement. */
   private takeFree(): FreeLog | null {
     const latest = this.closing ? undefined : this.free.pop();
-    if (latest !== undefined && Date.now() - latest.at < REUSE_WITHIN_MS) return latest;
+    if (latest !== undefined && Date.now() - latest.at < this.reuseWithinMs) return latest;
     // The rest are older still.
     if (latest !== undefined) this.stale.push(latest.path);
     this.stale.push(...this.free.map((free) => free.path));

@@ -505,6 +505,26 @@ describe.each([
     expect(logsIn(dir)).toEqual([]);
   });
 
+  it("deletes the retired files it keeps once they have gone unused for a while, with no more mail coming", async () => {
+    const dir = freshRoot();
+    const log = new DeliveryLog(dir, { fsync: true }, new BulkSync(() => undefined), silentLogger, {
+      maxMessageBytes: 32_768,
+      checkpointMs: 600_000,
+      reuseWithinMs: 300,
+      ...(mode.fileThread ? { thread: () => FileThread.shared() } : {}),
+    });
+    const maildir = join(dir, "example.test", "alice");
+    mkdirSync(join(maildir, "new"), { recursive: true });
+    const name = messageName(newBase("test.host"), 2, 2, null);
+    writeFileSync(join(maildir, "new", name), "hi");
+    (await log.begin([join(maildir, "new", name)], Date.now(), [Buffer.from("hi")]).durable)();
+    await log.checkpoint();
+    expect(logsIn(dir)).toHaveLength(1);
+    expect(pendingIn(dir)).toBe(0);
+    await vi.waitFor(() => expect(logsIn(dir)).toEqual([]), { timeout: 5_000 });
+    await log.close();
+  });
+
   it("deletes a retired log file that was not used again within a minute, and starts a new one", async () => {
     const dir = freshRoot();
     const store = await open(dir);
