@@ -33,12 +33,12 @@ afterAll(() => {
 const stores: StoreKind[] = ["fs", "postgres", "redis"];
 
 describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
-  it(`${runtime}: store-fs makes small deliveries on its file thread, and the program then ends by itself`, async () => {
+  it(`${runtime}: store-fs makes small deliveries on its file thread, reuses its retired log file, and the program then ends by itself`, async () => {
     const [command, ...args] = runtimes[runtime]!;
     const fixture = fileURLToPath(new URL("./fixtures/file-thread.mjs", import.meta.url));
     const mail = join(dir, `file-thread-${runtime}`);
     const { stdout } = await run(command!, [...args, fixture, mail], { timeout: 60_000, cwd: fileURLToPath(new URL("..", import.meta.url)) });
-    expect(JSON.parse(stdout.trim())).toEqual({ count: 40 });
+    expect(JSON.parse(stdout.trim())).toEqual({ count: 40, reused: true });
     const files = readdirSync(join(mail, "example.test", "alice", "new"));
     expect(files).toHaveLength(40);
     const bodies = files.map((name) => readFileSync(join(mail, "example.test", "alice", "new", name), "latin1"));
