@@ -18,8 +18,8 @@ import type { FileThread } from "./filethread.js";
  * it durable before the 250 is a copy appended to this log, and the appends of every delivery that
  * arrives while one fdatasync runs share the next one. About once a second the log is retired: the
  * files it covers are made durable in bulk (one syncfs per file system, see BulkSync), then the log
- * file is deleted. A log left behind by a crash is replayed when the store is next opened (see
- * logrecovery.ts).
+ * file is made unreplayable (kept for the next log, see below, or deleted). A log left behind by a
+ * crash is replayed when the store is next opened (see logrecovery.ts).
  *
  * Ordering, which is what the crash guarantees rest on: the record is durable before the rename makes
  * the message visible, and the rename happens before deliver() resolves. So every message a client
@@ -299,7 +299,8 @@ export class DeliveryLog {
   }
 
   /**
-   * Makes every file recorded so far durable in its Maildir and deletes the logs that covered them.
+   * Makes every file recorded so far durable in its Maildir and retires the logs that covered them
+   * (nothing in them can be replayed any more).
    * An expunge that removes a message still recorded in a log (see `covers`) calls this first, so
    * that a replay after a power cut cannot bring back mail a client deleted.
    */
