@@ -93,7 +93,7 @@ describe("store fs, delivery log written over a retired file", () => {
     const logs = (): string[] => readdirSync(logDir).filter((name) => name.endsWith(".log"));
     for (let n = 0; n < 10; n++) await send(n);
     const [log] = logs();
-    const firstRecord = (): string => readFileSync(join(logDir, log!)).subarray(0, 160).toString("latin1");
+    const firstRecord = (): string => readFileSync(join(logDir, log!)).subarray(0, 512).toString("latin1");
     const written = firstRecord();
     // The log is retired about once a second: its file stays, with a new owner record (another
     // generation) over the first one, and the next records go over the old ones.
