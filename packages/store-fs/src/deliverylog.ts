@@ -376,12 +376,9 @@ export class DeliveryLog {
 
   /** Moves the free logs too old to use again to `stale`, and has a retirement delete them. */
   private sweep(): void {
-    const now = Date.now();
-    const expired = this.free.filter((free) => now - free.at >= this.reuseWithinMs);
-    this.free = this.free.filter((free) => now - free.at < this.reuseWithinMs);
+    const expired = this.dropFree((free) => !this.young(free));
     if (this.free.length > 0) this.scheduleSweep();
-    if (expired.length === 0) return;
-    this.stale.push(...expired.map((free) => free.path));
+    if (expired === 0) return;
     this.checkpoint().catch((error: unknown) => {
       this.logger.warn({ err: error }, "maildir: could not delete unused delivery log files; the next retirement tries again");
     });
@@ -451,13 +448,23 @@ export class DeliveryLog {
 
   /** The latest free log young enough to use again; older ones are deleted with the next retirement. */
   private takeFree(): FreeLog | null {
-    const latest = this.closing ? undefined : this.free.pop();
-    if (latest !== undefined && Date.now() - latest.at < this.reuseWithinMs) return latest;
+    const latest = this.free.at(-1);
+    if (latest !== undefined && !this.closing && this.young(latest)) return this.free.pop()!;
     // The rest are older still.
-    if (latest !== undefined) this.stale.push(latest.path);
-    this.stale.push(...this.free.map((free) => free.path));
-    this.free = [];
+    this.dropFree(() => true);
     return null;
+  }
+
+  private young(free: FreeLog): boolean {
+    return Date.now() - free.at < this.reuseWithinMs;
+  }
+
+  /** Moves the free logs `which` picks to `stale` (deleted with the next retirement); returns how many. */
+  private dropFree(which: (free: FreeLog) => boolean): number {
+    const dropped = this.free.filter(which);
+    this.free = this.free.filter((free) => !which(free));
+    this.stale.push(...dropped.map((free) => free.path));
+    return dropped.length;
   }
 
   private schedule(): void {
@@ -505,8 +512,7 @@ export class DeliveryLog {
     // Whatever went wrong may have been the directory itself: the next log file checks it again, and
     // is a new one (the files kept for reuse may be gone with it; they are deleted if not).
     this.dirReady = false;
-    this.stale.push(...this.free.map((free) => free.path));
-    this.free = [];
+    this.dropFree(() => true);
     // Publishes waiting in the thread for an append that will never come must fail, not wait.
     gen.thread?.abandon(gen.path).catch(() => undefined);
     if (this.current === gen) {

@@ -42,14 +42,10 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
     let fd = logFds.get(job.log);
     if (fd !== undefined) return fd;
     if (job.create === null) throw new Error("maildir: the delivery log is not open");
-    if (job.create.reuse) {
-      // A retired file used again: it exists, and so does its durable directory entry.
-      fd = fs.openSync(job.log, "r+");
-      logFds.set(job.log, fd);
-      return fd;
-    }
-    fd = fs.openSync(job.log, "wx", 0o600);
+    fd = fs.openSync(job.log, job.create.reuse ? "r+" : "wx", 0o600);
     logFds.set(job.log, fd);
+    // A retired file used again: it exists, and so does its durable directory entry.
+    if (job.create.reuse) return fd;
     // Its directory entry must be durable before any of its records counts.
     let dir;
     try {

@@ -48,6 +48,37 @@ function pendingIn(dir: string): number {
   return count;
 }
 
+/**
+ * A DeliveryLog used directly (retired only when asked, written the way the current test mode says),
+ * and a delivery of one two-octet message to alice that resolves once its record is durable.
+ */
+function directLog(dir: string, options: { reuseWithinMs?: number; bulk?: BulkSync } = {}) {
+  const { bulk = new BulkSync(() => undefined), ...rest } = options;
+  const log = new DeliveryLog(dir, { fsync: true }, bulk, silentLogger, {
+    maxMessageBytes: 32_768,
+    checkpointMs: 600_000,
+    ...rest,
+    ...(mode.fileThread ? { thread: () => FileThread.shared() } : {}),
+  });
+  const maildir = join(dir, "example.test", "alice");
+  mkdirSync(join(maildir, "new"), { recursive: true });
+  const deliver = async (): Promise<void> => {
+    const name = messageName(newBase("test.host"), 2, 2, null);
+    writeFileSync(join(maildir, "new", name), "hi");
+    (await log.begin([join(maildir, "new", name)], Date.now(), [Buffer.from("hi")]).durable)();
+  };
+  return { log, deliver };
+}
+
+/** Delivers one message and expunges it, which retires the log; returns the name of the file kept. */
+async function deliverAndRetire(store: Store, dir: string): Promise<string> {
+  const [first] = await store.deliver(["alice@example.test"], text("Subject: a\r\n\r\n1\r\n"));
+  const [log] = logsIn(dir);
+  expect(await expungeAlice(store, first!.message.uid)).toBe(1);
+  expect(logsIn(dir)).toEqual([log]);
+  return log!;
+}
+
 const bodyOf = async (store: Store, mailbox: string, uid: string): Promise<string> =>
   new TextDecoder().decode(await readAll(await store.mailbox(mailbox).read(uid)));
 
@@ -196,19 +227,7 @@ describe.each([
       syncs.push(files.length);
       return original(files, dirs);
     };
-    const log = new DeliveryLog(dir, { fsync: true }, bulk, silentLogger, {
-      maxMessageBytes: 32_768,
-      checkpointMs: 600_000,
-      ...(mode.fileThread ? { thread: () => FileThread.shared() } : {}),
-    });
-    const maildir = join(dir, "example.test", "alice");
-    mkdirSync(join(maildir, "new"), { recursive: true });
-    const deliver = async (): Promise<void> => {
-      const name = messageName(newBase("test.host"), 2, 2, null);
-      writeFileSync(join(maildir, "new", name), "hi");
-      const recording = log.begin([join(maildir, "new", name)], Date.now(), [Buffer.from("hi")]);
-      (await recording.durable)();
-    };
+    const { log, deliver } = directLog(dir, { bulk });
     // A checkpoint right after each of ten deliveries, as POP3 QUITs under load ask for them: the first
     // starts a retirement, the others share the next one, which takes every log sealed by then.
     const work: Promise<void>[] = [];
@@ -490,10 +509,8 @@ describe.each([
   it("refuses the deliveries of one append, and then starts a new file, when a kept log file has vanished", async () => {
     const dir = freshRoot();
     const store = await open(dir);
-    const [first] = await store.deliver(["alice@example.test"], text("Subject: a\r\n\r\n1\r\n"));
-    const [log] = logsIn(dir);
-    expect(await expungeAlice(store, first!.message.uid)).toBe(1);
-    unlinkSync(join(dir, LOG_DIR, log!)); // someone cleaned up .log/ by hand
+    const log = await deliverAndRetire(store, dir);
+    unlinkSync(join(dir, LOG_DIR, log)); // someone cleaned up .log/ by hand
     await expect(store.deliver(["alice@example.test"], text("Subject: b\r\n\r\n2\r\n"))).rejects.toThrow();
     expect(await store.mailbox("alice@example.test").list()).toEqual([]);
     const [third] = await store.deliver(["alice@example.test"], text("Subject: c\r\n\r\n3\r\n"));
@@ -507,17 +524,8 @@ describe.each([
 
   it("deletes the retired files it keeps once they have gone unused for a while, with no more mail coming", async () => {
     const dir = freshRoot();
-    const log = new DeliveryLog(dir, { fsync: true }, new BulkSync(() => undefined), silentLogger, {
-      maxMessageBytes: 32_768,
-      checkpointMs: 600_000,
-      reuseWithinMs: 300,
-      ...(mode.fileThread ? { thread: () => FileThread.shared() } : {}),
-    });
-    const maildir = join(dir, "example.test", "alice");
-    mkdirSync(join(maildir, "new"), { recursive: true });
-    const name = messageName(newBase("test.host"), 2, 2, null);
-    writeFileSync(join(maildir, "new", name), "hi");
-    (await log.begin([join(maildir, "new", name)], Date.now(), [Buffer.from("hi")]).durable)();
+    const { log, deliver } = directLog(dir, { reuseWithinMs: 300 });
+    await deliver();
     await log.checkpoint();
     expect(logsIn(dir)).toHaveLength(1);
     expect(pendingIn(dir)).toBe(0);
@@ -528,10 +536,7 @@ describe.each([
   it("deletes a retired log file that was not used again within a minute, and starts a new one", async () => {
     const dir = freshRoot();
     const store = await open(dir);
-    const [first] = await store.deliver(["alice@example.test"], text("Subject: a\r\n\r\n1\r\n"));
-    const [log] = logsIn(dir);
-    expect(await expungeAlice(store, first!.message.uid)).toBe(1);
-    expect(logsIn(dir)).toEqual([log]);
+    const log = await deliverAndRetire(store, dir);
     const now = Date.now();
     const clock = vi.spyOn(Date, "now").mockReturnValue(now + 61_000);
     try {
