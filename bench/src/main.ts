@@ -1,4 +1,4 @@
-// pnpm bench [--store fs|postgres|redis|all] [--suites smtp,pop3,idle,big] [--ref] [--repeats N] [--quick] [--workers N|auto]
+// pnpm bench [--store fs|postgres|redis|all] [--suites smtp,pop3,idle,big] [--ref] [--repeats N] [--quick] [--workers N|auto] [--settle S]
 // Starts Mailroom from this checkout (and with --ref the reference Postfix + Dovecot and the Node
 // smtp-server peer from shared/ref), runs the shared load drivers against each in the same sitting,
 // and writes a table (summary.md) and JSON (summary.json) under bench/results/<stamp>/.
@@ -21,6 +21,7 @@ const { values } = parseArgs({
     quick: { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
     idle: { type: "string", default: "1000,5000,10000" },
+    settle: { type: "string", default: "2" },
     "ref-tools": { type: "string" },
   },
 });
@@ -37,6 +38,10 @@ if (!existsSync(join(sourceTools, "smtp_ingest.py"))) {
 const refTools = mkdtempSync(join(tmpdir(), "mailroom-ref-tools-"));
 cpSync(sourceTools, refTools, { recursive: true });
 
+if (!(Number(values.settle) >= 0)) {
+  console.error(`bench: --settle takes seconds (0 or more), not ${JSON.stringify(values.settle)}`);
+  process.exit(2);
+}
 const suites = new Set(values.suites.split(","));
 const stores = (values.store === "all" ? ["fs", "postgres", "redis"] : values.store.split(",")) as Array<"fs" | "postgres" | "redis">;
 const ctx: SuiteContext = {
@@ -44,6 +49,7 @@ const ctx: SuiteContext = {
   outDir,
   repeats: Number(values.repeats),
   quick: values.quick,
+  settleSeconds: Number(values.settle),
   log: (message) => console.log(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}`),
 };
 
