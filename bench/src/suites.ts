@@ -52,17 +52,17 @@ function popEmpty(target: Target, user: string): void {
 }
 
 /**
- * The targets take turns run by run (each size × connections × repeat runs on every target before the
- * next starts): this machine's speed drifts by up to 2× within minutes, and running all of one
- * target's runs before the next target's made the ratios measure the drift as much as the servers.
- */
-/**
  * Runs with 64 connections send this many times the messages: 1,500 over 64 connections are 23 per
  * connection, and such a run ends within a second, mostly connection set-up and ramp-up (the same
  * server ran 1.6× faster at 4 KB × 64 in 8,000-message runs than in the suite's 1,500-message ones).
  */
 const MANY_CONNECTIONS_FACTOR = 4;
 
+/**
+ * The targets take turns run by run (each size × connections × repeat runs on every target before the
+ * next starts): this machine's speed drifts by up to 2× within minutes, and running all of one
+ * target's runs before the next target's made the ratios measure the drift as much as the servers.
+ */
 export function smtpIngest(ctx: SuiteContext, targets: readonly Target[]): Record<string, string>[] {
   const out = join(ctx.outDir, "smtp_ingest.tsv");
   const sizes: Array<[size: number, count: number]> = ctx.quick ? [[4096, 300], [102400, 120]] : [[4096, 1500], [102400, 600]];
