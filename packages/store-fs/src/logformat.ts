@@ -90,7 +90,6 @@ export function* readRecords(fd: number): Generator<DecodedRecord> {
   let position = 0;
   /** The current generation, once the owner record named it. */
   let gen: string | undefined;
-  let first = true;
   const prefix = Buffer.alloc(PREFIX);
   for (;;) {
     if (readFully(fd, prefix, position) < PREFIX) return;
@@ -114,9 +113,8 @@ export function* readRecords(fd: number): Generator<DecodedRecord> {
     } catch {
       return;
     }
-    if (first) {
+    if (position === 0) {
       if (header.kind === "owner") gen = header.gen;
-      first = false;
     } else if (gen !== undefined && header.gen !== gen) {
       // An earlier generation's record: this one and all that follow were retired already.
       return;
