@@ -80,6 +80,13 @@ export class MailboxCaches {
 export class JsonFile<T> {
   private signature = "";
   private value: T | undefined;
+  /**
+   * The read of a changed file under way, and the signature that asked for it. Every load until it is
+   * done waits for it: an answer from the copy it replaces would be older than a change the caller may
+   * already have seen finish (a `user add` that returned before the RCPT came in).
+   */
+  private reading: { readonly signature: string; readonly value: Promise<T> } | undefined;
+  private checkedIn = -1;
 
   constructor(
     readonly path: string,
@@ -87,20 +94,39 @@ export class JsonFile<T> {
     private readonly empty: () => T,
   ) {}
 
-  private checkedIn = -1;
-
   async load(): Promise<T> {
     const turn = currentTurn();
-    if (turn === this.checkedIn && this.value !== undefined) return this.value;
+    if (turn === this.checkedIn) {
+      if (this.reading !== undefined) return this.reading.value;
+      if (this.value !== undefined) return this.value;
+    }
     this.checkedIn = turn;
     const info = statSync(this.path, { throwIfNoEntry: false });
     if (info === undefined) {
       this.signature = "";
       this.value = undefined;
+      this.reading = undefined;
       return this.empty();
     }
     const signature = `${info.ino}:${info.size}:${info.mtimeMs}:${info.ctimeMs}`;
-    if (signature === this.signature && this.value !== undefined) return this.value;
+    if (this.reading?.signature === signature) return this.reading.value;
+    if (signature === this.signature && this.value !== undefined && this.reading === undefined) return this.value;
+    const reading = { signature, value: this.read() };
+    this.reading = reading;
+    try {
+      const value = await reading.value;
+      // A later read (the file changed again meanwhile) or an invalidate() has the last word.
+      if (this.reading === reading) {
+        this.signature = signature;
+        this.value = value;
+      }
+      return value;
+    } finally {
+      if (this.reading === reading) this.reading = undefined;
+    }
+  }
+
+  private async read(): Promise<T> {
     let text: string;
     try {
       text = await fsp.readFile(this.path, "utf8");
@@ -108,16 +134,14 @@ export class JsonFile<T> {
       if (!isErrno(error, "ENOENT")) throw error;
       return this.empty();
     }
-    const value = this.parse(JSON.parse(text));
-    this.signature = signature;
-    this.value = value;
-    return value;
+    return this.parse(JSON.parse(text));
   }
 
   /** Forget the cached copy (after we wrote the file ourselves). */
   invalidate(): void {
     this.signature = "";
     this.value = undefined;
+    this.reading = undefined;
     this.checkedIn = -1;
   }
 }
