@@ -5,6 +5,7 @@ import type { SyncPolicy } from "./fsutil.js";
 import { isErrno } from "./errors.js";
 import type { DirSyncs } from "./groupcommit.js";
 import type { DeliveryLog } from "./deliverylog.js";
+import type { BulkSync } from "./syncfs.js";
 import type { MailboxLocation } from "./layout.js";
 
 /** What every part of one store instance shares. */
@@ -24,6 +25,8 @@ export interface StoreContext {
   readonly syncReadBytes: number;
   /** `locateMailbox` under this root, remembered for recently used ids. */
   readonly locate: (id: string) => MailboxLocation;
+  /** Makes the delivery log's files durable in bulk (ended with the store). */
+  readonly bulk: BulkSync;
   /** Retries for delivery logs that opening the store left to another container's process. */
   readonly laterRecovery: { stop(): void } | null;
 }

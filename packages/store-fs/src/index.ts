@@ -90,6 +90,7 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
     dirSyncs: new DirSyncs(policy),
     locate: mailboxLocator(root),
     syncReadBytes: options.syncReadBytes ?? DEFAULT_SYNC_READ_BYTES,
+    bulk,
     laterRecovery: left > 0 ? retryLeftLogs(recovery) : null,
   };
   return new FsStore(ctx);

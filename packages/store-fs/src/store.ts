@@ -200,5 +200,6 @@ export class FsStore implements Store {
     this.ctx.laterRecovery?.stop();
     this.ctx.dirSyncs.close();
     await this.ctx.deliveryLog?.close();
+    this.ctx.bulk.close();
   }
 }

@@ -579,13 +579,18 @@ describe("log records of several generations in one file", () => {
   });
 });
 
+/** A store with one message for alice, closed; its root and alice's message files. */
+async function oneMessageClosed(): Promise<{ dir: string; files: string[] }> {
+  const dir = freshRoot();
+  const store = await open(dir);
+  await store.deliver(["alice@example.test"], text("Subject: x\r\n\r\nhi\r\n"));
+  await store.close();
+  return { dir, files: messageFiles(dir, "alice@example.test") };
+}
+
 describe("BulkSync", () => {
   it("falls back to one fsync per file when `sync -f` cannot run, and says so once", async () => {
-    const dir = freshRoot();
-    const store = await open(dir);
-    await store.deliver(["alice@example.test"], text("Subject: x\r\n\r\nhi\r\n"));
-    await store.close();
-    const files = messageFiles(dir, "alice@example.test");
+    const { dir, files } = await oneMessageClosed();
     // One that a reader has moved to cur/ since: the fallback finds it there.
     const moved = files[0]!.replace("/new/", "/cur/") + ":2,S";
     renameSync(files[0]!, moved);
@@ -602,5 +607,67 @@ describe("BulkSync", () => {
     }
     expect(warn).toHaveBeenCalledTimes(1);
     expect(String(warn.mock.calls[0]![0])).toContain("sync -f");
+  });
+});
+
+describe("BulkSync's helper shell", () => {
+  // The built package, as a server process would load it (CI builds before it tests).
+  const entry = new URL("../dist/index.js", import.meta.url).pathname;
+
+  it.runIf(process.platform === "linux")("runs every retirement's `sync -f` in one shell that ends with the server, which exits once idle", async () => {
+    const dir = freshRoot();
+    const script = [
+      `const { readFileSync } = await import("node:fs");`,
+      `const { createFsStore } = await import(${JSON.stringify(entry)});`,
+      `const store = await createFsStore({ root: ${JSON.stringify(dir)}, deliveryLogMs: 20 });`,
+      `const message = async function* () { yield new TextEncoder().encode("Subject: x\\r\\n\\r\\nhi\\r\\n"); };`,
+      // Three logs, each retired (and its files synced in bulk) before the next delivery.
+      `for (let i = 0; i < 3; i++) { await store.deliver(["alice@example.test"], message()); await new Promise((r) => setTimeout(r, 300)); }`,
+      `const children = readFileSync("/proc/self/task/" + process.pid + "/children", "utf8").trim().split(/\\s+/).filter(Boolean);`,
+      `process.stdout.write(JSON.stringify(children.map((pid) => [pid, readFileSync("/proc/" + pid + "/cmdline", "utf8").split("\\0")[0]])) + "\\n");`,
+      // No close: an idle helper must not keep the process alive.
+    ].join("\n");
+    const { spawn } = await import("node:child_process");
+    const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let errors = "";
+    child.stdout.on("data", (chunk: Buffer) => (out += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (errors += chunk.toString()));
+    const exited = await Promise.race([
+      new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code))),
+      new Promise<"hung">((resolve) => setTimeout(() => resolve("hung"), 15_000)),
+    ]);
+    if (exited === "hung") child.kill("SIGKILL");
+    expect({ exited, errors }).toEqual({ exited: 0, errors: "" });
+    const children = JSON.parse(out) as Array<[string, string]>;
+    expect(children).toHaveLength(1);
+    expect(children[0]![1]).toBe("sh");
+    // Its input closed with the server: it is gone too.
+    const helper = `/proc/${children[0]![0]}`;
+    for (let i = 0; i < 50 && existsSync(helper); i++) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(helper)).toBe(false);
+    // And the messages are there.
+    expect(pendingIn(dir)).toBe(0);
+  });
+
+  it("answers syncs in order, and after its shell was killed starts another", async () => {
+    const { dir, files } = await oneMessageClosed();
+    const warn = vi.fn();
+    const bulk = new BulkSync(warn);
+    const newDir = join(dir, "example.test", "alice", "new");
+    try {
+      await Promise.all([bulk.sync(files, [newDir]), bulk.sync(files, [newDir]), bulk.sync(files, [newDir])]);
+      if (process.platform === "linux") {
+        const children = readFileSync(`/proc/self/task/${process.pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean);
+        const shells = children.filter((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").startsWith("sh\0"));
+        expect(shells.length).toBeGreaterThan(0);
+        for (const pid of shells) process.kill(Number(pid), "SIGKILL");
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      await bulk.sync(files, [newDir]);
+      expect(warn).not.toHaveBeenCalled();
+    } finally {
+      bulk.close();
+    }
   });
 });
