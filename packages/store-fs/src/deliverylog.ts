@@ -173,6 +173,11 @@ export class KeptBody {
     private readonly budget: { reserve(n: number): boolean; unreserve(n: number): void },
   ) {}
 
+  /** Whether `length` more octets stay within the log's size limit (the memory budget may still refuse). */
+  fits(length: number): boolean {
+    return !this.dropped && this.bytes + length <= this.limit;
+  }
+
   /** Keeps `chunk` (which must not change afterwards); false if the message outgrew the log. */
   add(chunk: Uint8Array): boolean {
     if (this.dropped || this.bytes + chunk.length > this.limit || !this.budget.reserve(chunk.length)) return false;

@@ -248,6 +248,25 @@ describe("group commit in the store (fsync on)", () => {
 });
 
 describe("writing message files", () => {
+  it("delivers a message that outgrows the delivery log exactly, from a source that reuses its buffer", async () => {
+    const store = await createFsStore({ root: fresh(), hostname: "gc.host" });
+    // Lines of one letter each; the sizes cross the log's 32 KiB limit in the third chunk.
+    const part = (letter: string, octets: number) => `${letter.repeat(78)}\r\n`.repeat(octets / 80);
+    const parts = [part("A", 8_000), part("B", 8_000), part("C", 40_000), part("D", 24_000), part("E", 4_000)];
+    async function* reusing(): AsyncGenerator<Uint8Array> {
+      const buffer = new Uint8Array(48_000);
+      for (const text of parts) {
+        const { written } = new TextEncoder().encodeInto(text, buffer);
+        yield buffer.subarray(0, written);
+      }
+    }
+    const [delivered] = await store.deliver(["big@example.test"], reusing());
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of await store.mailbox("big@example.test").read(delivered!.message.uid)) chunks.push(chunk);
+    expect(Buffer.concat(chunks).toString("latin1")).toBe(parts.join(""));
+    await store.close();
+  });
+
   it("stores a message streamed in many small chunks exactly, even from a source that reuses its buffer", async () => {
     const store = await createFsStore({ root: fresh(), hostname: "gc.host" });
     const line = (i: number) => `X-Line-${String(i).padStart(5, "0")}: ${"y".repeat(40)}\r\n`;
