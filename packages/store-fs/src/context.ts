@@ -113,7 +113,7 @@ export class JsonFile<T> {
     }
     const signature = `${info.ino}:${info.size}:${info.mtimeMs}:${info.ctimeMs}`;
     if (this.reading?.signature === signature) return this.reading.value;
-    if (signature === this.signature && this.value !== undefined && this.reading === undefined) return this.value;
+    if (signature === this.signature && this.value !== undefined) return this.value;
     const reading = { signature, value: this.read() };
     this.reading = reading;
     try {

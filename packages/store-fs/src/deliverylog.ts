@@ -180,7 +180,7 @@ export class KeptBody {
 
   /** Keeps `chunk` (which must not change afterwards); false if the message outgrew the log. */
   add(chunk: Uint8Array): boolean {
-    if (this.dropped || this.bytes + chunk.length > this.limit || !this.budget.reserve(chunk.length)) return false;
+    if (!this.fits(chunk.length) || !this.budget.reserve(chunk.length)) return false;
     this.chunks.push(chunk);
     this.bytes += chunk.length;
     return true;

@@ -1,8 +1,10 @@
 // The delivery log (group commit of small messages' files): what it leaves on disk while it collects,
 // that close and expunge retire it, and what a replay does with the log of a process that stopped.
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, statSync, truncateSync, unlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { beforeAll, describe, expect, it, vi } from "vitest";
 import { processStamp, processStampOf, readAll, silentLogger, type Store } from "@mailroom/store";
 import { createFsStore } from "../src/index.js";
@@ -612,7 +614,7 @@ describe("BulkSync", () => {
 
 describe("BulkSync's helper shell", () => {
   // The built package, as a server process would load it (CI builds before it tests).
-  const entry = new URL("../dist/index.js", import.meta.url).pathname;
+  const entry = fileURLToPath(new URL("../dist/index.js", import.meta.url));
 
   it.runIf(process.platform === "linux")("runs every retirement's `sync -f` in one shell that ends with the server, which exits once idle", async () => {
     const dir = freshRoot();
@@ -627,7 +629,6 @@ describe("BulkSync's helper shell", () => {
       `process.stdout.write(JSON.stringify(children.map((pid) => [pid, readFileSync("/proc/" + pid + "/cmdline", "utf8").split("\\0")[0]])) + "\\n");`,
       // No close: an idle helper must not keep the process alive.
     ].join("\n");
-    const { spawn } = await import("node:child_process");
     const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "pipe"] });
     let out = "";
     let errors = "";
