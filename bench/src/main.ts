@@ -1,4 +1,4 @@
-// pnpm bench [--store fs|postgres|redis|all] [--suites smtp,pop3,idle,big] [--ref] [--repeats N] [--quick] [--workers N|auto] [--settle S]
+// pnpm bench [options] (see options.ts, or pnpm bench --help)
 // Starts Mailroom from this checkout (and with --ref the reference Postfix + Dovecot and the Node
 // smtp-server peer from shared/ref), runs the shared load drivers against each in the same sitting,
 // and writes a table (summary.md) and JSON (summary.json) under bench/results/<stamp>/.
@@ -6,61 +6,56 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } fro
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
+import { parseBenchArgs, UsageError, USAGE, type BenchOptions } from "./options.js";
 import { renderReport } from "./report.js";
 import { bigMessage, idleConnections, pop3Retrieve, smtpIngest, type SuiteContext } from "./suites.js";
 import { mailroomTarget, nodePeerTarget, referenceTarget, type Target } from "./targets.js";
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
-const { values } = parseArgs({
-  options: {
-    store: { type: "string", default: "fs" },
-    suites: { type: "string", default: "smtp,pop3,idle,big" },
-    ref: { type: "boolean", default: false },
-    repeats: { type: "string", default: "3" },
-    quick: { type: "boolean", default: false },
-    workers: { type: "string", default: "1" },
-    idle: { type: "string", default: "1000,5000,10000" },
-    settle: { type: "string", default: "2" },
-    "ref-tools": { type: "string" },
-  },
-});
+let options: BenchOptions;
+try {
+  const parsed = parseBenchArgs(process.argv.slice(2));
+  if (parsed === "help") {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  options = parsed;
+} catch (error) {
+  if (!(error instanceof UsageError)) throw error;
+  console.error(`bench: ${error.message}\n${USAGE}`);
+  process.exit(2);
+}
 
-const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "").replace("T", "_").toLowerCase();
-const outDir = join(repo, "bench/results", stamp);
-mkdirSync(outDir, { recursive: true });
-const sourceTools = values["ref-tools"] ?? process.env.MAILROOM_REF_TOOLS ?? join(repo, "../shared/ref");
+const sourceTools = options.refTools ?? process.env.MAILROOM_REF_TOOLS ?? join(repo, "../shared/ref");
 if (!existsSync(join(sourceTools, "smtp_ingest.py"))) {
   console.error(`bench: the load drivers were not found in ${sourceTools} (set --ref-tools or MAILROOM_REF_TOOLS)`);
   process.exit(2);
 }
+const stamp = new Date().toISOString().replace(/[-:]/g, "").replace(/\..*/, "").replace("T", "_").toLowerCase();
+const outDir = join(repo, "bench/results", stamp);
+mkdirSync(outDir, { recursive: true });
 // The peers install their npm packages beside themselves, so work on a writable copy.
 const refTools = mkdtempSync(join(tmpdir(), "mailroom-ref-tools-"));
 cpSync(sourceTools, refTools, { recursive: true });
 
-if (!(Number(values.settle) >= 0)) {
-  console.error(`bench: --settle takes seconds (0 or more), not ${JSON.stringify(values.settle)}`);
-  process.exit(2);
-}
-const suites = new Set(values.suites.split(","));
-const stores = (values.store === "all" ? ["fs", "postgres", "redis"] : values.store.split(",")) as Array<"fs" | "postgres" | "redis">;
+const { stores, suites } = options;
 const ctx: SuiteContext = {
   refTools,
   outDir,
-  repeats: Number(values.repeats),
-  quick: values.quick,
-  settleSeconds: Number(values.settle),
+  repeats: options.repeats,
+  quick: options.quick,
+  settleSeconds: options.settleSeconds,
   log: (message) => console.log(`[bench ${new Date().toISOString().slice(11, 19)}] ${message}`),
 };
 
 const targets: Target[] = [];
 const workDir = mkdtempSync(join(tmpdir(), "mailroom-bench-"));
-const results: Record<string, unknown> = { stamp, stores, suites: [...suites], repeats: ctx.repeats, quick: ctx.quick, workers: values.workers };
+const results: Record<string, unknown> = { stamp, stores, suites: [...suites], repeats: ctx.repeats, quick: ctx.quick, workers: options.workers };
 try {
   for (const [i, store] of stores.entries()) {
-    targets.push(await mailroomTarget({ repo, dir: join(workDir, store), store, basePort: 25000 + i * 1000, stamp, workers: values.workers }));
+    targets.push(await mailroomTarget({ repo, dir: join(workDir, store), store, basePort: 25000 + i * 1000, stamp, workers: options.workers }));
   }
-  if (values.ref) {
+  if (options.ref) {
     targets.push(await referenceTarget(refTools));
     targets.push(await nodePeerTarget(refTools));
   }
@@ -74,7 +69,7 @@ try {
       (results.big as unknown[]).push(big);
     }
   }
-  if (suites.has("idle")) results.idle = await idleConnections(ctx, targets, values.idle.split(",").map(Number));
+  if (suites.has("idle")) results.idle = await idleConnections(ctx, targets, [...options.idle]);
 } finally {
   for (const target of targets) await target.stop().catch(() => {});
   rmSync(workDir, { recursive: true, force: true });

@@ -1,0 +1,6 @@
+import { defineConfig } from "vitest/config";
+
+// Only the command line's checks: the benchmarks themselves are run by `pnpm bench`, never by the tests.
+export default defineConfig({
+  test: { name: "bench", include: ["test/**/*.test.ts"] },
+});
