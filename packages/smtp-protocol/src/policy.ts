@@ -1,4 +1,13 @@
-import { normalizeAddress, normalizeDomain, resolveRecipient, type Account, type MailboxId, type Store } from "@mailroom/store";
+import {
+  lookupsFor,
+  normalizeAddress,
+  normalizeDomain,
+  resolveRecipient,
+  type Account,
+  type MailboxId,
+  type RecipientLookups,
+  type Store,
+} from "@mailroom/store";
 import type { Path } from "./commands.js";
 import { R, rejectReply, type Reply } from "./replies.js";
 import type { ListenerMode, RecipientVerdict, SessionInfo, SmtpHooks } from "./types.js";
@@ -28,7 +37,7 @@ export type Decision<T> = { readonly ok: true; readonly value: T } | { readonly 
 
 const refuse = (reply: Reply): Decision<never> => ({ ok: false, reply });
 
-async function isLocalDomain(store: Store, domain: string): Promise<boolean> {
+async function isLocalDomain(lookups: RecipientLookups, domain: string): Promise<boolean> {
   let normal: string;
   try {
     normal = normalizeDomain(domain);
@@ -36,7 +45,7 @@ async function isLocalDomain(store: Store, domain: string): Promise<boolean> {
     // Address literals and malformed names are never ours: we do not accept mail "for an IP".
     return false;
   }
-  return store.directory.hasDomain(normal);
+  return lookups.hasDomain(normal);
 }
 
 export async function checkSender(ctx: PolicyContext, path: Path): Promise<Decision<string>> {
@@ -70,14 +79,16 @@ export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<De
   if (ctx.hooks.onRcptTo) return fromVerdict(await ctx.hooks.onRcptTo(path.address, ctx.info));
   // `<postmaster>` without a domain must always be accepted (RFC 5321 4.5.1): it means ours.
   if (path.domain === "") return postmaster(ctx);
-  if (!(await isLocalDomain(ctx.store, path.domain))) {
+  // One fetch for the domain check and the resolution below (a database store answers both at once).
+  const lookups = await lookupsFor(ctx.store.directory, path.address);
+  if (!(await isLocalDomain(lookups, path.domain))) {
     if (ctx.mode === "mx") return refuse(R.relayDenied());
     if (ctx.hooks.onRelay) return fromVerdict(await ctx.hooks.onRelay(path.address, ctx.info));
     return ctx.relay === "queue" && ctx.store.queue ? { ok: true, value: { mailboxes: [], relay: true } } : refuse(R.relayNotEnabled());
   }
   // The domain is ours. Anything that does not resolve to a mailbox (including `%`, `!` and quoted
   // local parts, which the store refuses as names) is an unknown user, never a relay.
-  const resolution = await resolveRecipient(ctx.store.directory, path.address);
+  const resolution = await resolveRecipient(lookups, path.address);
   if (resolution.kind === "local") return { ok: true, value: { mailboxes: resolution.mailboxes, relay: false } };
   return refuse(R.unknownUser());
 }

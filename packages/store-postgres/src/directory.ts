@@ -7,8 +7,10 @@ import {
   type Account,
   type Alias,
   type Directory,
+  type RecipientLookups,
 } from "@mailroom/store";
 import type { Db } from "./db.js";
+import { fetchRecipientLookups, recipientLookupsSql } from "./lookups.js";
 
 interface AccountRow {
   address: string;
@@ -56,6 +58,7 @@ export class PostgresDirectory implements Directory {
       removeAlias: `DELETE FROM ${s}.aliases WHERE source = $1 AND ($2::text IS NULL OR target = $2)`,
       aliasTargets: `SELECT target FROM ${s}.aliases WHERE source = $1 ORDER BY seq`,
       listAliases: `SELECT source, target FROM ${s}.aliases WHERE $1::text IS NULL OR domain = $1 ORDER BY seq`,
+      recipientLookups: recipientLookupsSql(s),
     };
   }
 
@@ -141,6 +144,10 @@ export class PostgresDirectory implements Directory {
       normalizeAliasSource(source),
     ]);
     return result.rows.map((r) => r.target);
+  }
+
+  recipientLookups(address: string): Promise<RecipientLookups> {
+    return fetchRecipientLookups(this.db, this.sql.recipientLookups, this, address);
   }
 
   async listAliases(domain?: string): Promise<readonly Alias[]> {

@@ -174,7 +174,19 @@ export interface Directory {
   /** The targets of one source (exact match, no expansion); empty when none. */
   aliasTargets(source: string): Promise<readonly string[]>;
   listAliases(domain?: string): Promise<readonly Alias[]>;
+
+  /**
+   * Optional. Everything `resolveRecipient` may ask about `address` (its domain, the account, the
+   * aliases and catch-alls it leads through, their domains), fetched at once: for a database one round
+   * trip per recipient instead of four or more. The answers must be the directory's own; a question
+   * outside what was fetched must be passed on to the directory. A store without it is asked one
+   * lookup at a time.
+   */
+  recipientLookups?(address: string): Promise<RecipientLookups>;
 }
+
+/** The directory lookups that resolving a recipient needs (see `Directory.recipientLookups`). */
+export type RecipientLookups = Pick<Directory, "hasDomain" | "getAccount" | "aliasTargets">;
 
 /** What a store can do beyond the contract. Capabilities may only add guarantees. */
 export interface StoreCapabilities {

@@ -5,6 +5,7 @@ export type {
   Delivered,
   DeliverOptions,
   Directory,
+  RecipientLookups,
   Lease,
   LeaseOptions,
   Mailbox,
@@ -29,7 +30,8 @@ export {
   splitAddress,
 } from "./names.js";
 export { authenticate, hashPassword, isPasswordHash, verifyPassword, type PasswordHashOptions } from "./password.js";
-export { resolveRecipient, type Resolution } from "./recipients.js";
+export { MAX_ALIAS_DEPTH, lookupsFor, resolveRecipient, type Resolution } from "./recipients.js";
+export { FetchedRecipientLookups } from "./lookups.js";
 export { abortable, countBytes, fromBytes, guardAppendSource, limitBytes, readAll, takeTop } from "./streams.js";
 export { silentLogger, type LogFn, type Logger } from "./logger.js";
 export { createLoginThrottle, type LoginThrottle, type LoginThrottleOptions } from "./throttle.js";

@@ -1,4 +1,4 @@
-import type { Directory, MailboxId } from "./contract.js";
+import type { Directory, MailboxId, RecipientLookups } from "./contract.js";
 import { isStoreError } from "./errors.js";
 import { domainOf, normalizeAddress } from "./names.js";
 
@@ -11,15 +11,26 @@ export type Resolution =
   /** The domain is not one of ours (or the address is malformed for us). */
   | { readonly kind: "not-local" };
 
-/** Alias chains longer than this are treated as loops. Postfix stops at a similar depth. */
-const MAX_ALIAS_DEPTH = 8;
+/**
+ * Alias chains longer than this are treated as loops. Postfix stops at a similar depth. A store's
+ * `recipientLookups` fetches this deep, plus the domains of the last hop's targets.
+ */
+export const MAX_ALIAS_DEPTH = 8;
+
+/**
+ * The lookups to resolve `address` with: the store's prefetched ones where it has them (one round
+ * trip), else the directory itself. Use the result for every question about that one recipient.
+ */
+export async function lookupsFor(directory: Directory | RecipientLookups, address: string): Promise<RecipientLookups> {
+  return "recipientLookups" in directory && directory.recipientLookups ? directory.recipientLookups(address) : directory;
+}
 
 /**
  * Expands aliases (including `@domain` catch-alls, which apply only when no account or exact alias
  * exists) until every branch ends at an account. Targets on foreign domains are ignored here:
  * forwarding to other domains is the outbound queue's business, not local delivery's.
  */
-export async function resolveRecipient(directory: Directory, input: string): Promise<Resolution> {
+export async function resolveRecipient(lookups: Directory | RecipientLookups, input: string): Promise<Resolution> {
   let address: string;
   try {
     address = normalizeAddress(input);
@@ -27,6 +38,7 @@ export async function resolveRecipient(directory: Directory, input: string): Pro
     if (isStoreError(error) && error.code === "invalid-name") return { kind: "not-local" };
     throw error;
   }
+  const directory = await lookupsFor(lookups, address);
   if (!(await directory.hasDomain(domainOf(address)))) return { kind: "not-local" };
 
   const mailboxes = new Set<MailboxId>();

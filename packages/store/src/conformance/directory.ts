@@ -1,7 +1,7 @@
-import { describe, expect, it } from "vitest";
-import type { Account, Alias } from "../contract.js";
+import { describe, expect, it, vi } from "vitest";
+import type { Account, Alias, RecipientLookups } from "../contract.js";
 import { authenticate, hashPassword, isPasswordHash, verifyPassword } from "../password.js";
-import { resolveRecipient } from "../recipients.js";
+import { MAX_ALIAS_DEPTH, lookupsFor, resolveRecipient } from "../recipients.js";
 import { appendBytes, expectStoreError, message, uidsOf, useHarness, type ConformanceOptions } from "./harness.js";
 
 // Cheap hashes keep the directory tests fast; the format is the same as with the default cost.
@@ -301,6 +301,87 @@ export function directoryTests(options: ConformanceOptions): void {
       expect(await resolveRecipient(d, "nobody@example.test")).toEqual({ kind: "unknown" });
       expect(await resolveRecipient(d, "alice@foreign.test")).toEqual({ kind: "not-local" });
       expect(await resolveRecipient(d, "not-an-address")).toEqual({ kind: "not-local" });
+    });
+
+    it("resolves through recipientLookups exactly as one lookup at a time, deep chains and catch-alls included", async () => {
+      const { store } = await h.fresh();
+      const d = store.directory;
+      await d.addDomain("example.test");
+      await d.addDomain("second.test");
+      const hash = await cheap("pw");
+      await d.addAccount({ address: "alice@example.test", passwordHash: hash });
+      await d.addAccount({ address: "bob@second.test", passwordHash: hash });
+      await d.addAccount({ address: "carol@example.test", passwordHash: hash });
+      // A chain one hop longer than resolveRecipient follows, and a shortcut into its middle.
+      const chain = Array.from({ length: MAX_ALIAS_DEPTH + 2 }, (_, i) => `c${i}@example.test`);
+      for (let i = 0; i + 1 < chain.length; i++) await d.addAlias({ source: chain[i]!, target: chain[i + 1]! });
+      await d.addAlias({ source: chain.at(-1)!, target: "alice@example.test" });
+      await d.addAlias({ source: `c${MAX_ALIAS_DEPTH - 1}@example.test`, target: "bob@second.test" });
+      await d.addAlias({ source: "short@example.test", target: `c${MAX_ALIAS_DEPTH - 2}@example.test` });
+      // Several targets in an order of their own, an account that also forwards, catch-alls.
+      await d.addAlias({ source: "team@example.test", target: "carol@example.test" });
+      await d.addAlias({ source: "team@example.test", target: "bob@second.test" });
+      await d.addAlias({ source: "team@example.test", target: "alice@example.test" });
+      await d.addAlias({ source: "team@example.test", target: "out@foreign.test" });
+      await d.addAlias({ source: "carol@example.test", target: "bob@second.test" });
+      await d.addAlias({ source: "@second.test", target: "team@example.test" });
+      await d.addAlias({ source: "@example.test", target: "nobody@second.test" });
+      await d.addAlias({ source: "x@example.test", target: "y@example.test" });
+      await d.addAlias({ source: "y@example.test", target: "x@example.test" });
+
+      // The directory asked one question at a time, as a store without recipientLookups is.
+      const oneByOne: RecipientLookups = {
+        hasDomain: (domain) => d.hasDomain(domain),
+        getAccount: (address) => d.getAccount(address),
+        aliasTargets: (source) => d.aliasTargets(source),
+      };
+      const addresses = [
+        "Alice@Example.TEST", "team@example.test", "carol@example.test", "short@example.test", "anyone@second.test",
+        "anyone@example.test", "x@example.test", "bob@second.test", "out@foreign.test", "not-an-address",
+        ...chain,
+      ];
+      for (const address of addresses) {
+        expect(await resolveRecipient(d, address), address).toEqual(await resolveRecipient(oneByOne, address));
+      }
+
+      // Whatever a fetch for one address did not cover still gets the directory's answer.
+      const lookups = await lookupsFor(d, "alice@example.test");
+      expect(fields(await lookups.getAccount("Carol@example.test"))).toEqual(fields(await d.getAccount("carol@example.test")));
+      expect(fields(await lookups.getAccount("alice@example.test"))).toEqual(fields(await d.getAccount("alice@example.test")));
+      expect(await lookups.getAccount("nobody@example.test")).toBeNull();
+      expect(await lookups.aliasTargets("team@example.test")).toEqual(await d.aliasTargets("team@example.test"));
+      expect(await lookups.aliasTargets("@second.test")).toEqual(["team@example.test"]);
+      expect(await lookups.hasDomain("SECOND.test")).toBe(true);
+      expect(await lookups.hasDomain("foreign.test")).toBe(false);
+      await expectStoreError(lookups.getAccount("not an address"), "invalid-name");
+    });
+
+    it("answers an account, an alias chain and a catch-all from recipientLookups' one fetch", async (context) => {
+      const { store } = await h.fresh();
+      const d = store.directory;
+      if (!d.recipientLookups) return context.skip();
+      await d.addDomain("example.test");
+      await d.addDomain("second.test");
+      const hash = await cheap("pw");
+      const alice = await d.addAccount({ address: "alice@example.test", passwordHash: hash });
+      const bob = await d.addAccount({ address: "bob@second.test", passwordHash: hash });
+      await d.addAlias({ source: "sales@example.test", target: "team@example.test" });
+      await d.addAlias({ source: "team@example.test", target: "alice@example.test" });
+      await d.addAlias({ source: "team@example.test", target: "bob@second.test" });
+      await d.addAlias({ source: "@second.test", target: "sales@example.test" });
+
+      const fetches = vi.spyOn(d, "recipientLookups");
+      const oneAtATime = [vi.spyOn(d, "hasDomain"), vi.spyOn(d, "getAccount"), vi.spyOn(d, "aliasTargets")];
+      const cases: Array<[string, unknown]> = [
+        ["alice@example.test", { kind: "local", mailboxes: [alice.mailbox] }],
+        ["sales@example.test", { kind: "local", mailboxes: [alice.mailbox, bob.mailbox] }],
+        ["anyone@second.test", { kind: "local", mailboxes: [alice.mailbox, bob.mailbox] }],
+        ["nobody@example.test", { kind: "unknown" }],
+        ["someone@foreign.test", { kind: "not-local" }],
+      ];
+      for (const [address, expected] of cases) expect(await resolveRecipient(d, address), address).toEqual(expected);
+      expect(fetches).toHaveBeenCalledTimes(cases.length);
+      for (const spy of oneAtATime) expect(spy).not.toHaveBeenCalled();
     });
   });
 }
