@@ -80,9 +80,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions | "help" {
 function listOf<T extends string>(option: string, raw: string, known: readonly T[]): T[] {
   const items = raw.split(",").map((s) => s.trim());
   const unknown = items.filter((s) => !(known as readonly string[]).includes(s));
-  if (unknown.length > 0 || items.length === 0) {
-    throw new UsageError(`${option}: ${unknown.map((s) => JSON.stringify(s)).join(", ") || "nothing given"} is not one of ${known.join(", ")}`);
-  }
+  if (unknown.length > 0) throw new UsageError(`${option}: ${unknown.map((s) => JSON.stringify(s)).join(", ")} is not one of ${known.join(", ")}`);
   // Each named once: a store listed twice would start two servers on the same ports.
   return [...new Set(items)] as T[];
 }

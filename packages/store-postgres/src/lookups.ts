@@ -77,8 +77,11 @@ export async function fetchRecipientLookups(db: Db, sql: string, directory: Reci
     }
   }
   // In the order aliasTargets gives them.
-  const targetsOf = (source: string): string[] =>
-    (targets.get(source) ?? []).sort((x, y) => (x.seq < y.seq ? -1 : x.seq > y.seq ? 1 : 0)).map((t) => t.target);
+  const ordered = new Map<string, string[]>();
+  for (const [source, list] of targets) {
+    ordered.set(source, list.sort((x, y) => (x.seq < y.seq ? -1 : x.seq > y.seq ? 1 : 0)).map((t) => t.target));
+  }
+  const targetsOf = (source: string): string[] => ordered.get(source) ?? [];
   const fetched = new FetchedRecipientLookups(directory);
   for (const addr of reached) {
     const domain = domainOf(addr);

@@ -161,7 +161,7 @@ export class RedisDirectory implements Directory {
         });
       });
       let at = 0;
-      const accounts = level.map((a) => {
+      const read = level.map((a) => {
         const json = replies[at++] as string | null;
         const targets = replies[at++] as string[];
         fetched.address(a, json === null ? null : toAccount(a, json), targets);
@@ -174,7 +174,7 @@ export class RedisDirectory implements Directory {
         catchAll.set(d, targets);
       }
       const next: string[] = [];
-      for (const { a, json, targets } of accounts) {
+      for (const { a, json, targets } of read) {
         const followed = json === null && targets.length === 0 ? (catchAll.get(domainOf(a)) ?? []) : targets;
         for (const t of followed) {
           if (seen.has(t)) continue;
