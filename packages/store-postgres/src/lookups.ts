@@ -1,6 +1,6 @@
 import {
   FetchedRecipientLookups,
-  MAX_ALIAS_DEPTH,
+  RECIPIENT_LOOKUP_DEPTH,
   domainOf,
   normalizeAddress,
   type Account,
@@ -47,9 +47,6 @@ interface LookupRow {
   seq: string | null;
 }
 
-/** The depth `recipientLookupsSql` follows aliases to. */
-export const LOOKUP_DEPTH = MAX_ALIAS_DEPTH + 1;
-
 /**
  * Fetches what resolving `address` needs in one round trip. An address the store would refuse as a
  * name gets the directory itself, which refuses it the usual way.
@@ -61,7 +58,7 @@ export async function fetchRecipientLookups(db: Db, sql: string, directory: Reci
   } catch {
     return directory;
   }
-  const result = await db.query<LookupRow>("look up recipient", sql, [normal, LOOKUP_DEPTH]);
+  const result = await db.query<LookupRow>("look up recipient", sql, [normal, RECIPIENT_LOOKUP_DEPTH]);
   const reached: string[] = [];
   const accounts = new Map<string, Account>();
   const targets = new Map<string, { target: string; seq: bigint }[]>();

@@ -1,6 +1,6 @@
 import {
   FetchedRecipientLookups,
-  MAX_ALIAS_DEPTH,
+  RECIPIENT_LOOKUP_DEPTH,
   StoreError,
   domainOf,
   normalizeAddress,
@@ -148,7 +148,7 @@ export class RedisDirectory implements Directory {
     /** Catch-all targets of every domain read so far (a domain is read once). */
     const catchAll = new Map<string, string[]>();
     let level = [normal];
-    for (let depth = 0; level.length > 0 && depth <= MAX_ALIAS_DEPTH + 1; depth++) {
+    for (let depth = 0; level.length > 0 && depth <= RECIPIENT_LOOKUP_DEPTH; depth++) {
       const domains = [...new Set(level.map(domainOf))].filter((d) => !catchAll.has(d));
       const batch = this.ctx.client.pipeline();
       for (const a of level) batch.hget(this.keys.accounts, a).zrange(this.keys.aliasTargets(a), "0", "-1");

@@ -30,7 +30,7 @@ export {
   splitAddress,
 } from "./names.js";
 export { authenticate, hashPassword, isPasswordHash, verifyPassword, type PasswordHashOptions } from "./password.js";
-export { MAX_ALIAS_DEPTH, lookupsFor, resolveRecipient, type Resolution } from "./recipients.js";
+export { MAX_ALIAS_DEPTH, RECIPIENT_LOOKUP_DEPTH, lookupsFor, resolveRecipient, type Resolution } from "./recipients.js";
 export { FetchedRecipientLookups } from "./lookups.js";
 export { abortable, countBytes, fromBytes, guardAppendSource, limitBytes, readAll, takeTop } from "./streams.js";
 export { silentLogger, type LogFn, type Logger } from "./logger.js";

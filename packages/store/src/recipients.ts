@@ -11,11 +11,14 @@ export type Resolution =
   /** The domain is not one of ours (or the address is malformed for us). */
   | { readonly kind: "not-local" };
 
-/**
- * Alias chains longer than this are treated as loops. Postfix stops at a similar depth. A store's
- * `recipientLookups` fetches this deep, plus the domains of the last hop's targets.
- */
+/** Alias chains longer than this are treated as loops. Postfix stops at a similar depth. */
 export const MAX_ALIAS_DEPTH = 8;
+
+/**
+ * How many alias hops a `recipientLookups` fetch follows from the address: every hop
+ * `resolveRecipient` follows, and one more for the domains of the last hop's targets.
+ */
+export const RECIPIENT_LOOKUP_DEPTH = MAX_ALIAS_DEPTH + 1;
 
 /**
  * The lookups to resolve `address` with: the store's prefetched ones where it has them (one round
