@@ -18,7 +18,7 @@ import {
 } from "@mailroom/store";
 import { afterDurableWrite, call, runScript, type Context } from "./context.js";
 import type { DirectoryKeys, MailboxKeys } from "./keys.js";
-import { Staging, commit, firstChunk, parseInfo, readChunks, stageAll } from "./messages.js";
+import { Staging, allocateUid, commit, firstChunk, parseInfo, readChunks, stageAll } from "./messages.js";
 
 export class RedisMailbox implements Mailbox {
   constructor(
@@ -33,10 +33,16 @@ export class RedisMailbox implements Mailbox {
     const receivedAt = options.receivedAt ?? Date.now();
     const staging = new Staging(this.ctx, this.keys);
     try {
-      const size = await stageAll(guardAppendSource(source, options), [staging], this.ctx.chunkBytes);
-      await call(this.ctx, "register mailbox", () => this.ctx.client.sadd(this.dir.mailboxes, this.id));
+      const { size, whole } = await stageAll(guardAppendSource(source, options), [staging], this.ctx.chunkBytes);
+      // Sent together, answered in one round trip (an import brings its own UID).
+      const [, allocated] = await Promise.all([
+        call(this.ctx, "register mailbox", () => this.ctx.client.sadd(this.dir.mailboxes, this.id)),
+        options.uid === undefined ? allocateUid(this.ctx, this.keys) : undefined,
+      ]);
       const info = await commit(this.ctx, this.id, staging, {
         uid: options.uid,
+        allocated,
+        whole,
         size,
         receivedAt,
         retrievedAt: options.retrievedAt ?? null,

@@ -6,27 +6,32 @@ import type { MailboxKeys } from "./keys.js";
 
 /**
  * Cuts a source into chunks of exactly `size` octets (the last one may be shorter). Only one chunk is
- * held at a time, whatever the size of the message.
+ * held at a time, whatever the size of the message. Each chunk is gathered from copies of the pieces
+ * (the source may reuse its buffers) and joined at its own length, so a 4 KB message does not cost a
+ * buffer of `size`.
  */
 export async function* rechunk(source: AsyncIterable<Uint8Array>, size: number): AsyncGenerator<Buffer> {
-  let pending = Buffer.allocUnsafe(size);
+  let parts: Buffer[] = [];
   let filled = 0;
   for await (const piece of source) {
     let offset = 0;
     while (offset < piece.length) {
       const n = Math.min(size - filled, piece.length - offset);
-      pending.set(piece.subarray(offset, offset + n), filled);
+      parts.push(Buffer.from(piece.subarray(offset, offset + n)));
       filled += n;
       offset += n;
       if (filled === size) {
-        yield pending;
-        // A fresh buffer each time: the previous one may still sit in the client's write queue.
-        pending = Buffer.allocUnsafe(size);
+        yield joined(parts, filled);
+        parts = [];
         filled = 0;
       }
     }
   }
-  if (filled > 0) yield pending.subarray(0, filled);
+  if (filled > 0) yield joined(parts, filled);
+}
+
+function joined(parts: readonly Buffer[], length: number): Buffer {
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
 }
 
 /** One append in progress: a chunk list under the mailbox's hash tag that expires unless committed. */
@@ -57,21 +62,58 @@ export class Staging {
   }
 }
 
-/** Feeds every chunk to every staging list before pulling the next one (backpressure for all copies). */
-export async function stageAll(source: AsyncIterable<Uint8Array>, stagings: readonly Staging[], chunkBytes: number): Promise<number> {
+/** What one pass over the source left behind. */
+export interface Staged {
+  readonly size: number;
+  /**
+   * The whole message when it fitted in one chunk (nearly all mail): it goes to Redis with the commit
+   * instead of through a staging list, one command fewer. `null` when the chunks were staged.
+   */
+  readonly whole: Buffer | null;
+}
+
+/**
+ * Feeds every chunk to every staging list before pulling the next one (backpressure for all copies).
+ * The first chunk is held back until a second one shows that the message needs staging at all.
+ */
+export async function stageAll(source: AsyncIterable<Uint8Array>, stagings: readonly Staging[], chunkBytes: number): Promise<Staged> {
   let size = 0;
-  for await (const chunk of rechunk(source, chunkBytes)) {
+  let held: Buffer | null = null;
+  let staging = false;
+  const pushToAll = async (chunk: Buffer): Promise<void> => {
     // Settle every push before failing, so that no write lands after the caller discarded the lists.
     const results = await Promise.allSettled(stagings.map((s) => s.push(chunk)));
     const failed = results.find((r) => r.status === "rejected");
     if (failed) throw failed.reason;
+  };
+  for await (const chunk of rechunk(source, chunkBytes)) {
     size += chunk.length;
+    if (!staging && held === null) {
+      held = chunk;
+      continue;
+    }
+    if (held !== null) {
+      staging = true;
+      await pushToAll(held);
+      held = null;
+    }
+    await pushToAll(chunk);
   }
-  return size;
+  return { size, whole: staging ? null : (held ?? Buffer.alloc(0)) };
+}
+
+/** Takes the next UID from a mailbox's counter, skipping any that an import took explicitly. */
+export async function allocateUid(ctx: Context, keys: MailboxKeys): Promise<Uid> {
+  return String(await runScript(ctx, "allocate uid", "mailroomAllocUid", [keys.next, keys.used, keys.info], []));
 }
 
 export interface CommitRequest {
+  /** An explicit UID (an import); without one the mailbox counter gives it. */
   readonly uid?: Uid | undefined;
+  /** A UID taken from the counter beforehand, alongside other commands; used for the first attempt. */
+  readonly allocated?: Uid | undefined;
+  /** The message, when it was not staged (see {@link Staged.whole}). */
+  readonly whole: Buffer | null;
   readonly size: number;
   readonly receivedAt: number;
   readonly retrievedAt: number | null;
@@ -85,8 +127,7 @@ export async function commit(ctx: Context, mailboxId: string, staging: Staging, 
   const keys = staging.keys;
   const explicit = request.uid !== undefined;
   for (let attempt = 0; attempt < 5; attempt++) {
-    const uid =
-      request.uid ?? String(await runScript(ctx, "allocate uid", "mailroomAllocUid", [keys.next, keys.used, keys.info], []));
+    const uid = request.uid ?? (attempt === 0 && request.allocated !== undefined ? request.allocated : await allocateUid(ctx, keys));
     const status = await runScript(
       ctx,
       "commit message",
@@ -99,6 +140,7 @@ export async function commit(ctx: Context, mailboxId: string, staging: Staging, 
         request.receivedAt,
         request.retrievedAt === null ? "-" : request.retrievedAt,
         staging.chunks,
+        ...(request.whole === null || request.whole.length === 0 ? [] : [request.whole]),
       ],
     );
     if (status === "ok") return { uid, size: request.size, receivedAt: request.receivedAt, retrievedAt: request.retrievedAt };

@@ -28,21 +28,24 @@ const SOURCES = {
     return n`,
 
   // KEYS: info, order, seq, used, stage, body. ARGV: uid, explicit (0/1), size, receivedAt,
-  // retrievedAt ("-" for none), number of staged chunks.
+  // retrievedAt ("-" for none), number of staged chunks, and the whole message when nothing was staged
+  // (absent for an empty one). The arrival counter moves first: a Redis error there (a damaged key)
+  // then stops the script before it wrote anything that matters.
   mailroomCommit: String.raw`
     local uid = ARGV[1]
     if redis.call('HEXISTS', KEYS[1], uid) == 1 then return 'exists' end
     if ARGV[2] == '0' and redis.call('SISMEMBER', KEYS[4], uid) == 1 then return 'exists' end
     local chunks = tonumber(ARGV[6])
+    if chunks > 0 and redis.call('LLEN', KEYS[5]) ~= chunks then return 'staging-lost' end
+    local seq = redis.call('INCR', KEYS[3])
     if chunks > 0 then
-      if redis.call('LLEN', KEYS[5]) ~= chunks then return 'staging-lost' end
       redis.call('RENAME', KEYS[5], KEYS[6])
       redis.call('PERSIST', KEYS[6])
     else
       redis.call('DEL', KEYS[6])
+      if ARGV[7] then redis.call('RPUSH', KEYS[6], ARGV[7]) end
     end
     if ARGV[2] == '1' then redis.call('SADD', KEYS[4], uid) end
-    local seq = redis.call('INCR', KEYS[3])
     redis.call('ZADD', KEYS[2], seq, uid)
     redis.call('HSET', KEYS[1], uid, ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
     return 'ok'`,

@@ -20,7 +20,7 @@ import { RedisDirectory } from "./directory.js";
 import { toStoreError } from "./errors.js";
 import { DirectoryKeys, MailboxKeys, assertPrefix } from "./keys.js";
 import { RedisMailbox } from "./mailbox.js";
-import { Staging, commit, stageAll, uncommit } from "./messages.js";
+import { Staging, allocateUid, commit, stageAll, uncommit } from "./messages.js";
 import { RedisQueue } from "./queue.js";
 import { defineScripts } from "./scripts.js";
 
@@ -153,14 +153,18 @@ class RedisStore implements Store {
     const targets = mailboxes.map((id) => ({ id, staging: new Staging(this.ctx, new MailboxKeys(this.ctx.prefix, id)) }));
     const done: Array<{ delivered: Delivered; keys: MailboxKeys }> = [];
     try {
-      const size = await stageAll(
+      const { size, whole } = await stageAll(
         guarded,
         targets.map((t) => t.staging),
         this.ctx.chunkBytes,
       );
-      await call(this.ctx, "register mailboxes", () => this.ctx.client.sadd(this.dirKeys.mailboxes, ...mailboxes));
-      for (const { id, staging } of targets) {
-        const message = await commit(this.ctx, id, staging, { size, receivedAt, retrievedAt: null });
+      // Sent together, answered in one round trip: the register and a UID for every copy.
+      const [, ...uids] = await Promise.all([
+        call(this.ctx, "register mailboxes", () => this.ctx.client.sadd(this.dirKeys.mailboxes, ...mailboxes)),
+        ...targets.map((t) => allocateUid(this.ctx, t.staging.keys)),
+      ]);
+      for (const [i, { id, staging }] of targets.entries()) {
+        const message = await commit(this.ctx, id, staging, { allocated: uids[i], size, whole, receivedAt, retrievedAt: null });
         done.push({ delivered: { mailbox: id, message }, keys: staging.keys });
       }
     } catch (error) {

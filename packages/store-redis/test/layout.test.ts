@@ -102,6 +102,23 @@ describe.skipIf(!available)("key layout", () => {
     expect(await admin.pttl(key)).toBe(-1);
   });
 
+  it("stores a message of one chunk or less as one piece, sent with the commit, and an empty one as no list", async () => {
+    const box = store.mailbox("small@example.test");
+    const bodyKey = (uid: string) => `${prefix}{mb:${escapeKeyPart("small@example.test")}}:body:${escapeKeyPart(uid)}`;
+    for (const data of ["0123456789abcdef", "short"]) {
+      const info = await box.append(fromBytes(data, 3));
+      expect((await admin.lrangeBuffer(bodyKey(info.uid), 0, -1)).map((p) => p.toString())).toEqual([data]);
+      expect(await admin.pttl(bodyKey(info.uid))).toBe(-1);
+      expect(new TextDecoder().decode(await readAll(await box.read(info.uid)))).toBe(data);
+    }
+    const [empty] = await store.deliver(["small@example.test"], fromBytes(""));
+    expect(empty!.message.size).toBe(0);
+    expect(await admin.exists(bodyKey(empty!.message.uid))).toBe(0);
+    expect(await readAll(await box.read(empty!.message.uid))).toHaveLength(0);
+    expect((await box.list()).map((m) => m.uid)).toEqual(["1", "2", "3"]);
+    expect((await keysUnder(admin, prefix)).filter((k) => k.includes(":stage:"))).toEqual([]);
+  });
+
   it("reads the pieces back in order, and fails with not-found when the message goes mid-read", async () => {
     const box = store.mailbox("midread@example.test");
     const data = "0123456789abcdef".repeat(5) + "tail";
@@ -147,13 +164,15 @@ describe.skipIf(!available)("key layout", () => {
   it("rolls back copies already committed when a later copy of a delivery fails", async () => {
     const good = "good@example.test";
     const broken = "broken@example.test";
-    // Sabotage the second mailbox's index so that its commit fails inside Redis (WRONGTYPE).
-    await admin.set(`${prefix}{mb:${escapeKeyPart(broken)}}:info`, "not a hash");
+    // Sabotage the second mailbox's arrival counter so that its commit fails inside Redis (its UID is
+    // taken before any commit, from other keys).
+    await admin.set(`${prefix}{mb:${escapeKeyPart(broken)}}:seq`, "not a number");
     const error = await store.deliver([good, broken], fromBytes("Subject: both\r\n\r\nhi\r\n")).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(StoreError);
     expect((error as StoreError).code).toBe("permanent");
     expect(await store.mailbox(good).list()).toEqual([]);
-    expect((await keysUnder(admin, prefix)).filter((k) => k.includes(":stage:") || k.includes("{mb:good@example.test}:body:"))).toEqual([]);
+    const leftOver = (k: string) => k.includes(":stage:") || k.includes("{mb:good@example.test}:body:") || k.includes("{mb:broken@example.test}:body:");
+    expect((await keysUnder(admin, prefix)).filter(leftOver)).toEqual([]);
     // The failed UID is not handed out again.
     const next = await store.mailbox(good).append(fromBytes("Subject: later\r\n\r\n"));
     expect(next.uid).toBe("2");
