@@ -1,9 +1,11 @@
-import { StoreError, type MailboxId, type MessageInfo, type Uid } from "@mailroom/store";
+import type { MailboxId, MessageInfo } from "@mailroom/store";
 import { Buffer } from "node:buffer";
 import type pg from "pg";
 import { SourceFailure, nextFromSource, type Db } from "./db.js";
+import { classifyPgError } from "./errors.js";
 import { CHUNK_SIZE, storeBody, type MessageSql } from "./messages.js";
 import { msParam, msToTs, tsToMs } from "./schema.js";
+import type { UidBlocks } from "./uids.js";
 
 /**
  * New mail (append without an explicit UID, deliver to one or more mailboxes), written so that
@@ -14,6 +16,7 @@ import { msParam, msToTs, tsToMs } from "./schema.js";
  *    and its fsync. That is safe: the message's own commit is synchronous and comes later in the
  *    WAL, so once a message is durable, so is the counter step that named it. A crash before that
  *    can only lose a step whose UID no committed message carries; handing it out again harms nobody.
+ *    A busy mailbox takes several at a time (see UidBlocks), so most of its deliveries skip this step.
  * 2. A message that fits in one chunk (nearly all mail) is stored by one statement that inserts body,
  *    chunk and message rows at once, committed synchronously: two round trips for the whole delivery.
  *    Bigger messages stream into a transaction as before, chunk by chunk.
@@ -47,21 +50,6 @@ export interface NewMessageOptions {
   readonly receivedAt?: number | undefined;
   readonly retrievedAt?: number | null | undefined;
   readonly signal?: AbortSignal | undefined;
-}
-
-/** One generated UID per entry of `mailboxes` (a mailbox named twice gets two). */
-async function takeUids(db: Db, sql: DeliverySql, mailboxes: readonly MailboxId[]): Promise<Uid[]> {
-  const counts = new Map<MailboxId, number>();
-  for (const id of mailboxes) counts.set(id, (counts.get(id) ?? 0) + 1);
-  const result = await db.query<{ id: string; next: string }>("take uids", sql.takeUids, [[...counts.keys()], [...counts.values()]]);
-  const next = new Map<MailboxId, bigint>();
-  for (const row of result.rows) next.set(row.id, BigInt(row.next) - BigInt(counts.get(row.id)!));
-  return mailboxes.map((id) => {
-    const n = next.get(id);
-    if (n === undefined) throw new StoreError("unavailable", `postgres: no uid was taken for ${id}`);
-    next.set(id, n + 1n);
-    return `u${n}`;
-  });
 }
 
 /**
@@ -112,6 +100,7 @@ export async function storeNewMessage(
   db: Db,
   sql: MessageSql,
   dsql: DeliverySql,
+  uidBlocks: UidBlocks,
   mailboxes: readonly MailboxId[],
   source: AsyncIterable<Uint8Array>,
   options: NewMessageOptions,
@@ -125,34 +114,66 @@ export async function storeNewMessage(
     if (error instanceof SourceFailure) throw error.cause;
     throw error;
   }
-  const uids = await takeUids(db, dsql, mailboxes);
+  let uids = await uidBlocks.take(mailboxes);
+  // An import (in this process or another) can name a UID this store took ahead (see UidBlocks): the
+  // insert then hits the unique constraint. The import moved the counter past it, so UIDs taken
+  // fresh from the counter do not collide again.
+  const retake = async (error: unknown, attempt: number): Promise<void> => {
+    if (!uidTaken(error) || attempt >= UID_ATTEMPTS) throw error;
+    uidBlocks.forget(mailboxes);
+    uids = await uidBlocks.take(mailboxes);
+  };
   // Every row of one delivery carries the same times, so the first row speaks for all.
   const toInfos = (size: number, rows: readonly { received_at: number; retrieved_at: number | null }[]): MessageInfo[] =>
     uids.map((uid) => ({ uid, size, receivedAt: rows[0]!.received_at, retrievedAt: rows[0]!.retrieved_at }));
 
   if (head.ended) {
     const size = head.data.length;
-    const result = await db.query<{ received_at: number; retrieved_at: number | null }>("deliver", dsql.storeWhole, [
-      size,
-      mailboxes.length,
-      head.data,
-      msParam(options.receivedAt),
-      msParam(options.retrievedAt),
-      [...mailboxes],
-      uids,
-    ]);
-    return toInfos(size, result.rows);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const result = await db.query<{ received_at: number; retrieved_at: number | null }>("deliver", dsql.storeWhole, [
+          size,
+          mailboxes.length,
+          head.data,
+          msParam(options.receivedAt),
+          msParam(options.retrievedAt),
+          [...mailboxes],
+          uids,
+        ]);
+        return toInfos(size, result.rows);
+      } catch (error) {
+        await retake(error, attempt);
+      }
+    }
   }
   return db.transaction("deliver", async (client: pg.PoolClient) => {
     const body = await storeBody(client, sql, resumed(head.data, head.spill, iterator), mailboxes.length, options.signal);
-    const result = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessages, [
-      body.bodyId,
-      body.size,
-      msParam(options.receivedAt),
-      msParam(options.retrievedAt),
-      [...mailboxes],
-      uids,
-    ]);
-    return toInfos(body.size, result.rows);
+    for (let attempt = 1; ; attempt++) {
+      // A failed insert would spoil the whole transaction and the body streamed into it.
+      await client.query("SAVEPOINT generated_uids");
+      try {
+        const result = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessages, [
+          body.bodyId,
+          body.size,
+          msParam(options.receivedAt),
+          msParam(options.retrievedAt),
+          [...mailboxes],
+          uids,
+        ]);
+        return toInfos(body.size, result.rows);
+      } catch (error) {
+        if (!uidTaken(error)) throw error;
+        await client.query("ROLLBACK TO SAVEPOINT generated_uids");
+        await retake(error, attempt);
+      }
+    }
   });
+}
+
+/** Inserts tried before a delivery gives up on UIDs that imports keep taking. */
+const UID_ATTEMPTS = 3;
+
+/** A unique violation: the only unique key those inserts can hit is (mailbox, uid). */
+function uidTaken(error: unknown): boolean {
+  return classifyPgError(error) === "exists";
 }

@@ -11,6 +11,7 @@ import { Buffer } from "node:buffer";
 import type pg from "pg";
 import { nextFromSource, type Db } from "./db.js";
 import { storeNewMessage, type DeliverySql } from "./delivery.js";
+import type { UidBlocks } from "./uids.js";
 import { msParam, msToTs, tsToMs } from "./schema.js";
 
 /** Rows of body_chunks hold this many octets: big enough for few round trips, small enough to bound memory. */
@@ -182,6 +183,7 @@ export async function appendMessage(
   db: Db,
   sql: MessageSql,
   deliverySql: DeliverySql,
+  uidBlocks: UidBlocks,
   mailbox: MailboxId,
   source: AsyncIterable<Uint8Array>,
   options: AppendOptions,
@@ -189,10 +191,10 @@ export async function appendMessage(
   if (options.uid !== undefined) assertUid(options.uid);
   const uid = options.uid;
   if (uid === undefined) {
-    const [info] = await storeNewMessage(db, sql, deliverySql, [mailbox], guardAppendSource(source, options), options);
+    const [info] = await storeNewMessage(db, sql, deliverySql, uidBlocks, [mailbox], guardAppendSource(source, options), options);
     return info!;
   }
-  return db.transaction(`append to ${mailbox}`, async (client) => {
+  const info = await db.transaction(`append to ${mailbox}`, async (client) => {
     // Fail before taking in megabytes; the unique constraint still guards against a racing append.
     if (((await client.query(sql.uidTaken, [mailbox, uid])).rowCount ?? 0) > 0) {
       throw new StoreError("exists", `postgres: uid ${uid} already in ${mailbox}`);
@@ -200,6 +202,9 @@ export async function appendMessage(
     const body = await storeBody(client, sql, guardAppendSource(source, options), 1, options.signal);
     return insertMessage(client, sql, mailbox, body, uid, options);
   });
+  // The counter moved past a UID of the generated shape; UIDs this store took ahead may include it.
+  if (GENERATED_UID.test(uid)) uidBlocks.forget([mailbox]);
+  return info;
 }
 
 /**

@@ -28,6 +28,7 @@ import { deliverySql, storeNewMessage, type DeliverySql } from "./delivery.js";
 import { appendMessage, messageSql, readMessage, toInfo, type MessageSql } from "./messages.js";
 import { LATEST_VERSION, runMigrations, schemaVersion, type MigrationResult } from "./migrations.js";
 import { PostgresQueue, queueSql } from "./queue.js";
+import { UidBlocks } from "./uids.js";
 import { DEFAULT_SCHEMA, assertSchemaName, quoteIdent } from "./schema.js";
 
 export interface PostgresSslOptions {
@@ -71,12 +72,13 @@ class PostgresMailbox implements Mailbox {
     private readonly db: Db,
     private readonly sql: MessageSql,
     private readonly dsql: DeliverySql,
+    private readonly uidBlocks: UidBlocks,
     private readonly leases: LeaseSql,
     readonly id: MailboxId,
   ) {}
 
   append(source: AsyncIterable<Uint8Array>, options: AppendOptions = {}): Promise<MessageInfo> {
-    return appendMessage(this.db, this.sql, this.dsql, this.id, source, options);
+    return appendMessage(this.db, this.sql, this.dsql, this.uidBlocks, this.id, source, options);
   }
 
   async list(): Promise<readonly MessageInfo[]> {
@@ -126,6 +128,7 @@ class PostgresStore implements Store {
   readonly queue: Queue;
   private readonly sql: MessageSql;
   private readonly dsql: DeliverySql;
+  private readonly uidBlocks: UidBlocks;
   private readonly leases: LeaseSql;
   private closed = false;
 
@@ -142,6 +145,7 @@ class PostgresStore implements Store {
     const s = quoteIdent(schema);
     this.sql = messageSql(s);
     this.dsql = deliverySql(s);
+    this.uidBlocks = new UidBlocks(this.db, this.dsql);
     this.leases = leaseSql(s);
     this.directory = new PostgresDirectory(this.db, s);
     this.queue = new PostgresQueue(this.db, queueSql(s), this.sql);
@@ -149,7 +153,7 @@ class PostgresStore implements Store {
 
   mailbox(id: MailboxId): Mailbox {
     assertMailboxId(id);
-    return new PostgresMailbox(this.db, this.sql, this.dsql, this.leases, id);
+    return new PostgresMailbox(this.db, this.sql, this.dsql, this.uidBlocks, this.leases, id);
   }
 
   async deliver(
@@ -165,7 +169,7 @@ class PostgresStore implements Store {
       while (!(await iterator.next()).done);
       return [];
     }
-    const infos = await storeNewMessage(this.db, this.sql, this.dsql, mailboxes, guarded, options);
+    const infos = await storeNewMessage(this.db, this.sql, this.dsql, this.uidBlocks, mailboxes, guarded, options);
     return infos.map((message, i) => ({ mailbox: mailboxes[i]!, message }));
   }
 
