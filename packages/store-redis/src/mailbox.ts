@@ -18,7 +18,7 @@ import {
 } from "@mailroom/store";
 import { afterDurableWrite, call, runScript, type Context } from "./context.js";
 import type { DirectoryKeys, MailboxKeys } from "./keys.js";
-import { Staging, allocateUid, commit, firstChunk, parseInfo, readChunks, stageAll } from "./messages.js";
+import { MailboxStaging, allocateUid, commit, firstChunk, parseInfo, readChunks, stageAll } from "./messages.js";
 
 export class RedisMailbox implements Mailbox {
   constructor(
@@ -31,7 +31,7 @@ export class RedisMailbox implements Mailbox {
   async append(source: AsyncIterable<Uint8Array>, options: AppendOptions = {}): Promise<MessageInfo> {
     if (options.uid !== undefined) assertUid(options.uid);
     const receivedAt = options.receivedAt ?? Date.now();
-    const staging = new Staging(this.ctx, this.keys);
+    const staging = new MailboxStaging(this.ctx, this.keys);
     try {
       const { size, whole } = await stageAll(guardAppendSource(source, options), [staging], this.ctx.chunkBytes);
       // Sent together, answered in one round trip (an import brings its own UID).

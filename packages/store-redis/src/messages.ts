@@ -34,17 +34,14 @@ function joined(parts: readonly Buffer[], length: number): Buffer {
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
 }
 
-/** One append in progress: a chunk list under the mailbox's hash tag that expires unless committed. */
+/** One append or enqueue in progress: a chunk list that expires unless committed. */
 export class Staging {
-  readonly key: string;
   chunks = 0;
 
   constructor(
     private readonly ctx: Context,
-    readonly keys: MailboxKeys,
-  ) {
-    this.key = keys.stage(randomBytes(12).toString("hex"));
-  }
+    readonly key: string,
+  ) {}
 
   async push(chunk: Buffer): Promise<void> {
     await runScript(this.ctx, "stage message chunk", "mailroomStageChunk", [this.key], [chunk, this.ctx.stagingTtlMs]);
@@ -59,6 +56,16 @@ export class Staging {
     } catch (error) {
       this.ctx.logger.debug({ key: this.key, error: String(error) }, "redis store: staging left to expire");
     }
+  }
+}
+
+/** A staging list under a mailbox's hash tag, so that the commit can rename it into the mailbox. */
+export class MailboxStaging extends Staging {
+  constructor(
+    ctx: Context,
+    readonly keys: MailboxKeys,
+  ) {
+    super(ctx, keys.stage(randomBytes(12).toString("hex")));
   }
 }
 
@@ -123,7 +130,7 @@ export interface CommitRequest {
  * Makes a staged message visible in one atomic step. A generated UID comes from the mailbox counter;
  * if a concurrent import took that very string in the meantime, the counter simply moves on.
  */
-export async function commit(ctx: Context, mailboxId: string, staging: Staging, request: CommitRequest): Promise<MessageInfo> {
+export async function commit(ctx: Context, mailboxId: string, staging: MailboxStaging, request: CommitRequest): Promise<MessageInfo> {
   const keys = staging.keys;
   const explicit = request.uid !== undefined;
   for (let attempt = 0; attempt < 5; attempt++) {

@@ -22,7 +22,7 @@ import {
 import type { RedisClient } from "./connection.js";
 import { afterDurableWrite, call, runScript, type Context } from "./context.js";
 import { escapeKeyPart } from "./keys.js";
-import { readChunks, rechunk } from "./messages.js";
+import { Staging, readChunks, stageAll } from "./messages.js";
 
 /**
  * The outbound queue. Every key shares the hash tag `{queue}`, so each script below touches one slot:
@@ -78,13 +78,16 @@ const QUEUE_SCRIPTS = {
     end
     return out`,
 
-  // KEYS: items, due, stage, body. ARGV: id, json, nextAttemptAt, chunks.
+  // KEYS: items, due, stage, body. ARGV: id, json, nextAttemptAt, chunks, and the whole message when
+  // nothing was staged (absent for an empty one).
   mailroomQueueCommit: String.raw`
     local chunks = tonumber(ARGV[4])
     if chunks > 0 then
       if redis.call('LLEN', KEYS[3]) ~= chunks then return 'staging-lost' end
       redis.call('RENAME', KEYS[3], KEYS[4])
       redis.call('PERSIST', KEYS[4])
+    elseif ARGV[5] then
+      redis.call('RPUSH', KEYS[4], ARGV[5])
     end
     redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
     redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
@@ -255,15 +258,9 @@ export class RedisQueue implements Queue {
   ): Promise<QueueItem> {
     const now = Date.now();
     const id = newQueueId(now);
-    const stage = this.keys.stage();
-    let chunks = 0;
-    let size = 0;
+    const staging = new Staging(this.ctx, this.keys.stage());
     try {
-      for await (const chunk of rechunk(guardAppendSource(source, options), this.ctx.chunkBytes)) {
-        await runScript(this.ctx, "stage queued message", "mailroomStageChunk", [stage], [chunk, this.ctx.stagingTtlMs]);
-        chunks++;
-        size += chunk.length;
-      }
+      const { size, whole } = await stageAll(guardAppendSource(source, options), [staging], this.ctx.chunkBytes);
       const item: QueueItem = {
         id,
         sender: envelope.sender,
@@ -280,14 +277,14 @@ export class RedisQueue implements Queue {
         this.ctx,
         "commit queued message",
         "mailroomQueueCommit",
-        [this.keys.items, this.keys.due, stage, this.keys.body(id)],
-        [id, JSON.stringify(item), item.nextAttemptAt, chunks],
+        [this.keys.items, this.keys.due, staging.key, this.keys.body(id)],
+        [id, JSON.stringify(item), item.nextAttemptAt, staging.chunks, ...(whole === null || whole.length === 0 ? [] : [whole])],
       );
       if (status !== "ok") throw new StoreError("temporary", `redis: staged queue message ${id} expired or was evicted before commit`);
       await afterDurableWrite(this.ctx, "enqueue");
       return item;
     } catch (error) {
-      if (chunks > 0) await this.ctx.client.del(stage).catch(() => undefined);
+      await staging.discard();
       throw error;
     }
   }

@@ -20,7 +20,7 @@ import { RedisDirectory } from "./directory.js";
 import { toStoreError } from "./errors.js";
 import { DirectoryKeys, MailboxKeys, assertPrefix } from "./keys.js";
 import { RedisMailbox } from "./mailbox.js";
-import { Staging, allocateUid, commit, stageAll, uncommit } from "./messages.js";
+import { MailboxStaging, allocateUid, commit, stageAll, uncommit } from "./messages.js";
 import { RedisQueue } from "./queue.js";
 import { defineScripts } from "./scripts.js";
 
@@ -150,7 +150,7 @@ class RedisStore implements Store {
       return [];
     }
     const receivedAt = options.receivedAt ?? Date.now();
-    const targets = mailboxes.map((id) => ({ id, staging: new Staging(this.ctx, new MailboxKeys(this.ctx.prefix, id)) }));
+    const targets = mailboxes.map((id) => ({ id, staging: new MailboxStaging(this.ctx, new MailboxKeys(this.ctx.prefix, id)) }));
     const done: Array<{ delivered: Delivered; keys: MailboxKeys }> = [];
     try {
       const { size, whole } = await stageAll(

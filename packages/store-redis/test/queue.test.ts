@@ -47,6 +47,20 @@ describe.skipIf(!available)("redis outbound queue layout", () => {
     expect(await keysUnder(admin, prefix)).toEqual([]);
   });
 
+  it("stores a message of one chunk as one piece, sent with the commit, and an empty one as no list", async () => {
+    const small = await store.queue.enqueue({ sender: "a@example.test", recipients: ["b@remote.test"] }, fromBytes("Subject: s\r\n\r\n", 4));
+    expect((await admin.lrangeBuffer(`${prefix}{queue}:body:${small.id}`, 0, -1)).map((p) => p.toString())).toEqual(["Subject: s\r\n\r\n"]);
+    expect(new TextDecoder().decode(await readAll(await store.queue.readMessage(small.id)))).toBe("Subject: s\r\n\r\n");
+    const empty = await store.queue.enqueue({ sender: "a@example.test", recipients: ["b@remote.test"] }, fromBytes(""));
+    expect(empty.size).toBe(0);
+    expect(await admin.exists(`${prefix}{queue}:body:${empty.id}`)).toBe(0);
+    expect(await readAll(await store.queue.readMessage(empty.id))).toHaveLength(0);
+    expect((await keysUnder(admin, prefix)).filter((k) => k.includes(":stage:"))).toEqual([]);
+    await store.queue.remove(small.id);
+    await store.queue.remove(empty.id);
+    expect(await keysUnder(admin, prefix)).toEqual([]);
+  });
+
   it("leaves no staging list behind after a failed enqueue", async () => {
     await expect(store.queue.enqueue({ sender: "", recipients: ["b@remote.test"] }, failing())).rejects.toThrow("client went away");
     expect(await keysUnder(admin, prefix)).toEqual([]);
