@@ -1,4 +1,4 @@
-import type { MailboxId, MessageInfo } from "@mailroom/store";
+import type { MailboxId, MessageInfo, Uid } from "@mailroom/store";
 import { Buffer } from "node:buffer";
 import type pg from "pg";
 import { SourceFailure, nextFromSource, type Db } from "./db.js";
@@ -114,21 +114,13 @@ export async function storeNewMessage(
     if (error instanceof SourceFailure) throw error.cause;
     throw error;
   }
-  let uids = await uidBlocks.take(mailboxes);
-  // An import (in this process or another) can name a UID this store took ahead (see UidBlocks): the
-  // insert then hits the unique constraint. The import moved the counter past it, so UIDs taken
-  // fresh from the counter do not collide again.
-  const retake = async (error: unknown, attempt: number): Promise<void> => {
-    if (!uidTaken(error) || attempt >= UID_ATTEMPTS) throw error;
-    uidBlocks.forget(mailboxes);
-    uids = await uidBlocks.take(mailboxes);
-  };
   // Every row of one delivery carries the same times, so the first row speaks for all.
-  const toInfos = (size: number, rows: readonly { received_at: number; retrieved_at: number | null }[]): MessageInfo[] =>
-    uids.map((uid) => ({ uid, size, receivedAt: rows[0]!.received_at, retrievedAt: rows[0]!.retrieved_at }));
+  const toInfos = (uids: readonly Uid[], size: number, rows: readonly { received_at: number; retrieved_at: number | null }[]) =>
+    uids.map((uid): MessageInfo => ({ uid, size, receivedAt: rows[0]!.received_at, retrievedAt: rows[0]!.retrieved_at }));
 
   if (head.ended) {
     const size = head.data.length;
+    let uids = await uidBlocks.take(mailboxes);
     for (let attempt = 1; ; attempt++) {
       try {
         const result = await db.query<{ received_at: number; retrieved_at: number | null }>("deliver", dsql.storeWhole, [
@@ -140,33 +132,30 @@ export async function storeNewMessage(
           [...mailboxes],
           uids,
         ]);
-        return toInfos(size, result.rows);
+        return toInfos(uids, size, result.rows);
       } catch (error) {
-        await retake(error, attempt);
+        // An import (in this process or another) can name a UID this store took ahead (see
+        // UidBlocks). It moved the counter past it, so UIDs fresh from the counter do not collide.
+        if (!uidTaken(error) || attempt >= UID_ATTEMPTS) throw error;
+        uidBlocks.forget(mailboxes);
+        uids = await uidBlocks.take(mailboxes);
       }
     }
   }
+  // A big message takes its UIDs fresh from the counter, before the transaction: nothing taken ahead
+  // that an import could have named since, and no second connection needed inside the transaction.
+  const uids = await uidBlocks.take(mailboxes, { ahead: false });
   return db.transaction("deliver", async (client: pg.PoolClient) => {
     const body = await storeBody(client, sql, resumed(head.data, head.spill, iterator), mailboxes.length, options.signal);
-    for (let attempt = 1; ; attempt++) {
-      // A failed insert would spoil the whole transaction and the body streamed into it.
-      await client.query("SAVEPOINT generated_uids");
-      try {
-        const result = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessages, [
-          body.bodyId,
-          body.size,
-          msParam(options.receivedAt),
-          msParam(options.retrievedAt),
-          [...mailboxes],
-          uids,
-        ]);
-        return toInfos(body.size, result.rows);
-      } catch (error) {
-        if (!uidTaken(error)) throw error;
-        await client.query("ROLLBACK TO SAVEPOINT generated_uids");
-        await retake(error, attempt);
-      }
-    }
+    const result = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessages, [
+      body.bodyId,
+      body.size,
+      msParam(options.receivedAt),
+      msParam(options.retrievedAt),
+      [...mailboxes],
+      uids,
+    ]);
+    return toInfos(uids, body.size, result.rows);
   });
 }
 

@@ -40,15 +40,19 @@ export class UidBlocks {
     private readonly now: () => number = Date.now,
   ) {}
 
-  /** One generated UID per entry of `mailboxes` (a mailbox named twice gets two). */
-  async take(mailboxes: readonly MailboxId[]): Promise<Uid[]> {
-    const uids: Array<Uid | undefined> = mailboxes.map((id) => this.fromSpares(id));
+  /**
+   * One generated UID per entry of `mailboxes` (a mailbox named twice gets two). With `ahead: false`
+   * they all come from the counter now, and nothing is taken ahead.
+   */
+  async take(mailboxes: readonly MailboxId[], options: { readonly ahead?: boolean } = {}): Promise<Uid[]> {
+    const ahead = options.ahead ?? true;
+    const uids: Array<Uid | undefined> = mailboxes.map((id) => (ahead ? this.fromSpares(id) : undefined));
     const short = new Map<MailboxId, number>();
     mailboxes.forEach((id, i) => {
       if (uids[i] === undefined) short.set(id, (short.get(id) ?? 0) + 1);
     });
     if (short.size > 0) {
-      const fresh = await this.refill(short);
+      const fresh = await this.refill(short, ahead);
       mailboxes.forEach((id, i) => {
         if (uids[i] === undefined) uids[i] = fresh.get(id)!.shift();
       });
@@ -81,12 +85,12 @@ export class UidBlocks {
   }
 
   /** Takes what `needed` asks for plus each mailbox's spares in one statement; returns the needed ones. */
-  private async refill(needed: ReadonlyMap<MailboxId, number>): Promise<Map<MailboxId, Uid[]>> {
+  private async refill(needed: ReadonlyMap<MailboxId, number>, ahead: boolean): Promise<Map<MailboxId, Uid[]>> {
     const now = this.now();
     const plan = new Map<MailboxId, { needed: number; spare: number }>();
     for (const [id, count] of needed) {
       const known = this.mailboxes.get(id);
-      const busy = known !== undefined && now - known.refilledAt < BUSY_WITHIN_MS;
+      const busy = ahead && known !== undefined && now - known.refilledAt < BUSY_WITHIN_MS;
       const spare = busy ? Math.min(MAX_SPARE, Math.max(1, known.spare * 2)) : 0;
       plan.set(id, { needed: count, spare });
     }

@@ -78,6 +78,19 @@ describe.skipIf(!available)("generated UIDs", () => {
     expect(await counter(box)).toBe(taken + 1);
   });
 
+  it("takes UIDs fresh from the counter when asked not to use or take any ahead", async () => {
+    const time = clock();
+    const blocks = new UidBlocks(db, deliverySql(quoteIdent(schema)), time.now);
+    const box = "fresh@example.test";
+    for (let i = 0; i < 4; i++) await blocks.take([box]);
+    const taken = await counter(box);
+    expect(taken).toBeGreaterThan(5);
+    expect(await blocks.take([box], { ahead: false })).toEqual([`u${taken}`]);
+    expect(await counter(box)).toBe(taken + 1);
+    // What was taken ahead before is still handed out afterwards.
+    expect(await blocks.take([box])).toEqual(["u5"]);
+  });
+
   it("never hands one UID out twice, across stores delivering into one mailbox at once", async () => {
     const sql = deliverySql(quoteIdent(schema));
     const stores = [new UidBlocks(db, sql), new UidBlocks(db, sql), new UidBlocks(db, sql)];

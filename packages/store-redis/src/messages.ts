@@ -109,6 +109,11 @@ export async function stageAll(source: AsyncIterable<Uint8Array>, stagings: read
   return { size, whole: staging ? null : (held ?? Buffer.alloc(0)) };
 }
 
+/** The commit scripts' last argument: the message when it was not staged, none for an empty one. */
+export function wholeArgs(whole: Buffer | null): Buffer[] {
+  return whole === null || whole.length === 0 ? [] : [whole];
+}
+
 /** Takes the next UID from a mailbox's counter, skipping any that an import took explicitly. */
 export async function allocateUid(ctx: Context, keys: MailboxKeys): Promise<Uid> {
   return String(await runScript(ctx, "allocate uid", "mailroomAllocUid", [keys.next, keys.used, keys.info], []));
@@ -147,7 +152,7 @@ export async function commit(ctx: Context, mailboxId: string, staging: MailboxSt
         request.receivedAt,
         request.retrievedAt === null ? "-" : request.retrievedAt,
         staging.chunks,
-        ...(request.whole === null || request.whole.length === 0 ? [] : [request.whole]),
+        ...wholeArgs(request.whole),
       ],
     );
     if (status === "ok") return { uid, size: request.size, receivedAt: request.receivedAt, retrievedAt: request.retrievedAt };

@@ -22,7 +22,7 @@ import {
 import type { RedisClient } from "./connection.js";
 import { afterDurableWrite, call, runScript, type Context } from "./context.js";
 import { escapeKeyPart } from "./keys.js";
-import { Staging, readChunks, stageAll } from "./messages.js";
+import { Staging, readChunks, stageAll, wholeArgs } from "./messages.js";
 
 /**
  * The outbound queue. Every key shares the hash tag `{queue}`, so each script below touches one slot:
@@ -278,7 +278,7 @@ export class RedisQueue implements Queue {
         "commit queued message",
         "mailroomQueueCommit",
         [this.keys.items, this.keys.due, staging.key, this.keys.body(id)],
-        [id, JSON.stringify(item), item.nextAttemptAt, staging.chunks, ...(whole === null || whole.length === 0 ? [] : [whole])],
+        [id, JSON.stringify(item), item.nextAttemptAt, staging.chunks, ...wholeArgs(whole)],
       );
       if (status !== "ok") throw new StoreError("temporary", `redis: staged queue message ${id} expired or was evicted before commit`);
       await afterDurableWrite(this.ctx, "enqueue");
