@@ -19,8 +19,8 @@ const ratio = (a: Spread | null, b: Spread | null): string => (a && b && b.media
 function smtpTable(rows: readonly Row[]): string {
   const groups = groupBy(rows, (r) => `${r.label}|${r.size}|${r.conns}`);
   const lines = [
-    "| target | size | conns | accepted msg/s | delivered msg/s | server CPU ms/msg | vs node peer | vs postfix |",
-    "|---|---|---|---|---|---|---|---|",
+    "| target | size | conns | accepted msg/s | delivered msg/s | server CPU ms/msg | database CPU ms/msg | vs node peer | vs postfix |",
+    "|---|---|---|---|---|---|---|---|---|",
   ];
   for (const [key, group] of groups) {
     const [label, size, conns] = key.split("|");
@@ -30,7 +30,7 @@ function smtpTable(rows: readonly Row[]): string {
       return other ? col(other, "del_rate") : null;
     };
     const mine = label!.startsWith("mailroom");
-    lines.push(`| ${label} | ${Number(size) / 1024} KB | ${conns} | ${show(col(group, "acc_rate"), 0)} | ${show(delivered, 0)} | ${show(col(group, "cpu_ms_per_msg"), 2)} | ${mine ? ratio(delivered, peer("node-smtp-server")) : ""} | ${mine ? ratio(delivered, peer("postfix+dovecot")) : ""} |`);
+    lines.push(`| ${label} | ${Number(size) / 1024} KB | ${conns} | ${show(col(group, "acc_rate"), 0)} | ${show(delivered, 0)} | ${show(col(group, "cpu_ms_per_msg"), 2)} | ${show(col(group, "db_cpu_ms_per_msg"), 2)} | ${mine ? ratio(delivered, peer("node-smtp-server")) : ""} | ${mine ? ratio(delivered, peer("postfix+dovecot")) : ""} |`);
   }
   return lines.join("\n");
 }

@@ -67,6 +67,9 @@ export function smtpIngest(ctx: SuiteContext, targets: readonly Target[]): Recor
   const out = join(ctx.outDir, "smtp_ingest.tsv");
   const sizes: Array<[size: number, count: number]> = ctx.quick ? [[4096, 300], [102400, 120]] : [[4096, 1500], [102400, 600]];
   const before = new Map(targets.map((t) => [t, t.ingestMaildir || !t.pop3Port ? 0 : popStat(t, "ingest")]));
+  // The database server's CPU of each run, by label|conns|size in run order (the driver measures only
+  // the server's own).
+  const databaseMs = new Map<string, number[]>();
   for (const [size, count] of sizes) {
     for (const conns of [1, 8, 64]) {
       for (let repeat = 1; repeat <= ctx.repeats; repeat++) {
@@ -74,12 +77,17 @@ export function smtpIngest(ctx: SuiteContext, targets: readonly Target[]): Recor
           settle(ctx);
           ctx.log(`SMTP ingest: ${target.label}, ${size} octets, ${conns} connections, run ${repeat}`);
           const messages = conns >= 64 ? count * MANY_CONNECTIONS_FACTOR : count;
+          const databaseBefore = target.databaseCpuMs?.();
           python(ctx, "smtp_ingest.py", [
             "--label", target.label, "--port", String(target.smtpPort), "--rcpt", `ingest@${DOMAIN}`,
             ...(target.ingestMaildir ? ["--maildir", target.ingestMaildir] : []),
             ...pidArgs(target), "--sizes", String(size), "--counts", String(messages), "--conns", String(conns),
             "--repeats", "1", "--out", out,
           ]);
+          if (databaseBefore !== undefined) {
+            const key = `${target.label}|${conns}|${size}`;
+            databaseMs.set(key, [...(databaseMs.get(key) ?? []), target.databaseCpuMs!() - databaseBefore]);
+          }
         }
       }
     }
@@ -94,7 +102,11 @@ export function smtpIngest(ctx: SuiteContext, targets: readonly Target[]): Recor
     if (found !== accepted) ctx.log(`${target.label}: MISMATCH between accepted and delivered`);
     popEmpty(target, "ingest");
   }
-  return parseTsv(readFileSync(out, "utf8"), SMTP_COLS);
+  return parseTsv(readFileSync(out, "utf8"), SMTP_COLS).map((row) => {
+    const ms = databaseMs.get(`${row.label}|${row.conns}|${row.size}`)?.shift();
+    const accepted = Number(row.accepted);
+    return ms === undefined || !(accepted > 0) ? row : { ...row, db_cpu_ms_per_msg: (ms / accepted).toFixed(3) };
+  });
 }
 
 function fill(target: Target, user: string, count: number, size: number): void {

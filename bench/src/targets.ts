@@ -4,6 +4,7 @@
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { cpuMsOfCommand } from "./proc.js";
 
 export interface Target {
   readonly label: string;
@@ -21,6 +22,8 @@ export interface Target {
   stop(): Promise<void>;
   /** The main pid (Mailroom only: single process). */
   pid(): number | null;
+  /** CPU ms used so far by the database server behind the target (the PostgreSQL and Redis stores). */
+  databaseCpuMs?(): number;
 }
 
 export const DOMAIN = "example.test";
@@ -130,8 +133,10 @@ export async function mailroomTarget(options: MailroomTargetOptions): Promise<Ta
     }
   };
   await start();
+  const databaseCommand = store === "postgres" ? "postgres" : store === "redis" ? "redis-server" : null;
   return {
     label: `mailroom-${store}`,
+    ...(databaseCommand === null ? {} : { databaseCpuMs: () => cpuMsOfCommand(databaseCommand) }),
     smtpPort: ports.smtp,
     pop3Port: ports.pop3,
     pop3sPort: ports.pop3s,
