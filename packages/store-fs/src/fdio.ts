@@ -23,6 +23,30 @@ export function openNew(path: string, mode = 0o666): Promise<number> {
   return new Promise((resolve, reject) => fs.open(path, "wx", mode, settle(resolve, reject)));
 }
 
+/**
+ * The open flag that makes every write also flush the file, data and metadata, before it returns
+ * (O_SYNC: a write followed by an fsync, in one system call), or null where the platform has none;
+ * then a writer calls fsync itself. Node, Bun and Deno all hand it to open(2) (tests/runtimes reads
+ * the flags back from the kernel under each): a runtime that dropped it would acknowledge mail before
+ * it is on disk.
+ */
+export const SYNC_WRITES: number | null = typeof fs.constants.O_SYNC === "number" && fs.constants.O_SYNC !== 0 ? fs.constants.O_SYNC : null;
+
+/**
+ * Creates `path` like `openNew`, but every write through the descriptor returns only once it is
+ * durable (`SYNC_WRITES`, which must not be null).
+ */
+export function openNewSyncing(path: string, mode = 0o666): Promise<number> {
+  const { O_WRONLY, O_CREAT, O_EXCL, O_TRUNC } = fs.constants;
+  const flags = O_WRONLY | O_CREAT | O_EXCL | O_TRUNC | (SYNC_WRITES ?? 0);
+  return new Promise((resolve, reject) => fs.open(path, flags, mode, settle(resolve, reject)));
+}
+
+/** Opens an existing file for writing only, at offset 0, without truncating it. */
+export function openForWriting(path: string): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, fs.constants.O_WRONLY, settle(resolve, reject)));
+}
+
 /** Opens an existing file for reading and writing (`r+`), for writes at chosen positions. */
 export function openExisting(path: string): Promise<number> {
   return new Promise((resolve, reject) => fs.open(path, "r+", settle(resolve, reject)));

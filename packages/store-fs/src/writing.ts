@@ -4,7 +4,7 @@ import { basename, join } from "node:path";
 import { attempt, isErrno } from "./errors.js";
 import { unlinkQuiet, type SyncPolicy } from "./fsutil.js";
 import { BareLfCounter } from "./streams.js";
-import { closeFd, fsyncFd, openNew, setTimesFd, writevAt } from "./fdio.js";
+import { closeFd, fsyncFd, openForWriting, openNew, openNewSyncing, setTimesFd, SYNC_WRITES, writevAt } from "./fdio.js";
 import type { KeptBody } from "./deliverylog.js";
 import type { FileThread } from "./filethread.js";
 
@@ -68,10 +68,18 @@ export async function writeMessageFile(
   policy: SyncPolicy,
   receivedAt: number | undefined,
 ): Promise<{ size: number; crlfSize: number; receivedAt: number }> {
-  const fd = await attempt("create", path, () => openNew(path));
+  // A message that fits one batch (nearly all mail) is written with one write() at its end. Opened
+  // with SYNC_WRITES, that write is also its fsync: one hand-off to the thread pool at the end of the
+  // data instead of two, which is both the wait before the reply and CPU (each hand-off wakes a pool
+  // thread and then the event loop). A message that outgrows the batch goes on through a plain
+  // descriptor and one fsync at the end, rather than a flush per batch. An explicit receivedAt is set
+  // after the last write, so those (imports) take the plain path as well.
+  let syncing = policy.fsync && receivedAt === undefined && SYNC_WRITES !== null;
+  let fd = await attempt("create", path, () => (syncing ? openNewSyncing(path) : openNew(path)));
   const counter = new BareLfCounter();
   let stamped = 0;
   let synced = false;
+  let written = 0;
   const buffer = takeBuffer();
   try {
     try {
@@ -88,12 +96,25 @@ export async function writeMessageFile(
           staged += take;
           from += take;
           if (staged === WRITE_BATCH) {
+            if (syncing) {
+              // Nothing was written yet, so the plain descriptor starts at the right offset.
+              const plain = await attempt("create", path, () => openForWriting(path));
+              try {
+                closeSync(fd);
+              } catch {
+                // Nothing was written through it, so a failed close loses nothing.
+              }
+              fd = plain;
+              syncing = false;
+            }
             await writeAll(fd, path, [buffer]);
+            written += WRITE_BATCH;
             staged = 0;
           }
         }
       }
       if (staged > 0) await writeAll(fd, path, [buffer.subarray(0, staged)]);
+      written += staged;
       if (receivedAt === undefined) {
         // A stat of an open descriptor touches no disk and cannot block; rounded as list() rounds it.
         stamped = Math.round(fstatSync(fd).mtimeMs);
@@ -103,7 +124,8 @@ export async function writeMessageFile(
         stamped = receivedAt;
       }
       if (policy.fsync) {
-        await attempt("fsync", path, () => fsyncFd(fd));
+        // A syncing write made the file durable, stamp included; an empty file had no write to do it.
+        if (!syncing || written === 0) await attempt("fsync", path, () => fsyncFd(fd));
         synced = true;
       }
     } finally {

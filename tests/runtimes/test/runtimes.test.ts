@@ -45,6 +45,14 @@ describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
     expect(bodies.filter((body) => /^Subject: (\d+)\r\n\r\nmessage \1\r\n$/.test(body))).toHaveLength(40);
   });
 
+  it.runIf(process.platform === "linux")(`${runtime}: store-fs's one-write messages are opened with O_SYNC as the kernel sees it`, async () => {
+    const [command, ...args] = runtimes[runtime]!;
+    const fixture = fileURLToPath(new URL("./fixtures/sync-writes.mjs", import.meta.url));
+    const work = mkdtempSync(join(dir, `sync-writes-${runtime}-`));
+    const { stdout } = await run(command!, [...args, fixture, work], { timeout: 60_000, cwd: fileURLToPath(new URL("..", import.meta.url)) });
+    expect(JSON.parse(stdout.trim())).toEqual({ syncFlag: true, intact: true });
+  });
+
   it(`${runtime}: a POP3 mailbox held by a killed server is free again as soon as it restarts`, async () => {
     const tag = `rt_kill_${runtime}_${randomBytes(3).toString("hex")}`;
     const config = writeConfig({ dir, name: tag, store: storeLines("fs", dir, tag), tls, extra: ["allow_plaintext_auth = true"] });
