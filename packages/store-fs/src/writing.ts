@@ -79,7 +79,6 @@ export async function writeMessageFile(
   const counter = new BareLfCounter();
   let stamped = 0;
   let synced = false;
-  let written = 0;
   const buffer = takeBuffer();
   try {
     try {
@@ -108,13 +107,11 @@ export async function writeMessageFile(
               syncing = false;
             }
             await writeAll(fd, path, [buffer]);
-            written += WRITE_BATCH;
             staged = 0;
           }
         }
       }
       if (staged > 0) await writeAll(fd, path, [buffer.subarray(0, staged)]);
-      written += staged;
       if (receivedAt === undefined) {
         // A stat of an open descriptor touches no disk and cannot block; rounded as list() rounds it.
         stamped = Math.round(fstatSync(fd).mtimeMs);
@@ -125,7 +122,7 @@ export async function writeMessageFile(
       }
       if (policy.fsync) {
         // A syncing write made the file durable, stamp included; an empty file had no write to do it.
-        if (!syncing || written === 0) await attempt("fsync", path, () => fsyncFd(fd));
+        if (!syncing || counter.octets === 0) await attempt("fsync", path, () => fsyncFd(fd));
         synced = true;
       }
     } finally {
