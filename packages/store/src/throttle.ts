@@ -1,3 +1,5 @@
+import { normalizeAddress } from "./names.js";
+
 /**
  * Slows down password guessing, per client address and per login, across every protocol that shares
  * one instance (the server gives POP3 and SMTP AUTH the same one). After a few free failures each
@@ -30,6 +32,15 @@ export interface LoginThrottle {
   failure(client: string, login: string): void;
   /** A good password clears the login's count (not the address's: one guessed account is enough). */
   success(client: string, login: string): void;
+}
+
+function canonicalLogin(login: string): string {
+  try {
+    return normalizeAddress(login);
+  } catch {
+    // Not an address: no account has it, but it is still counted (a guesser gains nothing from it).
+    return login.trim().toLowerCase();
+  }
 }
 
 interface Entry {
@@ -68,7 +79,9 @@ export function createLoginThrottle(options: LoginThrottleOptions = {}): LoginTh
     if (entries.size > maxEntries) entries.delete(entries.keys().next().value!);
   };
   const addressKey = (client: string) => `a:${client}`;
-  const loginKey = (login: string) => `l:${login.trim().toLowerCase()}`;
+  // The canonical form, so that every spelling that logs in to one account (a trailing dot on the
+  // domain, a Unicode domain, upper case) shares that account's count.
+  const loginKey = (login: string) => `l:${canonicalLogin(login)}`;
 
   return {
     delayFor(client, login) {

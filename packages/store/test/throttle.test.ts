@@ -69,6 +69,22 @@ describe("createLoginThrottle", () => {
     expect(t.delayFor("10.0.0.9", "alice@example.test")).toBe(200);
   });
 
+  it("counts every spelling that logs in to one account as that account", () => {
+    const { t } = throttle({ freeFailures: 0, baseDelayMs: 100 });
+    // Each of these reaches alice@example.test's account (authenticate normalises the same way):
+    // a trailing dot, a fullwidth letter in the domain, a soft hyphen in it.
+    t.failure("10.0.0.1", "alice@example.test.");
+    t.failure("10.0.0.2", "alice@\uff45xample.test");
+    t.failure("10.0.0.3", "alice@exam\u00adple.test");
+    expect(t.delayFor("10.0.0.9", "alice@example.test")).toBe(800);
+    // A good login clears the count whatever spelling it used.
+    t.success("10.0.0.9", "ALICE@example.test.");
+    expect(t.delayFor("10.0.0.9", "alice@example.test")).toBe(0);
+    // A login that is not an address is still counted, by its own name.
+    t.failure("10.0.0.1", "not an address");
+    expect(t.delayFor("10.0.0.8", " NOT AN ADDRESS ")).toBe(200);
+  });
+
   it("gives unknown logins the same answer as known ones", () => {
     const { t } = throttle({ freeFailures: 0, baseDelayMs: 100 });
     expect(t.delayFor("10.0.0.1", "nobody@x.test")).toBe(t.delayFor("10.0.0.1", "alice@x.test"));
