@@ -162,6 +162,24 @@ print(json.dumps({"out": out.decode(), "code": os.WEXITSTATUS(status)}))
     expect((await cli(["alias", "del", "nobody@example.test"])).stderr).toBe("mailroom: no alias nobody@example.test\n");
   });
 
+  it("refuses an alias whose source or target is not in a local domain", async () => {
+    // A foreign target would be skipped by local delivery: mail to the alias would get a 250 and
+    // never reach it.
+    const foreignTarget = await cli(["alias", "add", "fwd@example.test", "friend@elsewhere.test"]);
+    expect(foreignTarget).toMatchObject({
+      code: 1,
+      stderr:
+        "mailroom: the target friend@elsewhere.test is not in a local domain; aliases deliver only to local addresses (forwarding to other domains is not supported)\n",
+    });
+    const foreignSource = await cli(["alias", "add", "@elsewhere.test", "alice@example.test"]);
+    expect(foreignSource).toMatchObject({
+      code: 1,
+      stderr: "mailroom: the domain elsewhere.test is not local; add it first: mailroom domain add elsewhere.test\n",
+    });
+    const list = (await cli(["alias", "list"])).stdout;
+    expect(list).not.toContain("elsewhere.test");
+  });
+
   it("says there is nothing to migrate for Maildir", async () => {
     expect(await cli(["migrate"])).toEqual({ code: 0, stdout: "nothing to do: the maildir store has no schema to migrate\n", stderr: "" });
   });

@@ -4,6 +4,7 @@
  */
 import { resolve } from "node:path";
 import {
+  domainOf,
   hashPassword,
   isStoreError,
   normalizeAddress,
@@ -127,9 +128,19 @@ export async function domainList(config: ServerConfig, io: Output): Promise<void
 export async function aliasAdd(config: ServerConfig, source: string, target: string, io: Output): Promise<void> {
   const from = checked("alias source", normalizeAliasSource, source);
   const to = checked("alias target", normalizeAddress, target);
-  await withStore(config, (store) =>
-    store.directory.addAlias({ source: from, target: to }).catch((e: unknown) => explain(e, `alias ${from} -> ${to}`)),
-  );
+  await withStore(config, async (store) => {
+    const sourceDomain = domainOf(from);
+    if (!(await store.directory.hasDomain(sourceDomain))) {
+      throw new Error(`the domain ${sourceDomain} is not local; add it first: mailroom domain add ${sourceDomain}`);
+    }
+    // Local delivery skips targets on other domains, so such an alias would answer 250 and deliver
+    // nothing there: refuse it here rather than lose mail later.
+    const targetDomain = domainOf(to);
+    if (!(await store.directory.hasDomain(targetDomain))) {
+      throw new Error(`the target ${to} is not in a local domain; aliases deliver only to local addresses (forwarding to other domains is not supported)`);
+    }
+    await store.directory.addAlias({ source: from, target: to }).catch((e: unknown) => explain(e, `alias ${from} -> ${to}`));
+  });
   io.out(`added alias ${from} -> ${to}`);
 }
 
