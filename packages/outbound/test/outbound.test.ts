@@ -525,9 +525,8 @@ describe("concurrency and crashes", () => {
   });
 });
 
-describe("submission relay (relayToQueue)", () => {
-  it("queues the transaction; the worker stores local copies and relays the rest without our Return-Path", async () => {
-    const store = await ours();
+/** Alice sends MESSAGE through a submission listener that queues relayed mail (relayToQueue). */
+async function submitThroughQueue(store: Store, recipients: string[]) {
     const server = createSmtpServer({ store, hostname: "mail.ours.test", allowLoopbackPlaintextAuth: true, hooks: { ...relayToQueue(store) } });
     const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission" });
     cleanups.push(async () => {
@@ -544,13 +543,20 @@ describe("submission relay (relayToQueue)", () => {
     });
     const result = await client.send({
       sender: "alice@ours.test",
-      recipients: ["bob@far.test", "alice@ours.test"],
+      recipients: recipients,
       size: MESSAGE.length,
       eightBit: false,
       utf8: false,
       body: async () => fromBytes(MESSAGE),
     });
     await client.quit();
+  return result;
+}
+
+describe("submission relay (relayToQueue)", () => {
+  it("queues the transaction; the worker stores local copies and relays the rest without our Return-Path", async () => {
+    const store = await ours();
+    const result = await submitThroughQueue(store, ["bob@far.test", "alice@ours.test"]);
     expect([...result.recipients.values()].map((r) => r.code)).toEqual([250, 250]);
     const [item] = await store.queue.list();
     expect(item).toMatchObject({ sender: "alice@ours.test", recipients: [{ address: "bob@far.test" }, { address: "alice@ours.test" }], meta: { user: "alice@ours.test" } });
@@ -565,6 +571,22 @@ describe("submission relay (relayToQueue)", () => {
     expect(remote!.match(/^Return-Path:/gim)).toHaveLength(1);
     expect(remote).toMatch(/^Return-Path: <alice@ours\.test>\r\nReceived: from mail\.ours\.test [^]*\r\nReceived: from client\.test /);
     expect(remote!.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("queues a bare <postmaster> qualified, so the worker delivers it to the local postmaster", async () => {
+    const store = await ours();
+    await store.directory.addAlias({ source: "postmaster@ours.test", target: "alice@ours.test" });
+    const result = await submitThroughQueue(store, ["postmaster", "bob@far.test"]);
+    expect([...result.recipients.values()].map((r) => r.code)).toEqual([250, 250]);
+    const [item] = await store.queue.list();
+    expect(item).toMatchObject({ recipients: [{ address: "postmaster@ours.test" }, { address: "bob@far.test" }] });
+
+    const mx = await farMx("127.0.0.2");
+    await worker(store, { mxPort: mx.port }).runOnce();
+    const [local] = await mailboxTexts(store, "alice@ours.test");
+    expect(local!.endsWith(`\r\n${MESSAGE}`)).toBe(true);
+    expect(await mailboxTexts(mx.store, "bob@far.test")).toHaveLength(1);
     expect(await store.queue.list()).toEqual([]);
   });
 

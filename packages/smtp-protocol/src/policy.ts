@@ -31,6 +31,8 @@ export interface PolicyContext {
 export interface Target {
   readonly mailboxes: readonly MailboxId[];
   readonly relay: boolean;
+  /** The address to record and route with, where it differs from the client's: `<postmaster>` qualified. */
+  readonly address?: string;
 }
 
 export type Decision<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly reply: Reply };
@@ -97,8 +99,11 @@ export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<De
 async function postmaster(ctx: PolicyContext): Promise<Decision<Target>> {
   const domains = [ctx.hostname, ...(await ctx.store.directory.listDomains())];
   for (const domain of domains) {
-    const resolution = await resolveRecipient(ctx.store.directory, `postmaster@${domain}`);
-    if (resolution.kind === "local") return { ok: true, value: { mailboxes: resolution.mailboxes, relay: false } };
+    const address = `postmaster@${domain}`;
+    const resolution = await resolveRecipient(ctx.store.directory, address);
+    // Qualified, as Postfix does: a queued transaction resolves its recipients again later, and
+    // a bare `postmaster` would then look like a domain of its own.
+    if (resolution.kind === "local") return { ok: true, value: { mailboxes: resolution.mailboxes, relay: false, address } };
   }
   return refuse(R.unknownUser());
 }

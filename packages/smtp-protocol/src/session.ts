@@ -435,6 +435,7 @@ export class Session {
     }
     if (c.path.utf8 && !utf8) return this.#error(R.needUtf8());
     const decision = await checkSender(this.#policy(), c.path);
+    if (this.#phase.kind === "closed") return; // the session ended while the sender was checked
     if (!decision.ok) {
       this.#log.info({ from: cleanText(c.path.address, 100), code: decision.reply.code }, "mail from refused");
       return this.#error(decision.reply);
@@ -462,7 +463,8 @@ export class Session {
       return this.#error(decision.reply);
     }
     if (this.#phase !== phase) return; // the session ended while we looked the address up
-    phase.tx.recipients.push({ address: c.path.address, mailboxes: decision.value.mailboxes, relay: decision.value.relay });
+    const address = decision.value.address ?? c.path.address;
+    phase.tx.recipients.push({ address, mailboxes: decision.value.mailboxes, relay: decision.value.relay });
     this.#log.info({ id: phase.tx.id, to }, "rcpt");
     this.#write(R.recipientOk());
   }
@@ -674,6 +676,9 @@ export class Session {
     }
     if (this.#phase.kind === "closed") return;
     this.#endTransaction();
+    // As Postfix's error limits: they count errors made without delivering mail, so a long MTA
+    // connection is not ended by rejections spread over many good messages.
+    if (answer.code < 400) this.#errors = 0;
     this.#send(answer);
   }
 

@@ -37,7 +37,7 @@ export type RecipientVerdict =
   | Reject;
 
 export interface Recipient {
-  /** The address as the client sent it. */
+  /** The address as the client sent it; a bare `<postmaster>` qualified with the domain whose postmaster takes it. */
   readonly address: string;
   /** Local mailboxes that get a copy; empty for a relayed recipient. */
   readonly mailboxes: readonly MailboxId[];
@@ -116,7 +116,7 @@ export interface SmtpLimits {
   readonly maxTextLine: number;
   /** Unrecognised commands before 421 and close. Default 10. */
   readonly maxUnknownCommands: number;
-  /** Error replies (4xx/5xx) before 421 and close. Default 20. */
+  /** Error replies (4xx/5xx) since the last delivered message (or the start) before 421 and close. Default 20. */
   readonly maxErrors: number;
   /** Mail transactions (MAIL commands) per connection. Default 10,000: MTAs reuse one connection for a whole queue run. */
   readonly maxTransactionsPerConnection: number;
