@@ -33,6 +33,7 @@ export function messageSql(s: string) {
       INSERT INTO ${s}.mailboxes AS m (id, next_uid) VALUES ($1, $2::bigint + 1)
       ON CONFLICT (id) DO UPDATE SET next_uid = GREATEST(m.next_uid, EXCLUDED.next_uid)`,
     uidTaken: `SELECT 1 FROM ${s}.messages WHERE mailbox = $1 AND uid = $2`,
+    uidMark: `SELECT next_uid::text AS next FROM ${s}.mailboxes WHERE id = $1`,
     // One row per mailbox for one body, in the order given ($5 mailboxes, $6 UIDs).
     insertMessages: `
       INSERT INTO ${s}.messages (mailbox, uid, body_id, size, received_at, retrieved_at)

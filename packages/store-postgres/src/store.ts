@@ -119,6 +119,20 @@ class PostgresMailbox implements Mailbox {
   acquireLease(options: LeaseOptions): Promise<Lease> {
     return acquireLease(this.db, this.leases, this.id, options);
   }
+
+  async uidMark(): Promise<string | null> {
+    const result = await this.db.query<{ next: string }>("uid mark", this.sql.uidMark, [this.id]);
+    const next = result.rows[0] === undefined ? 1n : BigInt(result.rows[0].next);
+    return next > 1n ? `postgres:${next - 1n}` : null;
+  }
+
+  async skipUids(mark: string): Promise<void> {
+    const last = /^postgres:([1-9][0-9]{0,17})$/.exec(mark);
+    if (!last) return;
+    await this.db.query("skip uids", this.sql.keepUid, [this.id, last[1]]);
+    // UIDs this process took ahead may lie below the new counter.
+    this.uidBlocks.forget([this.id]);
+  }
 }
 
 class PostgresStore implements Store {

@@ -105,6 +105,18 @@ export class RedisMailbox implements Mailbox {
     if (result < 0) throw this.leaseLost(lease);
   }
 
+  async uidMark(): Promise<string | null> {
+    const next = await call(this.ctx, "uid mark", () => this.ctx.client.get(this.keys.next));
+    return next !== null && /^[1-9][0-9]{0,14}$/.test(next) ? `redis:${next}` : null;
+  }
+
+  async skipUids(mark: string): Promise<void> {
+    const last = /^redis:([1-9][0-9]{0,14})$/.exec(mark);
+    if (!last) return;
+    await runScript(this.ctx, "skip uids", "mailroomSkipUids", [this.keys.next], [last[1]!]);
+    await afterDurableWrite(this.ctx, "skip uids");
+  }
+
   async acquireLease(options: LeaseOptions): Promise<Lease> {
     const ttlMs = Math.max(1, Math.ceil(options.ttlMs));
     const token = randomUUID();

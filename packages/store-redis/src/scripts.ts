@@ -20,6 +20,13 @@ const SOURCES = {
       end
     end`,
 
+  // KEYS: next. ARGV: the last number another store's counter gave out for this mailbox (a copy).
+  // The counter only grows.
+  mailroomSkipUids: String.raw`
+    local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+    return 'ok'`,
+
   // KEYS: stage. ARGV: chunk, ttl ms. Every chunk pushes the expiry out again, so only an abandoned
   // append expires.
   mailroomStageChunk: String.raw`

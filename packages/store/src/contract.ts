@@ -131,6 +131,23 @@ export interface Mailbox {
 
   /** Takes the mailbox's exclusive lease, or throws "in-use" while another live lease exists. */
   acquireLease(options: LeaseOptions): Promise<Lease>;
+
+  /**
+   * Optional, for stores that generate UIDs in a sequence (a counter per mailbox): how far the sequence
+   * has got, deleted messages included, as a mark in the store's own format; null when it never
+   * generated one. A copy between two stores of the same kind hands it to `skipUids` on the target, so
+   * that the target never gives a new message the UID of a message deleted before the copy (which a
+   * client that kept its UIDL list would take for mail it already has). Stores whose UIDs are unique
+   * by construction (store-fs) leave both methods out.
+   */
+  uidMark?(): Promise<string | null>;
+
+  /**
+   * Optional, the other half of `uidMark`: from now on the mailbox generates no UID that `mark` covers.
+   * A mark the store does not recognise (another kind of store's: its UIDs cannot collide with ours) is
+   * ignored; a mark behind the mailbox's own sequence changes nothing. Idempotent.
+   */
+  skipUids?(mark: string): Promise<void>;
 }
 
 /** A login account. Its mailbox receives mail for its address and for aliases that point at it. */

@@ -204,6 +204,11 @@ export async function copyStore(from: Store, to: Store, options: CopyOptions = {
     const targetId = mapping.get(id) ?? id;
     const source = from.mailbox(id);
     const target = to.mailbox(targetId);
+    // The target must never generate a UID the source already gave out, also one of a message deleted
+    // before the copy: a client that kept its list of seen UIDLs would take the new message for one it
+    // has. Only stores of the same kind generate alike; each ignores the other kinds' marks.
+    const mark = source.uidMark ? await source.uidMark() : null;
+    if (mark !== null && target.skipUids) await target.skipUids(mark);
     const list = await source.list();
     const present = new Map<Uid, MessageInfo>((await target.list()).map((m) => [m.uid, m]));
     emit({ type: "mailbox-start", mailbox: id, target: targetId, messages: list.length });

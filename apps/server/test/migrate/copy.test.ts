@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
-import { authenticate, type Mailbox, type ReadOptions, type Store } from "@mailroom/store";
+import { authenticate, fromBytes, hashPassword, type Mailbox, type ReadOptions, type Store } from "@mailroom/store";
 import { copyStore, formatBytes, summarizeCopy, summarizeVerify, verifyCopy, type CopyProgressEvent } from "../../src/migrate/index.js";
 import { availableBackends, memoryBackend, type Backend, type OpenedStore } from "./backends.js";
 import { ALICE, ALICE_PASSWORD, BOB, BOB_PASSWORD, seed, snapshot } from "./seed.js";
@@ -260,5 +260,34 @@ describe("copyStore edge cases (memory)", () => {
     expect(a.messages.copied + a.messages.skipped).toBe(total);
     expect(b.messages.copied + b.messages.skipped).toBe(total);
     expect((await verifyCopy(source, target)).ok).toBe(true);
+  });
+});
+
+describe.each(backends.map((backend) => ({ backend, label: `${backend.name} → ${backend.name}` })))("copyStore $label", ({ backend }) => {
+  it("never gives new mail on the target the UID of a message deleted from the source before the copy", async () => {
+    const { store: source } = await open(backend);
+    const { store: target } = await open(backend);
+    await source.directory.addDomain("example.test");
+    await source.directory.addAccount({ address: ALICE, passwordHash: await hashPassword(ALICE_PASSWORD, { logN: 10 }) });
+    // Two mailboxes: one keeps its first message, the other is emptied; the newest UIDs of both are gone.
+    const given = new Map<string, string[]>();
+    for (const id of [ALICE, "emptied@example.test"]) {
+      const box = source.mailbox(id);
+      const uids: string[] = [];
+      for (let n = 0; n < 3; n++) uids.push((await box.append(fromBytes(new TextEncoder().encode(`Subject: ${n}\r\n\r\nbody\r\n`)))).uid);
+      const lease = await box.acquireLease({ holder: "test", ttlMs: 10_000 });
+      await box.expunge(id === ALICE ? uids.slice(1) : uids, lease);
+      await lease.release();
+      given.set(id, uids);
+    }
+    await copyStore(source, target);
+    for (const [id, uids] of given) {
+      const fresh = await target.mailbox(id).append(fromBytes(new TextEncoder().encode("Subject: new\r\n\r\nnew\r\n")));
+      expect(uids).not.toContain(fresh.uid);
+    }
+    // A second run (a resumed copy) changes nothing of that.
+    await copyStore(source, target);
+    const again = await target.mailbox(ALICE).append(fromBytes(new TextEncoder().encode("Subject: newer\r\n\r\nnewer\r\n")));
+    expect(given.get(ALICE)).not.toContain(again.uid);
   });
 });

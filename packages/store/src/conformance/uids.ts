@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import type { Mailbox } from "../contract.js";
 import { isValidUid } from "../names.js";
 import {
   appendBytes,
@@ -34,6 +35,13 @@ function likelyNextUids(last: string): string[] {
   bump(/^(.*?)([0-9a-fA-F]{1,12})$/, 16);
   bump(/^(.*?)([0-9a-z]{1,10})$/, 36);
   return [...out].filter((uid) => uid !== last && isValidUid(uid));
+}
+
+/** A mailbox's optional UID-mark methods, bound, or null when the store leaves them out. */
+function marksOf(box: Mailbox): { uidMark(): Promise<string | null>; skipUids(mark: string): Promise<void> } | null {
+  const { uidMark, skipUids } = box;
+  if (uidMark === undefined || skipUids === undefined) return null;
+  return { uidMark: () => uidMark.call(box), skipUids: (mark) => skipUids.call(box, mark) };
 }
 
 export function uidTests(options: ConformanceOptions): void {
@@ -91,6 +99,39 @@ export function uidTests(options: ConformanceOptions): void {
         expect(uid).not.toBe(fresh1);
       }
       expect(new Set(fresh).size).toBe(5);
+    });
+
+    it("uidMark and skipUids (optional, both or neither): a mailbox skipping a mark never generates what it covers", async () => {
+      const { ns, store } = await h.fresh();
+      const probe = store.mailbox("alice@example.test");
+      expect(typeof probe.skipUids, "uidMark and skipUids come together").toBe(typeof probe.uidMark);
+      const a = marksOf(probe);
+      const b = marksOf(store.mailbox("bob@example.test"));
+      if (a === null || b === null) return;
+      expect(await a.uidMark()).toBeNull();
+      const old: string[] = [];
+      for (let i = 0; i < 3; i++) old.push((await appendBytes(probe, message(`marked${i}`))).uid);
+      const l = await lease(probe);
+      await probe.expunge(old, l);
+      await l.release();
+      const mark = await a.uidMark();
+      if (mark === null) throw new Error("uidMark gave null after three generated UIDs");
+      // What a copy does on the target: the mark of the same mailbox in another store.
+      await b.skipUids(mark);
+      await b.skipUids(mark);
+      // A mark of another kind of store is ignored, not refused.
+      await b.skipUids("some-other-store:12345");
+      const fresh: string[] = [];
+      for (let i = 0; i < 3; i++) fresh.push((await appendBytes(store.mailbox("bob@example.test"), message(`skipped${i}`))).uid);
+      await store.close();
+      const reopened = (await h.open(ns)).mailbox("bob@example.test");
+      fresh.push((await appendBytes(reopened, message("after restart"))).uid);
+      for (const uid of fresh) expect(old).not.toContain(uid);
+      // The mark moved on with bob's own UIDs; an older mark does not take it back.
+      const again = marksOf(reopened)!;
+      const later = await again.uidMark();
+      await again.skipUids(mark);
+      expect(await again.uidMark()).toBe(later);
     });
 
     it("keeps an explicit UID, also across a restart", async () => {

@@ -174,6 +174,18 @@ class MemoryMailbox implements Mailbox {
       },
     };
   }
+
+  async uidMark(): Promise<string | null> {
+    const box = this.box;
+    return box.next > 1 ? `memory:${box.next - 1}` : null;
+  }
+
+  async skipUids(mark: string): Promise<void> {
+    const last = /^memory:(\d{1,15})$/.exec(mark);
+    if (!last) return;
+    const box = this.box;
+    box.next = Math.max(box.next, Number(last[1]) + 1);
+  }
 }
 
 class MemoryDirectory implements Directory {
