@@ -16,7 +16,10 @@ import type { UidBlocks } from "./uids.js";
  *    and its fsync. That is safe: the message's own commit is synchronous and comes later in the
  *    WAL, so once a message is durable, so is the counter step that named it. A crash before that
  *    can only lose a step whose UID no committed message carries; handing it out again harms nobody.
- *    A busy mailbox takes several at a time (see UidBlocks), so most of its deliveries skip this step.
+ *    A busy mailbox takes several at a time (see UidBlocks), so most of its deliveries skip this step;
+ *    such a step is committed synchronously, because the UIDs it takes ahead live on in this process's
+ *    memory: were the step lost in a database crash this process survives, they would be handed out
+ *    here and again from the counter.
  * 2. A message that fits in one chunk (nearly all mail) is stored by one statement that inserts body,
  *    chunk and message rows at once, committed synchronously: two round trips for the whole delivery.
  *    Bigger messages stream into a transaction as before, chunk by chunk.
@@ -28,7 +31,7 @@ import type { UidBlocks } from "./uids.js";
 export function deliverySql(s: string) {
   return {
     takeUids: `
-      WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+      WITH relaxed AS (SELECT set_config('synchronous_commit', $3::text, true))
       INSERT INTO ${s}.mailboxes AS m (id, next_uid)
       SELECT t.id, t.k + 1 FROM unnest($1::text[], $2::int[]) AS t (id, k), relaxed ORDER BY t.id
       ON CONFLICT (id) DO UPDATE SET next_uid = m.next_uid + EXCLUDED.next_uid - 1

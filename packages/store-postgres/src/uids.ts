@@ -95,9 +95,13 @@ export class UidBlocks {
       plan.set(id, { needed: count, spare });
     }
     const ids = [...plan.keys()];
+    // Spares outlive the statement in memory, so their step must be durable before they are used (see
+    // deliverySql); a step without spares is made durable by the commit of the message that uses it.
+    const keepsSpares = [...plan.values()].some((p) => p.spare > 0);
     const result = await this.db.query<{ id: string; next: string }>("take uids", this.sql.takeUids, [
       ids,
       ids.map((id) => plan.get(id)!.needed + plan.get(id)!.spare),
+      keepsSpares ? "on" : "off",
     ]);
     const out = new Map<MailboxId, Uid[]>();
     for (const row of result.rows) {
