@@ -35,7 +35,13 @@ export function takeLine(input: Uint8Array, maxOctets = MAX_COMMAND_OCTETS): Lin
   return { kind: "line", text: decoder.decode(input.subarray(0, end)), consumed: lf + 1 };
 }
 
-const NUMBER = /^\d{1,9}$/;
+/**
+ * Leading zeros are allowed, as in any decimal number. Values past the largest we handle are held at
+ * it: no mailbox has that many messages (so the reply is "no such message"), and TOP with more lines
+ * than that is the whole message either way.
+ */
+const NUMBER = /^\d{1,64}$/;
+const LARGEST = 999_999_999;
 
 const error = (message: string): ParseResult => ({ kind: "error", message });
 const ok = (command: Command): ParseResult => ({ kind: "command", command });
@@ -50,7 +56,7 @@ export function parseCommand(line: string): ParseResult {
   const count = (min: number, max: number): boolean => args.length >= min && args.length <= max;
   const number = (i: number): number | null => {
     const arg = args[i];
-    return arg !== undefined && NUMBER.test(arg) ? Number(arg) : null;
+    return arg !== undefined && NUMBER.test(arg) ? Math.min(Number(arg), LARGEST) : null;
   };
   const noArgs = (command: Command): ParseResult =>
     args.length === 0 ? ok(command) : error(`${keyword} takes no arguments`);

@@ -23,6 +23,10 @@ const rows: Array<[string, Command]> = [
   ["RETR 1", { name: "RETR", msg: 1 }],
   ["DELE 0", { name: "DELE", msg: 0 }],
   ["top 8000 1234", { name: "TOP", msg: 8000, lines: 1234 }],
+  // Leading zeros are still the number; numbers past any mailbox are held at the largest we handle.
+  ["RETR 0000000001", { name: "RETR", msg: 1 }],
+  ["LIST 99999999999", { name: "LIST", msg: 999_999_999 }],
+  ["TOP 01 100000000000000000000", { name: "TOP", msg: 1, lines: 999_999_999 }],
 ];
 
 describe("parseCommand", () => {
@@ -41,7 +45,8 @@ describe("parseCommand", () => {
     ["LIST 1 2", "usage: LIST [message-number]"],
     ["RETR", "usage: RETR message-number"],
     ["RETR -1", "usage: RETR message-number"],
-    ["RETR 1234567890", "usage: RETR message-number"],
+    ["RETR 1e3", "usage: RETR message-number"],
+    ["RETR " + "1".repeat(65), "usage: RETR message-number"],
     ["TOP 1", "usage: TOP message-number lines"],
     ["AUTH PLAIN a b", "usage: AUTH mechanism [initial-response]"],
   ])("%j is an error", (input, message) => {
