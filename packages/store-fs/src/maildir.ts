@@ -409,7 +409,9 @@ export class FsMailbox implements Mailbox {
     await this.leases.check(lease);
     // Mail still recorded in the delivery log is made durable and the log retired first: a replay
     // after a power cut must not bring back what this expunge removes. Mail whose log was retired
-    // already needs no wait (see DeliveryLog.covers).
+    // already needs no wait (see DeliveryLog.covers). Only this instance's logs are known here: a
+    // message another process (another worker) logged can still come back after a power cut in the
+    // second after its delivery (README, "Limits").
     if (this.ctx.deliveryLog?.covers(uids)) await attempt("expunge", this.dir, () => this.ctx.deliveryLog!.checkpoint());
     const wanted = new Set(uids);
     return attempt("expunge", this.dir, () =>
