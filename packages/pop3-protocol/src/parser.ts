@@ -36,9 +36,8 @@ export function takeLine(input: Uint8Array, maxOctets = MAX_COMMAND_OCTETS): Lin
 }
 
 /**
- * Leading zeros are allowed, as in any decimal number. Values past the largest we handle are held at
- * it: no mailbox has that many messages (so the reply is "no such message"), and TOP with more lines
- * than that is the whole message either way.
+ * Decimal digits only; leading zeros are allowed, as in any number (Dovecot reads them the same way).
+ * A value past the largest we handle is refused rather than read as something else.
  */
 const NUMBER = /^\d{1,64}$/;
 const LARGEST = 999_999_999;
@@ -56,7 +55,9 @@ export function parseCommand(line: string): ParseResult {
   const count = (min: number, max: number): boolean => args.length >= min && args.length <= max;
   const number = (i: number): number | null => {
     const arg = args[i];
-    return arg !== undefined && NUMBER.test(arg) ? Math.min(Number(arg), LARGEST) : null;
+    if (arg === undefined || !NUMBER.test(arg)) return null;
+    const value = Number(arg);
+    return value <= LARGEST ? value : null;
   };
   const noArgs = (command: Command): ParseResult =>
     args.length === 0 ? ok(command) : error(`${keyword} takes no arguments`);

@@ -23,10 +23,10 @@ const rows: Array<[string, Command]> = [
   ["RETR 1", { name: "RETR", msg: 1 }],
   ["DELE 0", { name: "DELE", msg: 0 }],
   ["top 8000 1234", { name: "TOP", msg: 8000, lines: 1234 }],
-  // Leading zeros are still the number; numbers past any mailbox are held at the largest we handle.
+  // Leading zeros are still the number, however many.
   ["RETR 0000000001", { name: "RETR", msg: 1 }],
-  ["LIST 99999999999", { name: "LIST", msg: 999_999_999 }],
-  ["TOP 01 100000000000000000000", { name: "TOP", msg: 1, lines: 999_999_999 }],
+  ["LIST 000000000000000999999999", { name: "LIST", msg: 999_999_999 }],
+  ["TOP 01 000000000010", { name: "TOP", msg: 1, lines: 10 }],
 ];
 
 describe("parseCommand", () => {
@@ -45,6 +45,8 @@ describe("parseCommand", () => {
     ["LIST 1 2", "usage: LIST [message-number]"],
     ["RETR", "usage: RETR message-number"],
     ["RETR -1", "usage: RETR message-number"],
+    ["RETR 1000000000", "usage: RETR message-number"],
+    ["LIST 99999999999", "invalid message number"],
     ["RETR 1e3", "usage: RETR message-number"],
     ["RETR " + "1".repeat(65), "usage: RETR message-number"],
     ["TOP 1", "usage: TOP message-number lines"],
