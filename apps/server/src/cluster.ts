@@ -306,7 +306,8 @@ export async function runPrimary(config: ServerConfig, logger: AppLogger): Promi
   try {
     process.on("SIGHUP", () => {
       logger.info({}, "SIGHUP: asking every worker to reload the certificate");
-      for (const { worker } of slots.values()) worker.process.kill("SIGHUP");
+      // A worker still starting reads the current certificate anyway.
+      for (const { worker, ready } of slots.values()) if (ready) worker.process.kill("SIGHUP");
     });
   } catch {
     // No SIGHUP on this platform.

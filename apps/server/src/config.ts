@@ -115,6 +115,12 @@ type Kind =
 const LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", "trace", "silent"];
 
 /** Every known key per section; "" is the top level. */
+/**
+ * The longest time a key in seconds may set: JavaScript timers hold at most 2^31 - 1 ms (about 24.8
+ * days), and a longer one fires at once, which would end every session as soon as it starts.
+ */
+const MAX_TIMER_SECONDS = 2_147_483;
+
 const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
   "": { hostname: { type: "hostname" } },
   store: { url: { type: "url" }, adapter_modules: { type: "strings" } },
@@ -126,17 +132,17 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     max_recipients: { type: "integer", min: 1, max: 100_000 },
     allow_loopback_plaintext_auth: { type: "boolean" },
     bare_line_endings: { type: "enum", values: ["reject", "normalize"] },
-    max_session_seconds: { type: "integer", min: 0 },
+    max_session_seconds: { type: "integer", min: 0, max: MAX_TIMER_SECONDS },
   },
   pop3: {
     listen: { type: "listen" },
     pop3s: { type: "listen" },
     allow_plaintext_auth: { type: "boolean" },
     expire_days: { type: "days-or-never" },
-    idle_timeout_seconds: { type: "integer", min: 1 },
-    login_timeout_seconds: { type: "integer", min: 0 },
-    lease_ttl_seconds: { type: "integer", min: 1 },
-    login_delay_seconds: { type: "integer", min: 0 },
+    idle_timeout_seconds: { type: "integer", min: 1, max: MAX_TIMER_SECONDS },
+    login_timeout_seconds: { type: "integer", min: 0, max: MAX_TIMER_SECONDS },
+    lease_ttl_seconds: { type: "integer", min: 1, max: MAX_TIMER_SECONDS },
+    login_delay_seconds: { type: "integer", min: 0, max: MAX_TIMER_SECONDS },
   },
   tls: { cert: { type: "path" }, key: { type: "path" } },
   auth: { cache_seconds: { type: "integer", min: 0, max: 86_400 } },
@@ -368,6 +374,10 @@ function outboundSmarthost(get: <T>(key: string) => T, origins: ReadonlyMap<stri
     return null;
   }
   if (address.port === 0) fail(origins.get("outbound.smarthost")!, "the smarthost needs a real port (587, 465 or 25)");
+  // The worker sends a password only over TLS, so this pair could never deliver anything.
+  if (tls === "none" && user !== undefined) {
+    throw new ConfigError(`${origins.get("outbound.smarthost_tls")}: "none" cannot be used with outbound.smarthost_user (the password is sent only over TLS); use "starttls" or "implicit"`);
+  }
   if (passwordFile !== undefined) readSecret(passwordFile, origins.get("outbound.smarthost_password_file")!);
   return {
     host: address.host,

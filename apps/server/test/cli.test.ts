@@ -180,6 +180,15 @@ print(json.dumps({"out": out.decode(), "code": os.WEXITSTATUS(status)}))
     expect(list).not.toContain("elsewhere.test");
   });
 
+  it("says on stderr when a command without --config works on the development store", async () => {
+    const result = await runCli(["user", "list"], { cwd: tempDir("devcli") });
+    expect(result).toEqual({
+      code: 0,
+      stdout: "",
+      stderr: "mailroom: no --config (or MAILROOM_CONFIG): using the development setup's store in ./data\n",
+    });
+  });
+
   it("says there is nothing to migrate for Maildir", async () => {
     expect(await cli(["migrate"])).toEqual({ code: 0, stdout: "nothing to do: the maildir store has no schema to migrate\n", stderr: "" });
   });

@@ -188,9 +188,16 @@ describe("mailroom serve with two workers", () => {
     expect(seconds[4]).toBeGreaterThanOrEqual(1.9);
   }, 60_000);
 
-  it("stops every worker on SIGTERM and exits 0", async () => {
+  it("stops every worker on SIGTERM and exits 0, also when every process gets one (systemctl stop)", async () => {
+    // systemd's default KillMode signals every process of the unit; the primary then sends each worker
+    // its own SIGTERM as well. A worker must not take the second one for "exit now".
+    const workers = new Map<unknown, number>();
+    for (const l of server.lines) if (l["msg"] === "store opened" && l["worker"] !== undefined) workers.set(l["worker"], l["pid"] as number);
+    expect(workers.size).toBe(2);
     server.child.kill("SIGTERM");
+    for (const pid of workers.values()) process.kill(pid, "SIGTERM");
     expect(await server.exited).toBe(0);
+    expect(server.lines.filter((l) => String(l["msg"]).startsWith("second signal"))).toEqual([]);
     const stopped = server.lines.filter((l) => l["msg"] === "stopped");
     expect(stopped.map((l) => l["worker"] ?? "primary").sort()).toEqual([0, 1, "primary"].sort());
   }, 30_000);

@@ -118,6 +118,11 @@ listen = "127.0.0.1:9187"
     expect(check(`[outbound]\nsmarthost = "relay.example.net:587"\nsmarthost_user = "me"\nsmarthost_password_file = "missing.secret"\n`)).toBe(
       `FILE: outbound.smarthost_password_file: cannot read ${join(dir, "missing.secret")}: no such file`,
     );
+    writeFile(dir, "pw.secret", "hunter2\n");
+    // The worker sends a password only over TLS: this pair could never deliver anything.
+    expect(check(`[outbound]\nsmarthost = "relay.example.net:25"\nsmarthost_tls = "none"\nsmarthost_user = "me"\nsmarthost_password_file = "pw.secret"\n`)).toBe(
+      `FILE: outbound.smarthost_tls: "none" cannot be used with outbound.smarthost_user (the password is sent only over TLS); use "starttls" or "implicit"`,
+    );
     writeFile(dir, "empty.secret", "\n");
     expect(check(`[outbound]\nsmarthost = "relay.example.net:587"\nsmarthost_user = "me"\nsmarthost_password_file = "empty.secret"\n`)).toBe(
       `FILE: outbound.smarthost_password_file: ${join(dir, "empty.secret")} is empty; it should hold the smarthost password on its first line`,

@@ -105,6 +105,9 @@ level = "debug"
     ["wrong type", `${BASE}[smtp]\nmax_recipients = "ten"\n`, /smtp\.max_recipients: expected an integer, got the string "ten"/],
     ["integer out of range", `${BASE}[smtp]\nmax_recipients = 0\n`, /smtp\.max_recipients: must be at least 1, got 0/],
     ["negative time limit", `${BASE}[pop3]\nlogin_timeout_seconds = -1\n`, /pop3\.login_timeout_seconds: must be at least 0, got -1/],
+    // A timer over 2^31 - 1 ms fires at once: "a month" would end every session as soon as it began.
+    ["time limit past what a timer holds", `${BASE}[smtp]\nmax_session_seconds = 2592000\n`, /smtp\.max_session_seconds: must be at most 2147483, got 2592000/],
+    ["lease past what a timer holds", `${BASE}[pop3]\nlease_ttl_seconds = 3000000\n`, /pop3\.lease_ttl_seconds: must be at most 2147483, got 3000000/],
     ["bad host:port", `${BASE}[pop3]\nlisten = ["110"]\n`, /pop3\.listen: "110" is not "host:port"/],
     ["port out of range", `${BASE}[pop3]\nlisten = ["127.0.0.1:70000"]\n`, /pop3\.listen: "127\.0\.0\.1:70000": port 70000 is out of range/],
     ["listen not a list of strings", `${BASE}[smtp]\nlisten = [25]\n`, /smtp\.listen: expected "host:port" strings, got number 25/],

@@ -114,7 +114,15 @@ export async function main(argv: readonly string[]): Promise<number> {
     // Loaded on demand: `--help` or `user list` should not pay for the protocol servers' start-up.
     const admin = await import("./admin.js");
     const file = values.config ?? process.env["MAILROOM_CONFIG"];
-    const config = (): ServerConfig => loadConfig(file === undefined || file === "" ? {} : { file });
+    const config = (): ServerConfig => {
+      const loaded = loadConfig(file === undefined || file === "" ? {} : { file });
+      // `serve` prints its own hint. An admin command run on a production host without --config would
+      // otherwise quietly work on ./data instead of the real store.
+      if (loaded.development && command !== "serve") {
+        process.stderr.write("mailroom: no --config (or MAILROOM_CONFIG): using the development setup's store in ./data\n");
+      }
+      return loaded;
+    };
     const passwordStdin = values["password-stdin"] ?? false;
     const args = sub === undefined ? [] : [sub, ...rest];
     if (passwordStdin && !(command === "user" && (sub === "add" || sub === "passwd")) && command !== "doctor") {

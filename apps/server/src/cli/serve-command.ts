@@ -27,6 +27,10 @@ export async function runServe(config: ServerConfig): Promise<number> {
   if (isClusterPrimary(config)) return runPrimary(config, base);
   const role = currentRole(config);
   const logger = role.index === null ? base : base.child({ worker: role.index, pid: process.pid });
+  // Until the server is up, a SIGHUP (a certificate renewal's reload landing during a start) has
+  // nothing to reload: the start reads the current files. Without a handler it would kill the process.
+  const early = (): void => logger.info({}, "SIGHUP while starting: the certificate is read at start");
+  onSighup(early);
   const server = await startServer(config, logger, role);
   if (config.development) process.stderr.write(developmentHint(server));
   if (role.index !== null) reportReady(server.listeners.map((l) => ({ listener: l.name, address: l.address })));
@@ -75,15 +79,22 @@ export async function runServe(config: ServerConfig): Promise<number> {
         },
       );
     };
-    process.on("SIGTERM", () => stop("SIGTERM"));
     if (role.index === null) {
+      process.on("SIGTERM", () => stop("SIGTERM"));
       process.on("SIGINT", () => stop("SIGINT"));
     } else {
-      // A worker stops when the primary says so. Ctrl-C reaches the whole process group; the primary
-      // turns it into one SIGTERM per worker, so the worker's own copy is ignored, not counted twice.
+      // A worker stops when the primary says so, and only the primary escalates (it kills a worker
+      // that overstays). A second SIGTERM is not "now" here: `systemctl stop` signals every process of
+      // the unit and the primary sends its own, and counting both would drop every session unanswered.
+      process.on("SIGTERM", () => {
+        if (!stopping) stop("SIGTERM");
+      });
+      // Ctrl-C reaches the whole process group; the primary turns it into one SIGTERM per worker.
       process.on("SIGINT", () => undefined);
       // The primary is gone (killed): finish what is running and stop, rather than serve unsupervised.
-      process.on("disconnect", () => stop("primary gone"));
+      process.on("disconnect", () => {
+        if (!stopping) stop("primary gone");
+      });
     }
     const reload = (): void => {
       server.reloadTls().then(
@@ -92,10 +103,15 @@ export async function runServe(config: ServerConfig): Promise<number> {
           logger.error({ err: (error instanceof Error ? error.message : String(error)).split("\n")[0] }, "TLS reload failed; keeping the old certificate"),
       );
     };
-    try {
-      process.on("SIGHUP", reload);
-    } catch {
-      // Not every platform has SIGHUP (Windows); reloading then needs a restart.
-    }
+    process.removeListener("SIGHUP", early);
+    onSighup(reload);
   });
+}
+
+function onSighup(handler: () => void): void {
+  try {
+    process.on("SIGHUP", handler);
+  } catch {
+    // Not every platform has SIGHUP (Windows); reloading then needs a restart.
+  }
 }
