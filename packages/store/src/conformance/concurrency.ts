@@ -62,6 +62,24 @@ export function concurrencyTests(options: ConformanceOptions): void {
       await winners[0]!.value.release();
     });
 
+    it("lets exactly one of 40 racing acquireLease calls win once the lease before them expired", async () => {
+      const { ns, store } = await h.fresh();
+      const other = await h.open(ns);
+      // Taken and never released: only its expiry frees the mailbox (a takeover, not a free mailbox).
+      await store.mailbox("alice@example.test").acquireLease({ holder: holder("gone"), ttlMs: 300 });
+      await new Promise((resolve) => setTimeout(resolve, 450));
+      const attempts = Array.from({ length: 40 }, (_, i) =>
+        (i % 2 === 0 ? store : other).mailbox("alice@example.test").acquireLease({ holder: holder(`taker ${i}`), ttlMs: 10_000 }),
+      );
+      const results = await Promise.allSettled(attempts);
+      const winners = results.filter((r): r is PromiseFulfilledResult<Lease> => r.status === "fulfilled");
+      expect(winners).toHaveLength(1);
+      for (const r of results) {
+        if (r.status === "rejected") expect(isStoreError(r.reason) && r.reason.code, String(r.reason)).toBe("in-use");
+      }
+      await winners[0]!.value.release();
+    });
+
     it("parallel deliveries and expunges on different mailboxes do not disturb each other", async () => {
       const { ns, store } = await h.fresh();
       const other = await h.open(ns);

@@ -167,6 +167,25 @@ export function directoryTests(options: ConformanceOptions): void {
       const b = await d.addAccount({ address: "b@example.test", passwordHash: hash });
       expect(a.mailbox).not.toBe(b.mailbox);
     });
+
+    it("keeps UTF-8 local parts apart that only an accent- or width-folding comparison would join", async () => {
+      // A SQL collation that ignores accents (MySQL's default) would make these one account.
+      const { store } = await h.fresh();
+      const d = store.directory;
+      await d.addDomain("example.test");
+      const hash = await cheap("pw");
+      const plain = await d.addAccount({ address: "u@example.test", passwordHash: hash });
+      const umlaut = await d.addAccount({ address: "\u00fc@example.test", passwordHash: hash });
+      const sharp = await d.addAccount({ address: "stra\u00dfe@example.test", passwordHash: hash });
+      const ss = await d.addAccount({ address: "strasse@example.test", passwordHash: hash });
+      expect(new Set([plain.mailbox, umlaut.mailbox, sharp.mailbox, ss.mailbox]).size).toBe(4);
+      // The decomposed spelling (u + combining diaeresis) is the same address after NFC.
+      expect(fields(await d.getAccount("u\u0308@example.test"))).toEqual(fields(umlaut));
+      expect(fields(await d.getAccount("u@example.test"))).toEqual(fields(plain));
+      await d.addAlias({ source: "\u00e9t\u00e9@example.test", target: "u@example.test" });
+      expect(await d.aliasTargets("ete@example.test")).toEqual([]);
+      expect(await d.aliasTargets("e\u0301te\u0301@example.test")).toEqual(["u@example.test"]);
+    });
   });
 
   describe("directory: invalid input", () => {

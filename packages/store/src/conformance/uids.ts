@@ -101,6 +101,23 @@ export function uidTests(options: ConformanceOptions): void {
       expect(new Set(fresh).size).toBe(5);
     });
 
+    it("never reuses a UID after expunge when the store was never closed (a crash), not even from a second instance", async () => {
+      const { ns, store } = await h.fresh();
+      const box = store.mailbox("alice@example.test");
+      const old: string[] = [];
+      for (let i = 0; i < 3; i++) old.push((await appendBytes(box, message(`kept${i}`))).uid);
+      const l = await lease(box);
+      expect(await box.expunge(old.slice(1), l)).toBe(2);
+      await l.release();
+      // No close(): whatever the store keeps only in memory until then is as good as lost.
+      const second = (await h.open(ns)).mailbox("alice@example.test");
+      const fresh: string[] = [];
+      for (let i = 0; i < 3; i++) fresh.push((await appendBytes(second, message(`after${i}`))).uid);
+      fresh.push((await appendBytes(box, message("first instance again"))).uid);
+      for (const uid of fresh) expect(old).not.toContain(uid);
+      expect(new Set(fresh).size).toBe(fresh.length);
+    });
+
     it("uidMark and skipUids (optional, both or neither): a mailbox skipping a mark never generates what it covers", async () => {
       const { ns, store } = await h.fresh();
       const probe = store.mailbox("alice@example.test");
