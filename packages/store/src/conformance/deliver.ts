@@ -4,18 +4,13 @@ import {
   expectSameBytes,
   expectStoreError,
   failingSource,
+  listenerCount,
   message,
   readBytes,
   sleep,
   useHarness,
   type ConformanceOptions,
 } from "./harness.js";
-
-/** Abort listeners still on `signal` (Node's own count; 0 where the runtime cannot tell). */
-async function listenerCount(signal: AbortSignal): Promise<number> {
-  const events = (await import("node:events")) as { getEventListeners?: (target: EventTarget, type: string) => unknown[] };
-  return events.getEventListeners?.(signal, "abort").length ?? 0;
-}
 
 export function deliverTests(options: ConformanceOptions): void {
   describe("deliver", () => {

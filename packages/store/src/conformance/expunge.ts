@@ -1,4 +1,5 @@
 import { describe, expect, it } from "vitest";
+import { isStoreError } from "../errors.js";
 import {
   CLOCK_SLACK_MS,
   appendBytes,
@@ -14,6 +15,35 @@ import {
 export function expungeTests(options: ConformanceOptions): void {
   describe("expunge and markRetrieved", () => {
     const h = useHarness(options);
+
+    it("lets a read that began before an expunge end whole, or fail with a StoreError, never short", async () => {
+      // POP3 streams RETR straight from the store; a reply cut short would be taken for the message.
+      const { ns, store } = await h.fresh();
+      const box = store.mailbox("alice@example.test");
+      const line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
+      const data = message("read while deleted", line.repeat(28_000));
+      const { uid } = await appendBytes(box, data);
+      const stream = (await box.read(uid))[Symbol.asyncIterator]();
+      const first = await stream.next();
+      expect(first.done).toBe(false);
+      const pieces: Uint8Array[] = [first.value as Uint8Array];
+      const other = (await h.open(ns)).mailbox("alice@example.test");
+      const l = await lease(other);
+      expect(await other.expunge([uid], l)).toBe(1);
+      await l.release();
+      let failure: unknown = null;
+      try {
+        for (let next = await stream.next(); !next.done; next = await stream.next()) pieces.push(next.value);
+      } catch (error) {
+        failure = error;
+      }
+      if (failure !== null) {
+        expect(isStoreError(failure), String(failure)).toBe(true);
+      } else {
+        expect(pieces.reduce((n, p) => n + p.length, 0)).toBe(data.length);
+      }
+      await expectStoreError(box.read(uid), "not-found");
+    });
 
     it("deletes the given messages, counts them, ignores UIDs already gone, and is durable", async () => {
       const { ns, store } = await h.fresh();

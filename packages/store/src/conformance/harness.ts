@@ -227,3 +227,9 @@ export async function* oneReusedBuffer(data: Uint8Array, size: number): AsyncGen
     buffer.fill(0x21);
   }
 }
+
+/** Abort listeners still on `signal` (Node's own count; 0 where the runtime cannot tell). */
+export async function listenerCount(signal: AbortSignal): Promise<number> {
+  const events = (await import("node:events")) as { getEventListeners?: (target: EventTarget, type: string) => unknown[] };
+  return events.getEventListeners?.(signal, "abort").length ?? 0;
+}

@@ -9,6 +9,7 @@ import {
   expectStoreError,
   failingSource,
   holder,
+  listenerCount,
   message,
   oneReusedBuffer,
   sleep,
@@ -136,6 +137,27 @@ export function queueTests(options: ConformanceOptions): void {
       expect(await claimOne(queue, "after failures")).toEqual([]);
       const reopened = await h.open(ns);
       expect(await queueOf(reopened).list()).toEqual([]);
+    });
+
+    it("lets go of a signal when an enqueue settles: one signal can serve many enqueues", async () => {
+      // The SMTP session hands the same signal to every transaction of its connection.
+      const { store } = await h.fresh();
+      const queue = queueOf(store);
+      const controller = new AbortController();
+      const items: QueueItem[] = [];
+      for (let i = 0; i < 20; i++) items.push(await enqueueBytes(queue, message(`shared ${i}`), {}, { signal: controller.signal }));
+      await expect(
+        queue.enqueue({ sender: "a@example.test", recipients: ["b@remote.test"] }, failingSource(message("fails", "f".repeat(5000))), {
+          signal: controller.signal,
+        }),
+      ).rejects.toThrow();
+      await expectStoreError(enqueueBytes(queue, message("too big", "x".repeat(5000)), {}, { signal: controller.signal, maxBytes: 100 }), "too-big");
+      expect(await listenerCount(controller.signal)).toBe(0);
+      // A later abort (the client leaves after its last message) touches none of what was queued.
+      controller.abort(new Error("client went away"));
+      await sleep(5);
+      expect((await queue.list()).map((i) => i.id).sort()).toEqual(items.map((i) => i.id).sort());
+      for (const item of items.slice(0, 3)) expect((await readQueued(queue, item.id)).length).toBeGreaterThan(0);
     });
 
     it("streams a 40 MB message in and out intact (in bounded memory when the store claims it)", { timeout: 120_000 }, async () => {
@@ -441,6 +463,10 @@ export function queueTests(options: ConformanceOptions): void {
       expect(await claimOne(queue, "meanwhile", 10_000, Date.now() + CLOCK_SLACK_MS)).toEqual([]);
       await queue.renew(claim!);
       expect(await queue.retry(item.id, { breakClaim: true })).toBe("retried");
+      // The broken claim's holder can no longer push the item back, dead-letter it or keep it.
+      await expectStoreError(queue.renew(claim!), "lease-lost");
+      await expectStoreError(queue.reschedule(claim!, { nextAttemptAt: Date.now() + 3_600_000, error: "late" }), "lease-lost");
+      await expectStoreError(queue.deadLetter(claim!, { error: "late" }), "lease-lost");
       const [second] = await claimOne(queue, "after operator", 10_000, Date.now() + CLOCK_SLACK_MS);
       expect(second?.item.id).toBe(item.id);
       await expectStoreError(queue.finish(claim!), "lease-lost");
@@ -457,6 +483,10 @@ export function queueTests(options: ConformanceOptions): void {
       expect(claim?.item.id).toBe(a.id);
       await queue.remove(a.id);
       await expectStoreError(queue.finish(claim!), "lease-lost");
+      // Nothing the removed item's holder does brings it back.
+      await expectStoreError(queue.renew(claim!), "lease-lost");
+      await expectStoreError(queue.reschedule(claim!, { nextAttemptAt: Date.now(), error: "gone" }), "lease-lost");
+      await expectStoreError(queue.deadLetter(claim!, { error: "gone" }), "lease-lost");
       await expectStoreError(queue.readMessage(a.id), "not-found");
       await expectStoreError(queue.remove(a.id), "not-found");
       await expectStoreError(queue.retry(a.id), "not-found");
