@@ -54,6 +54,8 @@ export class Session {
   /** Ends a connection that has not logged in within the login timeout. */
   #loginTimer: ReturnType<typeof setTimeout> | undefined;
   #loginExpired = false;
+  /** The client shut down its sending side (see #onInputEnd). */
+  #inputEnded = false;
   /** Replies (a small RETR's message included) held while #pump works through pipelined commands. */
   readonly #replies: HeldWrites;
   #resolveClosed!: () => void;
@@ -80,6 +82,7 @@ export class Session {
     }
     this.#conn.start({
       data: (chunk) => this.#onData(chunk),
+      inputEnd: () => this.#onInputEnd(),
       close: () => this.#onClose(),
       timeout: (reason) => this.#onTimeout(reason),
     });
@@ -121,6 +124,15 @@ export class Session {
       this.#paused = true;
       this.#conn.pause();
     }
+    void this.#pump();
+  }
+
+  /**
+   * The client shut down its sending side. What it sent is answered first (a pipelined QUIT still
+   * deletes what it marked); then the connection ends, and without a QUIT nothing is deleted.
+   */
+  #onInputEnd(): void {
+    this.#inputEnded = true;
     void this.#pump();
   }
 
@@ -238,6 +250,10 @@ export class Session {
         this.#paused = false;
         this.#conn.resume();
       }
+    }
+    if (this.#inputEnded && !this.#ending) {
+      this.#log.info({ state: this.#state.name }, "client ended its input");
+      this.#endWith("");
     }
   }
 

@@ -284,6 +284,37 @@ describe("pipelining", () => {
       for (const call of writes.calls()) expect(call.length).toBeLessThanOrEqual(16 * 1024 + 16);
     }));
 
+  it("answers everything a client sent before shutting down its side: a pipelined QUIT deletes", async () => {
+    // A script sends its whole session and half-closes (`nc -N`); Dovecot answers every command.
+    running = await startServer();
+    const client = await LineClient.connect(running.port);
+    expect(await client.line()).toMatch(/^\+OK /);
+    client.write(`USER ${ALICE.login}\r\nPASS ${ALICE.password}\r\nDELE 2\r\nQUIT\r\n`);
+    client.socket.end();
+    expect(await client.line()).toMatch(/^\+OK/);
+    expect(await client.line()).toMatch(/^\+OK/);
+    expect(await client.line()).toBe("+OK message 2 deleted");
+    expect(await client.line()).toMatch(/signing off/);
+    expect(await client.line()).toBeNull();
+    expect((await running.store.mailbox(ALICE.login).list()).map((m) => m.uid)).toEqual(["m1", "m3"]);
+  });
+
+  it("deletes nothing when the client shuts down its side without QUIT, and frees the mailbox", async () => {
+    running = await startServer();
+    const client = await loginClient(running.port);
+    client.write("DELE 1\r\nSTAT\r\n");
+    client.socket.end();
+    expect(await client.line()).toBe("+OK message 1 deleted");
+    expect(await client.line()).toMatch(/^\+OK 2 /);
+    expect(await client.line()).toBeNull();
+    expect((await running.store.mailbox(ALICE.login).list()).map((m) => m.uid)).toEqual(["m1", "m2", "m3"]);
+    // The lease is given back: the next session gets the mailbox at once.
+    const next = await loginClient(running.port);
+    next.write("STAT\r\n");
+    expect(await next.line()).toMatch(/^\+OK 3 /);
+    next.destroy();
+  });
+
   it("sends held replies before the goodbye, and deletes only on QUIT", async () => {
     running = await startServer();
     const client = await loginClient(running.port);

@@ -73,6 +73,8 @@ export class Session {
   /** Ends the connection at the session time limit. */
   #sessionTimer: ReturnType<typeof setTimeout> | undefined;
   #overTime = false;
+  /** The client shut down its sending side: what it sent is answered, then the session ends. */
+  #inputEnded = false;
   /** Replies held while more of the client's input waits to be handled (inside #run). */
   readonly #replies: HeldWrites;
   /** The signal handed to store deliveries; replaced once aborted (see #startDelivery). */
@@ -114,6 +116,7 @@ export class Session {
     this.#log.info({ remote: `${this.#conn.remoteAddress}:${this.#conn.remotePort}`, secure: this.#conn.secure }, "connect");
     this.#conn.start({
       data: (chunk) => this.#onData(chunk),
+      inputEnd: () => this.#onInputEnd(),
       close: () => this.#onClose(),
       timeout: (reason) => this.#onTimeout(reason),
     });
@@ -204,6 +207,17 @@ export class Session {
     if (this.#shuttingDown && !this.#inData() && this.#phase.kind !== "closed") this.#close(R.shuttingDown(this.#ctx.hostname));
     if (this.#overTime && this.#phase.kind !== "closed") this.#close(R.sessionTooLong(this.#ctx.hostname));
     if (this.#inputBytes < RESUME_BELOW && this.#phase.kind !== "closed") this.#conn.resume();
+    // Everything the client sent before it shut down its side is answered; now end ours. A message
+    // it had not finished is dropped (#close aborts it), as when a connection is lost.
+    if (this.#inputEnded && this.#input.length === 0 && this.#phase.kind !== "closed") {
+      this.#log.info({ phase: this.#phase.kind }, "client ended its input");
+      this.#close();
+    }
+  }
+
+  #onInputEnd(): void {
+    this.#inputEnded = true;
+    void this.#run();
   }
 
   // A method, not an inline test: TypeScript would keep the narrowing across awaits that change the phase.

@@ -74,6 +74,42 @@ describe("durability and streaming", () => {
     expect(await storedMessages(base, "bob@local.test")).toEqual([]);
   });
 
+  it("answers a whole conversation sent before the client shut down its side, and delivers the message", async () => {
+    // A script (`printf … | nc -N`) sends everything, then half-closes; Postfix answers every command.
+    const { server, store, port } = await start();
+    const client = await RawClient.connect(port);
+    client.write("HELO client.example\r\nMAIL FROM:<a@far.example>\r\nRCPT TO:<bob@local.test>\r\nDATA\r\n");
+    client.write("Subject: half-closed\r\n\r\nsent in one go\r\n.\r\nQUIT\r\n");
+    client.socket.end();
+    const lines: string[] = [];
+    for (let line = await client.line(); line !== null; line = await client.line()) lines.push(line);
+    expect(lines).toEqual([
+      expect.stringMatching(/^220 /),
+      "250 mx.local.test",
+      "250 2.1.0 Sender OK",
+      "250 2.1.5 Recipient OK",
+      expect.stringMatching(/^354 /),
+      expect.stringMatching(/^250 2\.0\.0 OK: message accepted as /),
+      "221 2.0.0 mx.local.test closing connection",
+    ]);
+    const stored = await storedMessages(store, "bob@local.test");
+    expect(stored).toHaveLength(1);
+    expect(stored[0]).toContain("sent in one go");
+    await waitFor(() => server.sessionCount === 0);
+  });
+
+  it("drops a message the client had not finished when it shut down its side, and closes", async () => {
+    const { server, store, port } = await start();
+    const client = await RawClient.connect(port);
+    await envelope(client);
+    expect(await client.command("DATA")).toMatch(/^354 /);
+    client.write("Subject: unfinished\r\n\r\nno end marker\r\n");
+    client.socket.end();
+    expect(await client.line()).toBeNull();
+    await waitFor(() => server.sessionCount === 0);
+    expect(await storedMessages(store, "bob@local.test")).toEqual([]);
+  });
+
   it("store errors map to 452 4.3.1, 552 5.3.4, 451 4.3.0 and 554 5.3.0 and the session goes on", async () => {
     const cases: [StoreErrorCode, string][] = [
       ["no-space", "452 4.3.1 Insufficient system storage"],

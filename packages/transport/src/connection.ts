@@ -12,6 +12,13 @@ export interface ConnectionEvents {
    * spans many reads through each runtime and compares it octet for octet).
    */
   data(chunk: Uint8Array): void;
+  /**
+   * The peer will send nothing more: it half-closed (shut down its sending side), and everything it
+   * sent before came through `data`. The connection stays open for writing, so a client that sends a
+   * whole pipelined conversation and then shuts down its side still gets every answer; call `end()`
+   * once those are out. Without this handler the connection ends at once.
+   */
+  inputEnd?(): void;
   /** The peer closed, the connection failed, or `destroy`/`end` finished. Called once. */
   close(): void;
   /**
@@ -53,6 +60,8 @@ export class Connection {
    * once `upgradeToTls` has resolved and `secure` is true.
    */
   #held: Buffer[] | null = null;
+  /** The peer's end of input came while bytes were held: it is passed on after them. */
+  #endAfterHeld = false;
   readonly #lineDeadline = new LineDeadline(() => this.#timedOut("line"));
 
   constructor(socket: Socket) {
@@ -226,6 +235,10 @@ export class Connection {
     const held = this.#held;
     this.#held = null;
     if (held && !this.#closed) for (const chunk of held) this.#events?.data(chunk);
+    if (this.#endAfterHeld) {
+      this.#endAfterHeld = false;
+      this.#onEnd();
+    }
   }
 
   /** Sends the last bytes, then closes. The connection is destroyed if the peer does not read them. */
@@ -245,6 +258,7 @@ export class Connection {
 
   #attach(socket: Socket): void {
     socket.on("data", this.#onData);
+    socket.on("end", this.#onEnd);
     socket.on("timeout", this.#onTimeout);
     socket.on("error", this.#onError);
     socket.on("close", this.#onClose);
@@ -252,10 +266,22 @@ export class Connection {
 
   #detach(socket: Socket): void {
     socket.off("data", this.#onData);
+    socket.off("end", this.#onEnd);
     socket.off("timeout", this.#onTimeout);
     socket.off("error", this.#onError);
     socket.off("close", this.#onClose);
   }
+
+  // The listeners allow half-open sockets, so nothing ends our side but `end()` and `destroy()`.
+  #onEnd = (): void => {
+    if (this.#closed) return;
+    if (this.#held) {
+      this.#endAfterHeld = true;
+      return;
+    }
+    if (this.#events?.inputEnd) this.#events.inputEnd();
+    else this.end();
+  };
 
   #onData = (chunk: Buffer): void => {
     noteSpentBytes(chunk.length);

@@ -75,6 +75,8 @@ export async function listen(options: ListenOptions): Promise<Listener> {
     if (!context) throw new Error(`listener ${options.host}:${options.port}: implicit TLS needs a certificate`);
     const tlsServer = createTlsServer({
       ...context.serverOptions,
+      // See below: the session ends the connection once it answered everything.
+      allowHalfOpen: true,
       handshakeTimeout: options.handshakeTimeoutMs ?? 30_000,
     });
     context.onReload(() => tlsServer.setSecureContext(context.serverOptions));
@@ -83,7 +85,10 @@ export async function listen(options: ListenOptions): Promise<Listener> {
     tlsServer.on("tlsClientError", (_error, socket) => socket.destroy());
     server = tlsServer;
   } else {
-    server = createNetServer(accept);
+    // A client may send its whole conversation and shut down its sending side at once (a script,
+    // `nc -N`); Postfix and Dovecot still answer every command. Half-open sockets let the session do
+    // the same and end the connection itself (Connection's `inputEnd`).
+    server = createNetServer({ allowHalfOpen: true }, accept);
   }
   server.on("error", () => {});
 

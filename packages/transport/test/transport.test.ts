@@ -129,6 +129,36 @@ describe("plain connections", () => {
     expect([...listener.connections()]).toEqual([session!.connection]);
   });
 
+  it("tells a session with inputEnd that the client half-closed, after its data, and keeps the way back open", async () => {
+    const heard: string[] = [];
+    const listener = await serve({}, (c) => {
+      c.start({
+        data: (chunk) => heard.push(Buffer.from(chunk).toString("latin1")),
+        inputEnd: () => {
+          heard.push("<end>");
+          // Answer only now, as a session answers a pipelined batch, then end our side.
+          setTimeout(() => c.end(`got ${JSON.stringify(heard.join(""))}\r\n`), 50);
+        },
+        close: () => {},
+      });
+    });
+    const client = track(await connectPlain(listener.port));
+    client.write("ONE\r\nTWO\r\n");
+    client.socket.end();
+    expect(await client.readLine()).toBe('got "ONE\\r\\nTWO\\r\\n<end>"');
+    await client.closed;
+  });
+
+  it("ends the connection at once when the client half-closes and the session has no inputEnd", async () => {
+    const listener = await serve({});
+    const client = track(await connectPlain(listener.port));
+    client.write("ECHO still answered\r\n");
+    expect(await client.readLine()).toBe("still answered");
+    client.socket.end();
+    await client.closed;
+    await eventually(() => listener.size === 0);
+  });
+
   it("reports the close once, and forgets the connection", async () => {
     const listener = await serve({});
     const client = track(await connectPlain(listener.port));

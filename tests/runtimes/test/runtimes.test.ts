@@ -6,6 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { execFile } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -80,6 +81,44 @@ describe.each(Object.keys(runtimes))("runtime %s", (runtime) => {
       pop.close();
     } finally {
       await second.stop();
+      dropStoreData("fs", tag);
+    }
+  });
+
+  it(`${runtime}: answers a client that sends its whole session and then shuts down its side`, async () => {
+    const tag = `rt_half_${runtime}_${randomBytes(3).toString("hex")}`;
+    const config = writeConfig({ dir, name: tag, store: storeLines("fs", dir, tag), tls, extra: ["allow_plaintext_auth = true"] });
+    admin(config, ["domain", "add", "example.test"]);
+    admin(config, ["user", "add", "half@example.test", "--password-stdin"], "half-pw\n");
+    const server = await step(`[${runtime}] start the server`, () => serve(config, runtime));
+    // Everything in one write, then a half-close (as `printf … | nc -N` does); read until the server closes.
+    const session = (port: number, script: string): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const socket = connect({ host: "127.0.0.1", port }, () => {
+          socket.write(script);
+          socket.end();
+        });
+        let got = "";
+        socket.setEncoding("latin1");
+        socket.on("data", (d: string) => (got += d));
+        socket.on("error", reject);
+        socket.on("close", () => resolve(got));
+        socket.setTimeout(10_000, () => socket.destroy(new Error(`no close; got ${JSON.stringify(got)}`)));
+      });
+    try {
+      const smtp = await step(`[${runtime}] SMTP, half-closed`, () =>
+        session(
+          server.ports.smtp!,
+          "EHLO client.test\r\nMAIL FROM:<a@client.test>\r\nRCPT TO:<half@example.test>\r\nDATA\r\nSubject: half\r\n\r\nin one go\r\n.\r\nQUIT\r\n",
+        ),
+      );
+      expect(smtp).toMatch(/\r\n250 2\.0\.0 OK: message accepted as \S+\r\n221 [^\r]*\r\n$/);
+      const pop = await step(`[${runtime}] POP3, half-closed`, () =>
+        session(server.ports.pop3!, "USER half@example.test\r\nPASS half-pw\r\nSTAT\r\nDELE 1\r\nQUIT\r\n"),
+      );
+      expect(pop).toMatch(/\r\n\+OK 1 \d+\r\n\+OK message 1 deleted\r\n\+OK [^\r]*signing off \(1 message deleted\)\r\n$/);
+    } finally {
+      await server.stop();
       dropStoreData("fs", tag);
     }
   });
