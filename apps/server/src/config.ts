@@ -116,6 +116,18 @@ const LEVELS: readonly LogLevel[] = ["fatal", "error", "warn", "info", "debug", 
 
 /** Every known key per section; "" is the top level. */
 /**
+ * A DNS host name as the greeting, HELO and the trace headers need it (RFC 1123): labels of 1–63
+ * letters, digits and inner hyphens, at most 253 octets. An IP address is not one (its last label is
+ * all digits): a HELO must then use the address literal form, which is not what this key is for.
+ */
+function isHostName(text: string): boolean {
+  if (text.length > 253) return false;
+  const labels = text.split(".");
+  if (!labels.every((label) => /^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(label))) return false;
+  return !/^\d+$/.test(labels[labels.length - 1]!);
+}
+
+/**
  * The longest time a key in seconds may set: JavaScript timers hold at most 2^31 - 1 ms (about 24.8
  * days), and a longer one fires at once, which would end every session as soon as it starts.
  */
@@ -510,8 +522,8 @@ function convert(kind: Kind, raw: unknown, origin: string, base: string): unknow
       if (typeof raw !== "string") fail(origin, `expected a string, got ${typeName(raw)}`);
       const text = raw.trim();
       if (text.length === 0) fail(origin, "must not be empty");
-      if (kind.type === "hostname" && !/^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/.test(text)) {
-        fail(origin, `${JSON.stringify(raw)} is not a host name (letters, digits, dots and hyphens)`);
+      if (kind.type === "hostname" && !isHostName(text)) {
+        fail(origin, `${JSON.stringify(raw)} is not a host name (labels of letters, digits and inner hyphens, up to 63 each, joined by dots; not an IP address)`);
       }
       if (kind.type === "url" && !/^[A-Za-z][A-Za-z0-9+.-]*:/.test(text)) {
         fail(origin, `${JSON.stringify(raw)} is not a store URL: expected scheme:… such as "maildir:./data", "postgres://host/db", "redis://host"`);

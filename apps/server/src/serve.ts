@@ -207,6 +207,8 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
 
     let retention: ReturnType<typeof setInterval> | undefined;
     let expiring: Promise<void> = Promise.resolve();
+    // Stopping ends a retention run between two mailboxes instead of waiting for the whole store.
+    const expireStop = new AbortController();
     const expireDays = config.pop3.expireDays;
     if (expireDays !== null && role.runsJobs) {
       const holder = `expire job on ${osHostname()} pid ${process.pid}`;
@@ -215,7 +217,7 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
         // A run that takes longer than the interval (a huge store) is not started twice.
         if (running) return;
         running = true;
-        expiring = runExpire(store, { days: expireDays, holder, leaseTtlMs: config.pop3.leaseTtlSeconds * 1000 })
+        expiring = runExpire(store, { days: expireDays, holder, leaseTtlMs: config.pop3.leaseTtlSeconds * 1000, signal: expireStop.signal })
           .then(
             (result) => logger.info({ ...result, days: expireDays }, "expire run finished"),
             (error: unknown) => logger.error({ err: String(error) }, "expire run failed; retrying in an hour"),
@@ -247,6 +249,7 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
       stop() {
         stopping ??= (async () => {
           if (retention) clearInterval(retention);
+          expireStop.abort();
           logger.info({ deadlineMs }, "shutting down");
           // The worker stops with the listeners: a delivery cut off at the deadline is retried later.
           await Promise.all([smtp.close({ deadlineMs }), pop3.close({ deadlineMs }), outbound?.stop({ deadlineMs }).then(() => logger.info({}, "outbound worker stopped"))]);

@@ -49,6 +49,30 @@ describe("runExpire", () => {
     await (await store.mailbox("a@example.test").acquireLease({ holder: "after", ttlMs: 1000 })).release();
   });
 
+  it("stops between two mailboxes once its signal is aborted, counting what it did", async () => {
+    const store = await storeWithHistory();
+    const controller = new AbortController();
+    // Abort while the first mailbox is being worked on: that one finishes, the second is not begun.
+    const watched = Object.create(store) as typeof store;
+    watched.mailbox = (id: string) => {
+      const box = store.mailbox(id);
+      const list = box.list.bind(box);
+      return Object.assign(Object.create(box) as typeof box, {
+        list: async () => {
+          controller.abort();
+          return list();
+        },
+      });
+    };
+    const result = await runExpire(watched, { days: 7, holder: "expire test", now: NOW, signal: controller.signal });
+    expect(result).toEqual({ mailboxes: 1, removed: 1, skipped: 0 });
+    expect(await runExpire(store, { days: 7, holder: "expire test", now: NOW, signal: controller.signal })).toEqual({
+      mailboxes: 0,
+      removed: 0,
+      skipped: 0,
+    });
+  });
+
   it("rejects a negative number of days", async () => {
     await expect(runExpire(createMemoryStore(), { days: -1, holder: "x" })).rejects.toThrow(RangeError);
   });
