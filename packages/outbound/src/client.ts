@@ -221,8 +221,13 @@ export class SmtpSession {
   }
 
   async #reset(): Promise<void> {
-    const reply = await this.#command("RSET");
-    if (reply.code !== 250) this.#broken = true;
+    try {
+      const reply = await this.#command("RSET");
+      if (reply.code !== 250) this.#broken = true;
+    } catch {
+      // The server hung up after its refusal: that refusal is the answer, not the lost connection.
+      this.#broken = true;
+    }
   }
 
   /** Dot-stuffs (RFC 5321 4.5.2) while streaming, and ends with CRLF . CRLF. */

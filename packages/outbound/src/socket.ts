@@ -22,7 +22,12 @@ export interface Reply {
 
 /** A network-level failure (refused, reset, timeout, TLS handshake): always temporary for SMTP. */
 export class ConnectionError extends Error {
-  override readonly name = "ConnectionError";
+  override readonly name: string = "ConnectionError";
+}
+
+/** The STARTTLS handshake failed (old protocol versions or ciphers, a broken server). */
+export class TlsHandshakeError extends ConnectionError {
+  override readonly name = "TlsHandshakeError";
 }
 
 export interface ConnectOptions {
@@ -192,12 +197,12 @@ export class ClientSocket {
       const secure: TLSSocket = tlsConnect({ socket: plain, ...tlsParams(servername, options) });
       const timer = setTimeout(() => {
         secure.destroy();
-        reject(new ConnectionError("TLS handshake timed out"));
+        reject(new TlsHandshakeError("TLS handshake timed out"));
       }, this.#timeoutMs);
       const fail = (error: Error): void => {
         clearTimeout(timer);
         secure.destroy();
-        reject(new ConnectionError(`TLS handshake: ${error.message}`));
+        reject(new TlsHandshakeError(`TLS handshake: ${error.message}`));
       };
       secure.once("error", fail);
       secure.once("secureConnect", () => {

@@ -17,7 +17,7 @@ import { MailRouter, type MailHost } from "./dns.js";
 import { buildDsn, readHeaders } from "./dsn.js";
 import { withoutReturnPath, withReturnPath } from "./message.js";
 import { queueStats } from "./admin.js";
-import type { TlsClientOptions } from "./socket.js";
+import { TlsHandshakeError, type TlsClientOptions } from "./socket.js";
 
 export interface SmarthostOptions {
   readonly host: string;
@@ -247,18 +247,29 @@ export function createOutbound(options: OutboundOptions): Outbound {
           if (idle && (await idle.alive())) session = idle;
           else {
             idle?.abort();
-            session = await SmtpSession.open({
-              host: address,
-              port: target.port,
-              hostname: options.hostname,
-              tls: smarthost ? smarthost.tls : "starttls",
-              servername: host.name,
-              timeoutMs,
-              ...(options.dataTimeoutMs !== undefined ? { dataTimeoutMs: options.dataTimeoutMs } : {}),
-              ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
-              ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
-              ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
-            });
+            const open = (tls: "starttls" | "implicit" | "none") =>
+              SmtpSession.open({
+                host: address,
+                port: target.port,
+                hostname: options.hostname,
+                tls,
+                servername: host.name,
+                timeoutMs,
+                ...(options.dataTimeoutMs !== undefined ? { dataTimeoutMs: options.dataTimeoutMs } : {}),
+                ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
+                ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
+                ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
+              });
+            try {
+              session = await open(smarthost ? smarthost.tls : "starttls");
+            } catch (error) {
+              // Opportunistic TLS to an MX, as Postfix's "may": a server whose TLS we cannot speak (old
+              // protocol versions or ciphers) still gets the mail, in plaintext on a new connection.
+              // Never to the smarthost, which may require TLS or get a password.
+              if (smarthost || !(error instanceof TlsHandshakeError)) throw error;
+              log.warn({ item: item.id, domain, host: where, error: error.message }, "TLS handshake failed; trying again without TLS");
+              session = await open("none");
+            }
           }
         } catch (error) {
           // The host did not take the session: the next MX may (RFC 5321 5.1). Even a 5xx here (a refused

@@ -83,6 +83,10 @@ export interface Script {
   rcpt?(address: string): string;
   /** Reply after the data; default 250. Return null to never answer (a hung server). */
   data?(count: number): string | null;
+  /** Reply to MAIL; default 250. With `hangUp` the server closes the connection right after it. */
+  mail?(): { readonly reply: string; readonly hangUp?: boolean };
+  /** Offer STARTTLS, say go ahead, then answer the handshake with something that is not TLS. */
+  readonly brokenStartTls?: boolean;
 }
 
 export interface Received {
@@ -137,7 +141,7 @@ export async function startScripted(host: string, port: number, script: Script =
         const verb = line.slice(0, 4).toUpperCase();
         if (verb === "EHLO" && script.noEhlo) socket.write("500 5.5.1 what is EHLO\r\n");
         else if (verb === "EHLO") {
-          const lines = ["scripted", ...(script.ehlo ?? ["8BITMIME", "SIZE 1000000"])];
+          const lines = ["scripted", ...(script.ehlo ?? ["8BITMIME", "SIZE 1000000"]), ...(script.brokenStartTls ? ["STARTTLS"] : [])];
           socket.write(lines.map((l, i) => `250${i === lines.length - 1 ? " " : "-"}${l}\r\n`).join(""));
         }
         else if (verb === "HELO") {
@@ -148,7 +152,14 @@ export async function startScripted(host: string, port: number, script: Script =
           mailLine = line;
           from = /<([^>]*)>/.exec(line)?.[1] ?? "";
           to = [];
-          socket.write("250 2.1.0 ok\r\n");
+          const answer = script.mail?.() ?? { reply: "250 2.1.0 ok" };
+          socket.write(`${answer.reply}\r\n`);
+          if (answer.hangUp) socket.end();
+        } else if (line.toUpperCase() === "STARTTLS" && script.brokenStartTls) {
+          socket.write("220 2.0.0 go ahead\r\n");
+          // Whatever the client's ClientHello says, this is no ServerHello.
+          socket.once("data", () => socket.end("this is not TLS\r\n"));
+          buffer = "";
         } else if (verb === "RCPT") {
           const address = /<([^>]*)>/.exec(line)?.[1] ?? "";
           const reply = script.rcpt ? script.rcpt(address) : "250 2.1.5 ok";

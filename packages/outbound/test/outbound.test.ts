@@ -135,6 +135,17 @@ describe("delivery over MX", () => {
     expect(await store.queue.list()).toEqual([]);
   });
 
+  it("delivers in plaintext on a new connection when the MX's STARTTLS handshake fails, as opportunistic TLS does", async () => {
+    const server = await scripted("127.0.0.7", 0, { brokenStartTls: true });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.connections).toBe(2);
+    expect(server.received).toHaveLength(1);
+    expect(server.received[0]!.to).toEqual(["x@script.test"]);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
   it("uses the domain's own address when it has no MX", async () => {
     const server = await scripted("127.0.0.6", 0);
     const store = await ours();
@@ -228,6 +239,18 @@ describe("failures and retries", () => {
     ]);
     expect(dsn.parts[2]!.body).toContain("Subject: hello");
     expect(dsn.parts[2]!.body).not.toContain("First line.");
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("bounces a refused MAIL as refused, also when the server hangs up right after its refusal", async () => {
+    const server = await scripted("127.0.0.7", 0, { mail: () => ({ reply: "554 5.7.1 you are on a blocklist", hangUp: true }) });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    const [dsn] = await dsnsOf(store);
+    expect(dsn?.recipients).toEqual([
+      expect.objectContaining({ action: "failed", status: "5.7.1", "diagnostic-code": expect.stringMatching(/^smtp; 554 5\.7\.1 you are on a blocklist/) }),
+    ]);
     expect(await store.queue.list()).toEqual([]);
   });
 
