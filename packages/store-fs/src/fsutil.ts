@@ -1,7 +1,7 @@
 import { promises as fsp } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { dirname, join } from "node:path";
-import { StoreError } from "@mailroom/store";
+import { StoreError, parseProcessStamp, processHasEnded, processStamp } from "@mailroom/store";
 import { isErrno } from "./errors.js";
 
 /** Durability switch shared by every helper: tests and throwaway stores may turn fsync off. */
@@ -110,10 +110,17 @@ export interface DirLockOptions {
   readonly waitMs?: number;
 }
 
+/** The file in a lock directory that names its holder (a process stamp, see @mailroom/store). */
+const OWNER_PREFIX = "owner.";
+/** A breaker that died while breaking leaves its mutex; it is cleared after this long. */
+const BREAKER_STALE_MS = 30_000;
+
 /**
  * A mutex between processes on one host: whoever creates the directory owns it (mkdir is atomic on
- * every local file system and on NFS). The owner touches it every second, so "stale" really means
- * "its owner is gone", and a long critical section is not broken into.
+ * every local file system and on NFS). The owner touches it every second and names itself in it, so
+ * a lock is broken only when it is stale (untouched for `staleMs`) and its owner is not a process
+ * this machine can see running: a heartbeat that lags behind a slow disk does not hand a live
+ * holder's lock to someone else.
  */
 export async function withDirLock<T>(lockPath: string, body: () => Promise<T>, options: DirLockOptions = {}): Promise<T> {
   const staleMs = options.staleMs ?? 5_000;
@@ -126,25 +133,17 @@ export async function withDirLock<T>(lockPath: string, body: () => Promise<T>, o
     } catch (error) {
       if (!isErrno(error, "EEXIST")) throw error;
     }
-    try {
-      const info = await fsp.stat(lockPath);
-      if (Date.now() - info.mtimeMs > staleMs) {
-        // Renaming first means only one of several breakers removes it.
-        const aside = `${lockPath}.stale-${uniqueSuffix()}`;
-        await fsp.rename(lockPath, aside);
-        await fsp.rmdir(aside).catch(() => undefined);
-        continue;
-      }
-    } catch (error) {
-      if (!isErrno(error, "ENOENT")) throw error;
-      continue;
-    }
+    if (await breakIfAbandoned(lockPath, staleMs)) continue;
     if (Date.now() > deadline) {
       throw new StoreError("temporary", `maildir: timed out waiting for lock ${lockPath}`);
     }
     await sleep(pause + Math.random() * pause);
     pause = Math.min(pause * 2, 50);
   }
+  // Not flushed: it speaks only for a running process, and after a restart the lock is stale anyway.
+  const owner = join(lockPath, `${OWNER_PREFIX}${uniqueSuffix()}`);
+  const stamp = processStamp();
+  if (stamp !== null) await fsp.writeFile(owner, JSON.stringify(stamp)).catch(() => undefined);
   const heartbeat = setInterval(() => {
     const now = new Date();
     fsp.utimes(lockPath, now, now).catch(() => undefined);
@@ -154,8 +153,60 @@ export async function withDirLock<T>(lockPath: string, body: () => Promise<T>, o
     return await body();
   } finally {
     clearInterval(heartbeat);
+    // Only our own name goes; should the directory now be someone else's, it is not empty and stays.
+    await fsp.unlink(owner).catch(() => undefined);
     await fsp.rmdir(lockPath).catch(() => undefined);
   }
+}
+
+/**
+ * Removes `lockPath` if its holder is gone; true when the caller should try to take it again. One
+ * breaker at a time (a mutex directory of its own), deciding on what it sees while it holds that
+ * mutex: two breakers acting on one earlier look could remove a lock taken in between.
+ */
+async function breakIfAbandoned(lockPath: string, staleMs: number): Promise<boolean> {
+  const breaking = `${lockPath}.breaking`;
+  try {
+    await fsp.mkdir(breaking);
+  } catch (error) {
+    if (!isErrno(error, "EEXIST")) throw error;
+    const info = await fsp.stat(breaking).catch(() => null);
+    if (info !== null && Date.now() - info.mtimeMs > BREAKER_STALE_MS) await fsp.rmdir(breaking).catch(() => undefined);
+    return false;
+  }
+  try {
+    let info;
+    try {
+      info = await fsp.stat(lockPath);
+    } catch (error) {
+      if (isErrno(error, "ENOENT")) return true;
+      throw error;
+    }
+    if (Date.now() - info.mtimeMs <= staleMs || (await ownerRuns(lockPath))) return false;
+    const aside = `${lockPath}.stale-${uniqueSuffix()}`;
+    await fsp.rename(lockPath, aside);
+    await fsp.rm(aside, { recursive: true, force: true }).catch(() => undefined);
+    return true;
+  } finally {
+    await fsp.rmdir(breaking).catch(() => undefined);
+  }
+}
+
+/**
+ * True when the lock names a process that this machine can see running. A lock without a name (an
+ * older version's, or one whose name was never written), or named by a process of another boot or
+ * pid namespace, falls back to the heartbeat alone.
+ */
+async function ownerRuns(lockPath: string): Promise<boolean> {
+  const me = processStamp();
+  if (me === null) return false;
+  const names = await fsp.readdir(lockPath).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith(OWNER_PREFIX)) continue;
+    const stamp = parseProcessStamp(await fsp.readFile(join(lockPath, name), "utf8").catch(() => ""));
+    if (stamp !== null && stamp.boot === me.boot && stamp.pidns === me.pidns && !processHasEnded(stamp)) return true;
+  }
+  return false;
 }
 
 export function childPath(dir: string, ...parts: string[]): string {
