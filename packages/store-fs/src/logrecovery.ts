@@ -85,7 +85,8 @@ const ABANDONED_AFTER_MS = 5 * 60_000;
  * Whether the log's owner may still be appending to it. Replaying unlinks the log, and a live owner's
  * later records would then be durable in a file no restart finds: when in doubt, alive.
  *
- * - Another boot: the owner is gone (the machine restarted).
+ * - Another boot: the owner is gone (the machine restarted). Where there is no boot id to compare,
+ *   the rules for an unstamped log below apply.
  * - The owner's pid namespace is ours (its stamp: `processStamp` in @mailroom/store): the pid and its
  *   start time say exactly whether it runs, however long its log has been quiet.
  * - Another pid namespace (another container on this kernel): its pids mean nothing here, so only a
@@ -94,7 +95,9 @@ const ABANDONED_AFTER_MS = 5 * 60_000;
  * - A log from before the stamp: its pid alive and written to in the last five minutes.
  */
 function ownerAlive(owner: LogOwner, bootId: string, lastWrite: number): boolean {
-  if (bootId === "" || owner.boot !== bootId) return false;
+  // Without a boot id (no Linux /proc) boots cannot be told apart, so neither can a restart: the
+  // owner is then judged by its log's age and its pid, as a log from before the stamp is.
+  if (bootId !== "" && owner.boot !== bootId) return false;
   const stamp =
     owner.pidns !== undefined && owner.start !== undefined
       ? { boot: owner.boot, pidns: owner.pidns, pid: owner.pid, start: owner.start }

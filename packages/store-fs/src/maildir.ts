@@ -386,17 +386,25 @@ export class FsMailbox implements Mailbox {
     // one of them. Within each, several removals at once, and the two directories flushed together:
     // under load each file call waits its turn in a thread pool busy with fsyncs, and a QUIT that
     // deleted thirty messages one call after another waited seconds.
-    const flush: string[] = [];
+    const flush = new Set<string>();
     let removed = 0;
-    for (const sub of ["new", "cur"] as const) {
-      const doomed = (await readdirOrEmpty(this.sub(sub))).filter((name) => bases.has(parseName(name)?.base ?? ""));
-      const gone = (await mapLimited(doomed, 16, (name) => unlinkQuiet(this.sub(sub, name)))).filter(Boolean).length;
-      removed += gone;
-      // A recovery also flushes a directory it found nothing to remove in: a crashed process's
-      // removals may still be waiting in the page cache.
-      if (gone > 0 || recovering) flush.push(this.sub(sub));
+    // Another Maildir reader (Dovecot setting a flag) may rename a file between our listing and its
+    // unlink; the unlink then finds nothing and the message would stay under its new name. Whatever
+    // was not found is looked for again, a few rounds at most (a round ends when nothing is missed).
+    for (let round = 0; round < 5; round++) {
+      let missed = false;
+      for (const sub of ["new", "cur"] as const) {
+        const doomed = (await readdirOrEmpty(this.sub(sub))).filter((name) => bases.has(parseName(name)?.base ?? ""));
+        const gone = (await mapLimited(doomed, 16, (name) => unlinkQuiet(this.sub(sub, name)))).filter(Boolean).length;
+        removed += gone;
+        if (gone < doomed.length) missed = true;
+        // A recovery also flushes a directory it found nothing to remove in: a crashed process's
+        // removals may still be waiting in the page cache.
+        if (gone > 0 || recovering) flush.add(this.sub(sub));
+      }
+      if (!missed) break;
     }
-    await Promise.all(flush.map((dir) => fsyncDir(dir, this.ctx.policy)));
+    await Promise.all([...flush].map((dir) => fsyncDir(dir, this.ctx.policy)));
     // Cleared without an fsync: should a power cut bring the old list back, carrying it out again
     // finds nothing to remove (the removals above are durable), so only the flushes are saved.
     await writeFileAtomic(join(this.dir, JOURNAL_FILE), JSON.stringify({ gen, bases: [] }), { fsync: false });
@@ -462,8 +470,11 @@ export class FsMailbox implements Mailbox {
           }
         }
         if (moved) {
-          await fsyncDir(this.sub("new"), this.ctx.policy);
+          // The new name first: on a file system without a journal, a power cut between the two
+          // flushes must leave the message listed twice (new/ and cur/ name one file) rather than
+          // in neither, which would hand it to fsck's lost+found.
           await fsyncDir(this.sub("cur"), this.ctx.policy);
+          await fsyncDir(this.sub("new"), this.ctx.policy);
         }
       }),
     );

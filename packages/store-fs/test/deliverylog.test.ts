@@ -357,6 +357,21 @@ describe.each([
     expect(messageFiles(dir, "alice@example.test")[0]).toContain(uids[0]![0]!);
   });
 
+  it("without a boot id (no /proc) leaves a running owner's log alone until it has been quiet for five minutes", async () => {
+    // A second process opening the store (a worker, an admin command) must not replay and unlink the
+    // log a running server still appends to: that server's later records would be in no file.
+    const dir = freshRoot();
+    const { logPath, restoreLog } = await deliverAndKeepLog(dir, ["Subject: a\r\n\r\n1\r\n"]);
+    restoreLog();
+    replaceOwner(logPath, { kind: "owner", pid: process.ppid, boot: "", started: 0 });
+    expect(await recover(dir, "")).toBe(1);
+    expect(logsIn(dir)).toHaveLength(1);
+    const old = new Date(Date.now() - 10 * 60_000);
+    utimesSync(logPath, old, old);
+    expect(await recover(dir, "")).toBe(0);
+    expect(logsIn(dir)).toEqual([]);
+  });
+
   it("judges an owner in this pid namespace by its pid and start time, however quiet its log", async () => {
     const dir = freshRoot();
     const me = processStamp()!;

@@ -1,4 +1,5 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
+import { promises as fsPromises } from "node:fs";
 import { execFileSync } from "node:child_process";
 import { mkdir, readdir, readFile, rename, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -7,6 +8,7 @@ import { DIRECTORY_FILE, JOURNAL_FILE, locateMailbox } from "../src/index.js";
 import { openStore, readText, tempRoot, text } from "./helpers.js";
 
 const root = await tempRoot("maildir");
+const unlinkReal = fsPromises.unlink.bind(fsPromises);
 let n = 0;
 const fresh = () => join(root, `ns${++n}`);
 
@@ -78,6 +80,34 @@ describe("maildir specifics", () => {
     expect(await readdir(join(dir, "cur"))).toEqual([`${name}:2,RS`]);
     expect(await box.expunge([info.uid], lease)).toBe(1);
     expect(await readdir(join(dir, "cur"))).toEqual([]);
+  });
+
+  it("expunges a message another client renames (a flag change) between the listing and the unlink", async () => {
+    const ns = fresh();
+    const box = (await openStore(ns)).mailbox("r@example.test");
+    const info = await box.append(text("Subject: renamed under us\r\n\r\nbody\r\n"));
+    const dir = locateMailbox(ns, "r@example.test").dir;
+    const [name] = await readdir(join(dir, "new"));
+    await rename(join(dir, "new", name!), join(dir, "cur", `${name}:2,`));
+    // Dovecot sets \Seen just as our unlink of the listed name is about to run.
+    const lease = await box.acquireLease({ holder: "t", ttlMs: 5000 });
+    let raced = false;
+    const spy = vi.spyOn(fsPromises, "unlink").mockImplementation(async (path) => {
+      if (!raced && String(path).endsWith(`${name}:2,`)) {
+        raced = true;
+        await rename(join(dir, "cur", `${name}:2,`), join(dir, "cur", `${name}:2,S`));
+      }
+      return unlinkReal(path);
+    });
+    try {
+      expect(await box.expunge([info.uid], lease)).toBe(1);
+    } finally {
+      spy.mockRestore();
+    }
+    await lease.release();
+    expect(raced).toBe(true);
+    expect(await readdir(join(dir, "cur"))).toEqual([]);
+    expect(await box.list()).toEqual([]);
   });
 
   it("markRetrieved moves new/ files to cur/ with :2,S", async () => {
