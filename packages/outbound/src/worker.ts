@@ -223,6 +223,28 @@ export function createOutbound(options: OutboundOptions): Outbound {
     return false;
   }
 
+  /**
+   * Whether this transaction really needs SMTPUTF8 (RFC 6531 3.4): a non-ASCII address in it, or
+   * 8-bit octets in the header section. A client may ask for SMTPUTF8 and send plain ASCII; such a
+   * message goes to a server without the extension as it is, as Postfix sends it.
+   */
+  async function needsUtf8(item: QueueItem, recipients: readonly string[]): Promise<boolean> {
+    const ascii = (text: string): boolean => !/[^\x00-\x7f]/.test(text);
+    if (!ascii(item.sender) || !recipients.every(ascii)) return true;
+    // The header section ends at the first empty line.
+    let lineEmpty = true;
+    for await (const chunk of await queue!.readMessage(item.id)) {
+      for (const byte of chunk) {
+        if (byte >= 0x80) return true;
+        if (byte === 0x0a) {
+          if (lineEmpty) return false;
+          lineEmpty = true;
+        } else if (byte !== 0x0d) lineEmpty = false;
+      }
+    }
+    return false;
+  }
+
   /** One domain's recipients of one item: tries its hosts in order until one gives an answer. */
   async function deliverDomain(item: QueueItem, domain: string, recipients: readonly string[], eightBit: boolean): Promise<Map<string, Outcome>> {
     const outcomes = new Map<string, Outcome>();
@@ -280,9 +302,13 @@ export function createOutbound(options: OutboundOptions): Outbound {
         }
         sessions.add(session);
         try {
-          if (item.meta["smtputf8"] === "1" && !session.has("SMTPUTF8")) {
-            log.info({ item: item.id, domain, host: where, result: "no SMTPUTF8" }, "delivery attempt");
-            return all({ status: "failed", diagnostic: `5.6.7 ${where} does not support SMTPUTF8, which the message needs` });
+          let utf8 = item.meta["smtputf8"] === "1";
+          if (utf8 && !session.has("SMTPUTF8")) {
+            if (await needsUtf8(item, recipients)) {
+              log.info({ item: item.id, domain, host: where, result: "no SMTPUTF8" }, "delivery attempt");
+              return all({ status: "failed", diagnostic: `5.6.7 ${where} does not support SMTPUTF8, which the message needs` });
+            }
+            utf8 = false;
           }
           if (eightBit && !session.has("8BITMIME")) {
             // Downgrading would mean rewriting MIME parts; like most MTAs we send as is.
@@ -293,7 +319,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
             recipients,
             size: item.size,
             eightBit,
-            utf8: item.meta["smtputf8"] === "1",
+            utf8,
             body: async () => withoutReturnPath(await queue!.readMessage(item.id)),
           });
           for (const r of recipients) {

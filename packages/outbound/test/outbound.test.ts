@@ -358,6 +358,26 @@ describe("failures and retries", () => {
     expect(server.received).toEqual([]);
     expect((await dsnsOf(store))[0]!.recipients[0]!.status).toBe("5.6.7");
   });
+
+  it("sends a message that asked for SMTPUTF8 but is all ASCII to a server without it, as it is", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    await enqueueRelay(store.queue, { sender: "alice@ours.test", recipients: ["x@script.test"], utf8: true }, fromBytes(MESSAGE));
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received).toHaveLength(1);
+    expect(server.received[0]!.mailLine).not.toContain("SMTPUTF8");
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("still refuses an all-ASCII envelope whose headers carry UTF-8 to a server without SMTPUTF8", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    const text = MESSAGE.replace("Subject: hello", "Subject: gr\u00fc\u00dfe");
+    await enqueueRelay(store.queue, { sender: "alice@ours.test", recipients: ["x@script.test"], utf8: true }, fromBytes(text));
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received).toEqual([]);
+    expect((await dsnsOf(store))[0]!.recipients[0]!.status).toBe("5.6.7");
+  });
 });
 
 describe("smarthost", () => {
