@@ -362,7 +362,10 @@ export function createOutbound(options: OutboundOptions): Outbound {
         },
         (error: unknown) => {
           if (done) return;
-          lost = true;
+          // Only a claim another worker took is lost. A renewal that failed otherwise (the store
+          // briefly unreachable) is tried again at the next tick; throwing away what this attempt
+          // delivered would only send it again.
+          if (isStoreError(error) && error.code === "lease-lost") lost = true;
           log.warn({ item: claim.item.id, error: message(error) }, "claim renewal failed");
         },
       );
@@ -377,7 +380,9 @@ export function createOutbound(options: OutboundOptions): Outbound {
         byDomain.set(domain, [...(byDomain.get(domain) ?? []), address]);
       }
       if (local.size > 0) for (const [address, outcome] of await deliverLocal(item, local)) localOutcomes.set(address, outcome);
-      const eightBit = remote.length > 0 ? await needsEightBit(item) : false;
+      // Not knowing (the message could not be read) counts as 8-bit: the delivery that reads it next
+      // fails the same way and is rescheduled, with the local copies above recorded as delivered.
+      const eightBit = remote.length > 0 ? await needsEightBit(item).catch(() => true) : false;
       const results = await Promise.all(
         [...byDomain].map(async ([domain, addresses]) => {
           const release = await domainSlot(options.smarthost ? "smarthost" : domain).acquire();

@@ -534,6 +534,32 @@ describe("concurrency and crashes", () => {
     expect(await store.queue.list()).toEqual([]);
   });
 
+  it("keeps what an attempt delivered when one claim renewal fails but the claim is still its own", async () => {
+    const mx = await farMx("127.0.0.2");
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["bob@far.test"]);
+    // The store answers one renewal with an error (briefly unreachable) while the message is read slowly.
+    let failedOnce = false;
+    const queue = Object.create(store.queue) as Queue;
+    queue.renew = async (claim) => {
+      if (!failedOnce) {
+        failedOnce = true;
+        throw new StoreError("unavailable", "the store did not answer");
+      }
+      return store.queue.renew(claim);
+    };
+    queue.readMessage = async (id) => {
+      await sleep(400);
+      return store.queue.readMessage(id);
+    };
+    const flaky = Object.create(store) as typeof store;
+    Object.defineProperty(flaky, "queue", { value: queue });
+    await worker(flaky, { mxPort: mx.port, claimTtlMs: 300 }).runOnce();
+    expect(failedOnce).toBe(true);
+    expect(await mailboxTexts(mx.store, "bob@far.test")).toHaveLength(1);
+    expect(await store.queue.get(item.id)).toBeNull();
+  });
+
   it("a stopped worker leaves unfinished items queued for the next one", async () => {
     let first = true;
     const server = await scripted("127.0.0.7", 0, {
