@@ -13,6 +13,20 @@ async function* trickle(data: Uint8Array): AsyncGenerator<Uint8Array> {
   }
 }
 
+/** 40 acquireLease calls on alice's mailbox, alternating between `stores`: one wins, the rest are "in-use". */
+async function expectOneWinner(stores: readonly Store[], who: string): Promise<void> {
+  const attempts = Array.from({ length: 40 }, (_, i) =>
+    stores[i % stores.length]!.mailbox("alice@example.test").acquireLease({ holder: holder(`${who} ${i}`), ttlMs: 10_000 }),
+  );
+  const results = await Promise.allSettled(attempts);
+  const winners = results.filter((r): r is PromiseFulfilledResult<Lease> => r.status === "fulfilled");
+  expect(winners).toHaveLength(1);
+  for (const r of results) {
+    if (r.status === "rejected") expect(isStoreError(r.reason) && r.reason.code, String(r.reason)).toBe("in-use");
+  }
+  await winners[0]!.value.release();
+}
+
 async function appendMany(stores: readonly Store[], count: number): Promise<void> {
   const datas = Array.from({ length: count }, (_, i) => message(`parallel-${i}`, `${"p".repeat(i * 97)}\r\n`));
   const infos = await Promise.all(
@@ -47,19 +61,7 @@ export function concurrencyTests(options: ConformanceOptions): void {
 
     it("lets exactly one of 40 racing acquireLease calls on two instances win", async () => {
       const { ns, store } = await h.fresh();
-      const other = await h.open(ns);
-      const attempts = Array.from({ length: 40 }, (_, i) =>
-        (i % 2 === 0 ? store : other).mailbox("alice@example.test").acquireLease({ holder: holder(`racer ${i}`), ttlMs: 10_000 }),
-      );
-      const results = await Promise.allSettled(attempts);
-      const winners = results.filter((r): r is PromiseFulfilledResult<Lease> => r.status === "fulfilled");
-      expect(winners).toHaveLength(1);
-      for (const r of results) {
-        if (r.status === "rejected") {
-          expect(isStoreError(r.reason) && r.reason.code, String(r.reason)).toBe("in-use");
-        }
-      }
-      await winners[0]!.value.release();
+      await expectOneWinner([store, await h.open(ns)], "racer");
     });
 
     it("lets exactly one of 40 racing acquireLease calls win once the lease before them expired", async () => {
@@ -67,17 +69,8 @@ export function concurrencyTests(options: ConformanceOptions): void {
       const other = await h.open(ns);
       // Taken and never released: only its expiry frees the mailbox (a takeover, not a free mailbox).
       await store.mailbox("alice@example.test").acquireLease({ holder: holder("gone"), ttlMs: 300 });
-      await new Promise((resolve) => setTimeout(resolve, 450));
-      const attempts = Array.from({ length: 40 }, (_, i) =>
-        (i % 2 === 0 ? store : other).mailbox("alice@example.test").acquireLease({ holder: holder(`taker ${i}`), ttlMs: 10_000 }),
-      );
-      const results = await Promise.allSettled(attempts);
-      const winners = results.filter((r): r is PromiseFulfilledResult<Lease> => r.status === "fulfilled");
-      expect(winners).toHaveLength(1);
-      for (const r of results) {
-        if (r.status === "rejected") expect(isStoreError(r.reason) && r.reason.code, String(r.reason)).toBe("in-use");
-      }
-      await winners[0]!.value.release();
+      await sleep(450);
+      await expectOneWinner([store, other], "taker");
     });
 
     it("parallel deliveries and expunges on different mailboxes do not disturb each other", async () => {
