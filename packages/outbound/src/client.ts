@@ -18,7 +18,10 @@ export interface SessionOptions {
   /** Name the certificate is checked against (the MX name), when different from `host`. */
   readonly servername?: string;
   readonly auth?: { readonly username: string; readonly password: string };
+  /** For the connection to open. */
   readonly timeoutMs: number;
+  /** For each reply (and a stalled write); default `timeoutMs`. */
+  readonly replyTimeoutMs?: number;
   /** Waiting for the reply to the end of data, when the server stores the message. Default 10 minutes (RFC 5321 4.5.3.2.6). */
   readonly dataTimeoutMs?: number;
 }
@@ -76,6 +79,7 @@ export class SmtpSession {
       ...(options.servername !== undefined ? { servername: options.servername } : {}),
       ...(options.tlsOptions ? { tls: options.tlsOptions } : {}),
       timeoutMs: options.timeoutMs,
+      ...(options.replyTimeoutMs !== undefined ? { replyTimeoutMs: options.replyTimeoutMs } : {}),
     });
     const session = new SmtpSession(socket, options);
     try {
@@ -203,7 +207,7 @@ export class SmtpSession {
       return { recipients: results };
     }
     await this.#streamBody(await input.body());
-    const end = await this.#socket.readReply(Math.max(this.#options.timeoutMs, this.#options.dataTimeoutMs ?? 10 * 60_000));
+    const end = await this.#socket.readReply(Math.max(this.#options.replyTimeoutMs ?? this.#options.timeoutMs, this.#options.dataTimeoutMs ?? 10 * 60_000));
     for (const recipient of accepted) results.set(recipient, end);
     return { recipients: results };
   }

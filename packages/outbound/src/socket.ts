@@ -37,7 +37,10 @@ export interface ConnectOptions {
   /** Name for SNI and certificate checks. */
   readonly servername?: string;
   readonly tls?: TlsClientOptions;
+  /** For the connection to open. */
   readonly timeoutMs: number;
+  /** For each reply, a TLS handshake and a stalled write; default `timeoutMs`. */
+  readonly replyTimeoutMs?: number;
 }
 
 const MAX_LINE = 4096;
@@ -78,7 +81,7 @@ export class ClientSocket {
         clearTimeout(timer);
         socket.off("error", fail);
         socket.setNoDelay(true);
-        resolve(new ClientSocket(socket, options.timeoutMs, options.implicitTls));
+        resolve(new ClientSocket(socket, options.replyTimeoutMs ?? options.timeoutMs, options.implicitTls));
       });
     });
   }

@@ -50,8 +50,15 @@ export interface OutboundOptions {
   readonly pollIntervalMs?: number;
   /** Claim lease; renewed while a delivery runs. Default 5 minutes. */
   readonly claimTtlMs?: number;
-  /** Connect and per-reply timeout. Default 60 s (RFC 5321 4.5.3.2 suggests minutes; we are impatient). */
+  /** For a connection to open. Default 60 s (Postfix waits 30 s). */
   readonly connectTimeoutMs?: number;
+  /**
+   * For each reply before the end of data (the greeting, EHLO, MAIL, RCPT, DATA), a TLS handshake and
+   * a stalled write. Default 5 minutes, RFC 5321 4.5.3.2's minimum for the greeting, MAIL and RCPT
+   * (and above its 2 minutes for DATA and 3 for a data block): a server that delays its greeting on
+   * purpose, or checks a recipient slowly, is still waited for.
+   */
+  readonly replyTimeoutMs?: number;
   /**
    * Waiting for the server's answer after the data, while it stores the message. Default 10 minutes
    * (RFC 5321 4.5.3.2.6): giving up earlier risks a duplicate when the server did accept it.
@@ -186,6 +193,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
   const perDomain = Math.max(1, options.perDomainConcurrency ?? 2);
   const claimTtlMs = options.claimTtlMs ?? 5 * MINUTE;
   const timeoutMs = options.connectTimeoutMs ?? MINUTE;
+  const replyTimeoutMs = options.replyTimeoutMs ?? 5 * MINUTE;
   const holder = `outbound ${options.hostname} ${randomBytes(4).toString("hex")}`;
 
   const slots = new Semaphore(concurrency);
@@ -277,6 +285,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
                 tls,
                 servername: host.name,
                 timeoutMs,
+                replyTimeoutMs,
                 ...(options.dataTimeoutMs !== undefined ? { dataTimeoutMs: options.dataTimeoutMs } : {}),
                 ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
                 ...(smarthost?.auth ? { auth: smarthost.auth } : {}),

@@ -76,6 +76,8 @@ export async function startDns(zones: Record<string, Zone>): Promise<{ server: s
 
 export interface Script {
   readonly greeting?: string;
+  /** Wait this long before the greeting (a server that pauses on purpose, as postscreen does). */
+  readonly greetingDelayMs?: number;
   readonly ehlo?: readonly string[];
   /** Answer EHLO with 500, as a pre-ESMTP server would. */
   readonly noEhlo?: boolean;
@@ -115,7 +117,9 @@ export async function startScripted(host: string, port: number, script: Script =
     socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => undefined);
     socket.setEncoding("latin1");
-    socket.write(`${script.greeting ?? "220 scripted ESMTP"}\r\n`);
+    const greet = (): void => void socket.write(`${script.greeting ?? "220 scripted ESMTP"}\r\n`);
+    if (script.greetingDelayMs === undefined) greet();
+    else setTimeout(greet, script.greetingDelayMs);
     let buffer = "";
     let inData = false;
     let from = "";

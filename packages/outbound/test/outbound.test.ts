@@ -146,6 +146,15 @@ describe("delivery over MX", () => {
     expect(await store.queue.list()).toEqual([]);
   });
 
+  it("waits for a slow greeting longer than for the connection (RFC 5321 4.5.3.2: minutes, not the connect timeout)", async () => {
+    const server = await scripted("127.0.0.7", 0, { greetingDelayMs: 600 });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    await worker(store, { mxPort: server.port, connectTimeoutMs: 200, replyTimeoutMs: 5_000 }).runOnce();
+    expect(server.received).toHaveLength(1);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
   it("uses the domain's own address when it has no MX", async () => {
     const server = await scripted("127.0.0.6", 0);
     const store = await ours();
