@@ -6,7 +6,7 @@ import { LOG_DIR, liveLogs } from "./deliverylog.js";
 import { isErrno } from "./errors.js";
 import { fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type SyncPolicy } from "./fsutil.js";
 import { readRecords, type LogOwner } from "./logformat.js";
-import { movedToCur, type BulkSync } from "./syncfs.js";
+import { indexByBase, movedToCur, type BulkSync } from "./syncfs.js";
 
 export interface RecoveryContext {
   readonly root: string;
@@ -140,15 +140,17 @@ async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: str
       const owner = first.value.header;
       if (ownerAlive(owner, bootId, fstatSync(fd).mtimeMs)) return false;
       verify = bootId === "" || owner.boot !== bootId;
-      const curNames = new Map<string, readonly string[]>();
-      const listCur = (dir: string): readonly string[] => {
-        let names = curNames.get(dir);
-        if (names === undefined) {
-          names = readdirSync(dir);
-          curNames.set(dir, names);
-        }
-        return names;
+      // Each directory is listed once per replay, and again when a file is missed in a listing more
+      // than a second old: a reader (Dovecot, after the reboot) may have moved it since.
+      const listings = new Map<string, { readonly at: number; readonly index: ReadonlyMap<string, string> }>();
+      const indexOf = (fresh: boolean) => (dir: string): ReadonlyMap<string, string> => {
+        const known = listings.get(dir);
+        if (known !== undefined && !(fresh && Date.now() - known.at > 1000)) return known.index;
+        const index = indexByBase(readdirSync(dir));
+        listings.set(dir, { at: Date.now(), index });
+        return index;
       };
+      const listCur = { cached: indexOf(false), fresh: indexOf(true) };
       for (const { header, body } of records) {
         if (header.kind !== "delivery") continue;
         for (const relative of header.targets) {
@@ -185,10 +187,13 @@ async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: str
   return true;
 }
 
-/** Where a published file is now: under its name in new/, or moved to cur/ by a reader. */
-function locate(target: string, listCur: (dir: string) => readonly string[]): string | null {
+/** Where a published file is now: under its name in new/, or renamed or moved to cur/ by a reader. */
+function locate(
+  target: string,
+  listings: { readonly cached: (dir: string) => ReadonlyMap<string, string>; readonly fresh: (dir: string) => ReadonlyMap<string, string> },
+): string | null {
   if (statSync(target, { throwIfNoEntry: false }) !== undefined) return target;
-  return movedToCur(target, listCur);
+  return movedToCur(target, listings.cached) ?? movedToCur(target, listings.fresh);
 }
 
 function sameContent(path: string, body: Uint8Array): boolean {

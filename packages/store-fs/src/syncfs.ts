@@ -4,6 +4,7 @@ import { basename, dirname, join } from "node:path";
 import { mapLimited } from "./concurrency.js";
 import { closeFd, fsyncFd, openReadOnly } from "./fdio.js";
 import { isErrno } from "./errors.js";
+import { parseName } from "./filenames.js";
 import { UNSYNCABLE } from "./fsutil.js";
 
 /**
@@ -211,19 +212,38 @@ async function fsyncPath(path: string, directory: boolean): Promise<void> {
   }
 }
 
+/** A Maildir subdirectory's entries by message base (the name up to its first `,` or `:`). */
+export function indexByBase(names: readonly string[]): ReadonlyMap<string, string> {
+  const index = new Map<string, string>();
+  for (const name of names) {
+    const base = parseName(name)?.base;
+    if (base !== undefined && !index.has(base)) index.set(base, name);
+  }
+  return index;
+}
+
 /**
- * `<maildir>/cur/<name>:2,<flags>` for `<maildir>/new/<name>`, if there is one. `list` reads cur/ (a
- * replay passes one that remembers each directory it read).
+ * Where `<maildir>/new/<name>` is now if a reader renamed it: moved to cur/ with flags, or renamed
+ * with other size fields (Dovecot corrects a wrong `S=`) or extra ones (mbsync's `,U=`), in cur/ or
+ * new/; found by its base. `index` lists a directory by base (a replay passes one that remembers the
+ * directories it read).
  */
-export function movedToCur(path: string, list: (dir: string) => readonly string[] = readdirSync): string | null {
+export function movedToCur(
+  path: string,
+  index: (dir: string) => ReadonlyMap<string, string> = (dir) => indexByBase(readdirSync(dir)),
+): string | null {
   const parent = dirname(path);
   if (basename(parent) !== "new") return null;
-  const cur = join(dirname(parent), "cur");
-  const prefix = `${basename(path)}:`;
-  try {
-    const entry = list(cur).find((name) => name.startsWith(prefix));
-    return entry === undefined ? null : join(cur, entry);
-  } catch {
-    return null;
+  const base = parseName(basename(path))?.base;
+  if (base === undefined) return null;
+  for (const sub of ["cur", "new"]) {
+    const dir = join(dirname(parent), sub);
+    try {
+      const name = index(dir).get(base);
+      if (name !== undefined) return join(dir, name);
+    } catch {
+      // No such directory: nothing was moved there.
+    }
   }
+  return null;
 }

@@ -281,6 +281,34 @@ describe.each([
     await store.close();
   });
 
+  it("after a power cut: repairs a file a reader renamed (other size fields, mbsync's ,U=) where it is, without a second copy", async () => {
+    const dir = freshRoot();
+    const bodies = ["Subject: a\r\n\r\n1\r\n", "Subject: b\r\n\r\n22\r\n"];
+    const { uids, listed, restoreLog } = await deliverAndKeepLog(dir, bodies);
+    restoreLog();
+    const files = messageFiles(dir, "alice@example.test");
+    const fileOf = (uid: string) => files.find((f) => f.includes(uid))!;
+    // Dovecot found the first one cut short and renamed it to its real size; mbsync added its UID to
+    // the second in new/.
+    const first = fileOf(uids[0]![0]!);
+    truncateSync(first, 3);
+    const firstNow = first.replace("/new/", "/cur/").replace(/,S=\d+,W=\d+$/, ",S=3:2,S");
+    renameSync(first, firstNow);
+    const second = fileOf(uids[1]![0]!);
+    writeFileSync(second, "");
+    const secondNow = second.replace(/,W=(\d+)$/, ",W=$1,U=7");
+    renameSync(second, secondNow);
+
+    await recover(dir, "another-boot");
+    expect(logsIn(dir)).toEqual([]);
+    expect(messageFiles(dir, "alice@example.test").sort()).toEqual([firstNow, secondNow].sort());
+    expect(readFileSync(firstNow, "utf8")).toBe(bodies[0]);
+    expect(readFileSync(secondNow, "utf8")).toBe(bodies[1]);
+    const store = await open(dir);
+    expect((await store.mailbox("alice@example.test").list()).map((m) => m.uid).sort()).toEqual(listed.map((m) => m.uid).sort());
+    await store.close();
+  });
+
   it("after a power cut: restores every recipient of a multi-recipient delivery", async () => {
     const dir = freshRoot();
     const { uids, restoreLog } = await deliverAndKeepLog(dir, ["Subject: both\r\n\r\nhi\r\n"], ["alice@example.test", "bob@example.test"]);
