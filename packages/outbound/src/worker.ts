@@ -415,6 +415,18 @@ export function createOutbound(options: OutboundOptions): Outbound {
       if (lost) return;
       const stillPending = recipients.filter((r) => r.status === "pending");
       if (stillPending.length > 0 && !exhausted) {
+        // Recipients that failed for good are bounced now, as Postfix does at the end of an attempt,
+        // not when the last of the others is delivered (which may be days away).
+        const failedNow = recipients.filter((r) => r.status === "failed" && r.notified !== true);
+        if (failedNow.length > 0 && item.sender !== "") {
+          try {
+            await sendDsn(item, failedNow);
+            recipients = recipients.map((r) => (failedNow.includes(r) ? { ...r, notified: true } : r));
+          } catch (error) {
+            // Not marked: the bounce is made again at the next attempt or when the item is done.
+            log.error({ item: item.id, error: message(error) }, "could not make the delivery status notification");
+          }
+        }
         const delay = schedule[item.attempts] ?? 0;
         await queue!.reschedule(claim, {
           nextAttemptAt: Date.now() + delay,
@@ -431,7 +443,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
             : r,
         );
       }
-      const failed = recipients.filter((r) => r.status === "failed");
+      const failed = recipients.filter((r) => r.status === "failed" && r.notified !== true);
       if (failed.length > 0 && item.sender !== "") {
         try {
           await sendDsn(item, failed);
@@ -443,7 +455,8 @@ export function createOutbound(options: OutboundOptions): Outbound {
       }
       if (failed.length > 0 && item.sender === "") log.info({ item: item.id, failed: failed.length }, "bounce undeliverable; no bounce for a bounce");
       await queue!.finish(claim);
-      log.info({ item: item.id, delivered: recipients.length - failed.length, failed: failed.length }, "item done");
+      const failedInAll = recipients.filter((r) => r.status === "failed").length;
+      log.info({ item: item.id, delivered: recipients.length - failedInAll, failed: failedInAll }, "item done");
     } catch (error) {
       log.error({ item: item.id, error: message(error) }, isStoreError(error) && error.code === "lease-lost" ? "claim lost" : "delivery failed");
     } finally {

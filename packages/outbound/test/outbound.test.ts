@@ -275,6 +275,30 @@ describe("failures and retries", () => {
     expect(dsns[0]!.parts[0]!.body).not.toContain("bob@script.test");
   });
 
+  it("bounces a recipient that failed for good at the end of that attempt, and only once, while another is retried", async () => {
+    let tries = 0;
+    const server = await scripted("127.0.0.7", 0, {
+      rcpt: (a) => (a.startsWith("nobody") ? "550 5.1.1 unknown" : tries++ === 0 ? "451 4.7.1 greylisted" : "250 2.1.5 ok"),
+    });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["nobody@script.test", "x@script.test"]);
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [100] });
+    await outbound.runOnce();
+    // The item waits for x, but alice hears about nobody now.
+    expect((await store.queue.get(item.id))?.recipients.map((r) => [r.address, r.status])).toEqual([
+      ["nobody@script.test", "failed"],
+      ["x@script.test", "pending"],
+    ]);
+    const first = await dsnsOf(store);
+    expect(first.map((d) => d.recipients.map((r) => r["final-recipient"]))).toEqual([["rfc822; nobody@script.test"]]);
+    await sleep(150);
+    expect(await outbound.runOnce()).toBe(1);
+    expect(server.received).toHaveLength(1);
+    expect(await store.queue.list()).toEqual([]);
+    // Done: no second bounce naming nobody again.
+    expect(await dsnsOf(store)).toHaveLength(1);
+  });
+
   it("never bounces a bounce (null sender)", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 unknown" });
     const store = await ours();

@@ -14,6 +14,12 @@ export interface QueueRecipient {
   readonly status: "pending" | "delivered" | "failed";
   /** The last reply or error for this recipient ("250 2.0.0 ok", "550 5.1.1 no such user"). */
   readonly diagnostic?: string;
+  /**
+   * A failed recipient the sender was already told about: a bounce goes out at the end of the attempt
+   * that failed it, not only when the whole item is done, and the next one does not name it again.
+   * Stores keep it as given, like the other fields.
+   */
+  readonly notified?: boolean;
 }
 
 export interface QueueItem {
@@ -193,7 +199,12 @@ export function mergeRecipients(
   return current.map((r) => {
     const u = byAddress.get(r.address);
     if (!u) return { ...r };
-    return u.diagnostic === undefined ? { address: r.address, status: u.status } : { address: r.address, status: u.status, diagnostic: u.diagnostic };
+    return {
+      address: r.address,
+      status: u.status,
+      ...(u.diagnostic === undefined ? {} : { diagnostic: u.diagnostic }),
+      ...(u.notified === true ? { notified: true } : {}),
+    };
   });
 }
 

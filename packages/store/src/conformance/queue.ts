@@ -386,6 +386,7 @@ export function queueTests(options: ConformanceOptions): void {
         recipients: [
           { address: "a@one.test", status: "delivered", diagnostic: "250 2.0.0 ok" },
           { address: "b@two.test", status: "pending", diagnostic: "451 4.3.0 try later" },
+          { address: "c@three.test", status: "failed", diagnostic: "550 5.1.1 no such user", notified: true },
           { address: "nobody@else.test", status: "failed", diagnostic: "not ours" },
         ],
       });
@@ -397,7 +398,7 @@ export function queueTests(options: ConformanceOptions): void {
         recipients: [
           { address: "a@one.test", status: "delivered", diagnostic: "250 2.0.0 ok" },
           { address: "b@two.test", status: "pending", diagnostic: "451 4.3.0 try later" },
-          { address: "c@three.test", status: "pending" },
+          { address: "c@three.test", status: "failed", diagnostic: "550 5.1.1 no such user", notified: true },
         ],
       };
       const after = await queue.get(item.id);
@@ -415,6 +416,8 @@ export function queueTests(options: ConformanceOptions): void {
       expect(last?.attempts).toBe(2);
       expect(last?.lastError).toBe("second");
       expect(last?.recipients[0]).toEqual({ address: "a@one.test", status: "delivered", diagnostic: "250 2.0.0 ok" });
+      // A recipient the sender was told about stays marked (the next bounce must not name it again).
+      expect(last?.recipients[2]).toEqual({ address: "c@three.test", status: "failed", diagnostic: "550 5.1.1 no such user", notified: true });
       expect(idsOf(await claimOne(reopened, "due now"))).toEqual([item.id]);
     });
 
