@@ -91,6 +91,8 @@ export interface OutboundSmarthost {
   readonly host: string;
   readonly port: number;
   readonly tls: "starttls" | "implicit" | "none";
+  /** Check the smarthost's certificate (trusted chain, its host name) before anything is sent. */
+  readonly verify: boolean;
   /** The password stays in its file; `readSmarthostPassword` reads it when the worker starts. */
   readonly auth: { readonly username: string; readonly passwordFile: string } | null;
 }
@@ -172,6 +174,7 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     per_domain_concurrency: { type: "integer", min: 1, max: 100 },
     smarthost: { type: "address" },
     smarthost_tls: { type: "enum", values: ["starttls", "implicit", "none"] },
+    smarthost_tls_verify: { type: "boolean" },
     smarthost_user: { type: "string" },
     smarthost_password_file: { type: "path" },
     // Test-only: lets a test point MX delivery at a loopback receiver on a high port.
@@ -213,6 +216,7 @@ const PRODUCTION_DEFAULTS: Record<string, unknown> = {
   "outbound.concurrency": 8,
   "outbound.per_domain_concurrency": 2,
   "outbound.smarthost_tls": "starttls",
+  "outbound.smarthost_tls_verify": false,
   "outbound.mx_port": 25,
   "metrics.listen": "",
   "server.workers": 1,
@@ -390,11 +394,16 @@ function outboundSmarthost(get: <T>(key: string) => T, origins: ReadonlyMap<stri
   if (tls === "none" && user !== undefined) {
     throw new ConfigError(`${origins.get("outbound.smarthost_tls")}: "none" cannot be used with outbound.smarthost_user (the password is sent only over TLS); use "starttls" or "implicit"`);
   }
+  const verify = get<boolean>("outbound.smarthost_tls_verify");
+  if (verify && tls === "none") {
+    throw new ConfigError(`${origins.get("outbound.smarthost_tls_verify")}: there is no certificate to check with outbound.smarthost_tls = "none"`);
+  }
   if (passwordFile !== undefined) readSecret(passwordFile, origins.get("outbound.smarthost_password_file")!);
   return {
     host: address.host,
     port: address.port,
     tls,
+    verify,
     auth: user !== undefined && passwordFile !== undefined ? { username: user, passwordFile } : null,
   };
 }

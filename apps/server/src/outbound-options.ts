@@ -22,6 +22,7 @@ export function outboundOptions(config: ServerConfig, store: Store, logger: Logg
             host: smarthost.host,
             port: smarthost.port,
             tls: smarthost.tls,
+            verify: smarthost.verify,
             ...(smarthost.auth && password !== null ? { auth: { username: smarthost.auth.username, password } } : {}),
           },
         }

@@ -47,6 +47,7 @@ concurrency = 4
 per_domain_concurrency = 1
 smarthost = "relay.example.net:587"
 smarthost_tls = "implicit"
+smarthost_tls_verify = true
 smarthost_user = "mailroom"
 smarthost_password_file = "smarthost.secret"
 mx_port = 2526
@@ -60,14 +61,14 @@ listen = "127.0.0.1:9187"
       retrySchedule: [60_000, 150_000, 3_600_000],
       concurrency: 4,
       perDomainConcurrency: 1,
-      smarthost: { host: "relay.example.net", port: 587, tls: "implicit", auth: { username: "mailroom", passwordFile: secret } },
+      smarthost: { host: "relay.example.net", port: 587, tls: "implicit", verify: true, auth: { username: "mailroom", passwordFile: secret } },
       mxPort: 2526,
     });
     expect(JSON.stringify(config)).not.toContain("hunter2");
     expect(config.metrics.listen).toEqual({ host: "127.0.0.1", port: 9187 });
     expect(readSmarthostPassword(config)).toBe("hunter2 two");
     const options = outboundOptions(config, createMemoryStore(), { debug() {}, info() {}, warn() {}, error() {}, child() { return this; } });
-    expect(options.smarthost).toEqual({ host: "relay.example.net", port: 587, tls: "implicit", auth: { username: "mailroom", password: "hunter2 two" } });
+    expect(options.smarthost).toEqual({ host: "relay.example.net", port: 587, tls: "implicit", verify: true, auth: { username: "mailroom", password: "hunter2 two" } });
     expect(options.resolver).toEqual({ servers: ["127.0.0.1:5353", "::1", "[::1]:53"] });
     expect(options.mxPort).toBe(2526);
   });
@@ -88,7 +89,7 @@ listen = "127.0.0.1:9187"
       enabled: false,
       resolver: ["127.0.0.1:53", "10.0.0.1"],
       retrySchedule: [300_000, 30_000],
-      smarthost: { host: "smart.example.net", port: 25, tls: "none", auth: null },
+      smarthost: { host: "smart.example.net", port: 25, tls: "none", verify: false, auth: null },
     });
     expect(config.metrics.listen).toEqual({ host: "::1", port: 0 });
     expect(config.where("outbound.smarthost")).toBe("MAILROOM_OUTBOUND_SMARTHOST");
@@ -122,6 +123,9 @@ listen = "127.0.0.1:9187"
     // The worker sends a password only over TLS: this pair could never deliver anything.
     expect(check(`[outbound]\nsmarthost = "relay.example.net:25"\nsmarthost_tls = "none"\nsmarthost_user = "me"\nsmarthost_password_file = "pw.secret"\n`)).toBe(
       `FILE: outbound.smarthost_tls: "none" cannot be used with outbound.smarthost_user (the password is sent only over TLS); use "starttls" or "implicit"`,
+    );
+    expect(check(`[outbound]\nsmarthost = "relay.example.net:25"\nsmarthost_tls = "none"\nsmarthost_tls_verify = true\n`)).toBe(
+      `FILE: outbound.smarthost_tls_verify: there is no certificate to check with outbound.smarthost_tls = "none"`,
     );
     writeFile(dir, "empty.secret", "\n");
     expect(check(`[outbound]\nsmarthost = "relay.example.net:587"\nsmarthost_user = "me"\nsmarthost_password_file = "empty.secret"\n`)).toBe(

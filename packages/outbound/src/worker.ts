@@ -26,6 +26,12 @@ export interface SmarthostOptions {
   readonly auth?: { readonly username: string; readonly password: string };
   /** Refuse to send over an unencrypted connection. Default true when `auth` is set. */
   readonly requireTls?: boolean;
+  /**
+   * Check the smarthost's certificate: a chain to a trusted root (`tlsOptions.ca` adds roots) for the
+   * smarthost's name. Default false, as Postfix's default TLS level for a relayhost; turn it on where
+   * the smarthost has a proper certificate, so that no one in between gets the password.
+   */
+  readonly verify?: boolean;
 }
 
 export interface OutboundOptions {
@@ -287,7 +293,11 @@ export function createOutbound(options: OutboundOptions): Outbound {
                 timeoutMs,
                 replyTimeoutMs,
                 ...(options.dataTimeoutMs !== undefined ? { dataTimeoutMs: options.dataTimeoutMs } : {}),
-                ...(options.tlsOptions ? { tlsOptions: options.tlsOptions } : {}),
+                ...(smarthost?.verify
+                  ? { tlsOptions: { ...options.tlsOptions, rejectUnauthorized: true } }
+                  : options.tlsOptions
+                    ? { tlsOptions: options.tlsOptions }
+                    : {}),
                 ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
                 ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
               });

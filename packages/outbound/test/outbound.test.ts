@@ -413,25 +413,31 @@ describe("failures and retries", () => {
   });
 });
 
+/** A Mailroom submission server for `store` as a smarthost, with a self-signed certificate for localhost. */
+async function smarthostServer(store: Store, implicitTls = false): Promise<{ port: number; cert: string }> {
+  const tls = selfSignedCert();
+  cleanups.push(() => tls.cleanup());
+  const server = createSmtpServer({ store, hostname: "localhost", tls: new TlsContext({ cert: tls.cert, key: tls.key }) });
+  const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission", ...(implicitTls ? { implicitTls: true } : {}) });
+  cleanups.push(async () => {
+    await listener.close();
+    await server.close({ deadlineMs: 100 });
+  });
+  return { port: listener.port, cert: tls.cert };
+}
+
 describe("smarthost", () => {
   it("sends everything to the smarthost over STARTTLS with AUTH", async () => {
-    const tls = selfSignedCert();
-    cleanups.push(() => tls.cleanup());
     const relayStore = await makeStore("far.test", ["bob"], "relay-pass");
     await relayStore.directory.addDomain("ours.test");
     await relayStore.directory.addAccount({ address: "alice@ours.test", passwordHash: (await relayStore.directory.getAccount("bob@far.test"))!.passwordHash });
-    const server = createSmtpServer({ store: relayStore, hostname: "localhost", tls: new TlsContext({ cert: tls.cert, key: tls.key }) });
-    const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission" });
-    cleanups.push(async () => {
-      await listener.close();
-      await server.close({ deadlineMs: 100 });
-    });
+    const smarthost = await smarthostServer(relayStore);
     const store = await ours();
     await enqueue(store, "alice@ours.test", ["bob@far.test"]);
     const outbound = worker(store, {
       mxPort: 9,
-      smarthost: { host: "127.0.0.1", port: listener.port, tls: "starttls", auth: { username: "alice@ours.test", password: "relay-pass" }, requireTls: true },
-      tlsOptions: { ca: tls.cert, rejectUnauthorized: true },
+      smarthost: { host: "127.0.0.1", port: smarthost.port, tls: "starttls", auth: { username: "alice@ours.test", password: "relay-pass" }, requireTls: true },
+      tlsOptions: { ca: smarthost.cert, rejectUnauthorized: true },
     });
     await outbound.runOnce();
     const [copy] = await mailboxTexts(relayStore, "bob@far.test");
@@ -440,44 +446,45 @@ describe("smarthost", () => {
     expect(await store.queue.list()).toEqual([]);
   });
 
+  it("with verify, sends nothing (no password either) to a smarthost whose certificate is not trusted", async () => {
+    const relayStore = await makeStore("far.test", ["bob"], "relay-pass");
+    const smarthost = await smarthostServer(relayStore);
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["bob@far.test"]);
+    await worker(store, {
+      mxPort: 9,
+      smarthost: { host: "localhost", port: smarthost.port, tls: "starttls", auth: { username: "alice@ours.test", password: "relay-pass" }, verify: true },
+    }).runOnce();
+    expect(await mailboxTexts(relayStore, "bob@far.test")).toEqual([]);
+    const waiting = await store.queue.get(item.id);
+    expect(waiting?.recipients[0]?.status).toBe("pending");
+    expect(waiting?.lastError).toMatch(/certificate/i);
+  });
+
   it("uses implicit TLS when told to", async () => {
-    const tls = selfSignedCert();
-    cleanups.push(() => tls.cleanup());
     const relayStore = await makeStore("ours.test", ["alice", "carol"], "pw");
-    const server = createSmtpServer({ store: relayStore, hostname: "localhost", tls: new TlsContext({ cert: tls.cert, key: tls.key }) });
-    const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission", implicitTls: true });
-    cleanups.push(async () => {
-      await listener.close();
-      await server.close({ deadlineMs: 100 });
-    });
+    const smarthost = await smarthostServer(relayStore, true);
     const store = await ours();
     await enqueue(store, "alice@ours.test", ["carol@elsewhere.test"]);
     await relayStore.directory.addDomain("elsewhere.test");
     await relayStore.directory.addAccount({ address: "carol@elsewhere.test", passwordHash: (await relayStore.directory.getAccount("carol@ours.test"))!.passwordHash });
     await worker(store, {
       mxPort: 9,
-      smarthost: { host: "localhost", port: listener.port, tls: "implicit", auth: { username: "alice@ours.test", password: "pw" } },
-      tlsOptions: { ca: tls.cert, rejectUnauthorized: true },
+      smarthost: { host: "localhost", port: smarthost.port, tls: "implicit", auth: { username: "alice@ours.test", password: "pw" } },
+      tlsOptions: { ca: smarthost.cert, rejectUnauthorized: true },
     }).runOnce();
     expect(await mailboxTexts(relayStore, "carol@elsewhere.test")).toHaveLength(1);
     expect(await store.queue.list()).toEqual([]);
   });
 
   it("keeps the mail queued when the smarthost refuses the password", async () => {
-    const tls = selfSignedCert();
-    cleanups.push(() => tls.cleanup());
     const relayStore = await makeStore("ours.test", ["alice"], "right");
-    const server = createSmtpServer({ store: relayStore, hostname: "localhost", tls: new TlsContext({ cert: tls.cert, key: tls.key }) });
-    const listener = await server.listen({ host: "127.0.0.1", port: 0, mode: "submission" });
-    cleanups.push(async () => {
-      await listener.close();
-      await server.close({ deadlineMs: 100 });
-    });
+    const smarthost = await smarthostServer(relayStore);
     const store = await ours();
     const item = await enqueue(store, "alice@ours.test", ["bob@far.test"]);
     await worker(store, {
       mxPort: 9,
-      smarthost: { host: "127.0.0.1", port: listener.port, tls: "starttls", auth: { username: "alice@ours.test", password: "wrong" } },
+      smarthost: { host: "127.0.0.1", port: smarthost.port, tls: "starttls", auth: { username: "alice@ours.test", password: "wrong" } },
     }).runOnce();
     const left = await store.queue.get(item.id);
     expect(left?.attempts).toBe(1);
