@@ -272,6 +272,8 @@ export function createOutbound(options: OutboundOptions): Outbound {
       return all(target);
     }
     const smarthost = options.smarthost;
+    // A smarthost with `verify` is checked whatever the MX setting says.
+    const tlsOptions = smarthost?.verify ? { ...options.tlsOptions, rejectUnauthorized: true } : options.tlsOptions;
     let lastError = "4.4.1 no host could be reached";
     for (const host of target.hosts) {
       for (const address of host.addresses) {
@@ -293,11 +295,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
                 timeoutMs,
                 replyTimeoutMs,
                 ...(options.dataTimeoutMs !== undefined ? { dataTimeoutMs: options.dataTimeoutMs } : {}),
-                ...(smarthost?.verify
-                  ? { tlsOptions: { ...options.tlsOptions, rejectUnauthorized: true } }
-                  : options.tlsOptions
-                    ? { tlsOptions: options.tlsOptions }
-                    : {}),
+                ...(tlsOptions ? { tlsOptions } : {}),
                 ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
                 ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
               });
@@ -427,7 +425,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
       if (stillPending.length > 0 && !exhausted) {
         // Recipients that failed for good are bounced now, as Postfix does at the end of an attempt,
         // not when the last of the others is delivered (which may be days away).
-        const failedNow = recipients.filter((r) => r.status === "failed" && r.notified !== true);
+        const failedNow = unreported(recipients);
         if (failedNow.length > 0 && item.sender !== "") {
           try {
             await sendDsn(item, failedNow);
@@ -453,7 +451,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
             : r,
         );
       }
-      const failed = recipients.filter((r) => r.status === "failed" && r.notified !== true);
+      const failed = unreported(recipients);
       if (failed.length > 0 && item.sender !== "") {
         try {
           await sendDsn(item, failed);
@@ -621,6 +619,11 @@ export function createOutbound(options: OutboundOptions): Outbound {
     },
     runOnce,
   };
+}
+
+/** Recipients that failed for good and were not named in a bounce yet. */
+function unreported(recipients: readonly QueueRecipient[]): QueueRecipient[] {
+  return recipients.filter((r) => r.status === "failed" && r.notified !== true);
 }
 
 /** Recipients are grouped case-insensitively by domain: one connection serves them all. */

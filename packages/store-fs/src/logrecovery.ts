@@ -143,20 +143,19 @@ async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: str
       // Each directory is listed once per replay, and again when a file is missed in a listing more
       // than a second old: a reader (Dovecot, after the reboot) may have moved it since.
       const listings = new Map<string, { readonly at: number; readonly index: ReadonlyMap<string, string> }>();
-      const indexOf = (fresh: boolean) => (dir: string): ReadonlyMap<string, string> => {
+      const listing = (dir: string, fresh: boolean): ReadonlyMap<string, string> => {
         const known = listings.get(dir);
         if (known !== undefined && !(fresh && Date.now() - known.at > 1000)) return known.index;
         const index = indexByBase(readdirSync(dir));
         listings.set(dir, { at: Date.now(), index });
         return index;
       };
-      const listCur = { cached: indexOf(false), fresh: indexOf(true) };
       for (const { header, body } of records) {
         if (header.kind !== "delivery") continue;
         for (const relative of header.targets) {
           const target = resolve(ctx.root, relative);
           if (!target.startsWith(ctx.root + sep)) continue;
-          const found = locate(target, listCur);
+          const found = locate(target, listing);
           if (found === null) {
             if (!verify) continue;
             await rewrite(ctx, target, body, header.mtimeMs);
@@ -188,12 +187,9 @@ async function replayIfAbandoned(ctx: RecoveryContext, path: string, bootId: str
 }
 
 /** Where a published file is now: under its name in new/, or renamed or moved to cur/ by a reader. */
-function locate(
-  target: string,
-  listings: { readonly cached: (dir: string) => ReadonlyMap<string, string>; readonly fresh: (dir: string) => ReadonlyMap<string, string> },
-): string | null {
+function locate(target: string, listing: (dir: string, fresh: boolean) => ReadonlyMap<string, string>): string | null {
   if (statSync(target, { throwIfNoEntry: false }) !== undefined) return target;
-  return movedToCur(target, listings.cached) ?? movedToCur(target, listings.fresh);
+  return movedToCur(target, (dir) => listing(dir, false)) ?? movedToCur(target, (dir) => listing(dir, true));
 }
 
 function sameContent(path: string, body: Uint8Array): boolean {
