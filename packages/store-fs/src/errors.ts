@@ -4,9 +4,11 @@ import { StoreError, isStoreError, type StoreErrorCode } from "@mailroom/store";
 const BY_ERRNO: Readonly<Record<string, StoreErrorCode>> = {
   ENOSPC: "no-space",
   EDQUOT: "no-space",
-  EACCES: "permanent",
-  EPERM: "permanent",
-  EROFS: "permanent",
+  // A permission or a read-only mount is the operator's to fix, and mail must wait for it rather than
+  // bounce: Postfix and Dovecot's LDA defer on these too (451 4.3.0, not 554).
+  EACCES: "unavailable",
+  EPERM: "unavailable",
+  EROFS: "unavailable",
   EMFILE: "temporary",
   ENFILE: "temporary",
   EAGAIN: "temporary",
@@ -19,9 +21,16 @@ const BY_ERRNO: Readonly<Record<string, StoreErrorCode>> = {
   ENAMETOOLONG: "invalid-name",
 };
 
+const WITH_PATH = new Set(["EACCES", "EPERM", "EROFS"]);
+
 export function errnoOf(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === "string" ? code : undefined;
+}
+
+/** True when `error`, or the error it wraps (`cause`), is a system error with one of these codes. */
+export function causedByErrno(error: unknown, ...codes: string[]): boolean {
+  return isErrno(error, ...codes) || isErrno((error as { cause?: unknown } | null)?.cause, ...codes);
 }
 
 /** True for a Node system error with this errno code. */
@@ -42,7 +51,8 @@ export function fsError(error: unknown, what: string, path: string, options: { e
   if (errno === "ENOENT") code = options.enoent ?? "permanent";
   code ??= "temporary";
   const detail = error instanceof Error ? error.message : String(error);
-  const where = code === "permanent" || code === "not-found" ? ` (${path})` : "";
+  // The path tells the operator which permission or mount to fix; it only ever reaches the log.
+  const where = code === "permanent" || code === "not-found" || WITH_PATH.has(errno) ? ` (${path})` : "";
   return new StoreError(code, `maildir: ${what} failed${where}: ${detail}`, { cause: error });
 }
 

@@ -1,4 +1,5 @@
 import * as fs from "node:fs";
+import { PRIVATE_FILE } from "./fsutil.js";
 
 /**
  * Promises over the callback file API, for the calls every delivery makes (open, writev, utimes, fsync,
@@ -19,7 +20,7 @@ function done(resolve: () => void, reject: (error: unknown) => void): (error: Er
 }
 
 /** Creates `path`, failing if it exists (`wx`), and returns the descriptor. */
-export function openNew(path: string, mode = 0o666): Promise<number> {
+export function openNew(path: string, mode = PRIVATE_FILE): Promise<number> {
   return new Promise((resolve, reject) => fs.open(path, "wx", mode, settle(resolve, reject)));
 }
 
@@ -36,7 +37,7 @@ export const SYNC_WRITES: number | null = typeof fs.constants.O_SYNC === "number
  * Creates `path` like `openNew`, but every write through the descriptor returns only once it is
  * durable (`SYNC_WRITES`, which must not be null).
  */
-export function openNewSyncing(path: string, mode = 0o666): Promise<number> {
+export function openNewSyncing(path: string, mode = PRIVATE_FILE): Promise<number> {
   const { O_WRONLY, O_CREAT, O_EXCL, O_TRUNC } = fs.constants;
   const flags = O_WRONLY | O_CREAT | O_EXCL | O_TRUNC | (SYNC_WRITES ?? 0);
   return new Promise((resolve, reject) => fs.open(path, flags, mode, settle(resolve, reject)));

@@ -61,7 +61,7 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
   // Publishes waiting for the append that makes their record durable.
   let held = [];
   const writeNew = (path, data, mtimeMs) => {
-    const fd = fs.openSync(path, "wx", 0o666);
+    const fd = fs.openSync(path, "wx", 0o600);
     try {
       try {
         let at = 0;

@@ -4,6 +4,14 @@ import { dirname, join } from "node:path";
 import { StoreError, parseProcessStamp, processHasEnded, processStamp } from "@mailroom/store";
 import { isErrno } from "./errors.js";
 
+/**
+ * Modes for everything the store creates: mail, password hashes and queue items are nobody else's
+ * business, so files are owner-only and directories too (Postfix and Dovecot do the same; a shared
+ * group must be granted by the operator on purpose). The process umask can only narrow these.
+ */
+export const PRIVATE_FILE = 0o600;
+export const PRIVATE_DIR = 0o700;
+
 /** Durability switch shared by every helper: tests and throwaway stores may turn fsync off. */
 export interface SyncPolicy {
   readonly fsync: boolean;
@@ -38,7 +46,7 @@ export function uniqueSuffix(): string {
 export async function writeFileAtomic(path: string, data: string | Uint8Array, policy: SyncPolicy): Promise<void> {
   const temp = `${path}.tmp-${uniqueSuffix()}`;
   try {
-    const handle = await fsp.open(temp, "wx");
+    const handle = await fsp.open(temp, "wx", PRIVATE_FILE);
     try {
       await handle.writeFile(data);
       if (policy.fsync) await handle.sync();
@@ -85,7 +93,7 @@ export async function readdirOrEmpty(path: string): Promise<string[]> {
 /** mkdir -p that also syncs each parent it changed, so a new mailbox survives a crash. */
 export async function makeDirs(path: string, policy: SyncPolicy): Promise<void> {
   try {
-    await fsp.mkdir(path);
+    await fsp.mkdir(path, PRIVATE_DIR);
     await fsyncDir(dirname(path), policy);
     return;
   } catch (error) {
@@ -94,7 +102,7 @@ export async function makeDirs(path: string, policy: SyncPolicy): Promise<void> 
   }
   await makeDirs(dirname(path), policy);
   try {
-    await fsp.mkdir(path);
+    await fsp.mkdir(path, PRIVATE_DIR);
     await fsyncDir(dirname(path), policy);
   } catch (error) {
     if (!isErrno(error, "EEXIST")) throw error;
@@ -128,7 +136,7 @@ export async function withDirLock<T>(lockPath: string, body: () => Promise<T>, o
   let pause = 2;
   for (;;) {
     try {
-      await fsp.mkdir(lockPath);
+      await fsp.mkdir(lockPath, PRIVATE_DIR);
       break;
     } catch (error) {
       if (!isErrno(error, "EEXIST")) throw error;
@@ -143,7 +151,7 @@ export async function withDirLock<T>(lockPath: string, body: () => Promise<T>, o
   // Not flushed: it speaks only for a running process, and after a restart the lock is stale anyway.
   const owner = join(lockPath, `${OWNER_PREFIX}${uniqueSuffix()}`);
   const stamp = processStamp();
-  if (stamp !== null) await fsp.writeFile(owner, JSON.stringify(stamp)).catch(() => undefined);
+  if (stamp !== null) await fsp.writeFile(owner, JSON.stringify(stamp), { mode: PRIVATE_FILE }).catch(() => undefined);
   const heartbeat = setInterval(() => {
     const now = new Date();
     fsp.utimes(lockPath, now, now).catch(() => undefined);
@@ -167,7 +175,7 @@ export async function withDirLock<T>(lockPath: string, body: () => Promise<T>, o
 async function breakIfAbandoned(lockPath: string, staleMs: number): Promise<boolean> {
   const breaking = `${lockPath}.breaking`;
   try {
-    await fsp.mkdir(breaking);
+    await fsp.mkdir(breaking, PRIVATE_DIR);
   } catch (error) {
     if (!isErrno(error, "EEXIST")) throw error;
     const info = await fsp.stat(breaking).catch(() => null);

@@ -4,6 +4,7 @@ import { isAbsolute, resolve } from "node:path";
 import { StoreError, silentLogger, type Logger, type Store, type StoreAdapter, type StoreOptions } from "@mailroom/store";
 import { MailboxCaches, type StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
+import { PRIVATE_DIR } from "./fsutil.js";
 import { DirSyncs } from "./groupcommit.js";
 import { DeliveryLog } from "./deliverylog.js";
 import { FileThread } from "./filethread.js";
@@ -63,7 +64,7 @@ const DEFAULT_DELIVERY_LOG_BYTES = 32 * 1024;
 
 export async function createFsStore(options: FsStoreOptions): Promise<Store> {
   const root = resolve(options.root);
-  await attempt("create root", root, () => fsp.mkdir(root, { recursive: true }));
+  await attempt("create root", root, () => fsp.mkdir(root, { recursive: true, mode: PRIVATE_DIR }));
   const policy = { fsync: options.fsync ?? true };
   const logger = options.logger ?? silentLogger;
   const bulk = new BulkSync((message) => logger.warn(message));

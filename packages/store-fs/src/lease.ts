@@ -12,7 +12,7 @@ import {
   type ProcessStamp,
 } from "@mailroom/store";
 import { attempt, isErrno } from "./errors.js";
-import { fsyncDir, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic, type SyncPolicy } from "./fsutil.js";
+import { PRIVATE_FILE, fsyncDir, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic, type SyncPolicy } from "./fsutil.js";
 
 /**
  * The mailbox lease is the file `<maildir>/mailroom-lease` holding `{token, holder, expiresAt}`.
@@ -68,7 +68,7 @@ async function readLease(path: string): Promise<LeaseRecord | null> {
 
 async function createExclusive(path: string, record: LeaseRecord, policy: SyncPolicy): Promise<boolean> {
   const temp = `${path}.new-${uniqueSuffix()}`;
-  const handle = await fsp.open(temp, "wx");
+  const handle = await fsp.open(temp, "wx", PRIVATE_FILE);
   try {
     await handle.writeFile(JSON.stringify(record));
     if (policy.fsync) await handle.sync();
@@ -82,7 +82,7 @@ async function createExclusive(path: string, record: LeaseRecord, policy: SyncPo
     if (!isErrno(error, "EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS")) throw error;
     // No hard links here (some FUSE and SMB mounts): O_EXCL create is still race-free.
     try {
-      await fsp.writeFile(path, JSON.stringify(record), { flag: "wx" });
+      await fsp.writeFile(path, JSON.stringify(record), { flag: "wx", mode: PRIVATE_FILE });
     } catch (inner) {
       if (isErrno(inner, "EEXIST")) return false;
       throw inner;

@@ -4,7 +4,7 @@ import { basename, dirname, join, resolve, sep } from "node:path";
 import { currentBootId, processHasEnded, processStamp, type Logger } from "@mailroom/store";
 import { LOG_DIR, liveLogs } from "./deliverylog.js";
 import { isErrno } from "./errors.js";
-import { fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type SyncPolicy } from "./fsutil.js";
+import { PRIVATE_FILE, fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type SyncPolicy } from "./fsutil.js";
 import { readRecords, type LogOwner } from "./logformat.js";
 import { indexByBase, movedToCur, type BulkSync } from "./syncfs.js";
 
@@ -206,7 +206,7 @@ async function rewrite(ctx: RecoveryContext, path: string, body: Uint8Array, mti
   for (const sub of ["tmp", "new", "cur"]) await makeDirs(join(maildir, sub), ctx.policy);
   const temp = join(maildir, "tmp", `${basename(path).split(":")[0]}.restore-${uniqueSuffix()}`);
   try {
-    const handle = await fsp.open(temp, "wx");
+    const handle = await fsp.open(temp, "wx", PRIVATE_FILE);
     try {
       await handle.writeFile(body);
       const when = new Date(mtimeMs);

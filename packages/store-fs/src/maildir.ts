@@ -16,7 +16,7 @@ import {
   type Uid,
 } from "@mailroom/store";
 import { JsonFile, type FileFacts, type MailboxCache, type StoreContext } from "./context.js";
-import { attempt, fsError, isErrno } from "./errors.js";
+import { attempt, causedByErrno, fsError, isErrno } from "./errors.js";
 import { compareArrival, messageName, newBase, parseName, uidOfBase, withSeenFlag, type ParsedName } from "./filenames.js";
 import { fsyncDir, makeDirs, readTextOrNull, readdirOrEmpty, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
 import { ID_FILE } from "./layout.js";
@@ -25,6 +25,13 @@ import { crlfSizeOf, fileChunks, toCrlf } from "./streams.js";
 import { mapLimited } from "./concurrency.js";
 import { writeMessageFile } from "./writing.js";
 import { closeFd, openReadOnly } from "./fdio.js";
+
+/** Thrown by `facts` for an entry of new/ or cur/ that is not a regular file; the scan skips it. */
+class NotAMessageFile extends Error {
+  constructor(path: string) {
+    super(`maildir: ${path} is not a regular file`);
+  }
+}
 
 export const STATE_FILE = "mailroom-state.json";
 export const JOURNAL_FILE = "mailroom-expunge.journal";
@@ -145,6 +152,9 @@ export class FsMailbox implements Mailbox {
     const known = this.cache.facts.get(parsed.base);
     if (known) return known;
     const info = await fsp.stat(path);
+    // A directory or a FIFO someone made in new/ or cur/ is no message: reading it would fail the
+    // whole listing, or block a pool thread forever.
+    if (!info.isFile()) throw new NotAMessageFile(path);
     const receivedAt = Math.round(info.mtimeMs);
     let facts: FileFacts;
     if (parsed.ours) {
@@ -240,6 +250,7 @@ export class FsMailbox implements Mailbox {
         try {
           return { uid: uidOfBase(parsed.base), parsed, sub, path, facts: await this.facts(parsed, path) };
         } catch (error) {
+          if (error instanceof NotAMessageFile) return null;
           if (!isErrno(error, "ENOENT")) throw error;
           vanished = true;
           return null;
@@ -480,9 +491,26 @@ export class FsMailbox implements Mailbox {
     );
   }
 
+  /**
+   * Forgets that this maildir was made: an operator may remove it under a running server (a reset,
+   * or a user deleted and added again), and the next write must make it again, as Postfix and
+   * Dovecot do, instead of failing until a restart.
+   */
+  forgetDirs(): void {
+    this.ctx.prepared.delete(this.dir);
+  }
+
   async acquireLease(options: LeaseOptions): Promise<Lease> {
     await this.ensureDirs();
-    const lease = await this.leases.acquire(options);
+    let lease: Lease;
+    try {
+      lease = await this.leases.acquire(options);
+    } catch (error) {
+      if (!causedByErrno(error, "ENOENT")) throw error;
+      this.forgetDirs();
+      await this.ensureDirs();
+      lease = await this.leases.acquire(options);
+    }
     try {
       if ((await this.journal()).bases.size > 0) await this.withStateLock(() => this.rollForward());
     } catch (error) {

@@ -22,7 +22,7 @@ import {
 } from "@mailroom/store";
 import type { StoreContext } from "./context.js";
 import { attempt, fsError, isErrno } from "./errors.js";
-import { fsyncDir, makeDirs, readdirOrEmpty, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
+import { PRIVATE_DIR, fsyncDir, makeDirs, readdirOrEmpty, uniqueSuffix, unlinkQuiet, withDirLock, writeFileAtomic } from "./fsutil.js";
 import { asLeaseRecord, isLive, LEASE_FILE, LeaseManager, type LeaseRecord } from "./lease.js";
 import { fileChunks } from "./streams.js";
 import { openReadOnly } from "./fdio.js";
@@ -119,7 +119,7 @@ export class FsQueue implements Queue {
       await makeDirs(this.items, this.ctx.policy);
     });
     const staging = join(this.tmp, id);
-    await attempt("create queue item", staging, () => fsp.mkdir(staging));
+    await attempt("create queue item", staging, () => fsp.mkdir(staging, PRIVATE_DIR));
     try {
       const { size } = await writeMessageFile(join(staging, MESSAGE_FILE), guardAppendSource(source, options), this.ctx.policy, now);
       const item: QueueItem = {

@@ -3,7 +3,7 @@ import { promises as fsp } from "node:fs";
 import { join } from "node:path";
 import type { QueueItem } from "@mailroom/store";
 import { isErrno } from "./errors.js";
-import { readdirOrEmpty } from "./fsutil.js";
+import { PRIVATE_DIR, PRIVATE_FILE, readdirOrEmpty } from "./fsutil.js";
 
 /**
  * What `claim` knows of the queue between full scans.
@@ -122,8 +122,8 @@ export class QueueIndex {
       else this.held.set(id, entryOf(item));
     }
     try {
-      await fsp.mkdir(this.dir, { recursive: true });
-      await fsp.writeFile(join(this.dir, this.own), String(this.ownCount));
+      await fsp.mkdir(this.dir, { recursive: true, mode: PRIVATE_DIR });
+      await fsp.writeFile(join(this.dir, this.own), String(this.ownCount), { mode: PRIVATE_FILE });
     } catch {
       // See above.
     }

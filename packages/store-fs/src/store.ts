@@ -15,7 +15,7 @@ import {
 } from "@mailroom/store";
 import type { StoreContext } from "./context.js";
 import { FsDirectory } from "./directory.js";
-import { attempt } from "./errors.js";
+import { attempt, causedByErrno } from "./errors.js";
 import { messageName, newBase, uidOfBase } from "./filenames.js";
 import { readTextOrNull, readdirOrEmpty, unlinkQuiet } from "./fsutil.js";
 import { ID_FILE, RESERVED_PREFIX, idFromSegments, locateMailbox } from "./layout.js";
@@ -158,6 +158,12 @@ export class FsStore implements Store {
     } catch (error) {
       for (const path of linked) await unlinkQuiet(path).catch(() => undefined);
       await unlinkQuiet(temp).catch(() => undefined);
+      if (causedByErrno(error, "ENOENT")) {
+        // A maildir removed under the running server: the message is gone with the stream, so this
+        // try is deferred (451), and the next one makes the directories again.
+        for (const box of boxes) box.forgetDirs();
+        throw new StoreError("temporary", `maildir: a mailbox directory disappeared during delivery: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+      }
       throw error;
     } finally {
       keep?.drop();

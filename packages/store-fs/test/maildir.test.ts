@@ -4,7 +4,7 @@ import { execFileSync } from "node:child_process";
 import { mkdir, readdir, readFile, rename, stat, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { hasStoreErrorCode } from "@mailroom/store";
-import { DIRECTORY_FILE, JOURNAL_FILE, locateMailbox } from "../src/index.js";
+import { DIRECTORY_FILE, JOURNAL_FILE, createFsStore, locateMailbox } from "../src/index.js";
 import { openStore, readText, tempRoot, text } from "./helpers.js";
 
 const root = await tempRoot("maildir");
@@ -272,13 +272,81 @@ describe("maildir specifics", () => {
     await expect(stat(join(dir, "mailroom-lease"))).rejects.toThrow();
   });
 
+  it("creates every file owner-only and every directory owner-only: mail, password hashes, queue", async () => {
+    const ns = join(fresh(), "made-by-the-store");
+    // The durable store, so that the delivery log and its file thread write files too.
+    const store = await createFsStore({ root: ns, hostname: "test.host" });
+    try {
+      await store.directory.addDomain("example.test");
+      await store.directory.addAccount({ address: "alice@example.test", passwordHash: "$scrypt$not-a-real-hash" });
+      await store.deliver(["alice@example.test", "bob@example.test"], text("Subject: small\r\n\r\nhi\r\n"));
+      await store.deliver(["alice@example.test"], text(`Subject: big\r\n\r\n${"x".repeat(100_000)}\r\n`));
+      await store.queue.enqueue({ sender: "alice@example.test", recipients: ["x@remote.test"] }, text("Subject: out\r\n\r\nhi\r\n"));
+      const box = store.mailbox("alice@example.test");
+      const lease = await box.acquireLease({ holder: "test", ttlMs: 60_000 });
+      await box.markRetrieved([(await box.list())[0]!.uid], lease);
+      await lease.release();
+    } finally {
+      await store.close();
+    }
+    const open: string[] = [];
+    const walk = async (dir: string): Promise<void> => {
+      for (const entry of await readdir(dir, { withFileTypes: true })) {
+        const path = join(dir, entry.name);
+        if (((await stat(path)).mode & 0o077) !== 0) open.push(path);
+        if (entry.isDirectory()) await walk(path);
+      }
+    };
+    if (((await stat(ns)).mode & 0o077) !== 0) open.push(ns);
+    await walk(ns);
+    expect(open).toEqual([]);
+    expect((await readdir(join(ns, "example.test", "alice", "cur"))).length).toBe(1);
+  });
+
+  it("lists past directories and FIFOs in new/ and cur/ instead of failing or hanging", async () => {
+    const ns = fresh();
+    const dir = await maildir(ns, "odd@example.test");
+    await mkdir(join(dir, "new", "1764200000.M1P1.sub"));
+    execFileSync("mkfifo", [join(dir, "cur", "1764200001.M1P1.fifo:2,S")]);
+    await writeFile(join(dir, "new", "1764200002.M1P1.real"), "Subject: x\r\n\r\nhi\r\n");
+    const box = (await openStore(ns)).mailbox("odd@example.test");
+    const listed = await box.list();
+    expect(listed.map((m) => m.size)).toEqual([18]);
+    expect(await readText(box.read(listed[0]!.uid))).toBe("Subject: x\r\n\r\nhi\r\n");
+  });
+
+  it("makes a maildir removed under the running store again: one delivery deferred, the next delivered", async () => {
+    const ns = fresh();
+    const store = await createFsStore({ root: ns, hostname: "test.host" });
+    try {
+      const id = "gone@example.test";
+      const dir = locateMailbox(ns, id).dir;
+      await store.deliver([id], text("Subject: 1\r\n\r\nA\r\n"));
+      for (const body of ["small", "y".repeat(100_000)]) {
+        await fsPromises.rm(dir, { recursive: true });
+        // The stream is spent by then, so this one is deferred (451 in SMTP), never bounced.
+        const error = await store.deliver([id], text(`Subject: 2\r\n\r\n${body}\r\n`)).catch((e: unknown) => e);
+        expect(error).toMatchObject({ code: "temporary", temporary: true });
+        await store.deliver([id], text(`Subject: 3\r\n\r\n${body}\r\n`));
+        expect(await store.mailbox(id).list()).toHaveLength(1);
+      }
+      await fsPromises.rm(dir, { recursive: true });
+      const lease = await store.mailbox(id).acquireLease({ holder: "test", ttlMs: 60_000 });
+      expect(await store.mailbox(id).list()).toEqual([]);
+      await lease.release();
+    } finally {
+      await store.close();
+    }
+  });
+
   it("maps file system errors to store error codes", async () => {
     const { fsError } = await import("../src/errors.js");
     const err = (code: string) => Object.assign(new Error(code), { code });
     expect(fsError(err("ENOSPC"), "write", "/x").code).toBe("no-space");
     expect(fsError(err("EDQUOT"), "write", "/x").code).toBe("no-space");
-    expect(fsError(err("EACCES"), "write", "/x")).toMatchObject({ code: "permanent", message: expect.stringContaining("(/x)") });
-    expect(fsError(err("EROFS"), "write", "/x").code).toBe("permanent");
+    // Deferred, not bounced: the operator fixes a permission or a read-only mount and the mail waits.
+    expect(fsError(err("EACCES"), "write", "/x")).toMatchObject({ code: "unavailable", temporary: true, message: expect.stringContaining("(/x)") });
+    expect(fsError(err("EROFS"), "write", "/x")).toMatchObject({ code: "unavailable", message: expect.stringContaining("(/x)") });
     for (const c of ["EMFILE", "ENFILE", "EAGAIN", "EBUSY"]) expect(fsError(err(c), "open", "/x").code).toBe("temporary");
     expect(fsError(err("ENOENT"), "read", "/x", { enoent: "not-found" }).code).toBe("not-found");
     expect(fsError(err("EIO"), "read", "/x").message).toMatch(/^maildir: /);
