@@ -316,6 +316,7 @@ function tlsInfo(socket: TLSSocket): TlsInfo {
 }
 
 /** `::ffff:127.0.0.1` → `127.0.0.1`, so limits and logs see one form per client. */
-function normaliseAddress(address: string): string {
+/** An IPv4 client on a dual-stack socket is counted and logged by its IPv4 address. */
+export function normaliseAddress(address: string): string {
   return address.startsWith("::ffff:") && address.includes(".") ? address.slice(7) : address;
 }

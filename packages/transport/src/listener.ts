@@ -1,6 +1,6 @@
 import { createServer as createNetServer, type Server, type Socket } from "node:net";
 import { createServer as createTlsServer } from "node:tls";
-import { Connection } from "./connection.js";
+import { Connection, normaliseAddress } from "./connection.js";
 import type { TlsContext } from "./tls-context.js";
 
 export type RejectReason = "capacity" | "per-address";
@@ -39,33 +39,43 @@ export interface Listener {
   close(): Promise<void>;
 }
 
+const socketKey = (socket: Socket): string => `${socket.remoteAddress ?? ""}|${socket.remotePort ?? 0}`;
+
 /** Opens a listening socket, or rejects with an error that names the address (e.g. port in use). */
 export async function listen(options: ListenOptions): Promise<Listener> {
   const maxConnections = options.maxConnections ?? 10_000;
   const maxPerAddress = options.maxConnectionsPerAddress ?? 100;
   const open = new Set<Connection>();
+  // Counted per socket from the moment it is accepted, so that an implicit-TLS port holds no more
+  // sockets in their handshake than its limits allow either (otherwise one address could open
+  // thousands and run the process out of descriptors before a single one is counted).
+  let held = 0;
   const perAddress = new Map<string, number>();
+  /**
+   * Sockets of an implicit-TLS port still in their handshake, by remote address and port (the TLS
+   * socket shows the same pair as the one it wraps): closing the listener drops them.
+   */
+  const handshaking = new Map<string, Socket>();
 
-  const accept = (socket: Socket): void => {
-    const connection = new Connection(socket);
-    const address = connection.remoteAddress;
+  const admit = (socket: Socket): RejectReason | null => {
+    const address = normaliseAddress(socket.remoteAddress ?? "");
     const fromAddress = (perAddress.get(address) ?? 0) + 1;
-    let reason: RejectReason | null = null;
-    if (open.size >= maxConnections) reason = "capacity";
-    else if (fromAddress > maxPerAddress) reason = "per-address";
-    if (reason) {
-      if (options.onRejected) options.onRejected(connection, reason);
-      else connection.destroy();
-      return;
-    }
-    open.add(connection);
+    if (held >= maxConnections) return "capacity";
+    if (fromAddress > maxPerAddress) return "per-address";
+    held++;
     perAddress.set(address, fromAddress);
     socket.once("close", () => {
-      open.delete(connection);
+      held--;
       const left = (perAddress.get(address) ?? 1) - 1;
       if (left <= 0) perAddress.delete(address);
       else perAddress.set(address, left);
     });
+    return null;
+  };
+
+  const start = (connection: Connection, socket: Socket): void => {
+    open.add(connection);
+    socket.once("close", () => open.delete(connection));
     options.onConnection(connection);
   };
 
@@ -73,14 +83,37 @@ export async function listen(options: ListenOptions): Promise<Listener> {
   if (options.implicitTls) {
     const context = options.tls;
     if (!context) throw new Error(`listener ${options.host}:${options.port}: implicit TLS needs a certificate`);
+    const handshakeMs = options.handshakeTimeoutMs ?? 30_000;
     const tlsServer = createTlsServer({
       ...context.serverOptions,
       // See below: the session ends the connection once it answered everything.
       allowHalfOpen: true,
-      handshakeTimeout: options.handshakeTimeoutMs ?? 30_000,
+      handshakeTimeout: handshakeMs,
     });
     context.onReload(() => tlsServer.setSecureContext(context.serverOptions));
-    tlsServer.on("secureConnection", accept);
+    tlsServer.on("connection", (raw: Socket) => {
+      // Before the handshake there is no channel to say why: over a limit is closed without a word.
+      if (admit(raw) !== null) {
+        raw.destroy();
+        return;
+      }
+      const key = socketKey(raw);
+      handshaking.set(key, raw);
+      // Our own deadline besides the TLS server's: a runtime that ignores `handshakeTimeout` would
+      // otherwise hold a silent socket for ever.
+      const timer = setTimeout(() => {
+        if (handshaking.get(key) === raw) raw.destroy();
+      }, handshakeMs + 1_000);
+      timer.unref?.();
+      raw.once("close", () => {
+        clearTimeout(timer);
+        if (handshaking.get(key) === raw) handshaking.delete(key);
+      });
+    });
+    tlsServer.on("secureConnection", (socket: Socket) => {
+      handshaking.delete(socketKey(socket));
+      start(new Connection(socket), socket);
+    });
     // Failed handshakes (scanners, wrong protocol) are routine on a public port.
     tlsServer.on("tlsClientError", (_error, socket) => socket.destroy());
     server = tlsServer;
@@ -88,7 +121,13 @@ export async function listen(options: ListenOptions): Promise<Listener> {
     // A client may send its whole conversation and shut down its sending side at once (a script,
     // `nc -N`); Postfix and Dovecot still answer every command. Half-open sockets let the session do
     // the same and end the connection itself (Connection's `inputEnd`).
-    server = createNetServer({ allowHalfOpen: true }, accept);
+    server = createNetServer({ allowHalfOpen: true }, (socket) => {
+      const connection = new Connection(socket);
+      const reason = admit(socket);
+      if (reason === null) start(connection, socket);
+      else if (options.onRejected) options.onRejected(connection, reason);
+      else connection.destroy();
+    });
   }
   server.on("error", () => {});
 
@@ -121,6 +160,11 @@ export async function listen(options: ListenOptions): Promise<Listener> {
       return open.size;
     },
     connections: () => open.values(),
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // A socket still in its handshake belongs to no session that could end it.
+        for (const raw of handshaking.values()) raw.destroy();
+      }),
   };
 }

@@ -117,9 +117,10 @@ export function connectPlain(port: number, localAddress?: string): Promise<LineC
   });
 }
 
-export function connectTls(port: number, ca: string | string[]): Promise<LineClient> {
+export function connectTls(port: number, ca: string | string[], localAddress?: string): Promise<LineClient> {
   return new Promise((resolve, reject) => {
-    const socket = tlsConnect({ host: "127.0.0.1", port, ca, servername: "localhost" }, () => resolve(new LineClient(socket)));
+    const options = { host: "127.0.0.1", port, ca, servername: "localhost", ...(localAddress ? { localAddress } : {}) };
+    const socket = tlsConnect(options, () => resolve(new LineClient(socket)));
     socket.once("error", reject);
   });
 }

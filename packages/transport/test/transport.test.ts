@@ -452,6 +452,37 @@ describe("TLS", () => {
     expect(sessions).toHaveLength(0);
   });
 
+  it("counts sockets still in their TLS handshake against the connection limits", async () => {
+    const tls = new TlsContext({ cert: certA.cert, key: certA.key });
+    const listener = await serve({ tls, implicitTls: true, maxConnectionsPerAddress: 2, handshakeTimeoutMs: 1_000 });
+    // Two silent sockets that never start their handshake hold both of this address's slots.
+    const a = track(await connectPlain(listener.port));
+    const b = track(await connectPlain(listener.port));
+    const third = track(await connectPlain(listener.port));
+    await third.closed;
+    expect(third.pending).toBe("");
+    expect(a.socket.destroyed || b.socket.destroyed).toBe(false);
+    // Another address still gets in.
+    const other = track(await connectTls(listener.port, certA.cert, "127.0.0.2"));
+    other.write("ECHO other\r\n");
+    expect(await other.readLine()).toBe("other");
+    // The handshake timeout frees both slots, and they are given out again.
+    await Promise.all([a.closed, b.closed]);
+    const next = track(await connectTls(listener.port, certA.cert));
+    next.write("ECHO next\r\n");
+    expect(await next.readLine()).toBe("next");
+  });
+
+  it("drops sockets still in their handshake when the listener closes", async () => {
+    const tls = new TlsContext({ cert: certA.cert, key: certA.key });
+    const listener = await serve({ tls, implicitTls: true, handshakeTimeoutMs: 20_000 });
+    const silent = track(await connectPlain(listener.port));
+    const started = Date.now();
+    await listener.close();
+    await silent.closed;
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
   it("refuses an implicit-TLS listener without a certificate", async () => {
     await expect(listen({ host: "127.0.0.1", port: 0, implicitTls: true, onConnection: () => {} })).rejects.toThrow(
       /certificate/,
