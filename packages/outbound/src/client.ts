@@ -36,8 +36,13 @@ export class SmtpReplyError extends Error {
     super(`${stage}: ${formatReply(reply)}`);
   }
   get permanent(): boolean {
-    return this.reply.code >= 500;
+    return isFailure(this.reply.code);
   }
+}
+
+/** 5xx: refused for good. Anything else that is not the expected success is worth another try. */
+function isFailure(code: number): boolean {
+  return code >= 500 && code < 600;
 }
 
 export function formatReply(reply: Reply): string {
@@ -53,9 +58,32 @@ export interface TransactionInput {
   readonly body: () => Promise<AsyncIterable<Uint8Array>>;
 }
 
+/** The command a recipient's deciding reply answered. */
+export type Stage = "RCPT" | "DATA" | "end of data";
+
+export interface RecipientResult {
+  /** The reply that decided: to RCPT when refused there, else to DATA or after the data. */
+  readonly reply: Reply;
+  readonly stage: Stage;
+  readonly status: "delivered" | "failed" | "pending";
+  /** A reply of a class or code the command cannot have (RFC 5321 4.2.1, 4.3.2): never success. */
+  readonly unexpected: boolean;
+}
+
 export interface TransactionResult {
-  /** Per recipient: the RCPT reply, or the DATA reply for those accepted at RCPT. */
-  readonly recipients: ReadonlyMap<string, Reply>;
+  readonly recipients: ReadonlyMap<string, RecipientResult>;
+}
+
+/**
+ * How a refusal at `stage` counts. 5xx fails for good, except 552 to RCPT, which RFC 5321 4.5.3.1.10
+ * says to take as temporary (too many recipients). Everything else is temporary: 4xx by definition,
+ * and a code the command cannot have (1xx, 3xx, 252, 2xx to DATA), because only 250/251 to RCPT,
+ * 354 to DATA and 250 after the data say that the server took the message.
+ */
+function refused(stage: Stage, reply: Reply): RecipientResult {
+  const failed = isFailure(reply.code) && !(stage === "RCPT" && reply.code === 552);
+  const unexpected = reply.code < 400 || reply.code >= 600;
+  return { reply, stage, status: failed ? "failed" : "pending", unexpected };
 }
 
 export class SmtpSession {
@@ -189,12 +217,18 @@ export class SmtpSession {
       await this.#reset();
       throw new SmtpReplyError(mail, "MAIL FROM");
     }
-    const results = new Map<string, Reply>();
+    const results = new Map<string, RecipientResult>();
+    const refuse = (recipients: readonly string[], stage: Stage, reply: Reply): void => {
+      const result = refused(stage, reply);
+      // A server that answers out of turn may be in any state: no further transaction on it.
+      if (result.unexpected) this.#broken = true;
+      for (const recipient of recipients) results.set(recipient, result);
+    };
     const accepted: string[] = [];
     for (const recipient of input.recipients) {
       const reply = await this.#command(`RCPT TO:<${recipient}>`);
-      results.set(recipient, reply);
       if (reply.code === 250 || reply.code === 251) accepted.push(recipient);
+      else refuse([recipient], "RCPT", reply);
     }
     if (accepted.length === 0) {
       await this.#reset();
@@ -203,12 +237,15 @@ export class SmtpSession {
     const data = await this.#command("DATA");
     if (data.code !== 354) {
       await this.#reset();
-      for (const recipient of accepted) results.set(recipient, data);
+      refuse(accepted, "DATA", data);
       return { recipients: results };
     }
     await this.#streamBody(await input.body());
     const end = await this.#socket.readReply(Math.max(this.#options.replyTimeoutMs ?? this.#options.timeoutMs, this.#options.dataTimeoutMs ?? 10 * 60_000));
-    for (const recipient of accepted) results.set(recipient, end);
+    if (end.code === 250) {
+      const delivered: RecipientResult = { reply: end, stage: "end of data", status: "delivered", unexpected: false };
+      for (const recipient of accepted) results.set(recipient, delivered);
+    } else refuse(accepted, "end of data", end);
     return { recipients: results };
   }
 
@@ -244,15 +281,25 @@ export class SmtpSession {
     await this.#socket.write(stuffer.end());
   }
 
-  async quit(): Promise<void> {
+  /**
+   * Says QUIT and waits for the answer at most `timeoutMs` (default the reply timeout), then closes
+   * either way: at shutdown the caller has a deadline of its own to keep.
+   */
+  async quit(timeoutMs = this.#options.replyTimeoutMs ?? this.#options.timeoutMs): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       if (!this.#socket.closed && !this.#broken) {
-        await this.#socket.write("QUIT\r\n");
-        await this.#socket.readReply();
+        const said = (async () => {
+          await this.#socket.write("QUIT\r\n");
+          await this.#socket.readReply(timeoutMs);
+        })();
+        // The write alone may wait for a server that stopped reading.
+        await Promise.race([said, new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs)))]);
       }
     } catch {
       // The server may close without answering QUIT: nothing was lost.
     } finally {
+      clearTimeout(timer);
       this.#socket.close();
     }
   }

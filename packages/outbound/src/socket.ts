@@ -39,16 +39,26 @@ export interface ConnectOptions {
   readonly tls?: TlsClientOptions;
   /** For the connection to open. */
   readonly timeoutMs: number;
-  /** For each reply, a TLS handshake and a stalled write; default `timeoutMs`. */
+  /** For each whole reply, a TLS handshake and a stalled write; default `timeoutMs`. */
   readonly replyTimeoutMs?: number;
 }
 
+/** Longest unfinished line kept; RFC 5321 4.5.3.1.5 allows 512 octets, servers send more. */
 const MAX_LINE = 4096;
+/**
+ * Per reply, and for lines received but not read yet: a server that sends more is broken or hostile,
+ * and without a cap it could fill the memory of the process that also serves the listeners.
+ * The longest EHLO replies seen in practice are around 20 lines.
+ */
+export const MAX_REPLY_LINES = 100;
+export const MAX_REPLY_BYTES = 64 * 1024;
 
 export class ClientSocket {
   #socket: Socket;
   #buffer = "";
   #lines: string[] = [];
+  /** Octets in `#lines`. */
+  #bufferedBytes = 0;
   #waiter: (() => void) | null = null;
   #error: Error | null = null;
   #closed = false;
@@ -97,13 +107,20 @@ export class ClientSocket {
   #attach(socket: Socket): void {
     socket.setEncoding("latin1");
     socket.on("data", (chunk: string) => {
+      // Once failed, whatever else arrives is never read.
+      if (this.#error) return;
       this.#buffer += chunk;
       let index: number;
       while ((index = this.#buffer.indexOf("\n")) >= 0) {
-        this.#lines.push(this.#buffer.slice(0, index).replace(/\r$/, ""));
+        const line = this.#buffer.slice(0, index).replace(/\r$/, "");
+        this.#lines.push(line);
+        this.#bufferedBytes += line.length;
         this.#buffer = this.#buffer.slice(index + 1);
       }
-      if (this.#buffer.length > MAX_LINE) this.#fail(new ConnectionError("reply line too long"));
+      if (this.#buffer.length > MAX_LINE) this.#abort(new ConnectionError("reply line too long"));
+      else if (this.#lines.length > MAX_REPLY_LINES || this.#bufferedBytes > MAX_REPLY_BYTES) {
+        this.#abort(new ConnectionError(`the server sent more than ${MAX_REPLY_LINES} lines or ${MAX_REPLY_BYTES} octets at once`));
+      }
       this.#wake();
     });
     socket.on("error", (error: Error) => this.#fail(new ConnectionError(error.message)));
@@ -118,23 +135,36 @@ export class ClientSocket {
     this.#wake();
   }
 
+  /** Fails and hangs up, so that a flood stops arriving. */
+  #abort(error: Error): void {
+    this.#fail(error);
+    this.#lines = [];
+    this.#bufferedBytes = 0;
+    this.#buffer = "";
+    this.#socket.destroy();
+  }
+
   #wake(): void {
     const waiter = this.#waiter;
     this.#waiter = null;
     waiter?.();
   }
 
-  async #nextLine(timeoutMs: number): Promise<string> {
+  async #nextLine(deadline: number, timeoutMs: number): Promise<string> {
     for (;;) {
       const line = this.#lines.shift();
-      if (line !== undefined) return line;
+      if (line !== undefined) {
+        this.#bufferedBytes -= line.length;
+        return line;
+      }
       if (this.#error) throw this.#error;
       await new Promise<void>((resolve, reject) => {
         const timer = setTimeout(() => {
           this.#waiter = null;
-          this.#socket.destroy();
-          reject(new ConnectionError(`no reply within ${timeoutMs} ms`));
-        }, timeoutMs);
+          const error = new ConnectionError(`no complete reply within ${timeoutMs} ms`);
+          this.#abort(error);
+          reject(error);
+        }, Math.max(0, deadline - Date.now()));
         this.#waiter = () => {
           clearTimeout(timer);
           resolve();
@@ -143,27 +173,40 @@ export class ClientSocket {
     }
   }
 
-  /** One (possibly multi-line) reply, waiting at most `timeoutMs` (default: the connect timeout) per line. */
+  /**
+   * One (possibly multi-line) reply, complete within `timeoutMs` (default: the reply timeout). The
+   * timeout bounds the whole reply (RFC 5321 4.5.3.2), so that a server that drips continuation
+   * lines cannot hold the connection for ever.
+   */
   async readReply(timeoutMs = this.#timeoutMs): Promise<Reply> {
+    const deadline = Date.now() + timeoutMs;
     const lines: string[] = [];
+    let bytes = 0;
     for (;;) {
-      const line = await this.#nextLine(timeoutMs);
+      const line = await this.#nextLine(deadline, timeoutMs);
       const match = /^(\d{3})([ -]?)(.*)$/.exec(line);
       if (!match) throw new ConnectionError(`malformed reply: ${line.slice(0, 100)}`);
       lines.push(match[3] ?? "");
       if (match[2] !== "-") return { code: Number(match[1]), lines };
+      bytes += line.length;
+      if (lines.length >= MAX_REPLY_LINES || bytes > MAX_REPLY_BYTES) {
+        const error = new ConnectionError(`reply longer than ${MAX_REPLY_LINES} lines or ${MAX_REPLY_BYTES} octets`);
+        this.#abort(error);
+        throw error;
+      }
     }
   }
 
   /**
-   * Writes and waits for the socket to take the bytes (backpressure). A server that stops reading
+   * Writes and waits for the socket to take the bytes (backpressure). Command text goes out as UTF-8:
+   * addresses may be non-ASCII (SMTPUTF8, RFC 6531), and ASCII is the same in both. A server that stops reading
    * for the reply timeout, or goes away meanwhile, fails the write instead of leaving it waiting.
    */
   write(data: string | Uint8Array): Promise<void> {
     if (this.#error) return Promise.reject(this.#error);
     const socket = this.#socket;
     return new Promise((resolve, reject) => {
-      const ok = socket.write(typeof data === "string" ? Buffer.from(data, "latin1") : data, (error) => {
+      const ok = socket.write(typeof data === "string" ? Buffer.from(data, "utf8") : data, (error) => {
         if (error) reject(new ConnectionError(error.message));
       });
       if (ok) {
@@ -195,6 +238,7 @@ export class ClientSocket {
     plain.removeAllListeners("close");
     plain.removeAllListeners("error");
     this.#lines = [];
+    this.#bufferedBytes = 0;
     this.#buffer = "";
     return new Promise((resolve, reject) => {
       const secure: TLSSocket = tlsConnect({ socket: plain, ...tlsParams(servername, options) });

@@ -16,7 +16,7 @@ import { ConnectionError, formatReply, SmtpReplyError, SmtpSession } from "./cli
 import { MailRouter, type MailHost } from "./dns.js";
 import { buildDsn, readHeaders } from "./dsn.js";
 import { withoutReturnPath, withReturnPath } from "./message.js";
-import { queueStats } from "./admin.js";
+import { formatAge, queueStats } from "./admin.js";
 import { TlsHandshakeError, type TlsClientOptions } from "./socket.js";
 
 export interface SmarthostOptions {
@@ -46,7 +46,12 @@ export interface OutboundOptions {
   readonly smarthost?: SmarthostOptions;
   /** Port of MX hosts. Default 25; only tests and unusual networks change it. */
   readonly mxPort?: number;
-  /** Milliseconds to wait after each failed attempt; after the last, remaining recipients fail. */
+  /**
+   * Milliseconds to wait after the first, second, ... failed attempt (the last step repeats). The sum
+   * is the queue lifetime: a recipient still pending at an attempt made once the message has been
+   * queued that long fails (Postfix's maximal_queue_lifetime). Attempts an operator forces do not
+   * shorten it.
+   */
   readonly retrySchedule?: readonly number[];
   /** Items delivered in parallel. Default 8. */
   readonly concurrency?: number;
@@ -59,10 +64,17 @@ export interface OutboundOptions {
   /** For a connection to open. Default 60 s (Postfix waits 30 s). */
   readonly connectTimeoutMs?: number;
   /**
-   * For each reply before the end of data (the greeting, EHLO, MAIL, RCPT, DATA), a TLS handshake and
-   * a stalled write. Default 5 minutes, RFC 5321 4.5.3.2's minimum for the greeting, MAIL and RCPT
-   * (and above its 2 minutes for DATA and 3 for a data block): a server that delays its greeting on
-   * purpose, or checks a recipient slowly, is still waited for.
+   * Addresses (of all MX hosts together, in order) tried per domain and attempt; the rest wait for the
+   * next attempt. Default 5, as Postfix's smtp_mx_address_limit: a domain whose MX hosts resolve to
+   * many unreachable addresses would otherwise hold a delivery slot for hours.
+   */
+  readonly mxAddressLimit?: number;
+  /**
+   * For each whole reply (from the command to its last line) before the end of data (the greeting,
+   * EHLO, MAIL, RCPT, DATA), a TLS handshake and a stalled write. Default 5 minutes, RFC 5321
+   * 4.5.3.2's minimum for the greeting, MAIL and RCPT (and above its 2 minutes for DATA and 3 for a
+   * data block): a server that delays its greeting on purpose, or checks a recipient slowly, is still
+   * waited for.
    */
   readonly replyTimeoutMs?: number;
   /**
@@ -130,8 +142,6 @@ interface Outcome {
   readonly diagnostic: string;
 }
 
-const isPermanent = (code: number): boolean => code >= 500;
-
 /** Servers limit transactions per connection (ours at 100); start afresh well before that. */
 const MAX_TRANSACTIONS_PER_CONNECTION = 50;
 
@@ -174,13 +184,14 @@ class SessionPool {
     this.#idle.set(key, list);
   }
 
-  async closeAll(): Promise<void> {
+  /** QUIT to every idle connection, waiting for the answers at most `timeoutMs`. */
+  async closeAll(timeoutMs: number): Promise<void> {
     const all = [...this.#idle.values()].flat();
     this.#idle.clear();
     await Promise.all(
       all.map((entry) => {
         clearTimeout(entry.timer);
-        return entry.session.quit();
+        return entry.session.quit(timeoutMs);
       }),
     );
   }
@@ -200,6 +211,8 @@ export function createOutbound(options: OutboundOptions): Outbound {
   const claimTtlMs = options.claimTtlMs ?? 5 * MINUTE;
   const timeoutMs = options.connectTimeoutMs ?? MINUTE;
   const replyTimeoutMs = options.replyTimeoutMs ?? 5 * MINUTE;
+  const addressLimit = Math.max(1, options.mxAddressLimit ?? 5);
+  const lifetimeMs = schedule.reduce((a, b) => a + b, 0);
   const holder = `outbound ${options.hostname} ${randomBytes(4).toString("hex")}`;
 
   const slots = new Semaphore(concurrency);
@@ -243,8 +256,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
    * message goes to a server without the extension as it is, as Postfix sends it.
    */
   async function needsUtf8(item: QueueItem, recipients: readonly string[]): Promise<boolean> {
-    const ascii = (text: string): boolean => !/[^\x00-\x7f]/.test(text);
-    if (!ascii(item.sender) || !recipients.every(ascii)) return true;
+    if (!isAscii(item.sender) || !recipients.every(isAscii)) return true;
     // The header section ends at the first empty line.
     let lineEmpty = true;
     for await (const chunk of await queue!.readMessage(item.id)) {
@@ -275,93 +287,97 @@ export function createOutbound(options: OutboundOptions): Outbound {
     // A smarthost with `verify` is checked whatever the MX setting says.
     const tlsOptions = smarthost?.verify ? { ...options.tlsOptions, rejectUnauthorized: true } : options.tlsOptions;
     let lastError = "4.4.1 no host could be reached";
-    for (const host of target.hosts) {
-      for (const address of host.addresses) {
-        const where = `${host.name}[${address}]:${target.port}`;
-        const key = `${address}:${target.port}`;
-        let session: SmtpSession;
-        try {
-          const idle = pool.take(key);
-          if (idle && (await idle.alive())) session = idle;
-          else {
-            idle?.abort();
-            const open = (tls: "starttls" | "implicit" | "none") =>
-              SmtpSession.open({
-                host: address,
-                port: target.port,
-                hostname: options.hostname,
-                tls,
-                servername: host.name,
-                timeoutMs,
-                replyTimeoutMs,
-                ...(options.dataTimeoutMs !== undefined ? { dataTimeoutMs: options.dataTimeoutMs } : {}),
-                ...(tlsOptions ? { tlsOptions } : {}),
-                ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
-                ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
-              });
-            try {
-              session = await open(smarthost ? smarthost.tls : "starttls");
-            } catch (error) {
-              // Opportunistic TLS to an MX, as Postfix's "may": a server whose TLS we cannot speak (old
-              // protocol versions or ciphers) still gets the mail, in plaintext on a new connection.
-              // Never to the smarthost, which may require TLS or get a password.
-              if (smarthost || !(error instanceof TlsHandshakeError)) throw error;
-              log.warn({ item: item.id, domain, host: where, error: error.message }, "TLS handshake failed; trying again without TLS");
-              session = await open("none");
-            }
+    const candidates = target.hosts.flatMap((host) => host.addresses.map((address) => ({ host, address }))).slice(0, addressLimit);
+    for (const { host, address } of candidates) {
+      const where = `${host.name}[${address}]:${target.port}`;
+      const key = `${address}:${target.port}`;
+      let session: SmtpSession;
+      try {
+        const idle = pool.take(key);
+        if (idle && (await idle.alive())) session = idle;
+        else {
+          idle?.abort();
+          const open = (tls: "starttls" | "implicit" | "none") =>
+            SmtpSession.open({
+              host: address,
+              port: target.port,
+              hostname: options.hostname,
+              tls,
+              servername: host.name,
+              timeoutMs,
+              replyTimeoutMs,
+              ...(options.dataTimeoutMs !== undefined ? { dataTimeoutMs: options.dataTimeoutMs } : {}),
+              ...(tlsOptions ? { tlsOptions } : {}),
+              ...(smarthost?.auth ? { auth: smarthost.auth } : {}),
+              ...(smarthost ? { requireTls: smarthost.requireTls ?? smarthost.auth !== undefined } : {}),
+            });
+          try {
+            session = await open(smarthost ? smarthost.tls : "starttls");
+          } catch (error) {
+            // Opportunistic TLS to an MX, as Postfix's "may": a server whose TLS we cannot speak (old
+            // protocol versions or ciphers) still gets the mail, in plaintext on a new connection.
+            // Never to the smarthost, which may require TLS or get a password.
+            if (smarthost || !(error instanceof TlsHandshakeError)) throw error;
+            log.warn({ item: item.id, domain, host: where, error: error.message }, "TLS handshake failed; trying again without TLS");
+            session = await open("none");
           }
-        } catch (error) {
-          // The host did not take the session: the next MX may (RFC 5321 5.1). Even a 5xx here (a refused
-          // greeting, a smarthost password) says nothing about the recipients, so it stays temporary.
-          lastError = error instanceof SmtpReplyError ? `${formatReply(error.reply)} (${where}, ${error.stage})` : `4.4.1 ${where}: ${message(error)}`;
-          log.info({ item: item.id, domain, host: where, result: lastError }, "delivery attempt");
-          continue;
         }
-        sessions.add(session);
-        try {
-          let utf8 = item.meta["smtputf8"] === "1";
-          if (utf8 && !session.has("SMTPUTF8")) {
-            if (await needsUtf8(item, recipients)) {
-              log.info({ item: item.id, domain, host: where, result: "no SMTPUTF8" }, "delivery attempt");
-              return all({ status: "failed", diagnostic: `5.6.7 ${where} does not support SMTPUTF8, which the message needs` });
-            }
-            utf8 = false;
+      } catch (error) {
+        // The host did not take the session: the next MX may (RFC 5321 5.1). Even a 5xx here (a refused
+        // greeting, a smarthost password) says nothing about the recipients, so it stays temporary.
+        lastError = error instanceof SmtpReplyError ? `${formatReply(error.reply)} (${where}, ${error.stage})` : `4.4.1 ${where}: ${message(error)}`;
+        log.info({ item: item.id, domain, host: where, result: lastError }, "delivery attempt");
+        continue;
+      }
+      sessions.add(session);
+      try {
+        // A non-ASCII address needs SMTPUTF8 even when the item does not say so (queued by an older
+        // version, or by enqueueRelay without `utf8`): sent without it, a server would misread it.
+        let utf8 = item.meta["smtputf8"] === "1" || !isAscii(item.sender) || !recipients.every(isAscii);
+        if (utf8 && !session.has("SMTPUTF8")) {
+          if (await needsUtf8(item, recipients)) {
+            log.info({ item: item.id, domain, host: where, result: "no SMTPUTF8" }, "delivery attempt");
+            return all({ status: "failed", diagnostic: `5.6.7 ${where} does not support SMTPUTF8, which the message needs` });
           }
-          if (eightBit && !session.has("8BITMIME")) {
-            // Downgrading would mean rewriting MIME parts; like most MTAs we send as is.
-            log.warn({ item: item.id, domain, host: where }, "8-bit message sent to a server without 8BITMIME");
-          }
-          const result = await session.send({
-            sender: item.sender,
-            recipients,
-            size: item.size,
-            eightBit,
-            utf8,
-            body: async () => withoutReturnPath(await queue!.readMessage(item.id)),
-          });
-          for (const r of recipients) {
-            const reply = result.recipients.get(r);
-            if (!reply) continue;
-            const text = `${formatReply(reply)} (${where})`;
-            outcomes.set(r, { status: reply.code < 400 ? "delivered" : isPermanent(reply.code) ? "failed" : "pending", diagnostic: text });
-          }
-          log.info({ item: item.id, domain, host: where, result: summary(outcomes) }, "delivery attempt");
-          return outcomes;
-        } catch (error) {
-          if (error instanceof SmtpReplyError) {
-            const text = `${formatReply(error.reply)} (${where}, ${error.stage})`;
-            log.info({ item: item.id, domain, host: where, result: text }, "delivery attempt");
-            return all({ status: error.permanent ? "failed" : "pending", diagnostic: text });
-          }
-          // Cut off mid-transaction: the server may or may not have the message; retry later.
-          const text = `4.4.2 ${where}: ${message(error)}`;
+          utf8 = false;
+        }
+        if (eightBit && !session.has("8BITMIME")) {
+          // Downgrading would mean rewriting MIME parts; like most MTAs we send as is.
+          log.warn({ item: item.id, domain, host: where }, "8-bit message sent to a server without 8BITMIME");
+        }
+        const result = await session.send({
+          sender: item.sender,
+          recipients,
+          size: item.size,
+          eightBit,
+          utf8,
+          body: async () => withoutReturnPath(await queue!.readMessage(item.id)),
+        });
+        for (const r of recipients) {
+          const got = result.recipients.get(r);
+          if (!got) continue;
+          const text = `${formatReply(got.reply)} (${where})`;
+          // The reply alone would read like success (a 2xx) to whoever looks at the queue.
+          const diagnostic = got.unexpected ? `4.5.0 unexpected reply to ${got.stage}: ${text}` : text;
+          outcomes.set(r, { status: got.status, diagnostic });
+        }
+        log.info({ item: item.id, domain, host: where, result: summary(outcomes) }, "delivery attempt");
+        return outcomes;
+      } catch (error) {
+        if (error instanceof SmtpReplyError) {
+          const text = `${formatReply(error.reply)} (${where}, ${error.stage})`;
           log.info({ item: item.id, domain, host: where, result: text }, "delivery attempt");
-          return all({ status: "pending", diagnostic: text });
-        } finally {
-          sessions.delete(session);
-          // A session that failed mid-transaction is marked unusable and is closed, not pooled.
-          await pool.give(key, session);
+          return all({ status: error.permanent ? "failed" : "pending", diagnostic: text });
         }
+        // Cut off mid-transaction: the server may or may not have the message; retry later.
+        const text = `4.4.2 ${where}: ${message(error)}`;
+        log.info({ item: item.id, domain, host: where, result: text }, "delivery attempt");
+        return all({ status: "pending", diagnostic: text });
+      } finally {
+        // A session that failed mid-transaction is marked unusable and is closed, not pooled. It stays
+        // in `sessions` until then, so that stop() can cut a QUIT that is not answered.
+        await pool.give(key, session);
+        sessions.delete(session);
       }
     }
     return all({ status: "pending", diagnostic: lastError });
@@ -388,6 +404,25 @@ export function createOutbound(options: OutboundOptions): Outbound {
       );
     }, Math.max(50, Math.floor(claimTtlMs / 3)));
     const item = initial.item;
+    /**
+     * Writes the outcome, trying again while the claim is still ours: if the store is briefly
+     * unreachable just now, the claim would otherwise run out and the whole item go out again,
+     * to the recipients this attempt delivered too.
+     */
+    const record = async (write: (current: QueueClaim) => Promise<void>): Promise<void> => {
+      const giveUpAt = claim.expiresAt;
+      for (let wait = 100; ; wait = Math.min(wait * 2, 2_000)) {
+        try {
+          await write(claim);
+          return;
+        } catch (error) {
+          const leaseLost = isStoreError(error) && error.code === "lease-lost";
+          if (lost || leaseLost || !isTemporaryError(error) || Date.now() + wait >= giveUpAt) throw error;
+          log.warn({ item: item.id, error: message(error) }, "recording the delivery outcome failed; trying again");
+          await new Promise((resolve) => setTimeout(resolve, wait));
+        }
+      }
+    };
     try {
       const pending = item.recipients.filter((r) => r.status === "pending").map((r) => r.address);
       const { local, remote, outcomes: localOutcomes } = await partition(item, pending);
@@ -415,7 +450,9 @@ export function createOutbound(options: OutboundOptions): Outbound {
         }),
       );
       const outcomes = new Map<string, Outcome>([...localOutcomes, ...results.flatMap((m) => [...m])]);
-      const exhausted = item.attempts >= schedule.length;
+      // By age, not by attempts: attempts an operator forces (queue retry) must not use up the lifetime.
+      const expiresAt = item.createdAt + lifetimeMs;
+      const exhausted = Date.now() >= expiresAt;
       let recipients: QueueRecipient[] = item.recipients.map((r) => {
         const outcome = outcomes.get(r.address);
         return outcome ? { address: r.address, status: outcome.status, diagnostic: outcome.diagnostic } : r;
@@ -435,19 +472,23 @@ export function createOutbound(options: OutboundOptions): Outbound {
             log.error({ item: item.id, error: message(error) }, "could not make the delivery status notification");
           }
         }
-        const delay = schedule[item.attempts] ?? 0;
-        await queue!.reschedule(claim, {
-          nextAttemptAt: Date.now() + delay,
-          error: stillPending.map((r) => `<${r.address}>: ${r.diagnostic ?? "pending"}`).join("; "),
-          recipients,
-        });
+        const delay = schedule[Math.min(item.attempts, schedule.length - 1)] ?? 0;
+        const error = stillPending.map((r) => `<${r.address}>: ${r.diagnostic ?? "pending"}`).join("; ");
+        // The last attempt falls on the end of the lifetime, not up to a whole step after it.
+        const nextAttemptAt = Math.min(Date.now() + delay, expiresAt);
+        await record((current) => queue!.reschedule(current, { nextAttemptAt, error, recipients }));
         return;
       }
       if (stillPending.length > 0) {
         const attempts = item.attempts + 1;
+        const age = formatAge(Date.now() - item.createdAt);
         recipients = recipients.map((r) =>
           r.status === "pending"
-            ? { address: r.address, status: "failed", diagnostic: `${expiredStatus(r.diagnostic)} gave up after ${attempts} attempts; last error: ${r.diagnostic ?? "none"}` }
+            ? {
+                address: r.address,
+                status: "failed",
+                diagnostic: `${expiredStatus(r.diagnostic)} gave up after ${age} in the queue and ${attempts} attempts; last error: ${r.diagnostic ?? "none"}`,
+              }
             : r,
         );
       }
@@ -457,12 +498,12 @@ export function createOutbound(options: OutboundOptions): Outbound {
           await sendDsn(item, failed);
         } catch (error) {
           log.error({ item: item.id, error: message(error) }, "could not make the delivery status notification");
-          await queue!.deadLetter(claim, { error: `bounce failed: ${message(error)}`, recipients });
+          await record((current) => queue!.deadLetter(current, { error: `bounce failed: ${message(error)}`, recipients }));
           return;
         }
       }
       if (failed.length > 0 && item.sender === "") log.info({ item: item.id, failed: failed.length }, "bounce undeliverable; no bounce for a bounce");
-      await queue!.finish(claim);
+      await record((current) => queue!.finish(current));
       const failedInAll = recipients.filter((r) => r.status === "failed").length;
       log.info({ item: item.id, delivered: recipients.length - failedInAll, failed: failedInAll }, "item done");
     } catch (error) {
@@ -604,6 +645,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
       pollTimer = null;
       statsTimer = null;
       const deadline = stopOptions?.deadlineMs ?? 30_000;
+      const stopAt = Date.now() + deadline;
       let timer: ReturnType<typeof setTimeout> | undefined;
       const expired = new Promise<"expired">((resolve) => {
         timer = setTimeout(() => resolve("expired"), deadline);
@@ -615,10 +657,15 @@ export function createOutbound(options: OutboundOptions): Outbound {
         for (const session of sessions) session.abort();
         await Promise.race([Promise.allSettled([...running]), new Promise((resolve) => setTimeout(resolve, 2_000))]);
       }
-      await pool.closeAll();
+      // A server that does not answer QUIT must not hold the shutdown past its deadline.
+      await pool.closeAll(Math.min(replyTimeoutMs, Math.max(0, stopAt - Date.now())));
     },
     runOnce,
   };
+}
+
+function isAscii(text: string): boolean {
+  return !/[^\x00-\x7f]/.test(text);
 }
 
 /** Recipients that failed for good and were not named in a bounce yet. */
@@ -631,9 +678,13 @@ function safeDomain(address: string): string {
   return address.slice(address.lastIndexOf("@") + 1).toLowerCase();
 }
 
+/**
+ * The temporary status a recipient expires with: the enhanced code at the start of its last error
+ * ("451 4.7.1 greylisted", or our own "4.4.1 ..."), never digits further on (an IP address in the
+ * text); else 4.4.7 (delivery time expired).
+ */
 function expiredStatus(diagnostic: string | undefined): string {
-  const status = /\b4\.(\d{1,3}\.\d{1,3})\b/.exec(diagnostic ?? "")?.[1];
-  return status ? `4.${status}` : "4.4.7";
+  return /^(?:\d{3}[ -])?(4\.\d{1,3}\.\d{1,3})\b/.exec(diagnostic ?? "")?.[1] ?? "4.4.7";
 }
 
 function summary(outcomes: ReadonlyMap<string, Outcome>): string {

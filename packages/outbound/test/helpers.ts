@@ -89,6 +89,15 @@ export interface Script {
   mail?(): { readonly reply: string; readonly hangUp?: boolean };
   /** Offer STARTTLS, say go ahead, then answer the handshake with something that is not TLS. */
   readonly brokenStartTls?: boolean;
+  /** Reply to the DATA command; default 354. */
+  dataCommand?(): string;
+  /**
+   * Answer EHLO with continuation lines that never end: one every `everyMs` (a drip), or without
+   * `everyMs` as fast as the connection takes them (a flood).
+   */
+  readonly endlessEhlo?: { readonly everyMs?: number };
+  /** Never answer QUIT (and keep the connection open). */
+  readonly silentQuit?: boolean;
 }
 
 export interface Received {
@@ -116,7 +125,8 @@ export async function startScripted(host: string, port: number, script: Script =
     });
     socket.on("close", () => sockets.delete(socket));
     socket.on("error", () => undefined);
-    socket.setEncoding("latin1");
+    // As a real server decodes commands (smtp-protocol does): addresses may be UTF-8 (SMTPUTF8).
+    socket.setEncoding("utf8");
     const greet = (): void => void socket.write(`${script.greeting ?? "220 scripted ESMTP"}\r\n`);
     if (script.greetingDelayMs === undefined) greet();
     else setTimeout(greet, script.greetingDelayMs);
@@ -144,6 +154,7 @@ export async function startScripted(host: string, port: number, script: Script =
         }
         const verb = line.slice(0, 4).toUpperCase();
         if (verb === "EHLO" && script.noEhlo) socket.write("500 5.5.1 what is EHLO\r\n");
+        else if (verb === "EHLO" && script.endlessEhlo) endless(socket, script.endlessEhlo.everyMs);
         else if (verb === "EHLO") {
           const lines = ["scripted", ...(script.ehlo ?? ["8BITMIME", "SIZE 1000000"]), ...(script.brokenStartTls ? ["STARTTLS"] : [])];
           socket.write(lines.map((l, i) => `250${i === lines.length - 1 ? " " : "-"}${l}\r\n`).join(""));
@@ -170,10 +181,12 @@ export async function startScripted(host: string, port: number, script: Script =
           if (reply.startsWith("2")) to.push(address);
           socket.write(`${reply}\r\n`);
         } else if (verb === "DATA") {
-          inData = true;
+          const reply = script.dataCommand?.() ?? "354 go ahead";
+          inData = reply.startsWith("354");
           dataLines = [];
-          socket.write("354 go ahead\r\n");
+          socket.write(`${reply}\r\n`);
         } else if (verb === "RSET") socket.write("250 ok\r\n");
+        else if (verb === "QUIT" && script.silentQuit) continue;
         else if (verb === "QUIT") {
           quit = true;
           state.active--;
@@ -205,6 +218,24 @@ export async function startScripted(host: string, port: number, script: Script =
         server.close(() => resolve());
       }),
   };
+}
+
+/** `250-` lines until the client hangs up. */
+function endless(socket: Socket, everyMs: number | undefined): void {
+  const line = `250-${"x".repeat(200)}\r\n`;
+  if (everyMs !== undefined) {
+    const timer = setInterval(() => socket.write(line), everyMs);
+    socket.on("close", () => clearInterval(timer));
+    return;
+  }
+  const block = line.repeat(64);
+  const pump = (): void => {
+    while (!socket.destroyed && socket.write(block)) {
+      // Until the client stops reading: "drain" goes on.
+    }
+  };
+  socket.on("drain", pump);
+  pump();
 }
 
 // ---------------------------------------------------------------- TLS

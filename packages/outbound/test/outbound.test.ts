@@ -2,7 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { fromBytes, readAll, StoreError, type Logger, type Queue, type Store } from "@mailroom/store";
 import { createSmtpServer } from "@mailroom/smtp-protocol";
 import { TlsContext } from "@mailroom/transport";
-import { createOutbound, enqueueRelay, type Outbound, type OutboundOptions } from "../src/index.js";
+import { createOutbound, enqueueRelay, retryAll, type Outbound, type OutboundOptions } from "../src/index.js";
 import { SmtpSession } from "../src/client.js";
 import { relayToQueue } from "../src/relay.js";
 import { makeStore, mailboxTexts, parseDsn, selfSignedCert, sleep, startDns, startScripted, waitFor, type Zone } from "./helpers.js";
@@ -20,6 +20,9 @@ const zones: Record<string, Zone> = {
   "broken.test": { rcode: "SERVFAIL" },
   "script.test": { mx: [[10, "mx.script.test"]] },
   "mx.script.test": { a: ["127.0.0.7"] },
+  // One MX host with seven addresses, for the per-attempt address limit.
+  "many.test": { mx: [[10, "mx.many.test"]] },
+  "mx.many.test": { a: ["127.0.0.10", "127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14", "127.0.0.15", "127.0.0.16"] },
 };
 
 let dns: Awaited<ReturnType<typeof startDns>>;
@@ -48,7 +51,8 @@ function worker(store: Store, options: Partial<OutboundOptions> & { mxPort: numb
     hostname: "mail.ours.test",
     resolver: { servers: [dns.server], timeoutMs: 2_000 },
     connectTimeoutMs: 3_000,
-    retrySchedule: [50, 50, 50],
+    // Quick retries, but a lifetime (the sum) that no slow attempt in a test runs out of.
+    retrySchedule: [50, 50, 60_000],
     ...options,
   });
   workers.push(outbound);
@@ -338,20 +342,53 @@ describe("failures and retries", () => {
     expect(dead?.lastError).toContain("disk on fire");
   });
 
-  it("fails the remaining recipients with a DSN when the schedule is used up", async () => {
+  it("fails the remaining recipients with a DSN once the message has been queued for the whole schedule", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.3.0 busy" });
     const store = await ours();
     const outbound = worker(store, { mxPort: server.port, retrySchedule: [30, 30] });
     await enqueue(store, "alice@ours.test", ["x@script.test"]);
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 20 && (await store.queue.list()).length > 0; i++) {
       await outbound.runOnce();
-      await sleep(50);
+      await sleep(20);
     }
     expect(await store.queue.list()).toEqual([]);
     const dsns = await dsnsOf(store);
     expect(dsns).toHaveLength(1);
     expect(dsns[0]!.recipients[0]).toMatchObject({ action: "failed", status: "4.3.0" });
-    expect(dsns[0]!.recipients[0]!["diagnostic-code"]).toContain("gave up after 3 attempts");
+    expect(dsns[0]!.recipients[0]!["diagnostic-code"]).toMatch(/gave up after \d+s in the queue and \d+ attempts; last error: 451 4\.3\.0 busy/);
+  });
+
+  it("does not let attempts an operator forces use up the queue lifetime", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.3.0 busy" });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [60_000, 60_000] });
+    // More flushes (`mailroom queue retry --all` and `queue run`) than the schedule has steps.
+    for (let i = 0; i < 4; i++) {
+      expect(await retryAll(store.queue)).toMatchObject({ retried: 1 });
+      expect(await outbound.runOnce()).toBe(1);
+    }
+    const waiting = await store.queue.get(item.id);
+    expect(waiting).toMatchObject({ state: "queued", attempts: 4, recipients: [{ address: "x@script.test", status: "pending" }] });
+    // The next attempt is still within the two minutes the schedule gives the message.
+    expect(waiting!.nextAttemptAt).toBeLessThanOrEqual(item.createdAt + 120_000);
+    expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
+  });
+
+  it("takes an expiry bounce's status from the start of the last reply, not from digits inside its text", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: (a) => (a.startsWith("ip") ? "451 try later (mx[10.4.5.6]:25)" : "450 4.2.0 mailbox busy") });
+    const store = await ours();
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [30] });
+    await enqueue(store, "alice@ours.test", ["ip@script.test", "busy@script.test"]);
+    for (let i = 0; i < 20 && (await store.queue.list()).length > 0; i++) {
+      await outbound.runOnce();
+      await sleep(20);
+    }
+    const [dsn] = await dsnsOf(store);
+    expect(dsn!.recipients.map((r) => [r["final-recipient"], r.status])).toEqual([
+      ["rfc822; ip@script.test", "4.4.7"],
+      ["rfc822; busy@script.test", "4.2.0"],
+    ]);
   });
 
   it("bounces a null MX with 5.1.10", async () => {
@@ -410,6 +447,158 @@ describe("failures and retries", () => {
     await worker(store, { mxPort: server.port }).runOnce();
     expect(server.received).toEqual([]);
     expect((await dsnsOf(store))[0]!.recipients[0]!.status).toBe("5.6.7");
+  });
+});
+
+describe("replies that do not mean delivered", () => {
+  it.each([
+    ["252 to RCPT", { rcpt: () => "252 2.1.5 cannot verify, will try" }, "4.5.0 unexpected reply to RCPT: 252 2.1.5 cannot verify"],
+    ["354 to RCPT", { rcpt: () => "354 go ahead" }, "4.5.0 unexpected reply to RCPT: 354 go ahead"],
+    ["199 to RCPT", { rcpt: () => "199 hmm" }, "4.5.0 unexpected reply to RCPT: 199 hmm"],
+    ["250 to DATA", { dataCommand: () => "250 2.0.0 fine" }, "4.5.0 unexpected reply to DATA: 250 2.0.0 fine"],
+    ["354 after the data", { data: () => "354 more please" }, "4.5.0 unexpected reply to end of data: 354 more please"],
+  ] satisfies [string, Parameters<typeof startScripted>[2], string][])("keeps the recipient queued, without a bounce, on %s", async (_, script, error) => {
+    const server = await scripted("127.0.0.7", 0, script);
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received).toEqual([]);
+    const left = await store.queue.get(item.id);
+    expect(left?.recipients).toEqual([expect.objectContaining({ address: "x@script.test", status: "pending" })]);
+    expect(left?.lastError).toContain(error);
+    expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
+  });
+
+  it("retries a recipient refused with 552 at RCPT (too many recipients, RFC 5321 4.5.3.1.10) instead of bouncing it", async () => {
+    let tries = 0;
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => (tries++ === 0 ? "552 5.5.3 too many recipients" : "250 2.1.5 ok") });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [50, 60_000] });
+    await outbound.runOnce();
+    const left = await store.queue.get(item.id);
+    expect(left?.recipients[0]?.status).toBe("pending");
+    expect(left?.lastError).toContain("552 5.5.3 too many recipients");
+    expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
+    await sleep(80);
+    await outbound.runOnce();
+    expect(server.received.map((m) => m.to)).toEqual([["x@script.test"]]);
+    expect(await store.queue.list()).toEqual([]);
+  });
+});
+
+describe("misbehaving servers", () => {
+  it("hangs up on a reply that never ends and retries later, without running out of memory", async () => {
+    const server = await scripted("127.0.0.7", 0, { endlessEhlo: {} });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    const started = Date.now();
+    await worker(store, { mxPort: server.port, replyTimeoutMs: 30_000 }).runOnce();
+    expect(Date.now() - started).toBeLessThan(5_000);
+    const left = await store.queue.get(item.id);
+    expect(left?.recipients[0]?.status).toBe("pending");
+    expect(left?.lastError).toMatch(/4\.4\.1 .*(longer than|more than) 100 lines or 65536 octets/);
+  });
+
+  it("times out a reply as a whole, however slowly its lines keep coming", async () => {
+    const server = await scripted("127.0.0.7", 0, { endlessEhlo: { everyMs: 100 } });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    const started = Date.now();
+    await worker(store, { mxPort: server.port, replyTimeoutMs: 600 }).runOnce();
+    expect(Date.now() - started).toBeLessThan(3_000);
+    const left = await store.queue.get(item.id);
+    expect(left?.recipients[0]?.status).toBe("pending");
+    expect(left?.lastError).toContain("no complete reply within 600 ms");
+  });
+
+  it("tries at most mxAddressLimit addresses per attempt (default 5)", async () => {
+    const first = await scripted("127.0.0.10", 0, { greeting: "421 4.3.2 not now" });
+    const servers = [first];
+    for (const last of [11, 12, 13, 14, 15, 16]) servers.push(await scripted(`127.0.0.${last}`, first.port, { greeting: "421 4.3.2 not now" }));
+    const connections = (): number => servers.reduce((sum, s) => sum + s.connections, 0);
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@many.test"]);
+    await worker(store, { mxPort: first.port }).runOnce();
+    expect(connections()).toBe(5);
+    const left = await store.queue.get(item.id);
+    expect(left?.recipients[0]?.status).toBe("pending");
+    expect(left?.lastError).toContain("421 4.3.2 not now");
+    await retryAll(store.queue);
+    await worker(store, { mxPort: first.port, mxAddressLimit: 2 }).runOnce();
+    expect(connections()).toBe(7);
+  });
+
+  it("sends UTF-8 addresses as UTF-8 to a server that offers SMTPUTF8", async () => {
+    const server = await scripted("127.0.0.7", 0, { ehlo: ["8BITMIME", "SMTPUTF8"] });
+    const store = await ours();
+    await enqueueRelay(store.queue, { sender: "alice@ours.test", recipients: ["j\u00fcrgen.\u4f8b\u5b50@script.test"], utf8: true }, fromBytes(MESSAGE));
+    await worker(store, { mxPort: server.port }).runOnce();
+    expect(server.received.map((m) => m.to)).toEqual([["j\u00fcrgen.\u4f8b\u5b50@script.test"]]);
+    expect(server.received[0]!.mailLine).toBe("MAIL FROM:<alice@ours.test> SMTPUTF8");
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("asks for SMTPUTF8 for a non-ASCII address even when the queued item does not say so", async () => {
+    const plain = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["j\u00fcrgen@script.test"]);
+    await worker(store, { mxPort: plain.port }).runOnce();
+    expect(plain.received).toEqual([]);
+    expect((await dsnsOf(store))[0]!.recipients[0]!.status).toBe("5.6.7");
+  });
+
+  it("stop() keeps its deadline when an idle connection's server does not answer QUIT", async () => {
+    const server = await scripted("127.0.0.7", 0, { silentQuit: true });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    const outbound = worker(store, { mxPort: server.port, replyTimeoutMs: 5_000, connectionIdleMs: 60_000 });
+    await outbound.runOnce();
+    expect(server.received).toHaveLength(1);
+    const started = Date.now();
+    await outbound.stop({ deadlineMs: 200 });
+    expect(Date.now() - started).toBeLessThan(1_000);
+  });
+});
+
+describe("recording the outcome", () => {
+  it("tries again when the store fails for a moment while the item is finished, so nobody gets the message twice", async () => {
+    const server = await scripted("127.0.0.7", 0);
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    let failures = 0;
+    const queue = Object.create(store.queue) as Queue;
+    queue.finish = async (claim) => {
+      if (failures++ === 0) throw new StoreError("unavailable", "connection to the database lost");
+      return store.queue.finish(claim);
+    };
+    const flaky = Object.create(store) as typeof store;
+    Object.defineProperty(flaky, "queue", { value: queue });
+    const outbound = worker(flaky, { mxPort: server.port, claimTtlMs: 2_000 });
+    await outbound.runOnce();
+    expect(failures).toBe(2);
+    expect(await store.queue.get(item.id)).toBeNull();
+    await outbound.runOnce();
+    expect(server.received).toHaveLength(1);
+  });
+
+  it("tries again when the store fails for a moment while the item is rescheduled", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.7.1 greylisted" });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    let failures = 0;
+    const queue = Object.create(store.queue) as Queue;
+    queue.reschedule = async (claim, options) => {
+      if (failures++ === 0) throw new StoreError("unavailable", "connection to the database lost");
+      return store.queue.reschedule(claim, options);
+    };
+    const flaky = Object.create(store) as typeof store;
+    Object.defineProperty(flaky, "queue", { value: queue });
+    await worker(flaky, { mxPort: server.port, claimTtlMs: 2_000, retrySchedule: [60_000] }).runOnce();
+    const left = await store.queue.get(item.id);
+    expect(left).toMatchObject({ attempts: 1, recipients: [{ status: "pending" }] });
+    expect(left?.lastError).toContain("451 4.7.1 greylisted");
+    expect(await store.queue.delivering()).toEqual([]);
   });
 });
 
@@ -611,7 +800,7 @@ describe("concurrency and crashes", () => {
     });
     const store = await ours();
     await enqueue(store, "alice@ours.test", ["x@script.test"]);
-    const stopping = worker(store, { mxPort: server.port, retrySchedule: [0, 0], pollIntervalMs: 20 });
+    const stopping = worker(store, { mxPort: server.port, retrySchedule: [0, 60_000], pollIntervalMs: 20 });
     stopping.start();
     await waitFor(() => !first);
     await stopping.stop({ deadlineMs: 50 });
@@ -666,7 +855,7 @@ describe("submission relay (relayToQueue)", () => {
   it("queues the transaction; the worker stores local copies and relays the rest without our Return-Path", async () => {
     const store = await ours();
     const result = await submitThroughQueue(store, ["bob@far.test", "alice@ours.test"]);
-    expect([...result.recipients.values()].map((r) => r.code)).toEqual([250, 250]);
+    expect([...result.recipients.values()].map((r) => r.reply.code)).toEqual([250, 250]);
     const [item] = await store.queue.list();
     expect(item).toMatchObject({ sender: "alice@ours.test", recipients: [{ address: "bob@far.test" }, { address: "alice@ours.test" }], meta: { user: "alice@ours.test" } });
 
@@ -687,7 +876,7 @@ describe("submission relay (relayToQueue)", () => {
     const store = await ours();
     await store.directory.addAlias({ source: "postmaster@ours.test", target: "alice@ours.test" });
     const result = await submitThroughQueue(store, ["postmaster", "bob@far.test"]);
-    expect([...result.recipients.values()].map((r) => r.code)).toEqual([250, 250]);
+    expect([...result.recipients.values()].map((r) => r.reply.code)).toEqual([250, 250]);
     const [item] = await store.queue.list();
     expect(item).toMatchObject({ recipients: [{ address: "postmaster@ours.test" }, { address: "bob@far.test" }] });
 
