@@ -1,25 +1,37 @@
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import { StoreError, type Logger } from "@mailroom/store";
 
+/** How long one command may wait for its reply by default. */
+export const DEFAULT_COMMAND_TIMEOUT_MS = 15_000;
+
 /**
  * Client settings for a mail server: a command fails at once while Redis is unreachable (the SMTP
  * session answers 451 and the sender retries later) instead of waiting in an offline queue, and the
  * connection comes back by itself. Commands that were in flight when the socket broke are not resent:
  * replaying a commit could store a message twice.
+ *
+ * A Redis that is connected but does not answer (a stopped process, a network that drops packets
+ * without a reset) breaks no socket for minutes, so each command also gives up after
+ * `commandTimeoutMs` (0: never).
  */
-export function connectionOptions(connectionName: string | undefined): Omit<RedisOptions, "replyMapping"> {
+export function connectionOptions(
+  connectionName?: string,
+  commandTimeoutMs: number = DEFAULT_COMMAND_TIMEOUT_MS,
+): Omit<RedisOptions, "replyMapping"> {
   return {
     maxRetriesPerRequest: 0,
     enableOfflineQueue: false,
     autoResendUnfulfilledCommands: false,
     connectTimeout: 5_000,
+    // ioredis arms a timer for any number, even 0, so "no limit" must leave the option out.
+    ...(commandTimeoutMs > 0 ? { commandTimeout: commandTimeoutMs } : {}),
     retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2_000),
     ...(connectionName === undefined ? {} : { connectionName }),
   };
 }
 
-export function createClient(url: string, connectionName: string | undefined): Redis {
-  return new Redis(url, connectionOptions(connectionName));
+export function createClient(url: string, connectionName: string | undefined, commandTimeoutMs: number): Redis {
+  return new Redis(url, connectionOptions(connectionName, commandTimeoutMs));
 }
 
 /** A single Redis or a Redis Cluster; the store only uses commands both have. */
@@ -38,8 +50,13 @@ export function parseNode(node: string): { host: string; port: number } | undefi
  * A cluster client with the same fail-fast settings as {@link connectionOptions}. Credentials and TLS
  * come from the URL (its host and database are not used: a cluster has only database 0).
  */
-export function createCluster(nodes: readonly string[], url: string | undefined, connectionName: string | undefined): Cluster {
-  const { retryStrategy, enableOfflineQueue, ...perNode } = connectionOptions(connectionName);
+export function createCluster(
+  nodes: readonly string[],
+  url: string | undefined,
+  connectionName: string | undefined,
+  commandTimeoutMs: number,
+): Cluster {
+  const { retryStrategy, enableOfflineQueue, ...perNode } = connectionOptions(connectionName, commandTimeoutMs);
   const auth: Omit<RedisOptions, "replyMapping"> = {};
   if (url !== undefined) {
     const parsed = new URL(url);

@@ -31,6 +31,13 @@ const REPLY_PREFIX: Readonly<Record<string, StoreErrorCode>> = {
   LOADING: "unavailable",
   MASTERDOWN: "unavailable",
   CLUSTERDOWN: "unavailable",
+  // A password or ACL the operator got wrong (Redis restarted with requirepass, a user disabled or
+  // missing a command): mail must wait in the senders' queues until it is fixed, not bounce.
+  NOAUTH: "unavailable",
+  WRONGPASS: "unavailable",
+  NOPERM: "unavailable",
+  // Redis cannot persist (RDB snapshot or AOF write failed) and refuses writes until it can again.
+  MISCONF: "unavailable",
   BUSY: "temporary",
   TRYAGAIN: "temporary",
   READONLY: "temporary",
@@ -41,9 +48,16 @@ const REPLY_PREFIX: Readonly<Record<string, StoreErrorCode>> = {
 const NAMES_UNAVAILABLE = new Set(["MaxRetriesPerRequestError", "ClusterAllFailedError"]);
 
 /**
+ * Redis' own wording when an AOF write failed for lack of space ("MISCONF Errors writing to the AOF
+ * file: No space left on device"). The RDB variant of MISCONF does not say why the snapshot failed
+ * (a full disk, an unwritable dir, a failed fork), so it stays "unavailable".
+ */
+const OUT_OF_SPACE = /no space left on device|disk quota exceeded/i;
+
+/**
  * The one place where driver failures become StoreErrors. Anything we cannot place is "permanent"
- * (a bug or a misconfiguration such as a wrong password will not fix itself by retrying), but we keep
- * the original as `cause` so the operator sees it.
+ * (a bug, such as a command Redis does not know, will not fix itself by retrying), but we keep the
+ * original as `cause` so the operator sees it.
  */
 export function toStoreError(error: unknown, context: string): StoreError {
   if (isStoreError(error)) return error;
@@ -59,6 +73,7 @@ function classify(error: unknown, message: string): StoreErrorCode {
   if (CLIENT_GONE.some((re) => re.test(message))) return "unavailable";
   const first = /^[A-Z]+/.exec(message)?.[0];
   if (first !== undefined) {
+    if (first === "MISCONF" && OUT_OF_SPACE.test(message)) return "no-space";
     const mapped = REPLY_PREFIX[first];
     if (mapped !== undefined) return mapped;
   }

@@ -4,7 +4,7 @@ import { createRedisStore, resolveOptions, type RedisStoreOptions } from "./stor
 export { createRedisStore, type RedisClusterOptions, type RedisStoreOptions } from "./store.js";
 export { toStoreError } from "./errors.js";
 export { escapeKeyPart } from "./keys.js";
-export { connectionOptions } from "./connection.js";
+export { DEFAULT_COMMAND_TIMEOUT_MS, connectionOptions } from "./connection.js";
 
 /**
  * `[store]` keys (snake_case, so that MAILROOM_STORE_* environment variables can set them too) and the
@@ -15,6 +15,7 @@ const OPTION_MAP = {
   chunk_bytes: "chunkBytes",
   connection_name: "connectionName",
   connect_timeout_ms: "connectTimeoutMs",
+  command_timeout_ms: "commandTimeoutMs",
   wait_replicas: "waitReplicas",
   wait_timeout_ms: "waitTimeoutMs",
   staging_ttl_ms: "stagingTtlMs",

@@ -14,7 +14,15 @@ import {
   type Queue,
   type Store,
 } from "@mailroom/store";
-import { checkDurability, createClient, createCluster, parseNode, waitReady, watchConnection } from "./connection.js";
+import {
+  DEFAULT_COMMAND_TIMEOUT_MS,
+  checkDurability,
+  createClient,
+  createCluster,
+  parseNode,
+  waitReady,
+  watchConnection,
+} from "./connection.js";
 import { afterDurableWrite, call, type Context } from "./context.js";
 import { RedisDirectory } from "./directory.js";
 import { toStoreError } from "./errors.js";
@@ -51,9 +59,15 @@ export interface RedisStoreOptions {
   readonly connectionName?: string;
   /** How long `createRedisStore` waits for the first connection. Default 10 s. */
   readonly connectTimeoutMs?: number;
+  /**
+   * How long one command waits for Redis' reply before it fails with "unavailable" (a Redis that
+   * stopped answering without closing the connection). 0: wait without limit. Default 15 s. Not
+   * applied to a `client` you pass in.
+   */
+  readonly commandTimeoutMs?: number;
   /** After each acknowledged write, WAIT until this many replicas have it. Default 0 (no WAIT). */
   readonly waitReplicas?: number;
-  /** Upper bound of one WAIT. Default 1000 ms. */
+  /** Upper bound of one WAIT. Default 1000 ms. With `waitReplicas`, from 1 to below `commandTimeoutMs`. */
   readonly waitTimeoutMs?: number;
   /** How long an abandoned append's staged chunks live. Default 15 minutes after the last chunk. */
   readonly stagingTtlMs?: number;
@@ -95,6 +109,17 @@ export function resolveOptions(options: RedisStoreOptions, nameOf: (key: keyof R
     // WAIT has no key, so a cluster client would send it to a random node rather than the one written.
     throw new Error(`redis store: option "${nameOf("waitReplicas")}" is not supported on Redis Cluster`);
   }
+  const commandTimeoutMs = integerOption(nameOf("commandTimeoutMs"), options.commandTimeoutMs, 0) ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  const waitTimeoutMs = integerOption(nameOf("waitTimeoutMs"), options.waitTimeoutMs, 0) ?? 1_000;
+  const waitOutlasts = waitTimeoutMs === 0 || waitTimeoutMs >= commandTimeoutMs;
+  if (waitReplicas > 0 && commandTimeoutMs > 0 && options.client === undefined && waitOutlasts) {
+    // A WAIT cut off by the client after the mail was committed would turn an accepted message into a
+    // 451, and the sender's retry into a duplicate. (WAIT with timeout 0 blocks without limit.)
+    throw new Error(
+      `redis store: option "${nameOf("waitTimeoutMs")}" must be at least 1 and below ` +
+        `"${nameOf("commandTimeoutMs")}" (${commandTimeoutMs}) when "${nameOf("waitReplicas")}" is set`,
+    );
+  }
   return {
     url: stringOption(nameOf("url"), options.url) ?? DEFAULT_URL,
     clusterNodes,
@@ -102,8 +127,9 @@ export function resolveOptions(options: RedisStoreOptions, nameOf: (key: keyof R
     chunkBytes: integerOption(nameOf("chunkBytes"), options.chunkBytes, 1, MAX_CHUNK) ?? 256 * 1024,
     connectionName: stringOption(nameOf("connectionName"), options.connectionName),
     connectTimeoutMs: integerOption(nameOf("connectTimeoutMs"), options.connectTimeoutMs, 0) ?? 10_000,
+    commandTimeoutMs,
     waitReplicas,
-    waitTimeoutMs: integerOption(nameOf("waitTimeoutMs"), options.waitTimeoutMs, 0) ?? 1_000,
+    waitTimeoutMs,
     stagingTtlMs: integerOption(nameOf("stagingTtlMs"), options.stagingTtlMs, 1_000) ?? 15 * 60_000,
   };
 }
@@ -226,8 +252,8 @@ export async function createRedisStore(options: RedisStoreOptions = {}): Promise
   const client =
     options.client ??
     (settings.clusterNodes === undefined
-      ? createClient(settings.url, settings.connectionName)
-      : createCluster(settings.clusterNodes, options.url, settings.connectionName));
+      ? createClient(settings.url, settings.connectionName, settings.commandTimeoutMs)
+      : createCluster(settings.clusterNodes, options.url, settings.connectionName, settings.commandTimeoutMs));
   const unwatch = watchConnection(client, logger);
   try {
     await waitReady(client, settings.connectTimeoutMs);

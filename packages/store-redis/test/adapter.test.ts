@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { fromBytes, type Logger } from "@mailroom/store";
-import redisAdapter, { createRedisStore } from "../src/index.js";
+import redisAdapter, { connectionOptions, createRedisStore } from "../src/index.js";
 import { adminClient, deletePrefix, redisUrl, requireRedis } from "./services.js";
 
 const available = await requireRedis();
@@ -36,6 +36,23 @@ describe("redisAdapter", () => {
     await expect(redisAdapter.open(redisUrl, { prefix: 42 })).rejects.toThrow(/"prefix"/);
     await expect(redisAdapter.open(redisUrl, { wait_replicas: -1 })).rejects.toThrow(/"wait_replicas"/);
     await expect(redisAdapter.open(redisUrl, { colour: "blue" })).rejects.toThrow(/"colour"/);
+    await expect(redisAdapter.open(redisUrl, { command_timeout_ms: -1 })).rejects.toThrow(/"command_timeout_ms"/);
+  });
+
+  it("gives every command of its own connection a timeout, 15 s unless configured", () => {
+    expect(connectionOptions()).toMatchObject({ commandTimeout: 15_000 });
+    expect(connectionOptions("mx1", 2_000)).toMatchObject({ commandTimeout: 2_000, connectionName: "mx1" });
+    // ioredis would time out every command at once with 0, so "no limit" leaves the option out.
+    expect(connectionOptions(undefined, 0)).not.toHaveProperty("commandTimeout");
+  });
+
+  it("refuses a WAIT that could outlast the command timeout, which would fail mail already stored", async () => {
+    const wait = { wait_replicas: 1, command_timeout_ms: 2_000 };
+    await expect(redisAdapter.open(redisUrl, { ...wait, wait_timeout_ms: 2_000 })).rejects.toThrow(
+      /"wait_timeout_ms" must be at least 1 and below "command_timeout_ms" \(2000\)/,
+    );
+    // WAIT with a timeout of 0 blocks without limit.
+    await expect(redisAdapter.open(redisUrl, { ...wait, wait_timeout_ms: 0 })).rejects.toThrow(/"wait_timeout_ms"/);
   });
 
   it("refuses a prefix with braces, which would become every key's hash tag", async () => {

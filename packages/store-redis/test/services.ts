@@ -1,3 +1,5 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { connect, createServer } from "node:net";
 import { Redis } from "ioredis";
 
 /** Where the tests find Redis. */
@@ -70,4 +72,74 @@ export async function keysUnder(client: Redis, prefix: string): Promise<string[]
     out.push(...keys);
   } while (cursor !== "0");
   return out.sort();
+}
+
+/** A port that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** A redis-server of the test's own, on a free port; `stop` kills it by pid (also while paused). */
+export interface PrivateRedis {
+  readonly port: number;
+  readonly url: string;
+  /** SIGSTOP: the connections stay open, nothing answers. */
+  pause(): void;
+  resume(): void;
+  stop(): Promise<void>;
+}
+
+/** Any reply to a raw PING (even NOAUTH from a server with a password) means it is up. */
+function answersPing(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1");
+    socket.setTimeout(500);
+    const done = (ok: boolean): void => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.once("connect", () => socket.write("PING\r\n"));
+    socket.once("data", (data) => done(data[0] === 0x2b || data[0] === 0x2d));
+    socket.once("error", () => done(false));
+    socket.once("timeout", () => done(false));
+  });
+}
+
+export async function startPrivateRedis(dir: string, args: readonly string[]): Promise<PrivateRedis> {
+  const port = await freePort();
+  const child: ChildProcess = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--dir", dir, "--daemonize", "no", ...args],
+    { stdio: "ignore" },
+  );
+  await new Promise<void>((resolve, reject) => {
+    child.once("error", reject);
+    child.once("spawn", () => resolve());
+  });
+  const stop = (): Promise<void> => {
+    if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    child.kill("SIGCONT");
+    child.kill("SIGKILL");
+    return exited;
+  };
+  const until = Date.now() + 10_000;
+  while (!(await answersPing(port))) {
+    if (Date.now() > until || child.exitCode !== null) {
+      await stop();
+      throw new Error(`private redis-server on port ${port} did not start (args: ${args.join(" ")})`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    pause: () => void child.kill("SIGSTOP"),
+    resume: () => void child.kill("SIGCONT"),
+    stop,
+  };
 }
