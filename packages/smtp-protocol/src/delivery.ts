@@ -11,6 +11,10 @@ export interface Transaction {
   readonly mailFrom: string;
   readonly utf8: boolean;
   readonly recipients: Recipient[];
+  /** recipientKey() of each of `recipients`: a repeated RCPT is not added again. */
+  readonly keys: Set<string>;
+  /** RCPTs answered 250, repeated ones included (what maxRecipients limits). */
+  accepted: number;
   /** Set once the first BDAT chunk arrived: the message is already streaming into the store. */
   bdat: Delivery | null;
 }
@@ -123,6 +127,7 @@ export function startDelivery(ctx: StartContext, tx: Transaction, mode: "dot" | 
       id: tx.id,
       tls: ctx.info.tls,
       mailFrom: tx.mailFrom,
+      utf8: tx.utf8,
       recipients: tx.recipients.map((r) => r.address),
       date: new Date(),
     }),

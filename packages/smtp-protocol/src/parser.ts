@@ -250,6 +250,23 @@ export class LineReader {
     return { line: whole.subarray(0, end), used };
   }
 
+  /**
+   * Whether the line being read (the octets held for it, then `input`) starts with `prefix`, ASCII
+   * letters in any case. False while an over-long line is swallowed, or when too little has arrived.
+   */
+  startsWith(input: Uint8Array, prefix: string): boolean {
+    if (this.#overflow) return false;
+    let at = 0;
+    const match = (part: Uint8Array): boolean => {
+      for (let i = 0; i < part.length && at < prefix.length; i++, at++) {
+        if (lowerAscii(part[i]!) !== lowerAscii(prefix.charCodeAt(at))) return false;
+      }
+      return true;
+    };
+    for (const part of this.#parts) if (!match(part)) return false;
+    return match(input) && at === prefix.length;
+  }
+
   reset(): void {
     this.#parts = [];
     this.#length = 0;
@@ -257,6 +274,10 @@ export class LineReader {
     this.#reported = false;
     this.#discarded = 0;
   }
+}
+
+function lowerAscii(octet: number): number {
+  return octet >= 0x41 && octet <= 0x5a ? octet | 0x20 : octet;
 }
 
 export function concat(parts: readonly Uint8Array[], length?: number): Uint8Array {

@@ -4,6 +4,7 @@ import {
   normalizeDomain,
   resolveRecipient,
   type Account,
+  type Directory,
   type MailboxId,
   type RecipientLookups,
   type Store,
@@ -25,6 +26,8 @@ export interface PolicyContext {
   readonly hooks: SmtpHooks;
   readonly info: SessionInfo;
   readonly relay: "queue" | "refuse";
+  /** Shared by every session of the server. */
+  readonly postmaster: PostmasterLookup;
 }
 
 /** Where a recipient's copy goes (see RecipientVerdict). */
@@ -79,8 +82,10 @@ async function ownsAddress(store: Store, user: Account, address: string): Promis
 
 export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<Decision<Target>> {
   if (ctx.hooks.onRcptTo) return fromVerdict(await ctx.hooks.onRcptTo(path.address, ctx.info));
-  // `<postmaster>` without a domain must always be accepted (RFC 5321 4.5.1): it means ours.
-  if (path.domain === "") return postmaster(ctx);
+  // `<postmaster>` without a domain must always be accepted (RFC 5321 4.5.1): it means ours. So must
+  // postmaster at our host name, which is in our greeting, Received headers and bounces even when it
+  // is not a mail domain (Postfix: myhostname is in mydestination).
+  if (path.domain === "" || (path.local.toLowerCase() === "postmaster" && sameDomain(path.domain, ctx.hostname))) return postmaster(ctx);
   // One fetch for the domain check and the resolution below (a database store answers both at once).
   const lookups = await lookupsFor(ctx.store.directory, path.address);
   if (!(await isLocalDomain(lookups, path.domain))) {
@@ -95,17 +100,99 @@ export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<De
   return refuse(R.unknownUser());
 }
 
-/** The postmaster of our host name, else of the first local domain that has one. */
+function sameDomain(a: string, b: string): boolean {
+  if (a.toLowerCase() === b.toLowerCase()) return true;
+  try {
+    return normalizeDomain(a) === normalizeDomain(b);
+  } catch {
+    return false;
+  }
+}
+
+/** Mailboxes are resolved per RCPT (one lookup); only which postmaster takes the mail is remembered. */
 async function postmaster(ctx: PolicyContext): Promise<Decision<Target>> {
-  const domains = [ctx.hostname, ...(await ctx.store.directory.listDomains())];
-  for (const domain of domains) {
-    const address = `postmaster@${domain}`;
+  const address = await ctx.postmaster.address();
+  if (address !== null) {
     const resolution = await resolveRecipient(ctx.store.directory, address);
     // Qualified, as Postfix does: a queued transaction resolves its recipients again later, and
     // a bare `postmaster` would then look like a domain of its own.
     if (resolution.kind === "local") return { ok: true, value: { mailboxes: resolution.mailboxes, relay: false, address } };
+    // Removed since it was found: look again on the next RCPT rather than refuse for the rest of the minute.
+    ctx.postmaster.forget();
   }
   return refuse(R.unknownUser());
+}
+
+/**
+ * Which address `<postmaster>` goes to: the postmaster of our host name, else of the first local domain
+ * that has one. Finding it reads every domain, and anyone may send that RCPT to port 25, as often as
+ * it likes; so the answer, "none" included, is kept for a while (a minute by default) for all sessions
+ * of a server, and sessions asking at the same time share one search.
+ */
+export class PostmasterLookup {
+  readonly #directory: Directory;
+  readonly #hostname: string;
+  readonly #ttlMs: number;
+  readonly #now: () => number;
+  #found: { readonly address: string | null; readonly until: number } | null = null;
+  #searching: Promise<string | null> | null = null;
+
+  constructor(directory: Directory, hostname: string, options: { readonly ttlMs?: number; readonly now?: () => number } = {}) {
+    this.#directory = directory;
+    this.#hostname = hostname;
+    this.#ttlMs = options.ttlMs ?? 60_000;
+    this.#now = options.now ?? Date.now;
+  }
+
+  /** The qualified postmaster address, or null when no local domain has one. */
+  address(): Promise<string | null> {
+    if (this.#found && this.#found.until > this.#now()) return Promise.resolve(this.#found.address);
+    if (!this.#searching) {
+      const search = this.#search().then(
+        (address) => {
+          this.#found = { address, until: this.#now() + this.#ttlMs };
+          this.#searching = null;
+          return address;
+        },
+        (error: unknown) => {
+          // A failed lookup is not an answer: the next RCPT tries again.
+          this.#searching = null;
+          throw error;
+        },
+      );
+      this.#searching = search;
+    }
+    return this.#searching;
+  }
+
+  forget(): void {
+    this.#found = null;
+  }
+
+  async #search(): Promise<string | null> {
+    const domains = [this.#hostname, ...(await this.#directory.listDomains())];
+    for (const domain of domains) {
+      const address = `postmaster@${domain}`;
+      if ((await resolveRecipient(this.#directory, address)).kind === "local") return address;
+    }
+    return null;
+  }
+}
+
+/**
+ * Two RCPTs that name the same recipient get the same key. A relayed address keeps its local part as
+ * sent (the remote end may treat its case as significant, RFC 5321 2.4) and has its domain normalised
+ * (which never is); a local one is normalised as the store looks it up.
+ */
+export function recipientKey(address: string, relay: boolean): string {
+  try {
+    if (!relay) return normalizeAddress(address);
+    const at = address.lastIndexOf("@");
+    return at < 0 ? address : `${address.slice(0, at)}@${normalizeDomain(address.slice(at + 1))}`;
+  } catch {
+    // An address literal or a name the store refuses: only the same text is the same recipient.
+    return address;
+  }
 }
 
 function fromVerdict(verdict: RecipientVerdict): Decision<Target> {

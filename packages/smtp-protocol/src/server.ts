@@ -1,5 +1,6 @@
 import { createLoginCache, createLoginThrottle, silentLogger } from "@mailroom/store";
 import { listen, type Listener } from "@mailroom/transport";
+import { PostmasterLookup } from "./policy.js";
 import { formatReply, R } from "./replies.js";
 import { Session, type ServerContext } from "./session.js";
 import { resolveLimits, type SmtpListenOptions, type SmtpServer, type SmtpServerOptions } from "./types.js";
@@ -24,6 +25,7 @@ export function createSmtpServer(options: SmtpServerOptions): SmtpServer {
     limits,
     hooks: options.hooks ?? {},
     relay: options.relay ?? "refuse",
+    postmaster: new PostmasterLookup(options.store.directory, options.hostname),
   };
   const listeners = new Set<Listener>();
   const sessions = new Set<Session>();

@@ -5,8 +5,9 @@ import { takeChunk, type BdatPhase, type BdatReturn } from "./bdat.js";
 import type { Command, Verb } from "./commands.js";
 import { describe, startDelivery, type Delivery, type Transaction } from "./delivery.js";
 import { LineReader, parseCommand } from "./parser.js";
-import { checkRecipient, checkSender, type PolicyContext } from "./policy.js";
+import { checkRecipient, checkSender, recipientKey, type PolicyContext, type PostmasterLookup } from "./policy.js";
 import { cleanText, formatReply, R, rejectReply, reply, type Reply } from "./replies.js";
+import { sanitize } from "./trace.js";
 import type { ListenerMode, SessionInfo, SmtpHooks, SmtpLimits } from "./types.js";
 
 /** What every session of one server shares. */
@@ -22,6 +23,7 @@ export interface ServerContext {
   readonly limits: SmtpLimits;
   readonly hooks: SmtpHooks;
   readonly relay: "queue" | "refuse";
+  readonly postmaster: PostmasterLookup;
 }
 
 /**
@@ -44,8 +46,23 @@ type Phase =
 
 const EMPTY = new Uint8Array(0);
 const decoder = new TextDecoder();
+const encoder = new TextEncoder();
 /** RFC 4954 4: AUTH response lines may be up to 12288 octets. */
 const MAX_AUTH_LINE = 12_288;
+/**
+ * What a MAIL line may have beyond maxCommandLine: the extensions we offer raise its limit for their
+ * parameters, AUTH= by 500 octets (RFC 4954 5), SIZE= by 26 (RFC 1870), BODY= by 16 (RFC 6152) and
+ * SMTPUTF8 by 10 (RFC 6531); 100 more for RET=/ENVID= (RFC 3461), so that a DSN client's line
+ * is read and its parameters answered with 555 rather than "Line too long". Other commands keep
+ * the plain limit (we offer no extension that raises theirs).
+ */
+const MAIL_LINE_EXTRA = 500 + 26 + 16 + 10 + 100;
+/**
+ * The longest reverse path, in octets: the extension allowance is for parameters, and a Return-Path
+ * header must stay well inside the 998-octet line limit (RFC 5322 2.1.1). More than a 512-octet MAIL line
+ * could carry before, and twice the 256 that RFC 5321 4.5.3.1.3 asks for.
+ */
+const MAX_PATH_OCTETS = 512;
 /** After "500 Line too long", how much more of that line is swallowed before the session is ended. */
 const MAX_DISCARDED_LINE = 64 * 1024;
 const PAUSE_ABOVE = 256 * 1024;
@@ -256,7 +273,12 @@ export class Session {
         return rest;
       }
       default: {
-        const max = phase.kind === "auth" ? MAX_AUTH_LINE : this.#ctx.limits.maxCommandLine;
+        const max =
+          phase.kind === "auth"
+            ? MAX_AUTH_LINE
+            : this.#lines.startsWith(input, "MAIL ")
+              ? this.#ctx.limits.maxCommandLine + MAIL_LINE_EXTRA
+              : this.#ctx.limits.maxCommandLine;
         const { line, used } = this.#lines.take(input, max);
         if (line === "too-long") {
           if (phase.kind === "auth") this.#phase = { kind: "idle" };
@@ -415,14 +437,15 @@ export class Session {
       this.#write(reply(250, undefined, host));
       return;
     }
-    const lines = [`${host} greets ${cleanText(domain, 64)}`, "PIPELINING", `SIZE ${this.#ctx.limits.maxMessageBytes}`, "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"];
+    // ASCII, as in the Received header: replies are 7-bit whatever the client calls itself.
+    const lines = [`${host} greets ${sanitize(domain, 64)}`, "PIPELINING", `SIZE ${this.#ctx.limits.maxMessageBytes}`, "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"];
     if (this.#ctx.tls && !this.#conn.secure) lines.push("STARTTLS");
     if (this.#mode === "submission" && this.#authAllowed()) lines.push("AUTH PLAIN LOGIN");
     this.#write(reply(250, undefined, ...lines));
   }
 
   #policy(): PolicyContext {
-    return { store: this.#ctx.store, hostname: this.#ctx.hostname, mode: this.#mode, hooks: this.#ctx.hooks, info: this.info, relay: this.#ctx.relay };
+    return { store: this.#ctx.store, hostname: this.#ctx.hostname, mode: this.#mode, hooks: this.#ctx.hooks, info: this.info, relay: this.#ctx.relay, postmaster: this.#ctx.postmaster };
   }
 
   async #mail(c: Extract<Command, { verb: "MAIL" }>): Promise<void> {
@@ -448,6 +471,8 @@ export class Session {
       } else return this.#error(R.badParam(key));
     }
     if (c.path.utf8 && !utf8) return this.#error(R.needUtf8());
+    const pathOctets = c.path.utf8 ? encoder.encode(c.path.address).length : c.path.address.length;
+    if (pathOctets > MAX_PATH_OCTETS) return this.#error(R.syntax("path too long"));
     const decision = await checkSender(this.#policy(), c.path);
     if (this.#phase.kind === "closed") return; // the session ended while the sender was checked
     if (!decision.ok) {
@@ -456,7 +481,7 @@ export class Session {
     }
     this.#transactions++;
     const id = `${this.#conn.id}${this.#transactions.toString(36)}`.toUpperCase();
-    this.#phase = { kind: "mail", tx: { id, mailFrom: c.path.address, utf8, recipients: [], bdat: null } };
+    this.#phase = { kind: "mail", tx: { id, mailFrom: c.path.address, utf8, recipients: [], keys: new Set(), accepted: 0, bdat: null } };
     this.#log.info({ id, from: cleanText(c.path.address, 100) }, "mail from");
     this.#write(R.senderOk());
   }
@@ -469,7 +494,7 @@ export class Session {
     if (c.path.utf8 && !phase.tx.utf8) return this.#error(R.needUtf8());
     // RFC 5321 4.5.3.1.10: the client sends the rest in another transaction. Not counted as an error, or
     // a client pipelining more than maxErrors extra recipients would lose the whole message to a 421.
-    if (phase.tx.recipients.length >= this.#ctx.limits.maxRecipients) return this.#write(R.tooManyRecipients());
+    if (phase.tx.accepted >= this.#ctx.limits.maxRecipients) return this.#write(R.tooManyRecipients());
     const decision = await checkRecipient(this.#policy(), c.path);
     const to = cleanText(c.path.address, 100);
     if (!decision.ok) {
@@ -478,6 +503,15 @@ export class Session {
     }
     if (this.#phase !== phase) return; // the session ended while we looked the address up
     const address = decision.value.address ?? c.path.address;
+    const key = recipientKey(address, decision.value.relay);
+    // Answered 250 and counted against maxRecipients as any other RCPT (as Postfix does), but a
+    // recipient named twice gets one copy: a relayed one would otherwise be queued and sent twice.
+    phase.tx.accepted++;
+    if (phase.tx.keys.has(key)) {
+      this.#log.info({ id: phase.tx.id, to }, "rcpt duplicate");
+      return this.#write(R.recipientOk());
+    }
+    phase.tx.keys.add(key);
     phase.tx.recipients.push({ address, mailboxes: decision.value.mailboxes, relay: decision.value.relay });
     this.#log.info({ id: phase.tx.id, to }, "rcpt");
     this.#write(R.recipientOk());

@@ -37,7 +37,10 @@ export type RecipientVerdict =
   | Reject;
 
 export interface Recipient {
-  /** The address as the client sent it; a bare `<postmaster>` qualified with the domain whose postmaster takes it. */
+  /**
+   * The address as the client sent it; `<postmaster>` (bare or at our host name) as the postmaster
+   * address that takes it. Each recipient once: a repeated RCPT is not added again.
+   */
   readonly address: string;
   /** Local mailboxes that get a copy; empty for a relayed recipient. */
   readonly mailboxes: readonly MailboxId[];
@@ -108,9 +111,12 @@ export interface SmtpTimeouts {
 export interface SmtpLimits {
   /** Largest message, also advertised as SIZE. Default 25 MiB. */
   readonly maxMessageBytes: number;
-  /** Recipients per transaction. Default 100. */
+  /** Recipients per transaction (every RCPT answered 250, a repeated one too). Default 100. */
   readonly maxRecipients: number;
-  /** Command line length including CRLF. Default 512. */
+  /**
+   * Command line length including CRLF. Default 512. A MAIL line may be 652 octets longer, the room
+   * its extension parameters are given by their RFCs (AUTH=, SIZE=, BODY=, SMTPUTF8, RET=/ENVID=).
+   */
   readonly maxCommandLine: number;
   /** Message line length including CRLF. Default 1000. */
   readonly maxTextLine: number;

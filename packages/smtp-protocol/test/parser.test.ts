@@ -133,4 +133,19 @@ describe("LineReader", () => {
     expect(feed(reader, [...parts, enc.encode("\r\nQUIT\r\n")])).toEqual(["<too-long>", "QUIT"]);
     expect(reader.pending).toBe(0);
   });
+
+  it("tells whether the line being read starts with a word, in any letter case, wherever it was split", () => {
+    const enc = new TextEncoder();
+    const bytes = enc.encode("mAiL FROM:<a@b>\r\n");
+    for (let cut = 0; cut < bytes.length; cut++) {
+      const reader = new LineReader(512);
+      expect(reader.take(bytes.subarray(0, cut)).line).toBeNull();
+      expect(reader.startsWith(bytes.subarray(cut), "MAIL ")).toBe(true);
+      expect(reader.startsWith(bytes.subarray(cut), "RCPT ")).toBe(false);
+    }
+    const reader = new LineReader(512);
+    expect(reader.startsWith(enc.encode("MAIL"), "MAIL ")).toBe(false);
+    expect(reader.startsWith(enc.encode("MAIL\0"), "MAIL ")).toBe(false);
+    expect(reader.startsWith(enc.encode("MAILX"), "MAIL ")).toBe(false);
+  });
 });

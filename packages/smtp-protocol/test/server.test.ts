@@ -311,7 +311,7 @@ describe("hooks", () => {
       hooks: {
         onConnect: (info) => (info.remotePort % 1 === 0 && seen.length === 0 ? (seen.push("first"), { reject: "permanent", message: "go away\r\nnow" }) : { ok: true }),
         onRcptTo: (address) =>
-          address === "any@anything.example" ? { ok: true, mailboxes: ["bucket"] } : address.startsWith("boom") ? Promise.reject(new Error("db down")) : { reject: "temporary", message: "try later" },
+          address.endsWith("@anything.example") ? { ok: true, mailboxes: ["bucket"] } : address.startsWith("boom") ? Promise.reject(new Error("db down")) : { reject: "temporary", message: "try later" },
         onData: async (envelope, message) => {
           for await (const _ of message) void _;
           return envelope.recipients.length > 1 ? { reject: "temporary" } : { ok: true };
@@ -333,7 +333,7 @@ describe("hooks", () => {
     expect(await client.command("Subject: x\r\n\r\n.")).toMatch(/^250 2\.0\.0 OK/);
     expect(await client.command("MAIL FROM:<a@far.example>")).toBe("250 2.1.0 Sender OK");
     expect(await client.command("RCPT TO:<any@anything.example>")).toBe("250 2.1.5 Recipient OK");
-    expect(await client.command("RCPT TO:<any@anything.example>")).toBe("250 2.1.5 Recipient OK");
+    expect(await client.command("RCPT TO:<other@anything.example>")).toBe("250 2.1.5 Recipient OK");
     expect(await client.command("DATA")).toMatch(/^354 /);
     expect(await client.command("Subject: x\r\n\r\n.")).toBe("451 4.7.1 Rejected by policy");
     client.close();
@@ -356,6 +356,108 @@ describe("hooks", () => {
     expect(await client.command("DATA")).toMatch(/^354 /);
     expect(await client.command("Subject: out\r\n\r\n.")).toMatch(/^250 /);
     expect((await storedMessages(store, "outbound-queue")).length).toBe(1);
+    client.close();
+  });
+});
+
+/** The store with every directory call counted by method name. */
+function countingDirectory(store: Store): { store: Store; calls: Map<string, number>; total: () => number } {
+  const calls = new Map<string, number>();
+  const directory = new Proxy(store.directory, {
+    get(target, name, receiver) {
+      const value: unknown = Reflect.get(target, name, receiver);
+      if (typeof value !== "function" || typeof name !== "string") return value;
+      return (...args: unknown[]) => {
+        calls.set(name, (calls.get(name) ?? 0) + 1);
+        return (value as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  });
+  const wrapped = Object.create(store) as Store;
+  Object.defineProperty(wrapped, "directory", { value: directory });
+  return { store: wrapped, calls, total: () => [...calls.values()].reduce((a, b) => a + b, 0) };
+}
+
+describe("recipients", () => {
+  it("looks for the postmaster once for many <postmaster> RCPTs, over all sessions, also when there is none", async () => {
+    const seeded = await seededStore();
+    // Domains that sort before local.test, the first one with a postmaster: each is looked at in a search.
+    for (let i = 0; i < 200; i++) await seeded.directory.addDomain(`d${String(i).padStart(3, "0")}.test`);
+    const counted = countingDirectory(seeded);
+    const { port } = await start({ store: counted.store });
+    const client = await RawClient.connect(port);
+    await envelope(client, "postmaster");
+    const search = counted.total();
+    expect(search).toBeGreaterThan(200);
+    for (const to of ["postmaster", "POSTMASTER", "postmaster@mx.local.test"]) {
+      const before = counted.total();
+      expect(await client.command(`RCPT TO:<${to}>`)).toBe("250 2.1.5 Recipient OK");
+      // Only the postmaster's own mailboxes: account, aliases and domain of postmaster@local.test and bob.
+      expect(counted.total() - before).toBeLessThanOrEqual(8);
+    }
+    client.close();
+    const again = await RawClient.connect(port);
+    await envelope(again, "postmaster");
+    again.close();
+    expect(counted.calls.get("listDomains")).toBe(1);
+
+    // No postmaster anywhere: the "no" is remembered as well.
+    const none = await seededStore();
+    await none.directory.removeAlias("postmaster@local.test");
+    for (let i = 0; i < 200; i++) await none.directory.addDomain(`d${String(i).padStart(3, "0")}.test`);
+    const countedNone = countingDirectory(none);
+    const second = await start({ store: countedNone.store });
+    const refused = await RawClient.connect(second.port);
+    expect(await refused.reply()).toMatch(/^220 /);
+    expect(await refused.command("HELO client.example")).toBe("250 mx.local.test");
+    expect(await refused.command("MAIL FROM:<a@far.example>")).toBe("250 2.1.0 Sender OK");
+    expect(await refused.command("RCPT TO:<postmaster>")).toBe("550 5.1.1 Mailbox unavailable: no such user here");
+    const before = countedNone.total();
+    for (let i = 0; i < 10; i++) expect(await refused.command("RCPT TO:<postmaster>")).toBe("550 5.1.1 Mailbox unavailable: no such user here");
+    expect(countedNone.total()).toBe(before);
+    expect(countedNone.calls.get("listDomains")).toBe(1);
+    refused.close();
+  });
+
+  it("looks for the postmaster again at once when the one it found is gone", async () => {
+    const { store, port } = await start();
+    const client = await RawClient.connect(port);
+    await envelope(client, "postmaster");
+    await store.directory.removeAlias("postmaster@local.test");
+    expect(await client.command("RCPT TO:<postmaster>")).toBe("550 5.1.1 Mailbox unavailable: no such user here");
+    await store.directory.addAlias({ source: "postmaster@other-local.test", target: "carol@other-local.test" });
+    expect(await client.command("RCPT TO:<postmaster>")).toBe("250 2.1.5 Recipient OK");
+    expect(await client.command("DATA")).toMatch(/^354 /);
+    expect(await client.command("Subject: x\r\n\r\n.")).toMatch(/^250 /);
+    expect((await storedMessages(store, "carol@other-local.test")).length).toBe(1);
+    expect((await storedMessages(store, "bob@local.test")).length).toBe(1);
+    client.close();
+  });
+
+  it("queues a recipient named twice in one transaction once, and answers each RCPT with 250", async () => {
+    const { store, port } = await start({ allowLoopbackPlaintextAuth: true, relay: "queue" }, "submission");
+    const client = await RawClient.connect(port);
+    expect(await client.reply()).toMatch(/^220 /);
+    await client.command("EHLO c");
+    expect(await client.command(`AUTH PLAIN ${Buffer.from("\0alice@local.test\0alice-secret").toString("base64")}`)).toMatch(/^235 /);
+    expect(await client.command("MAIL FROM:<alice@local.test>")).toBe("250 2.1.0 Sender OK");
+    // The domain's case never matters; the local part's may, at the remote end, so X@ is someone else.
+    for (const to of ["x@far.example", "x@FAR.Example", "X@far.example", "x@far.example", "bob@local.test", "BOB@Local.Test"]) {
+      expect(await client.command(`RCPT TO:<${to}>`)).toBe("250 2.1.5 Recipient OK");
+    }
+    expect(await client.command("DATA")).toMatch(/^354 /);
+    expect(await client.command("Subject: out\r\n\r\n.")).toMatch(/^250 /);
+    const items = await store.queue!.list();
+    expect(items.map((item) => item.recipients.map((r) => r.address))).toEqual([["x@far.example", "X@far.example", "bob@local.test"]]);
+    client.close();
+  });
+
+  it("counts a repeated RCPT against maxRecipients", async () => {
+    const { port } = await start({ limits: { maxRecipients: 2 } });
+    const client = await RawClient.connect(port);
+    await envelope(client);
+    expect(await client.command("RCPT TO:<bob@local.test>")).toBe("250 2.1.5 Recipient OK");
+    expect(await client.command("RCPT TO:<bob@local.test>")).toBe("452 4.5.3 Too many recipients");
     client.close();
   });
 });
