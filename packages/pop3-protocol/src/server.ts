@@ -106,6 +106,7 @@ export function createPop3Server(options: Pop3ServerOptions): Pop3Server {
           context.logger.warn({ remote: connection.remoteAddress, reason }, "connection refused");
           connection.end(err("too many connections, try again later", "SYS/TEMP"));
         },
+        onDropped: (remote, reason) => context.logger.warn({ remote, reason }, "connection refused"),
       });
       listeners.add(listener);
       context.logger.info({ host: listener.host, port: listener.port, implicitTls: listener.implicitTls }, "POP3 listening");

@@ -68,6 +68,7 @@ export function createSmtpServer(options: SmtpServerOptions): SmtpServer {
           ctx.logger.info({ remote: connection.remoteAddress, reason }, "connection refused");
           connection.end(formatReply(R.tooManyConnections(ctx.hostname)));
         },
+        onDropped: (remote, reason) => ctx.logger.info({ remote, reason }, "connection refused"),
       });
       listeners.add(listener);
       ctx.logger.info({ host: listener.host, port: listener.port, mode: listenOptions.mode, implicitTls: listener.implicitTls }, "smtp listening");

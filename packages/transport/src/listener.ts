@@ -25,6 +25,11 @@ export interface ListenOptions {
    * it. Default: closed without a word.
    */
   readonly onRejected?: (connection: Connection, reason: RejectReason) => void;
+  /**
+   * A connection over a limit on an implicit-TLS listener: it is closed before its handshake, with no
+   * channel for a refusal yet, so this only tells (for the log).
+   */
+  readonly onDropped?: (remoteAddress: string, reason: RejectReason) => void;
 }
 
 export interface Listener {
@@ -93,8 +98,10 @@ export async function listen(options: ListenOptions): Promise<Listener> {
     context.onReload(() => tlsServer.setSecureContext(context.serverOptions));
     tlsServer.on("connection", (raw: Socket) => {
       // Before the handshake there is no channel to say why: over a limit is closed without a word.
-      if (admit(raw) !== null) {
+      const reason = admit(raw);
+      if (reason !== null) {
         raw.destroy();
+        options.onDropped?.(normaliseAddress(raw.remoteAddress ?? ""), reason);
         return;
       }
       const key = socketKey(raw);

@@ -454,13 +454,21 @@ describe("TLS", () => {
 
   it("counts sockets still in their TLS handshake against the connection limits", async () => {
     const tls = new TlsContext({ cert: certA.cert, key: certA.key });
-    const listener = await serve({ tls, implicitTls: true, maxConnectionsPerAddress: 2, handshakeTimeoutMs: 1_000 });
+    const dropped: Array<{ remote: string; reason: RejectReason }> = [];
+    const listener = await serve({
+      tls,
+      implicitTls: true,
+      maxConnectionsPerAddress: 2,
+      handshakeTimeoutMs: 1_000,
+      onDropped: (remote, reason) => dropped.push({ remote, reason }),
+    });
     // Two silent sockets that never start their handshake hold both of this address's slots.
     const a = track(await connectPlain(listener.port));
     const b = track(await connectPlain(listener.port));
     const third = track(await connectPlain(listener.port));
     await third.closed;
     expect(third.pending).toBe("");
+    expect(dropped).toEqual([{ remote: "127.0.0.1", reason: "per-address" }]);
     expect(a.socket.destroyed || b.socket.destroyed).toBe(false);
     // Another address still gets in.
     const other = track(await connectTls(listener.port, certA.cert, "127.0.0.2"));
