@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import type pg from "pg";
 import { StoreError, type Logger, type StoreErrorCode } from "@mailroom/store";
-import { toStoreError } from "./errors.js";
+import { queryTimedOut, toStoreError } from "./errors.js";
 
 /**
  * Marks an error thrown by the caller's message source (not by the database), so that it passes
@@ -119,10 +119,16 @@ export function createDb(pool: pg.Pool, logger: Logger, isClosed: () => boolean 
         await client.query("COMMIT");
         return result;
       } catch (error) {
-        try {
-          await client.query("ROLLBACK");
-        } catch (rollbackError) {
-          broken ??= rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+        if (queryTimedOut(error)) {
+          // The connection still waits for that answer: a ROLLBACK would queue behind it and time out
+          // too. Dropping the connection ends the transaction on the server, if it is still there.
+          broken ??= new Error("query timeout");
+        } else {
+          try {
+            await client.query("ROLLBACK");
+          } catch (rollbackError) {
+            broken ??= rollbackError instanceof Error ? rollbackError : new Error(String(rollbackError));
+          }
         }
         if (error instanceof SourceFailure) throw error.cause;
         throw toStoreError(error, what);

@@ -1,9 +1,8 @@
 import type { MailboxId, MessageInfo, Uid } from "@mailroom/store";
 import { Buffer } from "node:buffer";
-import type pg from "pg";
 import { SourceFailure, nextFromSource, type Db } from "./db.js";
 import { classifyPgError } from "./errors.js";
-import { CHUNK_SIZE, storeBody, type MessageSql } from "./messages.js";
+import { CHUNK_SIZE, dropStaged, publishBody, stageBody, type MessageSql } from "./messages.js";
 import { msParam, msToTs, tsToMs } from "./schema.js";
 import type { UidBlocks } from "./uids.js";
 
@@ -22,7 +21,9 @@ import type { UidBlocks } from "./uids.js";
  *    here and again from the counter.
  * 2. A message that fits in one chunk (nearly all mail) is stored by one statement that inserts body,
  *    chunk and message rows at once, committed synchronously: two round trips for the whole delivery.
- *    Bigger messages stream into a transaction as before, chunk by chunk.
+ *    A bigger message is staged chunk by chunk in statements of their own (see stageBody), so a slow
+ *    sender holds no connection, and is then published in one short transaction that inserts every
+ *    mailbox's row: all or none, and never visible in part.
  *
  * `messages.seq` (arrival order) is then taken when the rows are inserted, not at commit, so two
  * deliveries that overlap may list in the order they were inserted. Maildir orders by the time a
@@ -73,7 +74,7 @@ async function firstChunk(
     const n = Math.min(CHUNK_SIZE - fill, chunk.length);
     parts.push(Buffer.from(chunk.subarray(0, n)));
     fill += n;
-    // A chunk that does not fit completes the first one; what is left over goes on to storeBody.
+    // A chunk that does not fit completes the first one; what is left over goes on to stageBody.
     if (fill === CHUNK_SIZE) return { data: Buffer.concat(parts, fill), ended: false, spill: n < chunk.length ? chunk.slice(n) : null };
   }
 }
@@ -123,43 +124,58 @@ export async function storeNewMessage(
 
   if (head.ended) {
     const size = head.data.length;
-    let uids = await uidBlocks.take(mailboxes);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        const result = await db.query<{ received_at: number; retrieved_at: number | null }>("deliver", dsql.storeWhole, [
-          size,
-          mailboxes.length,
-          head.data,
+    return withUids(uidBlocks, mailboxes, async (uids) => {
+      const result = await db.query<{ received_at: number; retrieved_at: number | null }>("deliver", dsql.storeWhole, [
+        size,
+        mailboxes.length,
+        head.data,
+        msParam(options.receivedAt),
+        msParam(options.retrievedAt),
+        [...mailboxes],
+        uids,
+      ]);
+      return toInfos(uids, size, result.rows);
+    });
+  }
+  const body = await stageBody(db, sql, resumed(head.data, head.spill, iterator), options.signal);
+  try {
+    // UIDs are taken only now that the octets are in: a sender that gives up leaves no gap.
+    return await withUids(uidBlocks, mailboxes, (uids) =>
+      db.transaction("deliver", async (client) => {
+        await publishBody(client, sql, body, mailboxes.length);
+        const result = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessages, [
+          body.bodyId,
+          body.size,
           msParam(options.receivedAt),
           msParam(options.retrievedAt),
           [...mailboxes],
           uids,
         ]);
-        return toInfos(uids, size, result.rows);
-      } catch (error) {
-        // An import (in this process or another) can name a UID this store took ahead (see
-        // UidBlocks). It moved the counter past it, so UIDs fresh from the counter do not collide.
-        if (!uidTaken(error) || attempt >= UID_ATTEMPTS) throw error;
-        uidBlocks.forget(mailboxes);
-        uids = await uidBlocks.take(mailboxes);
-      }
+        return toInfos(uids, body.size, result.rows);
+      }),
+    );
+  } catch (error) {
+    await dropStaged(db, sql, body.bodyId);
+    throw error;
+  }
+}
+
+/**
+ * Runs `store` with UIDs for `mailboxes`, again with fresh ones when it hits one that is taken: an
+ * import (in this process or another) can name a UID this store took ahead (see UidBlocks). It moved
+ * the counter past it, so UIDs fresh from the counter do not collide. `store` must be all or nothing.
+ */
+async function withUids<T>(uidBlocks: UidBlocks, mailboxes: readonly MailboxId[], store: (uids: Uid[]) => Promise<T>): Promise<T> {
+  let uids = await uidBlocks.take(mailboxes);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await store(uids);
+    } catch (error) {
+      if (!uidTaken(error) || attempt >= UID_ATTEMPTS) throw error;
+      uidBlocks.forget(mailboxes);
+      uids = await uidBlocks.take(mailboxes);
     }
   }
-  // A big message takes its UIDs fresh from the counter, before the transaction: nothing taken ahead
-  // that an import could have named since, and no second connection needed inside the transaction.
-  const uids = await uidBlocks.take(mailboxes, { ahead: false });
-  return db.transaction("deliver", async (client: pg.PoolClient) => {
-    const body = await storeBody(client, sql, resumed(head.data, head.spill, iterator), mailboxes.length, options.signal);
-    const result = await client.query<{ received_at: number; retrieved_at: number | null }>(sql.insertMessages, [
-      body.bodyId,
-      body.size,
-      msParam(options.receivedAt),
-      msParam(options.retrievedAt),
-      [...mailboxes],
-      uids,
-    ]);
-    return toInfos(uids, body.size, result.rows);
-  });
 }
 
 /** Inserts tried before a delivery gives up on UIDs that imports keep taking. */

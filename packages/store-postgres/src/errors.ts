@@ -67,6 +67,18 @@ function stringProp(value: unknown, key: string): string | undefined {
   return typeof prop === "string" ? prop : undefined;
 }
 
+/**
+ * pg's client-side `query_timeout` fired: no answer came in time. The error carries no code, only
+ * this message (pinned by the error-mapping unit test); "query read timeout" in NETWORK_MESSAGES maps
+ * it to "unavailable".
+ */
+export function queryTimedOut(error: unknown): boolean {
+  for (let e = error, depth = 0; e instanceof Error && depth < 3; e = e.cause, depth++) {
+    if (e.message === "Query read timeout") return true;
+  }
+  return false;
+}
+
 /** Classifies any error thrown by pg (or by the socket under it) into a StoreErrorCode. */
 export function classifyPgError(error: unknown): StoreErrorCode {
   if (isStoreError(error)) return error.code;

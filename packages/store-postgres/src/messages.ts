@@ -2,6 +2,9 @@ import {
   StoreError,
   assertUid,
   guardAppendSource,
+  parseProcessStamp,
+  processHasEnded,
+  processStamp,
   type AppendOptions,
   type MailboxId,
   type MessageInfo,
@@ -9,7 +12,7 @@ import {
 } from "@mailroom/store";
 import { Buffer } from "node:buffer";
 import type pg from "pg";
-import { nextFromSource, type Db } from "./db.js";
+import { SourceFailure, nextFromSource, type Db } from "./db.js";
 import { storeNewMessage, type DeliverySql } from "./delivery.js";
 import type { UidBlocks } from "./uids.js";
 import { msParam, msToTs, tsToMs } from "./schema.js";
@@ -25,9 +28,22 @@ const GENERATED_UID = /^u([1-9][0-9]{0,17})$/;
 
 export function messageSql(s: string) {
   return {
-    newBody: `INSERT INTO ${s}.bodies DEFAULT VALUES RETURNING id`,
-    chunk: `INSERT INTO ${s}.body_chunks (body_id, seq, data) VALUES ($1, $2, $3)`,
-    finishBody: `UPDATE ${s}.bodies SET size = $2, refs = $3 WHERE id = $1`,
+    // A staged body and its chunks are each committed on their own without waiting for the WAL
+    // flush: the transaction that publishes the body commits synchronously and later in the WAL, so
+    // once a message is durable, so are its chunks; a crash before that loses only a staged body.
+    stageBody: `
+      WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+      INSERT INTO ${s}.bodies (staged_at, staged_by) SELECT now(), $1 FROM relaxed RETURNING id::text AS id`,
+    chunk: `
+      WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+      INSERT INTO ${s}.body_chunks (body_id, seq, data) SELECT $1::bigint, $2::int, $3::bytea FROM relaxed`,
+    // No row back: the body is gone (swept as abandoned) or was published already.
+    publishBody: `UPDATE ${s}.bodies SET size = $2, refs = $3, staged_at = NULL, staged_by = NULL WHERE id = $1 AND staged_at IS NOT NULL`,
+    // Chunks go with their body (ON DELETE CASCADE). A published body is never touched.
+    dropStaged: `DELETE FROM ${s}.bodies WHERE id = $1 AND staged_at IS NOT NULL`,
+    sweepStaged: `DELETE FROM ${s}.bodies WHERE staged_at < now() - $1::bigint * interval '1 millisecond'`,
+    stagers: `SELECT id::text AS id, staged_by FROM ${s}.bodies WHERE staged_at IS NOT NULL AND staged_by IS NOT NULL`,
+    dropStagedMany: `DELETE FROM ${s}.bodies WHERE id = ANY ($1::bigint[]) AND staged_at IS NOT NULL`,
     // An explicit UID of the generated shape moves the counter past it, so the counter never produces it.
     keepUid: `
       INSERT INTO ${s}.mailboxes AS m (id, next_uid) VALUES ($1, $2::bigint + 1)
@@ -94,33 +110,47 @@ export function toInfo(row: MessageRow): MessageInfo {
   return { uid: row.uid, size: row.size, receivedAt: row.received_at, retrievedAt: row.retrieved_at };
 }
 
+/** A body whose octets are all stored, not yet referenced by any message or queue item. */
+export interface StagedBody {
+  readonly bodyId: string;
+  readonly size: number;
+}
+
 /**
- * Streams the source into body_chunks inside the caller's transaction. At most one chunk of the
- * message is in memory, and the source is pulled only after the previous chunk was written, so a slow
- * database slows the sender down instead of filling memory.
+ * Streams the source into a staged body: a `bodies` row with `staged_at` set that no message or
+ * queue row references yet, its chunks written by short statements of their own. No connection is
+ * held while waiting for the source, so slow senders (one byte a minute for half an hour) cannot take
+ * the pool from everyone else; they only slow down their own message. At most one chunk of the
+ * message is in memory, and the source is pulled only after the previous chunk was written, so a
+ * slow database slows the sender down instead of filling memory.
+ *
+ * On any failure (source error, abort, `maxBytes`, database error) the staged body is dropped again;
+ * if even that fails, `sweepStaged` removes it later. Source errors are rethrown as they are.
  */
-export async function storeBody(
-  client: pg.PoolClient,
+export async function stageBody(
+  db: Db,
   sql: MessageSql,
   source: AsyncIterable<Uint8Array>,
-  refs: number,
   signal?: AbortSignal,
-): Promise<{ bodyId: string; size: number }> {
-  const created = await client.query<{ id: string }>(sql.newBody);
-  const bodyId = created.rows[0]!.id;
-  const buffer = Buffer.allocUnsafe(CHUNK_SIZE);
-  let fill = 0;
-  let seq = 0;
-  let size = 0;
-  const flush = async (): Promise<void> => {
-    if (fill === 0) return;
-    // Awaiting the insert before refilling the buffer means pg is done with these bytes.
-    await client.query(sql.chunk, [bodyId, seq++, buffer.subarray(0, fill)]);
-    fill = 0;
-  };
+): Promise<StagedBody> {
   const iterator = source[Symbol.asyncIterator]();
+  let bodyId: string | undefined;
   let done = false;
   try {
+    const stamp = processStamp();
+    const staged = await db.query<{ id: string }>("stage message body", sql.stageBody, [stamp ? JSON.stringify(stamp) : null]);
+    const id = staged.rows[0]!.id;
+    bodyId = id;
+    const buffer = Buffer.allocUnsafe(CHUNK_SIZE);
+    let fill = 0;
+    let seq = 0;
+    let size = 0;
+    const flush = async (): Promise<void> => {
+      if (fill === 0) return;
+      // Awaiting the insert before refilling the buffer means pg is done with these bytes.
+      await db.query("store message body", sql.chunk, [id, seq++, buffer.subarray(0, fill)]);
+      fill = 0;
+    };
     for (;;) {
       const next = await nextFromSource(iterator, signal);
       if (next.done) {
@@ -139,6 +169,11 @@ export async function storeBody(
       }
     }
     await flush();
+    return { bodyId: id, size };
+  } catch (error) {
+    if (bodyId !== undefined) await dropStaged(db, sql, bodyId);
+    if (error instanceof SourceFailure) throw error.cause;
+    throw error;
   } finally {
     // Stopped early: let the source clean up (close a file, stop a socket read). Not awaited, because
     // after an abort the source may still be stuck in the pending next(), and return() queues behind it.
@@ -150,8 +185,48 @@ export async function storeBody(
       }
     }
   }
-  await client.query(sql.finishBody, [bodyId, size, refs]);
-  return { bodyId, size };
+}
+
+/**
+ * Makes a staged body a stored one with `refs` users, inside the caller's transaction, which also
+ * inserts the rows that reference it: readers see the whole message or nothing.
+ */
+export async function publishBody(client: pg.PoolClient, sql: MessageSql, body: StagedBody, refs: number): Promise<void> {
+  const result = await client.query(sql.publishBody, [body.bodyId, body.size, refs]);
+  if ((result.rowCount ?? 0) === 0) {
+    throw new StoreError("temporary", `postgres: staged message body ${body.bodyId} is gone (swept as abandoned)`);
+  }
+}
+
+/** Drops a staged body that will not be published. Failing here only leaves it to the sweep. */
+export async function dropStaged(db: Db, sql: MessageSql, bodyId: string): Promise<void> {
+  try {
+    await db.query("drop unpublished message body", sql.dropStaged, [bodyId]);
+  } catch (error) {
+    db.logger.warn(
+      { err: error instanceof Error ? error.message : String(error), body: bodyId },
+      "postgres: could not drop an unpublished message body; the sweep will",
+    );
+  }
+}
+
+/**
+ * Staged bodies older than this are left over from a crash on another machine (or a cleanup that
+ * failed) and are swept. Nothing stages for that long: an SMTP session ends after 30 minutes at most.
+ */
+export const STAGED_MAX_AGE_MS = 6 * 60 * 60 * 1000;
+
+/**
+ * Deletes abandoned staged bodies and their chunks: those whose staging process has ended on this
+ * machine (a killed server's, judged like lease owners), and any staged longer than `maxAgeMs`.
+ * Returns how many.
+ */
+export async function sweepStaged(db: Db, sql: MessageSql, maxAgeMs = STAGED_MAX_AGE_MS): Promise<number> {
+  const stagers = await db.query<{ id: string; staged_by: string }>("read message body stagers", sql.stagers, []);
+  const ended = stagers.rows.filter((row) => processHasEnded(parseProcessStamp(row.staged_by))).map((row) => row.id);
+  const dropped = ended.length > 0 ? await db.query("sweep abandoned message bodies", sql.dropStagedMany, [ended]) : null;
+  const old = await db.query("sweep abandoned message bodies", sql.sweepStaged, [String(Math.max(0, Math.round(maxAgeMs)))]);
+  return (dropped?.rowCount ?? 0) + (old.rowCount ?? 0);
 }
 
 /**
@@ -195,14 +270,21 @@ export async function appendMessage(
     const [info] = await storeNewMessage(db, sql, deliverySql, uidBlocks, [mailbox], guardAppendSource(source, options), options);
     return info!;
   }
-  const info = await db.transaction(`append to ${mailbox}`, async (client) => {
-    // Fail before taking in megabytes; the unique constraint still guards against a racing append.
-    if (((await client.query(sql.uidTaken, [mailbox, uid])).rowCount ?? 0) > 0) {
-      throw new StoreError("exists", `postgres: uid ${uid} already in ${mailbox}`);
-    }
-    const body = await storeBody(client, sql, guardAppendSource(source, options), 1, options.signal);
-    return insertMessage(client, sql, mailbox, body, uid, options);
-  });
+  // Fail before taking in megabytes; the unique constraint still guards against a racing append.
+  if (((await db.query("check uid", sql.uidTaken, [mailbox, uid])).rowCount ?? 0) > 0) {
+    throw new StoreError("exists", `postgres: uid ${uid} already in ${mailbox}`);
+  }
+  const body = await stageBody(db, sql, guardAppendSource(source, options), options.signal);
+  let info: MessageInfo;
+  try {
+    info = await db.transaction(`append to ${mailbox}`, async (client) => {
+      await publishBody(client, sql, body, 1);
+      return insertMessage(client, sql, mailbox, body, uid, options);
+    });
+  } catch (error) {
+    await dropStaged(db, sql, body.bodyId);
+    throw error;
+  }
   // The counter moved past a UID of the generated shape; UIDs this store took ahead may include it.
   if (GENERATED_UID.test(uid)) uidBlocks.forget([mailbox]);
   return info;

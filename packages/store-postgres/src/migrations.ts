@@ -124,6 +124,20 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX queue_items_claimed ON ${s}.queue_items (id) WHERE claim_owner IS NOT NULL;
     `,
   },
+  {
+    version: 4,
+    name: "staged bodies",
+    sql: (s) => `
+      -- Set while a body's octets are still arriving: they are written in short statements of their
+      -- own, so no pooled connection waits on a slow sender, and no message or queue row references
+      -- the body until the transaction that publishes it (and clears this) commits. staged_by names
+      -- the staging process (like leases.owner), so a restarted server sweeps what a killed one left
+      -- at once; other leftovers are swept after some hours (see messages.ts). Older releases leave
+      -- both NULL.
+      ALTER TABLE ${s}.bodies ADD COLUMN staged_at timestamptz, ADD COLUMN staged_by text;
+      CREATE INDEX bodies_staged ON ${s}.bodies (staged_at) WHERE staged_at IS NOT NULL;
+    `,
+  },
 ];
 
 export const LATEST_VERSION = MIGRATIONS.reduce((max, m) => Math.max(max, m.version), 0);

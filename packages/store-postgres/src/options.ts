@@ -7,6 +7,7 @@ export const OPTION_KEYS = [
   "schema",
   "pool_size",
   "statement_timeout_ms",
+  "query_timeout_ms",
   "connect_timeout_ms",
   "ssl",
   "ssl_ca",
@@ -57,6 +58,9 @@ export async function parseAdapterOptions(url: string, options: StoreOptions = {
   if (o.pool_size !== undefined) out.poolSize = integer("pool_size", o.pool_size, 1, 1000);
   if (o.statement_timeout_ms !== undefined) {
     out.statementTimeoutMs = integer("statement_timeout_ms", o.statement_timeout_ms, 0, 2_147_483_647);
+  }
+  if (o.query_timeout_ms !== undefined) {
+    out.queryTimeoutMs = integer("query_timeout_ms", o.query_timeout_ms, 0, 2_147_483_647);
   }
   if (o.connect_timeout_ms !== undefined) {
     out.connectTimeoutMs = integer("connect_timeout_ms", o.connect_timeout_ms, 1, 2_147_483_647);

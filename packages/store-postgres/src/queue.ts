@@ -20,7 +20,7 @@ import {
 } from "@mailroom/store";
 import type pg from "pg";
 import type { Db } from "./db.js";
-import { readBody, storeBody, type MessageSql } from "./messages.js";
+import { dropStaged, publishBody, readBody, stageBody, type MessageSql } from "./messages.js";
 import { msToTs, tsToMs } from "./schema.js";
 
 /**
@@ -122,6 +122,32 @@ function toItem(row: ItemRow): QueueItem {
   };
 }
 
+/**
+ * NUL, which PostgreSQL's text and jsonb refuse (22021, 22P05), and unpaired surrogates, which jsonb
+ * refuses as JSON escapes. Text column parameters lose unpaired surrogates on their way to UTF-8
+ * anyway (as U+FFFD), so only jsonb needs the second part.
+ */
+const UNSTORABLE = /\u0000|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * Text from outside (a remote server's reply in `last_error` and the recipients' diagnostics, the
+ * envelope) as PostgreSQL takes it: what it would refuse becomes U+FFFD. Refused, it would fail the
+ * whole write as "permanent"; a reschedule that never sticks leaves the item to be claimed, tried
+ * and bounced again after every claim, forever.
+ */
+export function storableText(text: string): string {
+  return text.replace(UNSTORABLE, "\uFFFD");
+}
+
+function storableJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => (typeof v === "string" ? storableText(v) : v));
+}
+
+/** Meta keys are free text too; JSON.stringify's replacer sees only the values. */
+function storableMeta(meta: Readonly<Record<string, string>> | undefined): string {
+  return storableJson(Object.fromEntries(Object.entries(meta ?? {}).map(([key, value]) => [storableText(key), value])));
+}
+
 const lost = (id: string): StoreError =>
   new StoreError("lease-lost", `postgres: claim on queue item ${id} expired or was taken over`);
 const missing = (id: string): StoreError => new StoreError("not-found", `postgres: no queue item ${JSON.stringify(id)}`);
@@ -136,27 +162,34 @@ export class PostgresQueue implements Queue {
     private readonly messages: MessageSql,
   ) {}
 
-  enqueue(
+  async enqueue(
     envelope: { readonly sender: string; readonly recipients: readonly string[]; readonly meta?: Readonly<Record<string, string>> },
     source: AsyncIterable<Uint8Array>,
     options: EnqueueOptions = {},
   ): Promise<QueueItem> {
     const now = Date.now();
     const recipients: QueueRecipient[] = envelope.recipients.map((address) => ({ address, status: "pending" }));
-    return this.db.transaction("enqueue", async (client) => {
-      const body = await storeBody(client, this.messages, guardAppendSource(source, options), 1, options.signal);
-      const inserted = await client.query<ItemRow>(this.sql.insert, [
-        newQueueId(now),
-        envelope.sender,
-        JSON.stringify(recipients),
-        JSON.stringify({ ...envelope.meta }),
-        body.bodyId,
-        body.size,
-        String(now),
-        String(Math.round(options.notBefore ?? now)),
-      ]);
-      return toItem(inserted.rows[0]!);
-    });
+    // Staged outside any transaction (see stageBody), so a slow submission holds no connection.
+    const body = await stageBody(this.db, this.messages, guardAppendSource(source, options), options.signal);
+    try {
+      return await this.db.transaction("enqueue", async (client) => {
+        await publishBody(client, this.messages, body, 1);
+        const inserted = await client.query<ItemRow>(this.sql.insert, [
+          newQueueId(now),
+          storableText(envelope.sender),
+          storableJson(recipients),
+          storableMeta(envelope.meta),
+          body.bodyId,
+          body.size,
+          String(now),
+          String(Math.round(options.notBefore ?? now)),
+        ]);
+        return toItem(inserted.rows[0]!);
+      });
+    } catch (error) {
+      await dropStaged(this.db, this.messages, body.bodyId);
+      throw error;
+    }
   }
 
   async claim(options: ClaimOptions): Promise<readonly QueueClaim[]> {
@@ -236,8 +269,8 @@ export class PostgresQueue implements Queue {
       id,
       next.attempts,
       String(Math.round(next.nextAttemptAt)),
-      next.lastError,
-      JSON.stringify(next.recipients),
+      next.lastError === null ? null : storableText(next.lastError),
+      storableJson(next.recipients),
       next.state,
     ]);
   }

@@ -25,7 +25,7 @@ import { PostgresDirectory } from "./directory.js";
 import { toStoreError } from "./errors.js";
 import { acquireLease, checkFence, leaseSql, type LeaseSql } from "./lease.js";
 import { deliverySql, storeNewMessage, type DeliverySql } from "./delivery.js";
-import { appendMessage, messageSql, readMessage, toInfo, type MessageSql } from "./messages.js";
+import { appendMessage, messageSql, readMessage, sweepStaged, toInfo, type MessageSql } from "./messages.js";
 import { LATEST_VERSION, runMigrations, schemaVersion, type MigrationResult } from "./migrations.js";
 import { PostgresQueue, queueSql } from "./queue.js";
 import { UidBlocks } from "./uids.js";
@@ -45,10 +45,17 @@ export interface PostgresStoreOptions {
   readonly pool?: pg.Pool;
   /** The PostgreSQL schema that holds every table. Default "mailroom". */
   readonly schema?: string;
-  /** Connections in the pool. Every append in progress holds one. Default 10. */
+  /** Connections in the pool. A statement holds one while it runs; a message still arriving holds none. Default 10. */
   readonly poolSize?: number;
   /** Server-side limit for one statement; 0 turns it off. Default 30000. */
   readonly statementTimeoutMs?: number;
+  /**
+   * Client-side limit for one statement: how long to wait for the database's answer before giving up
+   * with "unavailable" and dropping the connection. It catches what `statementTimeoutMs` cannot, a
+   * database that stopped answering (frozen, or cut off without a reset). 0 turns it off. Default
+   * `statementTimeoutMs` + 5000, or off when that is 0.
+   */
+  readonly queryTimeoutMs?: number;
   /** How long to wait for a connection (new or from a busy pool). Default 10000. */
   readonly connectTimeoutMs?: number;
   readonly ssl?: boolean | PostgresSslOptions;
@@ -66,6 +73,12 @@ export interface PostgresStoreOptions {
 }
 
 const DEFAULTS = { poolSize: 10, statementTimeoutMs: 30_000, connectTimeoutMs: 10_000 };
+
+/** How far the client-side query timeout lies above the server's statement timeout by default. */
+const QUERY_TIMEOUT_MARGIN_MS = 5000;
+
+/** How often a running store sweeps staged bodies left behind (see sweepStaged). */
+const SWEEP_INTERVAL_MS = 60 * 60 * 1000;
 
 class PostgresMailbox implements Mailbox {
   constructor(
@@ -145,6 +158,7 @@ class PostgresStore implements Store {
   private readonly uidBlocks: UidBlocks;
   private readonly leases: LeaseSql;
   private closed = false;
+  private readonly sweeper: ReturnType<typeof setInterval>;
 
   private readonly db: Db;
 
@@ -163,6 +177,19 @@ class PostgresStore implements Store {
     this.leases = leaseSql(s);
     this.directory = new PostgresDirectory(this.db, s);
     this.queue = new PostgresQueue(this.db, queueSql(s), this.sql);
+    // A store that runs for months would otherwise keep what failed cleanups left until a restart.
+    this.sweeper = setInterval(() => void this.sweep(), SWEEP_INTERVAL_MS);
+    this.sweeper.unref?.();
+  }
+
+  /** Removes staged bodies that a crash or a failed cleanup left behind; logs instead of throwing. */
+  async sweep(): Promise<void> {
+    try {
+      const swept = await sweepStaged(this.db, this.sql);
+      if (swept > 0) this.db.logger.info({ bodies: swept }, "postgres: swept abandoned message bodies");
+    } catch (error) {
+      this.db.logger.warn({ err: error instanceof Error ? error.message : String(error) }, "postgres: sweeping abandoned message bodies failed");
+    }
   }
 
   mailbox(id: MailboxId): Mailbox {
@@ -199,6 +226,7 @@ class PostgresStore implements Store {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    clearInterval(this.sweeper);
     await this.onClose();
   }
 }
@@ -218,6 +246,10 @@ function poolFor(options: PostgresStoreOptions): { pool: pg.Pool; owned: boolean
   };
   const timeout = options.statementTimeoutMs ?? DEFAULTS.statementTimeoutMs;
   if (timeout > 0) config.statement_timeout = timeout;
+  // statement_timeout is enforced by the server, so it never fires when the server or the path to it
+  // is gone; without this a call would wait for TCP to give up (about 15 minutes).
+  const queryTimeout = options.queryTimeoutMs ?? (timeout > 0 ? timeout + QUERY_TIMEOUT_MARGIN_MS : 0);
+  if (queryTimeout > 0) config.query_timeout = queryTimeout;
   if (ssl !== undefined && ssl !== false) {
     config.ssl =
       ssl === true
@@ -276,7 +308,10 @@ async function open(options: PostgresStoreOptions, migrateOnly: boolean) {
  */
 export async function createPostgresStore(options: PostgresStoreOptions): Promise<Store> {
   const { pool, schema, logger, dispose } = await open(options, false);
-  return new PostgresStore(pool, logger, schema, dispose, options.preparedStatements ?? true);
+  const store = new PostgresStore(pool, logger, schema, dispose, options.preparedStatements ?? true);
+  // What a crashed process was still receiving; its sender retries and nobody will publish it.
+  await store.sweep();
+  return store;
 }
 
 /** Creates or upgrades the schema and closes again: the `mailroom migrate` command. */

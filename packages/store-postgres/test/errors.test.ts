@@ -16,6 +16,7 @@ const table: ReadonlyArray<[string, unknown, string]> = [
   ["connection terminated by end", new Error("Connection terminated"), "unavailable"],
   ["client not queryable", new Error("Client has encountered a connection error and is not queryable"), "unavailable"],
   ["pool connect timeout", new Error("timeout exceeded when trying to connect"), "unavailable"],
+  ["client-side query timeout", new Error("Query read timeout"), "unavailable"],
   ["pool ended", new Error("Cannot use a pool after calling end on the pool"), "unavailable"],
   ["both addresses refused", new AggregateError([system("ECONNREFUSED"), system("ECONNREFUSED")]), "unavailable"],
   ["admin shutdown 57P01", sqlState("57P01"), "unavailable"],

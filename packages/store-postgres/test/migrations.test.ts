@@ -19,12 +19,12 @@ describe.skipIf(!available)("postgres schema and migrations", () => {
   it("migrates once when four servers start at the same moment", async () => {
     const schema = fresh("race");
     const results = await Promise.all(Array.from({ length: 4 }, () => migrate({ url: PG_URL, schema, poolSize: 2 })));
-    expect(results.flatMap((r) => r.applied).sort((a, b) => a - b)).toEqual([1, 2, 3]);
+    expect(results.flatMap((r) => r.applied).sort((a, b) => a - b)).toEqual([1, 2, 3, 4]);
     expect(results.every((r) => r.version === LATEST_VERSION)).toBe(true);
     const again = await migrate({ url: PG_URL, schema });
     expect(again).toEqual({ applied: [], version: LATEST_VERSION });
     const recorded = await adminQuery<{ version: number }>(`SELECT version FROM "${schema}".migrations`);
-    expect(recorded).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }]);
+    expect(recorded).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }, { version: 4 }]);
   });
 
   it("opens a store concurrently from four pools on a new schema", async () => {
@@ -84,18 +84,19 @@ describe.skipIf(!available)("postgres schema and migrations", () => {
       code: "permanent",
       message: expect.stringContaining("mailroom migrate"),
     });
-    expect(await postgresAdapter.migrate(PG_URL, { schema })).toEqual({ applied: [1, 2, 3], version: LATEST_VERSION });
+    expect(await postgresAdapter.migrate(PG_URL, { schema })).toEqual({ applied: [1, 2, 3, 4], version: LATEST_VERSION });
     const store = await postgresAdapter.open(PG_URL, { schema, migrate: false });
     await store.ping();
     await store.close();
   });
 
-  it("upgrades a version-1 schema to the queue schema and process owners on open", async () => {
+  it("upgrades a version-1 schema to the queue schema, process owners and staged bodies on open", async () => {
     const schema = fresh("upgrade");
     await migrate({ url: PG_URL, schema });
     // Back to what version 1 left behind, as a server of the previous release would have it.
     await adminQuery(`DROP TABLE "${schema}".queue_items`);
     await adminQuery(`ALTER TABLE "${schema}".leases DROP COLUMN owner`);
+    await adminQuery(`ALTER TABLE "${schema}".bodies DROP COLUMN staged_at, DROP COLUMN staged_by`);
     await adminQuery(`DELETE FROM "${schema}".migrations WHERE version >= 2`);
     const old = await createPostgresStore({ url: PG_URL, schema, migrate: false }).catch((error: unknown) => error);
     expect(old).toMatchObject({ code: "permanent" });
@@ -105,6 +106,7 @@ describe.skipIf(!available)("postgres schema and migrations", () => {
       { version: 1 },
       { version: 2 },
       { version: 3 },
+      { version: 4 },
     ]);
     const store = await createPostgresStore({ url: PG_URL, schema, migrate: false });
     try {

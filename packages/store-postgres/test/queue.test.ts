@@ -46,6 +46,35 @@ describe.skipIf(!available)("postgres outbound queue", () => {
     expect(await store.queue.list()).toEqual([]);
   });
 
+  it("keeps a reply with a NUL byte or a lone surrogate as U+FFFD instead of failing the reschedule", async () => {
+    // A remote server's reply is outside text: PostgreSQL refuses NUL in text and jsonb (22021), and
+    // a refused reschedule left the item to be retried and bounced again after every claim.
+    const item = await store.queue.enqueue(
+      { sender: "a@example.test", recipients: ["bad@remote.test", "good@remote.test"], meta: { "env\u0000id": "x\u0000y" } },
+      fromBytes("Subject: q\r\n\r\nbody\r\n"),
+    );
+    expect((await store.queue.get(item.id))?.meta).toEqual({ "env\uFFFDid": "x\uFFFDy" });
+    const [first] = await store.queue.claim({ holder: "t", ttlMs: 30_000 });
+    await store.queue.reschedule(first!, {
+      nextAttemptAt: Date.now() - 1,
+      error: "<good@remote.test>: 451 4.3.0 try\u0000 later",
+      recipients: [
+        { address: "bad@remote.test", status: "failed", diagnostic: "550 5.1.1 no\u0000 such \ud800user", notified: true },
+        { address: "good@remote.test", status: "pending", diagnostic: "451 4.3.0 try\u0000 later" },
+      ],
+    });
+    const rescheduled = await store.queue.get(item.id);
+    expect(rescheduled).toMatchObject({ attempts: 1, lastError: "<good@remote.test>: 451 4.3.0 try\uFFFD later" });
+    expect(rescheduled?.recipients).toEqual([
+      { address: "bad@remote.test", status: "failed", diagnostic: "550 5.1.1 no\uFFFD such \uFFFDuser", notified: true },
+      { address: "good@remote.test", status: "pending", diagnostic: "451 4.3.0 try\uFFFD later" },
+    ]);
+    const [second] = await store.queue.claim({ holder: "t", ttlMs: 30_000 });
+    await store.queue.deadLetter(second!, { error: "gave up\u0000", recipients: [{ address: "good@remote.test", status: "failed", diagnostic: "\u0000" }] });
+    expect(await store.queue.get(item.id)).toMatchObject({ state: "dead", attempts: 2, lastError: "gave up\uFFFD" });
+    await store.queue.remove(item.id);
+  });
+
   it("deletes the body with the item on finish", async () => {
     await store.queue.enqueue({ sender: "a@example.test", recipients: ["b@remote.test"] }, fromBytes("x".repeat(600_000)));
     const [claim] = await store.queue.claim({ holder: "t", ttlMs: 30_000 });
