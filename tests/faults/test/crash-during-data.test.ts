@@ -27,11 +27,11 @@ describe.each(stores)("store %s", (kind) => {
     await client.expect(`RCPT TO:<${rcpt}>`, /^250/);
     await client.expect("DATA", /^354/);
     client.socket.write(body.slice(0, body.length / 2));
-    // Give the server time to pass the first half to the store (chunks written, transaction open).
+    // Give the server time to pass the first half to the store (chunks written, not yet published).
     await sleep(700);
     const inFlight = store.inFlightCopies?.(marker) ?? null;
     await killHard(server);
-    console.log(`[${kind}] copies of the half message in flight when killed: ${inFlight ?? "not observable (open transaction)"}`);
+    console.log(`[${kind}] copies of the half message in flight when killed: ${inFlight ?? "not observable"}`);
     client.close();
 
     server = await serve(config);
@@ -42,6 +42,8 @@ describe.each(stores)("store %s", (kind) => {
     });
     expect([...ids.values()]).toEqual([`whole-${tag}`]);
     expect(store.visibleCopies(marker)).toEqual([]);
+    // PostgreSQL's half-written body belonged to a process that has ended: the store sweeps it at open.
+    if (kind === "postgres") expect(store.inFlightCopies?.(marker)).toBe(0);
     await killHard(server);
   });
 });

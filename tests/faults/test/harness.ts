@@ -219,6 +219,7 @@ export function storeSetup(kind: StoreKind, dir: string, tag: string, urls: { pg
         kind,
         section: `url = "${url}"\nschema = "${schema}"`,
         visibleCopies: (marker) => pgCopies(url, schema, marker),
+        inFlightCopies: (marker) => pgCopies(url, schema, marker, true).length,
       };
     }
     case "redis": {
@@ -262,9 +263,16 @@ function psql(url: string, sql: string): string {
   }).trim();
 }
 
-/** Rows in the schema's body chunks holding the marker (an uncommitted append leaves none). */
-function pgCopies(url: string, schema: string, marker: string): string[] {
-  const count = psql(url, `SELECT count(*) FROM "${schema}".body_chunks WHERE position(convert_to('${marker}', 'UTF8') in data) > 0`);
+/**
+ * Rows in the schema's body chunks holding the marker: of published bodies (what a reader could ever
+ * see), or with `staged` of bodies still being written (no message or queue row refers to those).
+ */
+function pgCopies(url: string, schema: string, marker: string, staged = false): string[] {
+  const count = psql(
+    url,
+    `SELECT count(*) FROM "${schema}".body_chunks c JOIN "${schema}".bodies b ON b.id = c.body_id
+     WHERE b.staged_at IS ${staged ? "NOT NULL" : "NULL"} AND position(convert_to('${marker}', 'UTF8') in c.data) > 0`,
+  );
   return Number(count) > 0 ? [`${count} row(s) in ${schema}.body_chunks`] : [];
 }
 
