@@ -77,6 +77,29 @@ type ToPrimary =
   | { readonly mailroom: "health"; readonly id: number; readonly problem: string | null }
   | ThrottleNews;
 
+/**
+ * Sends to the primary while it is there. Once it is gone, `process.send` would raise
+ * ERR_IPC_CHANNEL_CLOSED as an uncaught error, and a worker finishing its sessions must not crash.
+ */
+function tellPrimary(message: ToPrimary): void {
+  if (process.connected) process.send?.(message);
+}
+
+/**
+ * In a worker: `handler` runs when the primary is gone (killed, crashed). Node's cluster code exits a
+ * worker at once on a disconnect it did not plan, right after emitting the worker's "disconnect"
+ * (lib/internal/cluster/child.js); marking the disconnect planned there, before that check, is what
+ * lets the worker finish its sessions instead.
+ */
+export function onPrimaryGone(handler: () => void): void {
+  const worker = cluster.worker;
+  if (!worker) return;
+  worker.on("disconnect", () => {
+    worker.exitedAfterDisconnect = true;
+    handler();
+  });
+}
+
 function isToPrimary(message: unknown): message is ToPrimary {
   return typeof message === "object" && message !== null && typeof (message as { mailroom?: unknown }).mailroom === "string";
 }
@@ -93,8 +116,8 @@ export function serveClusterRequests(registry: Registry | null, health: () => Pr
     if (request?.mailroom !== "health" || typeof request.id !== "number") return;
     const id = request.id;
     health().then(
-      (problem) => process.send?.({ mailroom: "health", id, problem } satisfies ToPrimary),
-      (error: unknown) => process.send?.({ mailroom: "health", id, problem: String(error) } satisfies ToPrimary),
+      (problem) => tellPrimary({ mailroom: "health", id, problem }),
+      (error: unknown) => tellPrimary({ mailroom: "health", id, problem: String(error) }),
     );
   });
 }
@@ -119,7 +142,7 @@ export function clusterThrottle(local: LoginThrottle): LoginThrottle {
     else local.success(message.client, message.login);
   });
   const tell = (outcome: ThrottleNews["outcome"], client: string, login: string): void => {
-    process.send?.({ mailroom: "throttle", outcome, client, login } satisfies ToPrimary);
+    tellPrimary({ mailroom: "throttle", outcome, client, login });
   };
   return {
     delayFor: (client, login) => local.delayFor(client, login),
@@ -136,7 +159,7 @@ export function clusterThrottle(local: LoginThrottle): LoginThrottle {
 
 /** In a worker: tells the primary that the listeners are open, and where. */
 export function reportReady(listeners: readonly ListenerLine[]): void {
-  process.send?.({ mailroom: "ready", listeners } satisfies ToPrimary);
+  tellPrimary({ mailroom: "ready", listeners });
 }
 
 // ---- the primary --------------------------------------------------------------------------------------

@@ -141,12 +141,60 @@ export async function openStore(config: ServerConfig, registry?: AdapterRegistry
     }));
   const adapter = await reg.adapterFor(config.store.url);
   checkStoreOptions(adapter, config.store.options, where);
+  const store = await asConfigErrors(config.store.options, { url: where("store.url"), option: (key) => where(`store.${key}`) }, () =>
+    adapter.open(config.store.url, config.store.options),
+  );
+  return { store, adapter };
+}
+
+/** How to name the URL and an option in a message: config keys (`c.toml: store.url`) or a flag. */
+export interface StoreSettingNames {
+  readonly url: string;
+  option(key: string): string;
+}
+
+/**
+ * Runs `action` (an adapter's open or migrate) and turns what the adapter says about a malformed URL or
+ * a bad option value into a ConfigError on that key, so the operator is told the file and key and the
+ * CLI exits 2. Adapters report bad values in their own words ("option \"pool_size\" must be…",
+ * "option fsync must be…"), so the option is found by the name the message gives it; an unreachable or
+ * failing backend stays a run-time error.
+ */
+export async function asConfigErrors<T>(
+  options: Readonly<Record<string, unknown>>,
+  names: StoreSettingNames,
+  action: () => Promise<T>,
+): Promise<T> {
   try {
-    const store = await adapter.open(config.store.url, config.store.options);
-    return { store, adapter };
+    return await action();
   } catch (error) {
-    // A malformed URL or option is the operator's to fix; an unreachable backend is a run-time failure.
-    if (isStoreError(error) && error.code === "invalid-name") throw new ConfigError(`${where("store.url")}: ${error.message}`);
-    throw error;
+    throw configErrorFor(error, options, names) ?? error;
   }
+}
+
+function configErrorFor(error: unknown, options: Readonly<Record<string, unknown>>, names: StoreSettingNames): ConfigError | null {
+  const message = firstLine(error);
+  // An adapter's other StoreErrors (unavailable, temporary, …) are about the backend, not a setting.
+  const aboutSetting = !isStoreError(error) || error.code === "invalid-name";
+  const key = !aboutSetting ? undefined : Object.keys(options).find((k) => new RegExp(`\\boption\\s+"?${escapeRegExp(k)}(?![\\w-])`).test(message));
+  if (key !== undefined) return new ConfigError(`${names.option(key)}: ${message}`);
+  // The URL itself is left out: it may hold a password.
+  if (causes(error).some((e) => (e as { code?: unknown }).code === "ERR_INVALID_URL")) {
+    return new ConfigError(
+      `${names.url}: not a valid URL (check the host and port, and percent-encode @ : / ? # % in the user name and password)`,
+    );
+  }
+  if (isStoreError(error) && error.code === "invalid-name") return new ConfigError(`${names.url}: ${message}`);
+  return null;
+}
+
+/** `error` and its causes, outermost first. */
+function causes(error: unknown): unknown[] {
+  const chain: unknown[] = [];
+  for (let e = error; e !== undefined && e !== null && chain.length < 10; e = (e as { cause?: unknown }).cause) chain.push(e);
+  return chain;
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }

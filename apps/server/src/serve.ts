@@ -3,7 +3,7 @@
  * the outbound delivery worker, the metrics/health endpoint, the retention job, and an orderly stop.
  */
 import { hostname as osHostname } from "node:os";
-import { createLoginCache, createLoginThrottle, type Logger, type Store } from "@mailroom/store";
+import { authenticate, createLoginCache, createLoginThrottle, type Logger, type Store } from "@mailroom/store";
 import { createPop3Server, runExpire } from "@mailroom/pop3-protocol";
 import { createSmtpServer } from "@mailroom/smtp-protocol";
 import { createOutbound, type Outbound } from "@mailroom/outbound";
@@ -15,7 +15,7 @@ import { clusterThrottle, SINGLE_PROCESS, serveClusterRequests, share, type Role
 import { createMetrics, localSource, startMetricsServer, storeHealth, type HttpEndpoint } from "./metrics.js";
 import { openStore } from "./registry.js";
 import { ensureDevelopmentDomain } from "./development.js";
-import { contextFrom, readMaterial, tlsFiles, type TlsFiles } from "./tls.js";
+import { contextFrom, readMaterial, reloadContext, tlsFiles, type TlsFiles } from "./tls.js";
 
 /**
  * Things a runtime is known to do differently, each said once at start-up, so that a known gap is
@@ -139,6 +139,11 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
       () => pop3.close({ deadlineMs: 0 }),
     );
 
+    // An unknown user's login is checked against a dummy hash, which is made on first use: the first
+    // unknown login of a process would take twice as long as any other and give away that the name does
+    // not exist. One made-up login here (it touches no store: the name is not an address) makes it now.
+    await authenticate(rawStore.directory, "", "no password at all");
+
     const listeners: ListenerInfo[] = [];
     const open = async (
       name: string,
@@ -243,8 +248,7 @@ export async function startServer(config: ServerConfig, logger: Logger, role: Ro
       listeners,
       async reloadTls() {
         if (!tls || !files) throw new Error("no certificate is configured");
-        const material = await readMaterial(files);
-        tls.reload(material);
+        reloadContext(tls, await readMaterial(files), files);
       },
       stop() {
         stopping ??= (async () => {

@@ -29,13 +29,31 @@ export async function readMaterial(files: TlsFiles): Promise<TlsMaterial> {
   return { cert: await read(files.cert, files.certOrigin), key: await read(files.key, files.keyOrigin) };
 }
 
-/** Builds the TLS context, turning a bad certificate or key into a message that names both keys. */
+/** Builds the TLS context, turning a bad certificate or key into a message that names both keys and files. */
 export function contextFrom(material: TlsMaterial, files: TlsFiles): TlsContext {
   try {
     return new TlsContext(material);
   } catch (error) {
-    throw new ConfigError(`${files.certOrigin} / tls.key: not a usable certificate and key: ${describe(error)}`);
+    throw unusable(files, error);
   }
+}
+
+/**
+ * Puts a re-read certificate and key (SIGHUP) into `context`; if they are bad, the old ones stay and the
+ * error names the keys and files as at start-up, so the log says what to fix.
+ */
+export function reloadContext(context: TlsContext, material: TlsMaterial, files: TlsFiles): void {
+  try {
+    context.reload(material);
+  } catch (error) {
+    throw unusable(files, error);
+  }
+}
+
+function unusable(files: TlsFiles, error: unknown): ConfigError {
+  return new ConfigError(
+    `${files.certOrigin} / tls.key: not a usable certificate and key (${files.cert}, ${files.key}): ${describe(error)}`,
+  );
 }
 
 function describe(error: unknown): string {

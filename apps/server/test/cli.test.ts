@@ -216,6 +216,31 @@ print(json.dumps({"out": out.decode(), "code": os.WEXITSTATUS(status)}))
     expect(unknownScheme.stderr).toMatch(new RegExp(`^mailroom: ${scheme.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: store\\.url: no store adapter for the scheme "mysql:"`));
   });
 
+  it("exits 2 naming the file and the key for a bad store option value or a malformed store URL", async () => {
+    const cases = [
+      { store: 'url = "maildir:./m"\nfsync = "yes"', key: "store.fsync", says: "maildir: option fsync must be a boolean" },
+      {
+        store: 'url = "postgres://127.0.0.1/mailroom_never_created"\npool_size = "ten"',
+        key: "store.pool_size",
+        says: 'postgres store option "pool_size" must be an integer from 1 to 1000 (got "ten")',
+      },
+      {
+        // An unencoded "@" in the password and an unclosed "[": the message must not repeat the password.
+        store: 'url = "postgres://postgres:s3cret@pw@[::1:5432/db"',
+        key: "store.url",
+        says: "not a valid URL (check the host and port, and percent-encode @ : / ? # % in the user name and password)",
+      },
+    ];
+    for (const [i, { store, key, says }] of cases.entries()) {
+      const file = writeFile(dir, `store-option-${i}.toml`, `hostname = "x"\n[store]\n${store}\n[smtp]\nsubmissions = []\n[pop3]\npop3s = []\n`);
+      // `migrate` opens no Maildir store, so it has nothing to say about one.
+      for (const command of store.includes("postgres") ? [["user", "list"], ["migrate"]] : [["user", "list"]]) {
+        const result = await runCli([...command, "--config", file]);
+        expect(result, command.join(" ")).toMatchObject({ code: 2, stdout: "", stderr: `mailroom: ${file}: ${key}: ${says}\n` });
+      }
+    }
+  });
+
   it("refuses to serve with a certificate that is not one, naming the keys", async () => {
     writeFile(dir, "junk-cert.pem", "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n");
     writeFile(dir, "junk-key.pem", "nothing\n");
@@ -226,7 +251,7 @@ print(json.dumps({"out": out.decode(), "code": os.WEXITSTATUS(status)}))
     );
     const result = await runCli(["serve", "--config", file]);
     expect(result.code).toBe(2);
-    expect(result.stderr).toMatch(new RegExp(`^mailroom: ${file.replace(/[.*+?^\${}()|[\]\\]/g, "\\$&")}: tls\\.cert / tls\\.key: not a usable certificate and key: .+\\n$`));
+    expect(result.stderr).toMatch(new RegExp(`^mailroom: ${file.replace(/[.*+?^\${}()|[\]\\]/g, "\\$&")}: tls\\.cert / tls\\.key: not a usable certificate and key \\(${join(dir, "junk-cert.pem")}, ${join(dir, "junk-key.pem")}\\): .+\\n$`));
   });
 
   it("names the environment variable when an override is bad", async () => {

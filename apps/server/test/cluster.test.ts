@@ -7,8 +7,9 @@
  */
 import { readdirSync } from "node:fs";
 import { request } from "node:http";
+import { connect } from "node:net";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { cleanup, python, runCli, serve, tempDir, writeFile, type Served } from "./helpers.js";
 
 afterAll(cleanup);
@@ -201,4 +202,79 @@ describe("mailroom serve with two workers", () => {
     const stopped = server.lines.filter((l) => l["msg"] === "stopped");
     expect(stopped.map((l) => l["worker"] ?? "primary").sort()).toEqual([0, 1, "primary"].sort());
   }, 30_000);
+});
+
+describe("mailroom serve with two workers, when the primary is killed", () => {
+  const killedDir = tempDir();
+  const killedConfig = writeFile(
+    killedDir,
+    "mailroom.toml",
+    `hostname = "mail.example.test"
+[server]
+workers = 2
+[store]
+url = "maildir:./mail"
+[smtp]
+listen = ["127.0.0.1:0"]
+submission = []
+submissions = []
+[pop3]
+listen = []
+pop3s = []
+[limits]
+shutdown_timeout_seconds = 5
+`,
+  );
+
+  it("lets the workers finish the message in flight, then stop and exit", async () => {
+    for (const args of [["domain", "add", "example.test"], ["user", "add", "dave@example.test", "--password-stdin"]]) {
+      const result = await runCli([...args, "--config", killedConfig], { stdin: `${PASSWORD}\n`, cwd: killedDir });
+      expect(result.code, result.stderr).toBe(0);
+    }
+    const served = await serve(killedConfig, { cwd: killedDir });
+    await served.waitForLine(() => served.lines.filter((l) => l["msg"] === "mailroom ready" && l["worker"] !== undefined).length === 2);
+    const workers = served.lines.filter((l) => l["msg"] === "store opened" && l["worker"] !== undefined).map((l) => l["pid"] as number);
+    expect(workers).toHaveLength(2);
+    const alive = (pid: number): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const socket = connect(served.port("smtp"), "127.0.0.1");
+    try {
+      let received = "";
+      socket.setEncoding("utf8").on("data", (d: string) => (received += d));
+      socket.on("error", () => {});
+      /** Sends `text` and waits for the last line of a reply with `code`; returns all that came meanwhile. */
+      const say = async (text: string, code: string): Promise<string> => {
+        const from = received.length;
+        if (text) socket.write(text);
+        await vi.waitFor(() => expect(received.slice(from)).toMatch(new RegExp(`(^|\\n)${code} [^\\n]*\\r\\n`)), 10_000);
+        return received.slice(from);
+      };
+      await say("", "220");
+      await say("EHLO client.example.net\r\n", "250");
+      await say("MAIL FROM:<sender@remote.test>\r\n", "250");
+      await say("RCPT TO:<dave@example.test>\r\n", "250");
+      await say("DATA\r\n", "354");
+      socket.write("Subject: in flight\r\n\r\nfirst half\r\n");
+      served.child.kill("SIGKILL");
+      await served.exited;
+      // The rest comes after the primary is gone: the worker holding the session must still be there.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await say("second half\r\n.\r\n", "250")).toMatch(/^250 /);
+      // Both workers stop on their own, as on SIGTERM, and exit.
+      await vi.waitFor(() => expect(workers.filter(alive)).toEqual([]), 15_000);
+      const gone = served.lines.filter((l) => l["msg"] === "signal received, stopping" && l["signal"] === "primary gone");
+      expect(gone.map((l) => l["worker"]).sort()).toEqual([0, 1]);
+      expect(served.lines.filter((l) => l["msg"] === "stopped").map((l) => l["worker"]).sort()).toEqual([0, 1]);
+      expect(readdirSync(join(killedDir, "mail", "example.test", "dave", "new"))).toHaveLength(1);
+    } finally {
+      socket.destroy();
+      for (const pid of workers) if (alive(pid)) process.kill(pid, "SIGKILL");
+    }
+  }, 60_000);
 });

@@ -243,6 +243,17 @@ describe("mailroom serve", () => {
     server.child.kill("SIGHUP");
     const failed = await server.waitForLine((line) => line["msg"] === "TLS reload failed; keeping the old certificate");
     expect(String(failed["err"])).not.toContain("\n");
+    // As at start-up, the keys and the files, so that the log says what to fix.
+    const unusable = `${config}: tls.cert / tls.key: not a usable certificate and key (${liveCert}, ${liveKey}): `;
+    expect(String(failed["err"])).toMatch(new RegExp(`^${unusable.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}.+`));
+    // Each file fine on its own, but not a pair.
+    copyFileSync(fresh.cert, liveCert);
+    copyFileSync(key, liveKey);
+    server.child.kill("SIGHUP");
+    const isFailure = (line: Record<string, unknown>): boolean => line["msg"] === "TLS reload failed; keeping the old certificate";
+    await server.waitForLine(() => server.lines.filter(isFailure).length === 2);
+    expect(server.lines.filter(isFailure)[1]!["err"]).toBe(`${unusable}TLS key does not match the certificate`);
+    copyFileSync(fresh.key, liveKey);
 
     // Still serving TLS with the last good certificate.
     const mail = await fetch(server.port("pop3s"), "carol@example.test", "pop3s").catch((e: unknown) => e);

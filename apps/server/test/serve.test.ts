@@ -1,6 +1,6 @@
 /** startServer in-process, on the reference memory store: retention job, listener lines, stop. */
 import { afterAll, describe, expect, it } from "vitest";
-import { fromBytes, type Logger } from "@mailroom/store";
+import { authenticate, fromBytes, type Logger } from "@mailroom/store";
 import { createMemoryStore } from "@mailroom/store/memory";
 import { loadConfig, startServer } from "../src/index.js";
 import { cleanup, tempDir, writeFile } from "./helpers.js";
@@ -88,5 +88,31 @@ expire_days = 2
     expect(lines.at(-1)?.msg).toBe("stopped");
     // stop() is idempotent.
     await server.stop();
+  });
+
+  it("makes the dummy hash for unknown users before it listens, so the first unknown login is not the slow one", async () => {
+    const namespace = `serve-test-timing-${process.pid}-${Date.now()}`;
+    const seed = createMemoryStore({ namespace });
+    await seed.directory.addDomain("example.test");
+    const dir = tempDir();
+    const file = writeFile(
+      dir,
+      "timing.toml",
+      `hostname = "mail.example.test"\n[store]\nurl = "memory:${namespace}"\n[smtp]\nlisten = ["127.0.0.1:0"]\nsubmission = []\nsubmissions = []\n[pop3]\nlisten = []\npop3s = []\n`,
+    );
+    const server = await startServer(loadConfig({ file, env: {} }), recordingLogger([]));
+    try {
+      const unknownLogin = async (): Promise<number> => {
+        const started = performance.now();
+        expect(await authenticate(server.store.directory, "nobody@example.test", "a guess")).toBeNull();
+        return performance.now() - started;
+      };
+      const first = await unknownLogin();
+      const later = [await unknownLogin(), await unknownLogin(), await unknownLogin()];
+      // Made on first use, the hash doubles the first one's work (one scrypt to make it, one to check).
+      expect(first).toBeLessThan(1.5 * Math.max(...later));
+    } finally {
+      await server.stop();
+    }
   });
 });

@@ -3,7 +3,7 @@ import { HeldWrites, type Connection } from "@mailroom/transport";
 import { beginSasl, checkLogin, SASL_MECHANISMS, type SaslStep } from "./auth.js";
 import { capabilityLines } from "./capabilities.js";
 import type { SessionContext } from "./context.js";
-import { openMaildrop } from "./login.js";
+import { openMaildrop, type OpenResult } from "./login.js";
 import { ALLOWED, type Command } from "./commands.js";
 import { MAX_COMMAND_OCTETS, parseCommand, takeLine } from "./parser.js";
 import { err, multiline, ok, storeErrorReply } from "./replies.js";
@@ -28,6 +28,11 @@ type State =
   | { readonly name: "update" }
   | { readonly name: "releasing" }
   | { readonly name: "closed" };
+
+/** How a login ended: the mailbox open (and leased) for `account`, a refusal to send, or the client gone. */
+type LoginAttempt =
+  | Exclude<OpenResult, { kind: "open" }>
+  | (Extract<OpenResult, { kind: "open" }> & { readonly account: Account });
 
 const EMPTY = new Uint8Array(0);
 /** SASL responses are not commands; RFC 5034 lets them be longer than 255 octets. */
@@ -54,6 +59,8 @@ export class Session {
   /** Ends a connection that has not logged in within the login timeout. */
   #loginTimer: ReturnType<typeof setTimeout> | undefined;
   #loginExpired = false;
+  /** Credentials (and then the mailbox) are being checked: the only wait the login timeout lets finish. */
+  #checkingLogin = false;
   /** The client shut down its sending side (see #onInputEnd). */
   #inputEnded = false;
   /** Replies (a small RETR's message included) held while #pump works through pipelined commands. */
@@ -93,7 +100,8 @@ export class Session {
   /** Server shutdown begins: a session that has not logged in is ended now; a logged-in one may finish. */
   shutdown(): void {
     this.#shuttingDown = true;
-    if (this.#state.name === "authorization" && !this.#busy) this.#endWith(SHUTTING_DOWN);
+    // A pump waiting for a client that does not read is no reason to wait; a login being checked is.
+    if (this.#state.name === "authorization" && !this.#checkingLogin) this.#endBeforeLogin(SHUTTING_DOWN);
   }
 
   /** The shutdown deadline passed: end without deleting anything. A QUIT already in UPDATE completes. */
@@ -153,8 +161,19 @@ export class Session {
     if (this.#state.name !== "authorization") return;
     this.#log.info({}, "login timeout");
     this.#loginExpired = true;
-    // A login being checked right now may still succeed; #pump decides once it is done.
-    if (!this.#busy) this.#endWith(LOGIN_TOO_SLOW);
+    // A login being checked right now may still succeed; #login decides once it is done.
+    if (this.#checkingLogin) return;
+    // Anything else the session may be waiting for is up to the client (above all, that it reads its
+    // replies), and the client must not be able to buy time with it.
+    this.#endBeforeLogin(LOGIN_TOO_SLOW);
+  }
+
+  /** Ends a session in AUTHORIZATION, also while #pump waits (for a client that does not read). */
+  #endBeforeLogin(reply: string): void {
+    const waiting = this.#busy;
+    this.#endWith(reply);
+    // A client that is not reading its replies will not read this one either: it gets only a moment more.
+    if (waiting) setTimeout(() => this.#conn.destroy(), 1000).unref?.();
   }
 
   #onClose(): void {
@@ -218,6 +237,18 @@ export class Session {
     this.#replies.hold();
     try {
       while (!this.#ending) {
+        // Asked before every command, not only after one: no command (least of all a PASS) may run
+        // once the time to log in is up or the server is going down.
+        if (this.#state.name === "authorization") {
+          if (this.#loginExpired) {
+            this.#endWith(LOGIN_TOO_SLOW);
+            break;
+          }
+          if (this.#shuttingDown && this.#state.sasl === null) {
+            this.#endWith(SHUTTING_DOWN);
+            break;
+          }
+        }
         const sasl = this.#state.name === "authorization" && this.#state.sasl !== null;
         const line = takeLine(this.#input, sasl ? MAX_SASL_OCTETS : MAX_COMMAND_OCTETS);
         if (line.kind === "needs-more") break;
@@ -228,10 +259,6 @@ export class Session {
         }
         this.#input = this.#input.subarray(line.consumed);
         await this.#handleLine(line.text);
-        if (this.#shuttingDown && this.#state.name === "authorization" && this.#state.sasl === null) {
-          this.#endWith(SHUTTING_DOWN);
-        }
-        if (this.#loginExpired && this.#state.name === "authorization") this.#endWith(LOGIN_TOO_SLOW);
         // No complete command left to answer: what was held goes out now. (Never wait for the client
         // with replies held: it may be waiting for them.)
         if (this.#input.indexOf(LF) === -1 && !this.#replies.flush()) await this.#conn.drained();
@@ -401,29 +428,22 @@ export class Session {
 
   async #login(login: string, password: string): Promise<void> {
     const ctx = this.#ctx;
-    let account: Account;
+    this.#checkingLogin = true;
+    let opened: LoginAttempt;
     try {
-      const outcome = await checkLogin(ctx, this.#conn.remoteAddress, login, password);
-      if (outcome.kind === "throttled") {
-        this.#log.warn({ user: login }, "login refused by throttle");
-        return this.#send(err("too many failed logins, try later", "AUTH"));
-      }
-      if (outcome.kind === "bad-credentials") {
-        this.#log.warn({ user: login }, "login failed");
-        return this.#send(err("invalid user name or password", "AUTH"));
-      }
-      account = outcome.account;
-    } catch (error) {
-      this.#log.error({ err: error, user: login }, "directory failed during login");
-      return this.#send(storeErrorReply(error, "cannot check the login"));
+      opened = await this.#checkAndOpen(login, password);
+    } finally {
+      this.#checkingLogin = false;
     }
-
-    if (this.#shuttingDown) return this.#endWith(SHUTTING_DOWN);
-    const holder = `pop3 ${this.#conn.remoteAddress}:${this.#conn.remotePort} on ${ctx.hostname}`;
-    const opened = await openMaildrop(ctx, account, holder, () => this.#ending, this.#log);
     if (opened.kind === "gone") return;
-    if (opened.kind === "refused") return this.#send(opened.reply);
-    const { mailbox, lease, messages } = opened;
+    if (opened.kind === "refused") {
+      // The login timeout or shutdown waited for this check; since it failed, the session ends now
+      // rather than wait for a client that may not even read the refusal.
+      if (this.#loginExpired) return this.#endWith(LOGIN_TOO_SLOW);
+      if (this.#shuttingDown) return this.#endWith(SHUTTING_DOWN);
+      return this.#send(opened.reply);
+    }
+    const { account, mailbox, lease, messages } = opened;
     const renewTimer = setInterval(() => this.#renew(), Math.max(1, Math.floor(ctx.leaseTtlMs / 3)));
     renewTimer.unref?.();
     const tx: TransactionState = {
@@ -440,6 +460,31 @@ export class Session {
     clearTimeout(this.#loginTimer);
     this.#log.info({ user: account.address, messages: messages.length }, "logged in");
     return this.#send(ok(maildropSummary(tx)));
+  }
+
+  /** The credentials, then the mailbox: what a login waits for, and all the login timeout lets finish. */
+  async #checkAndOpen(login: string, password: string): Promise<LoginAttempt> {
+    const ctx = this.#ctx;
+    let account: Account;
+    try {
+      const outcome = await checkLogin(ctx, this.#conn.remoteAddress, login, password);
+      if (outcome.kind === "throttled") {
+        this.#log.warn({ user: login }, "login refused by throttle");
+        return { kind: "refused", reply: err("too many failed logins, try later", "AUTH") };
+      }
+      if (outcome.kind === "bad-credentials") {
+        this.#log.warn({ user: login }, "login failed");
+        return { kind: "refused", reply: err("invalid user name or password", "AUTH") };
+      }
+      account = outcome.account;
+    } catch (error) {
+      this.#log.error({ err: error, user: login }, "directory failed during login");
+      return { kind: "refused", reply: storeErrorReply(error, "cannot check the login") };
+    }
+    if (this.#shuttingDown) return { kind: "refused", reply: SHUTTING_DOWN };
+    const holder = `pop3 ${this.#conn.remoteAddress}:${this.#conn.remotePort} on ${ctx.hostname}`;
+    const opened = await openMaildrop(ctx, account, holder, () => this.#ending, this.#log);
+    return opened.kind === "open" ? { ...opened, account } : opened;
   }
 
   #renew(): void {

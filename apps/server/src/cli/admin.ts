@@ -16,7 +16,7 @@ import {
 } from "@mailroom/store";
 import type { ServerConfig } from "../config.js";
 import { ConfigError } from "../errors.js";
-import { checkStoreOptions, createRegistry, openStore } from "../registry.js";
+import { asConfigErrors, checkStoreOptions, createRegistry, openStore } from "../registry.js";
 import { ensureDevelopmentDomain } from "../development.js";
 import { readNewPassword } from "./password.js";
 
@@ -182,7 +182,8 @@ export async function migrate(config: ServerConfig, io: Output): Promise<void> {
     io.out(`nothing to do: the ${adapter.name} store has no schema to migrate`);
     return;
   }
-  const result = await adapter.migrate(config.store.url, config.store.options);
+  const names = { url: config.where("store.url"), option: (key: string) => config.where(`store.${key}`) };
+  const result = await asConfigErrors(config.store.options, names, () => adapter.migrate(config.store.url, config.store.options));
   io.out(
     result.applied.length === 0
       ? `the ${adapter.name} schema is up to date (version ${result.version})`

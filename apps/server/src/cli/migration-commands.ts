@@ -6,7 +6,7 @@ import { resolve } from "node:path";
 import { isStoreError, normalizeAddress, type Store } from "@mailroom/store";
 import type { ServerConfig } from "../config.js";
 import { ConfigError } from "../errors.js";
-import { checkStoreOptions, createRegistry, openStore, type AdapterRegistry } from "../registry.js";
+import { asConfigErrors, checkStoreOptions, createRegistry, openStore, type AdapterRegistry } from "../registry.js";
 import { copyStore, importDovecotMaildir, type CopyReport, type VerifyReport } from "../migrate/index.js";
 import type { Output } from "./admin.js";
 
@@ -34,7 +34,7 @@ async function openUrl(config: ServerConfig, registry: AdapterRegistry, url: str
   });
   const options = url === config.store.url ? config.store.options : {};
   checkStoreOptions(adapter, options, (key) => config.where(key));
-  return adapter.open(url, options);
+  return asConfigErrors(options, { url: flag, option: (key) => config.where(`store.${key}`) }, () => adapter.open(url, options));
 }
 
 /** Ctrl-C stops between messages instead of killing the process mid-write. */

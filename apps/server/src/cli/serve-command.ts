@@ -4,7 +4,7 @@
  */
 import type { ServerConfig } from "../config.js";
 import { createLogger } from "../logger.js";
-import { currentRole, isClusterPrimary, reportReady, runPrimary } from "../cluster.js";
+import { currentRole, isClusterPrimary, onPrimaryGone, reportReady, runPrimary } from "../cluster.js";
 import { startServer, type RunningServer } from "../serve.js";
 
 function developmentHint(server: RunningServer): string {
@@ -92,7 +92,7 @@ export async function runServe(config: ServerConfig): Promise<number> {
       // Ctrl-C reaches the whole process group; the primary turns it into one SIGTERM per worker.
       process.on("SIGINT", () => undefined);
       // The primary is gone (killed): finish what is running and stop, rather than serve unsupervised.
-      process.on("disconnect", () => {
+      onPrimaryGone(() => {
         if (!stopping) stop("primary gone");
       });
     }

@@ -1,6 +1,7 @@
 import { Buffer } from "node:buffer";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { fromBytes } from "@mailroom/store";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import { fromBytes, type LoginThrottle } from "@mailroom/store";
+import { Connection } from "@mailroom/transport";
 import { ALICE, LineClient, loginClient, startServer, type Running } from "../helpers.js";
 import { canCollectGarbage, dribble, flood, memorySampler, trapProcessErrors, waitFor } from "../../../../tests/support/hostile.js";
 import type { Pop3ServerOptions } from "../../src/index.js";
@@ -123,6 +124,63 @@ describe("the login time limit", () => {
     await client.waitClosed();
     expect(Date.now() - started).toBeGreaterThanOrEqual(900);
     expect(Date.now() - started).toBeLessThan(3000);
+  });
+
+  it("is not stopped by a client that floods commands and never reads the replies", async () => {
+    // A CAPA costs 6 octets in and about 150 out, so the server soon waits for the client to read;
+    // that wait must not hold the clock. (Spied on only to know the wait has begun before the deadline.)
+    const drained = vi.spyOn(Connection.prototype, "drained");
+    try {
+      const { port, server } = await start({ loginTimeoutMs: 1500 });
+      const client = await connect(port);
+      expect(await client.line()).toMatch(/^\+OK /);
+      const started = Date.now();
+      client.socket.pause(); // never read
+      client.write(`USER ${ALICE.login}\r\n`);
+      void flood(client.socket, Buffer.from("CAPA\r\n"), 16 * 1024 * 1024);
+      await waitFor(() => drained.mock.calls.length > 0, 5000, "the server to wait for the client to read");
+      expect(Date.now() - started).toBeLessThan(1000);
+      await waitFor(() => server.sessionCount === 0, 4000, "the session to end");
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1400);
+      expect(Date.now() - started).toBeLessThan(3500);
+    } finally {
+      drained.mockRestore();
+    }
+  });
+
+  it("shutdown ends it at once too, without waiting for the deadline", async () => {
+    const drained = vi.spyOn(Connection.prototype, "drained");
+    try {
+      const { port, server } = await start({ loginTimeoutMs: 60_000 });
+      const client = await connect(port);
+      expect(await client.line()).toMatch(/^\+OK /);
+      client.socket.pause(); // never read
+      void flood(client.socket, Buffer.from("CAPA\r\n"), 16 * 1024 * 1024);
+      await waitFor(() => drained.mock.calls.length > 0, 5000, "the server to wait for the client to read");
+      const started = Date.now();
+      await server.close({ deadlineMs: 10_000 });
+      expect(Date.now() - started).toBeLessThan(3000);
+    } finally {
+      drained.mockRestore();
+    }
+  });
+
+  it("lets a login being checked at the deadline finish: in if right, out at once if wrong", async () => {
+    // Every check takes 600 ms, so the 300 ms limit passes while it runs.
+    const slow: LoginThrottle = { delayFor: () => 600, failure: () => {}, success: () => {} };
+    const { port } = await start({ loginTimeoutMs: 300, loginThrottle: slow });
+    const right = await connect(port);
+    const wrong = await connect(port);
+    expect(await right.line()).toMatch(/^\+OK /);
+    expect(await wrong.line()).toMatch(/^\+OK /);
+    right.write(`USER ${ALICE.login}\r\nPASS ${ALICE.password}\r\n`);
+    wrong.write(`USER ${ALICE.login}\r\nPASS wrong secret\r\n`);
+    expect(await right.line()).toBe("+OK send PASS");
+    expect(await right.line()).toMatch(/^\+OK 3 messages/);
+    expect(await wrong.line()).toBe("+OK send PASS");
+    // No refusal to read first, and no further try: the time was up.
+    expect(await wrong.line()).toBe("-ERR no login within the time limit, closing connection");
+    await wrong.waitClosed();
   });
 
   it("does not touch a session that logged in", async () => {
