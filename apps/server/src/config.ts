@@ -69,6 +69,8 @@ export interface ServerConfig {
     readonly resolver: readonly string[];
     /** Milliseconds; null means the worker's default schedule. */
     readonly retrySchedule: readonly number[] | null;
+    /** null: the sum of the retry schedule (5 days by default). */
+    readonly queueLifetimeHours: number | null;
     readonly concurrency: number;
     readonly perDomainConcurrency: number;
     readonly smarthost: OutboundSmarthost | null;
@@ -170,6 +172,7 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     enabled: { type: "boolean" },
     resolver: { type: "dns-servers" },
     retry_schedule_minutes: { type: "numbers" },
+    queue_lifetime_hours: { type: "integer", min: 1, max: 8760 },
     concurrency: { type: "integer", min: 1, max: 1000 },
     per_domain_concurrency: { type: "integer", min: 1, max: 100 },
     smarthost: { type: "address" },
@@ -355,6 +358,7 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
       enabled: get<boolean | undefined>("outbound.enabled") ?? null,
       resolver: get("outbound.resolver"),
       retrySchedule: retryMinutes === undefined ? null : retryMinutes.map((m) => Math.round(m * 60_000)),
+      queueLifetimeHours: get<number | undefined>("outbound.queue_lifetime_hours") ?? null,
       concurrency: get("outbound.concurrency"),
       perDomainConcurrency: get("outbound.per_domain_concurrency"),
       smarthost,

@@ -16,6 +16,7 @@ export function outboundOptions(config: ServerConfig, store: Store, logger: Logg
     mxPort: o.mxPort,
     ...(o.resolver.length > 0 ? { resolver: { servers: o.resolver } } : {}),
     ...(o.retrySchedule ? { retrySchedule: o.retrySchedule } : {}),
+    ...(o.queueLifetimeHours !== null ? { queueLifetimeMs: o.queueLifetimeHours * 3_600_000 } : {}),
     ...(smarthost
       ? {
           smarthost: {

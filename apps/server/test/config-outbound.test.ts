@@ -28,6 +28,7 @@ describe("[outbound] and [metrics]", () => {
       enabled: null,
       resolver: [],
       retrySchedule: null,
+      queueLifetimeHours: null,
       concurrency: 8,
       perDomainConcurrency: 2,
       smarthost: null,
@@ -43,6 +44,7 @@ describe("[outbound] and [metrics]", () => {
 enabled = true
 resolver = ["127.0.0.1:5353", "::1", "[::1]:53"]
 retry_schedule_minutes = [1, 2.5, 60]
+queue_lifetime_hours = 72
 concurrency = 4
 per_domain_concurrency = 1
 smarthost = "relay.example.net:587"
@@ -59,6 +61,7 @@ listen = "127.0.0.1:9187"
       enabled: true,
       resolver: ["127.0.0.1:5353", "::1", "[::1]:53"],
       retrySchedule: [60_000, 150_000, 3_600_000],
+      queueLifetimeHours: 72,
       concurrency: 4,
       perDomainConcurrency: 1,
       smarthost: { host: "relay.example.net", port: 587, tls: "implicit", verify: true, auth: { username: "mailroom", passwordFile: secret } },
@@ -71,6 +74,7 @@ listen = "127.0.0.1:9187"
     expect(options.smarthost).toEqual({ host: "relay.example.net", port: 587, tls: "implicit", verify: true, auth: { username: "mailroom", password: "hunter2 two" } });
     expect(options.resolver).toEqual({ servers: ["127.0.0.1:5353", "::1", "[::1]:53"] });
     expect(options.mxPort).toBe(2526);
+    expect(options.queueLifetimeMs).toBe(72 * 3_600_000);
   });
 
   it("takes MAILROOM_OUTBOUND_* and MAILROOM_METRICS_* overrides", () => {

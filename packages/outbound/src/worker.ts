@@ -47,12 +47,16 @@ export interface OutboundOptions {
   /** Port of MX hosts. Default 25; only tests and unusual networks change it. */
   readonly mxPort?: number;
   /**
-   * Milliseconds to wait after the first, second, ... failed attempt (the last step repeats). The sum
-   * is the queue lifetime: a recipient still pending at an attempt made once the message has been
-   * queued that long fails (Postfix's maximal_queue_lifetime). Attempts an operator forces do not
-   * shorten it.
+   * Milliseconds to wait after the first, second, ... failed attempt (the last step repeats until
+   * `queueLifetimeMs`).
    */
   readonly retrySchedule?: readonly number[];
+  /**
+   * How long a message may stay queued: a recipient still pending at an attempt made once the
+   * message has been queued that long fails (Postfix's maximal_queue_lifetime). Attempts an operator
+   * forces do not shorten it. Default: the sum of `retrySchedule` (5 days for the default schedule).
+   */
+  readonly queueLifetimeMs?: number;
   /** Items delivered in parallel. Default 8. */
   readonly concurrency?: number;
   /** Connections to one destination domain at once. Default 2. */
@@ -212,7 +216,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
   const timeoutMs = options.connectTimeoutMs ?? MINUTE;
   const replyTimeoutMs = options.replyTimeoutMs ?? 5 * MINUTE;
   const addressLimit = Math.max(1, options.mxAddressLimit ?? 5);
-  const lifetimeMs = schedule.reduce((a, b) => a + b, 0);
+  const lifetimeMs = options.queueLifetimeMs ?? schedule.reduce((a, b) => a + b, 0);
   const holder = `outbound ${options.hostname} ${randomBytes(4).toString("hex")}`;
 
   const slots = new Semaphore(concurrency);

@@ -375,6 +375,27 @@ describe("failures and retries", () => {
     expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
   });
 
+  it("keeps retrying on the last step of the schedule until queueLifetimeMs, then bounces", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.3.0 busy" });
+    const store = await ours();
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [20], queueLifetimeMs: 1_500 });
+    const item = await enqueue(store, "alice@ours.test", ["x@script.test"]);
+    // Far more attempts than the schedule has steps, and the message is still queued.
+    for (let i = 0; i < 4; i++) {
+      await sleep(25);
+      await outbound.runOnce();
+    }
+    expect(await store.queue.get(item.id)).toMatchObject({ state: "queued", recipients: [{ status: "pending" }] });
+    expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
+    for (let i = 0; i < 120 && (await store.queue.list()).length > 0; i++) {
+      await sleep(25);
+      await outbound.runOnce();
+    }
+    expect(await store.queue.list()).toEqual([]);
+    const [dsn] = await dsnsOf(store);
+    expect(dsn!.recipients[0]).toMatchObject({ "final-recipient": "rfc822; x@script.test", status: "4.3.0" });
+  });
+
   it("takes an expiry bounce's status from the start of the last reply, not from digits inside its text", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: (a) => (a.startsWith("ip") ? "451 try later (mx[10.4.5.6]:25)" : "450 4.2.0 mailbox busy") });
     const store = await ours();
