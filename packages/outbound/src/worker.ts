@@ -349,21 +349,44 @@ export function createOutbound(options: OutboundOptions): Outbound {
           // Downgrading would mean rewriting MIME parts; like most MTAs we send as is.
           log.warn({ item: item.id, domain, host: where }, "8-bit message sent to a server without 8BITMIME");
         }
-        const result = await session.send({
-          sender: item.sender,
-          recipients,
-          size: item.size,
-          eightBit,
-          utf8,
-          body: async () => withoutReturnPath(await queue!.readMessage(item.id)),
-        });
-        for (const r of recipients) {
-          const got = result.recipients.get(r);
-          if (!got) continue;
-          const text = `${formatReply(got.reply)} (${where})`;
-          // The reply alone would read like success (a 2xx) to whoever looks at the queue.
-          const diagnostic = got.unexpected ? `4.5.0 unexpected reply to ${got.stage}: ${text}` : text;
-          outcomes.set(r, { status: got.status, diagnostic });
+        const transaction = (to: readonly string[]) =>
+          session.send({
+            sender: item.sender,
+            recipients: to,
+            size: item.size,
+            eightBit,
+            utf8,
+            body: async () => withoutReturnPath(await queue!.readMessage(item.id)),
+          });
+        let todo: readonly string[] = recipients;
+        for (let round = 0; todo.length > 0; round++) {
+          let result: Awaited<ReturnType<typeof transaction>>;
+          try {
+            result = await transaction(todo);
+          } catch (error) {
+            // A later round failing leaves its recipients as the round before left them (pending); those
+            // delivered before must not be touched.
+            if (round === 0) throw error;
+            log.info({ item: item.id, domain, host: where, error: message(error) }, "follow-up transaction failed");
+            break;
+          }
+          const again: string[] = [];
+          let delivered = false;
+          for (const r of todo) {
+            const got = result.recipients.get(r);
+            if (!got) continue;
+            const text = `${formatReply(got.reply)} (${where})`;
+            // The reply alone would read like success (a 2xx) to whoever looks at the queue.
+            const diagnostic = got.unexpected ? `4.5.0 unexpected reply to ${got.stage}: ${text}` : text;
+            outcomes.set(r, { status: got.status, diagnostic });
+            if (got.status === "delivered") delivered = true;
+            else if (got.status === "pending" && got.stage === "RCPT" && (got.reply.code === 452 || got.reply.code === 552)) again.push(r);
+          }
+          // RFC 5321 4.5.3.1.10: a server that took some recipients and refused the rest as too many
+          // gets the rest in a new transaction at once, as Postfix sends them. Only while each round
+          // delivers something: a 452 for a full mailbox would come back the same.
+          if (!delivered) break;
+          todo = again;
         }
         log.info({ item: item.id, domain, host: where, result: summary(outcomes) }, "delivery attempt");
         return outcomes;

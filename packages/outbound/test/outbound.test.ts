@@ -375,6 +375,38 @@ describe("failures and retries", () => {
     expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
   });
 
+  it("sends the recipients refused as too many (452) in a new transaction at once, on the same connection", async () => {
+    let inTransaction = 0;
+    const server = await scripted("127.0.0.7", 0, {
+      mail: () => {
+        inTransaction = 0;
+        return { reply: "250 2.1.0 ok" };
+      },
+      rcpt: () => (++inTransaction > 2 ? "452 4.5.3 too many recipients" : "250 2.1.5 ok"),
+    });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["a@script.test", "b@script.test", "c@script.test", "d@script.test", "e@script.test"]);
+    expect(await worker(store, { mxPort: server.port }).runOnce()).toBe(1);
+    expect(server.received.map((m) => m.to)).toEqual([["a@script.test", "b@script.test"], ["c@script.test", "d@script.test"], ["e@script.test"]]);
+    expect(server.connections).toBe(1);
+    expect(await store.queue.list()).toEqual([]);
+    expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
+  });
+
+  it("leaves a recipient that gets 452 in a transaction of its own pending, without looping", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: (a) => (a.startsWith("full") ? "452 4.2.2 mailbox full" : "250 2.1.5 ok") });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["ok@script.test", "full@script.test"]);
+    expect(await worker(store, { mxPort: server.port }).runOnce()).toBe(1);
+    expect(server.received.map((m) => m.to)).toEqual([["ok@script.test"]]);
+    expect(await store.queue.get(item.id)).toMatchObject({
+      recipients: [
+        { address: "ok@script.test", status: "delivered" },
+        { address: "full@script.test", status: "pending" },
+      ],
+    });
+  });
+
   it("keeps retrying on the last step of the schedule until queueLifetimeMs, then bounces", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.3.0 busy" });
     const store = await ours();
