@@ -84,9 +84,9 @@ export function splitAddress(address: string): { local: string; domain: string }
 }
 
 /**
- * The canonical form of an account or alias address: NFC, lower case, ASCII domain. Local parts may be
- * UTF-8 (SMTPUTF8) but not contain characters that only serve source routing or injection. Throws
- * "invalid-name".
+ * The canonical form of an account or alias address: lower case, then NFC, ASCII domain. Idempotent
+ * (stores keep the result and normalise every lookup again). Local parts may be UTF-8 (SMTPUTF8) but
+ * not contain characters that only serve source routing or injection. Throws "invalid-name".
  */
 export function normalizeAddress(input: string): string {
   return remembered(addresses, input, addressOnce);
@@ -96,7 +96,9 @@ function addressOnce(input: string): string {
   const trimmed = input.trim();
   if (hasLoneSurrogate(trimmed)) throw invalid("address", input, "not valid Unicode");
   const { local: rawLocal, domain: rawDomain } = splitAddress(trimmed);
-  const local = rawLocal.normalize("NFC").toLowerCase();
+  // Case mapping first: lower-casing an NFC string can leave it non-NFC (U+03AA U+0301 → U+03CA U+0301,
+  // which composes to U+0390), and a name that normalises differently the second time cannot log in.
+  const local = rawLocal.toLowerCase().normalize("NFC");
   if (FORBIDDEN_LOCAL.test(local) || CONTROL.test(local)) {
     throw invalid("address", input, "local part has a character that is not allowed");
   }

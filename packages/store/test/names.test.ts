@@ -100,6 +100,33 @@ describe("normalizeAddress", () => {
     expect(codeOf(() => normalizeAddress(input))).toBe("invalid-name");
   });
 
+  it("is idempotent over every code point with the combining marks case mapping interacts with", () => {
+    // Stores keep the normalised address and normalise every lookup again: a second pass that changes
+    // it locks the account out. Lower-casing before NFC makes that impossible; the other way round it
+    // happened for Greek capitals with tonos, dialytika, perispomeni or ypogegrammeni.
+    const greek = normalizeAddress("\u03AA\u0301nna@example.test");
+    expect(normalizeAddress(greek)).toBe(greek);
+    const marks = ["", "\u0301", "\u0307", "\u0308", "\u0313", "\u0342", "\u0345"];
+    const unstable: string[] = [];
+    let checked = 0;
+    for (let cp = 0x41; cp <= 0x2ffff; cp++) {
+      if (cp >= 0xd800 && cp <= 0xdfff) continue;
+      const ch = String.fromCodePoint(cp);
+      for (const mark of marks) {
+        let once: string;
+        try {
+          once = normalizeAddress(`${ch}${mark}x@example.test`);
+        } catch {
+          continue;
+        }
+        checked++;
+        if (normalizeAddress(once) !== once) unstable.push(`U+${cp.toString(16).toUpperCase().padStart(4, "0")}${mark}`);
+      }
+    }
+    expect(checked).toBeGreaterThan(700_000);
+    expect(unstable).toEqual([]);
+  });
+
   it("accepts exactly 64 octets of local part", () => {
     expect(normalizeAddress(`${"a".repeat(64)}@example.test`)).toBe(`${"a".repeat(64)}@example.test`);
   });

@@ -64,7 +64,7 @@ function printVerify(report: VerifyReport, io: Output): void {
   for (const alias of report.missingAliases) io.out(`  missing alias ${alias.source} -> ${alias.target}`);
   for (const d of report.differences) {
     io.out(
-      `  mailbox ${d.mailbox}: ${d.sourceCount} in source, ${d.targetCount} in target; missing ${d.missing.length}, extra ${d.extra.length}, size mismatch ${d.sizeMismatch.length}, content mismatch ${d.contentMismatch.length}`,
+      `  mailbox ${d.mailbox}: ${d.sourceCount} in source, ${d.targetCount} in target; missing ${d.missing.length}, extra ${d.extra.length}, size mismatch ${d.sizeMismatch.length}, content mismatch ${d.contentMismatch.length}, retrieved on one side only ${d.retrievalMismatch.length}`,
     );
   }
 }
@@ -75,7 +75,9 @@ function printCopy(report: CopyReport, io: Output): void {
   io.out(`accounts: ${t(report.accounts)}`);
   io.out(`aliases: ${t(report.aliases)}`);
   io.out(`mailboxes: ${report.mailboxes}`);
-  io.out(`messages: ${t(report.messages)}, ${report.messages.failed} failed, ${report.messages.pruned} pruned`);
+  io.out(
+    `messages: ${t(report.messages)}, ${report.messages.failed} failed, ${report.messages.pruned} pruned, ${report.messages.retrieved} marked retrieved`,
+  );
   io.out(`bytes: ${report.bytes}`);
   for (const address of report.accountConflicts) io.out(`conflict: account ${address} has another password hash on the target (left as it is)`);
   for (const c of report.sizeConflicts) io.out(`conflict: ${c.mailbox} ${c.uid} is ${c.source} octets in the source, ${c.target} in the target`);

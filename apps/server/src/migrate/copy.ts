@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { hasStoreErrorCode, isTemporaryError, type MailboxId, type MessageInfo, type Store, type Uid } from "@mailroom/store";
+import { hasStoreErrorCode, isTemporaryError, type Lease, type MailboxId, type MessageInfo, type Store, type Uid } from "@mailroom/store";
 
 /**
  * Copying one store into another without changing a single UIDL, so that POP3 clients that leave mail
@@ -17,7 +17,7 @@ export type CopyProgressEvent =
       readonly mailbox: MailboxId;
       readonly uid: Uid;
       readonly size: number;
-      readonly action: "copied" | "skipped" | "failed" | "pruned";
+      readonly action: "copied" | "skipped" | "failed" | "pruned" | "retrieved";
     }
   | { readonly type: "mailbox-done"; readonly mailbox: MailboxId; readonly copied: number; readonly skipped: number };
 
@@ -55,7 +55,15 @@ export interface CopyReport {
   readonly aliases: CopyTotals;
   /** Mailboxes looked at (source side). */
   readonly mailboxes: number;
-  readonly messages: CopyTotals & { readonly failed: number; readonly pruned: number };
+  readonly messages: CopyTotals & {
+    readonly failed: number;
+    readonly pruned: number;
+    /**
+     * Messages already on the target (skipped) that a client retrieved from the source since the earlier
+     * pass: the target now has a first-retrieval time for them too, so EXPIRE retention starts there.
+     */
+    readonly retrieved: number;
+  };
   /** Octets of the messages copied in this run. */
   readonly bytes: number;
   /**
@@ -81,6 +89,11 @@ export interface MailboxDifference {
   /** In the target, not in the source. */
   readonly extra: readonly Uid[];
   readonly sizeMismatch: readonly { readonly uid: Uid; readonly source: number; readonly target: number }[];
+  /**
+   * Retrieved (by a POP3 client, for EXPIRE) on one side only. The times themselves are not compared:
+   * stores may round them, and a re-run can only record the time of that run on the target.
+   */
+  readonly retrievalMismatch: readonly { readonly uid: Uid; readonly source: number | null; readonly target: number | null }[];
   /** Only with `content: true`: same UID and size, different octets. */
   readonly contentMismatch: readonly Uid[];
 }
@@ -194,7 +207,7 @@ export async function copyStore(from: Store, to: Store, options: CopyOptions = {
 
   const mapping = await mailboxMapping(from, to);
   const ids = await sourceMailboxes(from);
-  const messages = { copied: 0, skipped: 0, failed: 0, pruned: 0 };
+  const messages = { copied: 0, skipped: 0, failed: 0, pruned: 0, retrieved: 0 };
   let bytes = 0;
   const sizeConflicts: CopyReport["sizeConflicts"][number][] = [];
   const failures: CopyFailure[] = [];
@@ -214,6 +227,9 @@ export async function copyStore(from: Store, to: Store, options: CopyOptions = {
     emit({ type: "mailbox-start", mailbox: id, target: targetId, messages: list.length });
     let copiedHere = 0;
     let skippedHere = 0;
+    // Copied in an earlier pass, retrieved from the source since: a client that has its UIDL never asks
+    // for it again, so without this its EXPIRE retention would never start on the target.
+    const retrievedSince: MessageInfo[] = [];
 
     for (const message of list) {
       signal?.throwIfAborted();
@@ -222,6 +238,7 @@ export async function copyStore(from: Store, to: Store, options: CopyOptions = {
         if (there.size !== message.size) {
           sizeConflicts.push({ mailbox: id, uid: message.uid, source: message.size, target: there.size });
         }
+        if (message.retrievedAt !== null && there.retrievedAt === null) retrievedSince.push(message);
         messages.skipped++;
         skippedHere++;
         emit({ type: "message", mailbox: id, uid: message.uid, size: message.size, action: "skipped" });
@@ -264,19 +281,34 @@ export async function copyStore(from: Store, to: Store, options: CopyOptions = {
       }
     }
 
-    if (options.prune) {
-      const keep = new Set(list.map((m) => m.uid));
-      const extra = [...present.keys()].filter((uid) => !keep.has(uid));
-      if (extra.length > 0) {
-        const lease = await target.acquireLease({ holder: "mailroom store copy --prune", ttlMs: 60_000 });
-        try {
-          messages.pruned += await target.expunge(extra, lease);
-        } finally {
-          await lease.release();
-        }
-        for (const uid of extra) {
-          emit({ type: "message", mailbox: id, uid, size: present.get(uid)?.size ?? 0, action: "pruned" });
-        }
+    const keep = new Set(list.map((m) => m.uid));
+    const extra = options.prune ? [...present.keys()].filter((uid) => !keep.has(uid)) : [];
+    let lease: Lease | null = null;
+    if (retrievedSince.length > 0 || extra.length > 0) {
+      signal?.throwIfAborted();
+      // Both need the mailbox's lease; it is held only for these two calls.
+      lease = await target
+        .acquireLease({ holder: options.prune ? "mailroom store copy --prune" : "mailroom store copy", ttlMs: 60_000 })
+        .catch((error: unknown) => {
+          // A POP3 session on the target holds the mailbox: the retrieval times wait for the next run
+          // (verify lists them meanwhile). A prune that cannot happen is an error, as before.
+          if (extra.length === 0 && hasStoreErrorCode(error, "in-use")) return null;
+          throw error;
+        });
+    }
+    if (lease) {
+      try {
+        // The contract records "now": the closest a store can get to the source's time for a message
+        // it already holds. Retention then starts at most one pass later than on the old server.
+        if (retrievedSince.length > 0) await target.markRetrieved(retrievedSince.map((m) => m.uid), lease);
+        if (extra.length > 0) messages.pruned += await target.expunge(extra, lease);
+      } finally {
+        await lease.release();
+      }
+      messages.retrieved += retrievedSince.length;
+      for (const m of retrievedSince) emit({ type: "message", mailbox: id, uid: m.uid, size: m.size, action: "retrieved" });
+      for (const uid of extra) {
+        emit({ type: "message", mailbox: id, uid, size: present.get(uid)?.size ?? 0, action: "pruned" });
       }
     }
     emit({ type: "mailbox-done", mailbox: id, copied: copiedHere, skipped: skippedHere });
@@ -308,8 +340,9 @@ async function digest(stream: AsyncIterable<Uint8Array>): Promise<string> {
 }
 
 /**
- * Compares what a client would see on both sides: per mailbox the UIDs and their sizes (and with
- * `content`, the octets), plus the domains, accounts and aliases. Read-only on both stores.
+ * Compares what a client would see on both sides: per mailbox the UIDs, their sizes and whether they
+ * were retrieved (and with `content`, the octets), plus the domains, accounts and aliases. Read-only
+ * on both stores.
  */
 export async function verifyCopy(from: Store, to: Store, options: VerifyOptions = {}): Promise<VerifyReport> {
   const { signal } = options;
@@ -345,9 +378,13 @@ export async function verifyCopy(from: Store, to: Store, options: VerifyOptions 
     const mineUids = new Set(mine.map((m) => m.uid));
     const missing: Uid[] = [];
     const sizeMismatch: MailboxDifference["sizeMismatch"][number][] = [];
+    const retrievalMismatch: MailboxDifference["retrievalMismatch"][number][] = [];
     const contentMismatch: Uid[] = [];
     for (const message of mine) {
       const there = theirsByUid.get(message.uid);
+      if (there && (there.retrievedAt === null) !== (message.retrievedAt === null)) {
+        retrievalMismatch.push({ uid: message.uid, source: message.retrievedAt, target: there.retrievedAt });
+      }
       if (!there) missing.push(message.uid);
       else if (there.size !== message.size) sizeMismatch.push({ uid: message.uid, source: message.size, target: there.size });
       else if (options.content) {
@@ -360,7 +397,7 @@ export async function verifyCopy(from: Store, to: Store, options: VerifyOptions 
       }
     }
     const extra = theirs.filter((m) => !mineUids.has(m.uid)).map((m) => m.uid);
-    if (missing.length + extra.length + sizeMismatch.length + contentMismatch.length > 0) {
+    if (missing.length + extra.length + sizeMismatch.length + retrievalMismatch.length + contentMismatch.length > 0) {
       differences.push({
         mailbox: id,
         target: targetId,
@@ -369,6 +406,7 @@ export async function verifyCopy(from: Store, to: Store, options: VerifyOptions 
         missing,
         extra,
         sizeMismatch,
+        retrievalMismatch,
         contentMismatch,
       });
     }

@@ -7,15 +7,18 @@ import { lfToCrlf } from "./crlf.js";
  * Import of a Dovecot Maildir (its INBOX: `cur/` and `new/`) that keeps the UIDLs Dovecot's POP3
  * server gave out. Dovecot derives a UIDL from the IMAP UID and UIDVALIDITY kept in
  * `dovecot-uidlist` (default `pop3_uidl_format = %08Xu%08Xv`), or uses one stored in the uidlist's
- * `O` field (left by an earlier migration into Dovecot). We compute the same string and store each
+ * `P` field (left by an earlier migration into Dovecot). We compute the same string and store each
  * message under it.
  */
 
 export interface UidlistRecord {
   readonly uid: number;
-  /** The file's base name: everything before the `:2,` flags part. */
+  /** The file's base name: everything before the first `:` (the `:2,<flags>` part). */
   readonly filename: string;
-  /** Extension fields by their one-letter key, e.g. W (virtual size), G (GUID), O (POP3 UIDL). */
+  /**
+   * Extension fields by their one-letter key, as Dovecot's maildir-uidlist.h defines them: W (virtual
+   * size), S (physical size), G (GUID), P (POP3 UIDL), O (POP3 message order).
+   */
   readonly extensions: ReadonlyMap<string, string>;
 }
 
@@ -39,7 +42,9 @@ function positiveInt(text: string | undefined, what: string): number {
 /**
  * Parses `dovecot-uidlist` in format version 3 (`3 V<uidvalidity> N<nextuid> G<guid>`, then
  * `<uid> [<key><value> ...] :<filename>`) and the old version 1 (`1 <uidvalidity> <nextuid>`, then
- * `<uid> <filename>`). Throws a "permanent" StoreError for anything else.
+ * `<uid> <filename>`). Throws a "permanent" StoreError for anything else. A record's file name is
+ * kept only up to its first `:`: Dovecot writes the name it last saw, flags included
+ * (`:1276533073.M242911P3632.kurkku:2,F`), and matches records to files by that base alone.
  */
 export function parseDovecotUidlist(text: string): DovecotUidlist {
   const lines = text.split(/\r?\n/).filter((line) => line.length > 0);
@@ -80,6 +85,8 @@ export function parseDovecotUidlist(text: string): DovecotUidlist {
       const tokens = rest.split(" ");
       filename = tokens[tokens.length - 1] ?? "";
     }
+    const colon = filename.indexOf(":");
+    if (colon >= 0) filename = filename.slice(0, colon);
     if (filename.length === 0) throw bad(`no file name for uid ${uid}`);
     records.push({ uid, filename, extensions });
   }
@@ -223,7 +230,10 @@ export interface ImportReport {
   readonly unlisted: number;
   /** `dovecot-uidlist` entries whose file is gone (expunged without a uidlist rewrite). */
   readonly missingFiles: number;
-  /** UIDLs taken from the uidlist's stored `O` field instead of the format. */
+  /**
+   * UIDLs taken from the uidlist's stored `P` field instead of the format (an empty `P` stands for the
+   * base file name, as in Dovecot).
+   */
   readonly storedUidls: number;
   /** The file name's `W=` (size Dovecot reported) differs from the CRLF size stored. */
   readonly sizeMismatches: readonly { readonly uid: Uid; readonly file: string; readonly expected: number; readonly actual: number }[];
@@ -303,18 +313,22 @@ export async function importDovecotMaildir(target: Store, options: ImportDovecot
   const numbered = new Set<string>();
   let missingFiles = 0;
   let storedUidls = 0;
-  for (const record of [...uidlist.records].sort((a, b) => a.uid - b.uid)) {
+  // A file listed twice (under its old and its new name, say) keeps the later line, as in Dovecot.
+  const latest = new Map(uidlist.records.map((record) => [record.filename, record]));
+  for (const record of [...latest.values()].sort((a, b) => a.uid - b.uid)) {
     const file = files.get(record.filename);
     if (!file) {
       missingFiles++;
       continue;
     }
     numbered.add(record.filename);
-    const stored = record.extensions.get("O");
-    if (stored !== undefined && stored.length > 0) storedUidls++;
+    // Dovecot's POP3 server prefers this UIDL to pop3_uidl_format whenever the field is there; an empty
+    // value is its short form for the base file name. `O` is only the POP3 message order.
+    const stored = record.extensions.get("P");
+    if (stored !== undefined) storedUidls++;
     const uidl =
-      stored !== undefined && stored.length > 0
-        ? stored
+      stored !== undefined
+        ? stored || file.base
         : formatDovecotUidl(format, {
             uid: record.uid,
             uidValidity: uidlist.uidValidity,

@@ -43,6 +43,12 @@ export function summarizeVerify(report: VerifyReport): string[] {
     if (d.sizeMismatch.length) {
       lines.push(`    size differs: ${some(d.sizeMismatch, (m) => `${m.uid} (${m.source} vs ${m.target})`)}`);
     }
+    if (d.retrievalMismatch.length) {
+      const when = (at: number | null): string => (at === null ? "never" : new Date(at).toISOString());
+      lines.push(
+        `    retrieved on one side only: ${some(d.retrievalMismatch, (m) => `${m.uid} (source ${when(m.source)}, target ${when(m.target)})`)}`,
+      );
+    }
     if (d.contentMismatch.length) lines.push(`    content differs: ${some(d.contentMismatch, String)}`);
   }
   return lines;
@@ -58,7 +64,8 @@ export function summarizeCopy(report: CopyReport): string[] {
     `mailboxes: ${report.mailboxes}`,
     `messages:  ${m.copied} copied (${formatBytes(report.bytes)}), ${m.skipped} already there` +
       (m.failed ? `, ${m.failed} FAILED` : "") +
-      (m.pruned ? `, ${m.pruned} pruned` : ""),
+      (m.pruned ? `, ${m.pruned} pruned` : "") +
+      (m.retrieved ? `, ${m.retrieved} marked retrieved since the last run` : ""),
   ];
   if (report.accountConflicts.length) {
     lines.push(`accounts kept with the target's own password hash: ${some(report.accountConflicts, String)}`);
@@ -76,7 +83,7 @@ export function summarizeImport(report: ImportReport): string[] {
     `uidvalidity: ${report.uidValidity}`,
     `messages:    ${report.messages} found, ${report.imported} imported (${formatBytes(report.bytes)}), ${report.skipped} already there`,
   ];
-  if (report.storedUidls) lines.push(`kept ${report.storedUidls} UIDLs stored in dovecot-uidlist (O field)`);
+  if (report.storedUidls) lines.push(`kept ${report.storedUidls} UIDLs stored in dovecot-uidlist (P field)`);
   if (report.unlisted) lines.push(`${report.unlisted} files were not in dovecot-uidlist yet; numbered as Dovecot would`);
   if (report.missingFiles) lines.push(`${report.missingFiles} dovecot-uidlist entries had no file (already expunged)`);
   if (report.sizeMismatches.length) {

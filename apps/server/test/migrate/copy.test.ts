@@ -63,7 +63,7 @@ describe.each(pairs.map(([from, to]) => ({ from, to, label: `${from.name} → ${
     expect(report.domains).toEqual({ copied: 2, skipped: 0 });
     expect(report.accounts).toEqual({ copied: 2, skipped: 0 });
     expect(report.aliases).toEqual({ copied: 2, skipped: 0 });
-    expect(report.messages).toEqual({ copied: total, skipped: 0, failed: 0, pruned: 0 });
+    expect(report.messages).toEqual({ copied: total, skipped: 0, failed: 0, pruned: 0, retrieved: 0 });
     expect(report.bytes).toBe(totalBytes);
     expect(report.failures).toEqual([]);
     expect(report.sizeConflicts).toEqual([]);
@@ -110,7 +110,7 @@ describe.each(pairs.map(([from, to]) => ({ from, to, label: `${from.name} → ${
     expect(again.domains).toEqual({ copied: 0, skipped: 2 });
     expect(again.accounts).toEqual({ copied: 0, skipped: 2 });
     expect(again.aliases).toEqual({ copied: 0, skipped: 2 });
-    expect(again.messages).toEqual({ copied: 0, skipped: seeded.alice.length + seeded.bob.length, failed: 0, pruned: 0 });
+    expect(again.messages).toEqual({ copied: 0, skipped: seeded.alice.length + seeded.bob.length, failed: 0, pruned: 0, retrieved: 0 });
     expect(again.bytes).toBe(0);
     expect(again.accountConflicts).toEqual([]);
   });
@@ -195,12 +195,50 @@ describe.each(pairs.map(([from, to]) => ({ from, to, label: `${from.name} → ${
       missing: [victim],
       extra: [],
       sizeMismatch: [],
+      retrievalMismatch: [],
       contentMismatch: [],
     });
 
     const repair = await copyStore(source, target, { verify: true });
     expect(repair.messages.copied).toBe(1);
     expect(repair.verify?.ok).toBe(true);
+  });
+
+  it("a re-run carries over first retrievals made on the source since the earlier pass, which verify reports until then", async () => {
+    const { store: source } = await open(from);
+    const { store: target } = await open(to);
+    const seeded = await seed(source);
+    await copyStore(source, target);
+
+    // Between the passes a client downloads one message from the old server and deletes another.
+    const srcAlice = (await source.directory.getAccount(ALICE))!;
+    const srcBox = source.mailbox(srcAlice.mailbox);
+    const read = seeded.alice.find((m) => m.retrievedAt === null)!.uid;
+    const gone = seeded.alice.find((m) => m.uid !== read && m.retrievedAt === null)!.uid;
+    const lease = await srcBox.acquireLease({ holder: "test", ttlMs: 10_000 });
+    await srcBox.markRetrieved([read], lease);
+    await srcBox.expunge([gone], lease);
+    await lease.release();
+    const retrievedAt = (await srcBox.list()).find((m) => m.uid === read)!.retrievedAt!;
+
+    const before = await verifyCopy(source, target);
+    expect(before.ok).toBe(false);
+    expect(before.differences[0]).toMatchObject({ extra: [gone], retrievalMismatch: [{ uid: read, source: retrievedAt, target: null }] });
+    expect(summarizeVerify(before)).toContain(
+      `    retrieved on one side only: ${read} (source ${new Date(retrievedAt).toISOString()}, target never)`,
+    );
+
+    const started = Date.now();
+    const report = await copyStore(source, target, { prune: true, verify: true });
+    expect(report.messages).toMatchObject({ copied: 0, pruned: 1, retrieved: 1 });
+    expect(report.verify?.ok).toBe(true);
+    const alice = (await target.directory.getAccount(ALICE))!;
+    const there = (await target.mailbox(alice.mailbox).list()).find((m) => m.uid === read)!;
+    // Stores may keep seconds only.
+    expect(there.retrievedAt).toBeGreaterThanOrEqual(Math.min(retrievedAt, started) - 1_000);
+    // Marked under a lease that the copy gave back.
+    await (await target.mailbox(alice.mailbox).acquireLease({ holder: "test", ttlMs: 10_000 })).release();
+    expect((await copyStore(source, target)).messages.retrieved).toBe(0);
   });
 
   it("prune removes target messages that were deleted from the source after an earlier pass", async () => {
@@ -237,6 +275,28 @@ describe("copyStore edge cases (memory)", () => {
     expect(again.verify?.accountConflicts).toEqual([ALICE]);
     expect(again.verify?.ok).toBe(false);
     expect((await target.directory.getAccount(ALICE))?.passwordHash).toBe("$scrypt$ln=10,r=8,p=1$c2FsdHNhbHQ$a2V5a2V5a2V5");
+  });
+
+  it("leaves retrieval times for the next run while a session holds the target mailbox", async () => {
+    const { store: source } = await open(memoryBackend);
+    const { store: target } = await open(memoryBackend);
+    const seeded = await seed(source, 2);
+    await copyStore(source, target);
+    const unread = seeded.alice.find((m) => m.retrievedAt === null)!.uid;
+    const srcBox = source.mailbox((await source.directory.getAccount(ALICE))!.mailbox);
+    const srcLease = await srcBox.acquireLease({ holder: "test", ttlMs: 10_000 });
+    await srcBox.markRetrieved([unread], srcLease);
+    await srcLease.release();
+
+    const box = target.mailbox((await target.directory.getAccount(ALICE))!.mailbox);
+    const session = await box.acquireLease({ holder: "pop3 session on the new server", ttlMs: 10_000 });
+    const busy = await copyStore(source, target, { verify: true });
+    expect(busy.messages.retrieved).toBe(0);
+    expect(busy.verify?.differences[0]?.retrievalMismatch.map((m) => m.uid)).toEqual([unread]);
+    await session.release();
+    const later = await copyStore(source, target, { verify: true });
+    expect(later.messages.retrieved).toBe(1);
+    expect(later.verify?.ok).toBe(true);
   });
 
   it("an aborted signal stops before touching the target", async () => {

@@ -42,13 +42,13 @@ describe("parseDovecotUidlist", () => {
       "3 V1700000000 N6 G0123456789abcdef\n" +
         "1 :a,S=5\n" +
         "2 W1394 G9f8e :b,S=9,W=10\n" +
-        "5 O0000beefcafe W20 :c\n",
+        "5 O1 P0000beefcafe W20 :c\n",
     );
     expect(list).toMatchObject({ version: 3, uidValidity: 1_700_000_000, nextUid: 6, guid: "0123456789abcdef" });
     expect(list.records.map((r) => [r.uid, r.filename, Object.fromEntries(r.extensions)])).toEqual([
       [1, "a,S=5", {}],
       [2, "b,S=9,W=10", { W: "1394", G: "9f8e" }],
-      [5, "c", { O: "0000beefcafe", W: "20" }],
+      [5, "c", { O: "1", P: "0000beefcafe", W: "20" }],
     ]);
   });
 
@@ -56,6 +56,24 @@ describe("parseDovecotUidlist", () => {
     const list = parseDovecotUidlist("1 1100000000 3\n1 x.host\n2 y.host\n");
     expect(list).toMatchObject({ version: 1, uidValidity: 1_100_000_000, nextUid: 3 });
     expect(list.records.map((r) => r.filename)).toEqual(["x.host", "y.host"]);
+  });
+
+  it("keeps a file name only up to its first colon, in every version (Dovecot matches records by base name)", () => {
+    // The lines from Dovecot's Maildir documentation: the name Dovecot last saw, flags included.
+    const v3 = parseDovecotUidlist(
+      "3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1\n" +
+        "25006 :1276528487.M364837P9451.kurkku,S=1355,W=1394:2,\n" +
+        "25017 W2481 :1276533073.M242911P3632.kurkku:2,F\n",
+    );
+    expect(v3.records.map((r) => [r.uid, r.filename, Object.fromEntries(r.extensions)])).toEqual([
+      [25006, "1276528487.M364837P9451.kurkku,S=1355,W=1394", {}],
+      [25017, "1276533073.M242911P3632.kurkku", { W: "2481" }],
+    ]);
+    // courierimapuiddb (version 1) and courier-dovecot-migrate.pl write whole names too.
+    const v1 = parseDovecotUidlist("1 1100000000 3\n1 x.host:2,S\n2 y.host\n");
+    expect(v1.records.map((r) => r.filename)).toEqual(["x.host", "y.host"]);
+    const v2 = parseDovecotUidlist("2 1100000000 2\n1 0 x.host:2,RS\n");
+    expect(v2.records.map((r) => r.filename)).toEqual(["x.host"]);
   });
 
   it("rejects an unknown version", () => {
@@ -120,7 +138,8 @@ async function buildMaildir(): Promise<{ dir: string; times: Record<string, numb
       `2 W${Buffer.byteLength(crlf(MESSAGES.two))} :${two}\n` +
       // uid 3 was expunged, its file is gone but the line is still there
       "3 :1700000000.M0P1.old,S=1,W=1\n" +
-      `5 O0000beefcafe :${migrated}\n` +
+      // Left by a migration into Dovecot: P is the POP3 UIDL, O only the POP3 message order.
+      `5 O1 P0000beefcafe :${migrated}\n` +
       `7 :${five}\n`,
   );
   return { dir, times };
@@ -153,7 +172,7 @@ describe("importDovecotMaildir (hand-built Maildir)", () => {
       failures: [],
     });
     const got = await contents(store, "alice@example.test");
-    // uid 1, 2 from the format; uid 5 keeps the stored O UIDL; 7 listed; the new/ file gets N=8.
+    // uid 1, 2 from the format; uid 5 keeps the stored P UIDL; 7 listed; the new/ file gets N=8.
     expect([...got.keys()]).toEqual(["000000016553f100", "000000026553f100", "0000beefcafe", "000000076553f100", "000000086553f100"]);
     expect(got.get("000000016553f100")).toMatchObject({ text: crlf(MESSAGES.one), size: Buffer.byteLength(crlf(MESSAGES.one)), retrieved: true, receivedAt: 1_700_000_001_000 });
     expect(got.get("000000026553f100")).toMatchObject({ text: crlf(MESSAGES.two), retrieved: false });
@@ -194,6 +213,59 @@ describe("importDovecotMaildir (hand-built Maildir)", () => {
     const store = createMemoryStore();
     await importDovecotMaildir(store, { maildir: dir, mailbox: "m", uidlFormat });
     expect((await store.mailbox("m").list()).map((m) => m.uid)).toEqual(expected);
+  });
+
+  it("takes a stored UIDL from P (empty: the base file name), never from O", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "mr-dovecot-pop3uidl-"));
+    dirs.push(dir);
+    await mkdir(join(dir, "cur"), { recursive: true });
+    const names = ["1600000001.M1P1.host", "1600000002.M2P1.host", "1600000003.M3P1.host", "1600000004.M4P1.host"];
+    for (const [i, name] of names.entries()) await writeFile(join(dir, "cur", `${name}:2,S`), `Subject: m${i}\n\nbody\n`);
+    // As courier-dovecot-migrate.pl writes them: `<uid> O<order> P<uidl> W<vsize> :<file>`.
+    await writeFile(
+      join(dir, "dovecot-uidlist"),
+      "3 V1600000000 N5\n" +
+        `1 O1 PUID-from-courier-1 W123 :${names[0]}\n` +
+        `2 O2 PUID-from-courier-2 :${names[1]}:2,S\n` +
+        `3 O3 P :${names[2]}\n` +
+        `4 O4 :${names[3]}\n`,
+    );
+    const store = createMemoryStore();
+    const report = await importDovecotMaildir(store, { maildir: dir, mailbox: "m" });
+    expect(report).toMatchObject({ imported: 4, storedUidls: 3, missingFiles: 0, unlisted: 0, failures: [] });
+    // Without P Dovecot falls back to pop3_uidl_format (uid 4, uidvalidity 1600000000 = 0x5f5e1000).
+    expect((await store.mailbox("m").list()).map((m) => m.uid)).toEqual([
+      "UID-from-courier-1",
+      "UID-from-courier-2",
+      names[2],
+      "000000045f5e1000",
+    ]);
+  });
+
+  it("matches uidlist names that carry :2,<flags> to their files, keeping Dovecot's UIDs", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "mr-dovecot-flagged-"));
+    dirs.push(dir);
+    await mkdir(join(dir, "cur"), { recursive: true });
+    // Dovecot's documented example; the files' flags have changed since the uidlist was written.
+    const first = "1276528487.M364837P9451.kurkku,S=1355,W=1394";
+    const second = "1276533073.M242911P3632.kurkku";
+    // 1355 octets with 39 LF line ends: 1394 once they are CRLF, as the name says.
+    const head = ["Subject: documented", ...Array<string>(37).fill("x".repeat(33))].join("\n") + "\n";
+    const body = head + "y".repeat(1355 - head.length - 1) + "\n";
+    expect([Buffer.byteLength(body), Buffer.byteLength(crlf(body))]).toEqual([1355, 1394]);
+    await writeFile(join(dir, "cur", `${first}:2,S`), body);
+    await writeFile(join(dir, "cur", `${second}:2,F`), "Subject: flagged\n\nf\n");
+    await writeFile(
+      join(dir, "dovecot-uidlist"),
+      "3 V1275660208 N25022 G3085f01b7f11094c501100008c4a11c1\n" +
+        `25006 :${first}:2,\n` +
+        `25017 W2481 :${second}:2,F\n`,
+    );
+    const store = createMemoryStore();
+    const report = await importDovecotMaildir(store, { maildir: dir, mailbox: "m" });
+    expect(report).toMatchObject({ imported: 2, missingFiles: 0, unlisted: 0, sizeMismatches: [], failures: [] });
+    // 25006 = 0x61ae, 25017 = 0x61b9, 1275660208 = 0x4c0907b0: what Dovecot's POP3 server listed.
+    expect((await store.mailbox("m").list()).map((m) => m.uid)).toEqual(["000061ae4c0907b0", "000061b94c0907b0"]);
   });
 
   it("refuses a format that gives two messages one UIDL, before writing anything", async () => {
@@ -239,7 +311,7 @@ describe("summaries for the CLI", () => {
     expect(summarizeImport(report)).toEqual([
       "uidvalidity: 1700000000",
       `messages:    5 found, 5 imported (${report.bytes} B), 0 already there`,
-      "kept 1 UIDLs stored in dovecot-uidlist (O field)",
+      "kept 1 UIDLs stored in dovecot-uidlist (P field)",
       "1 files were not in dovecot-uidlist yet; numbered as Dovecot would",
       "1 dovecot-uidlist entries had no file (already expunged)",
     ]);

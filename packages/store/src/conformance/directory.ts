@@ -186,6 +186,22 @@ export function directoryTests(options: ConformanceOptions): void {
       expect(await d.aliasTargets("ete@example.test")).toEqual([]);
       expect(await d.aliasTargets("e\u0301te\u0301@example.test")).toEqual(["u@example.test"]);
     });
+
+    it("finds an account under the address it gave back and under every spelling it was added with", async () => {
+      // Lower-casing U+03AA U+0301 gives U+03CA U+0301, which NFC composes to U+0390: a directory that
+      // normalises a normalised address again must land on the same key, or the user can neither log
+      // in nor receive mail.
+      const { store } = await h.fresh();
+      const d = store.directory;
+      await d.addDomain("example.test");
+      const account = await d.addAccount({ address: "\u03AA\u0301nna@example.test", passwordHash: await cheap("pw") });
+      for (const spelling of [account.address, "\u03AA\u0301nna@example.test", "\u03AA\u0301NNA@Example.TEST", "\u0390nna@example.test"]) {
+        expect(fields(await d.getAccount(spelling)), spelling).toEqual(fields(account));
+        expect((await authenticate(d, spelling, "pw"))?.address, spelling).toBe(account.address);
+        expect(await resolveRecipient(d, spelling), spelling).toEqual({ kind: "local", mailboxes: [account.mailbox] });
+      }
+      await expectStoreError(d.addAccount({ address: "\u0390NNA@example.test", passwordHash: await cheap("pw") }), "exists");
+    });
   });
 
   describe("directory: invalid input", () => {

@@ -94,13 +94,33 @@ export function expungeTests(options: ConformanceOptions): void {
       await expectStoreError(box.markRetrieved([uid], released), "lease-lost");
       const foreign = await lease(other);
       await expectStoreError(box.expunge([uid], foreign), "lease-lost");
+      await expectStoreError(box.markRetrieved([uid], foreign), "lease-lost");
       // Still refused while someone else holds the mailbox's own lease.
       const live = await lease(box);
       await expectStoreError(box.expunge([uid], foreign), "lease-lost");
+      await expectStoreError(box.markRetrieved([uid], foreign), "lease-lost");
       await expectStoreError(box.expunge([uid], released), "lease-lost");
+      await expectStoreError(box.markRetrieved([uid], released), "lease-lost");
       expect(await uidsOf(box)).toEqual([uid]);
       expect((await box.list())[0]!.retrievedAt).toBeNull();
       expect(await box.expunge([uid], live)).toBe(1);
+    });
+
+    it('refuses with "lease-lost" a lease that expired, also when nobody took the mailbox since', async () => {
+      // A holder that stalled past its ttl cannot know whether someone else deleted or read mail in the
+      // meantime; only a live lease may write. Comparing tokens alone lets this through.
+      const { store } = await h.fresh();
+      const box = store.mailbox("alice@example.test");
+      const { uid } = await appendBytes(box, message("x"));
+      const expired = await lease(box, 300, "stalled");
+      await sleep(450);
+      await expectStoreError(box.expunge([uid], expired), "lease-lost");
+      await expectStoreError(box.markRetrieved([uid], expired), "lease-lost");
+      expect((await box.list()).map((m) => [m.uid, m.retrievedAt])).toEqual([[uid, null]]);
+      await expired.release();
+      const fresh = await lease(box, 10_000, "next");
+      expect(await box.expunge([uid], fresh)).toBe(1);
+      await fresh.release();
     });
 
     it('refuses with "lease-lost" once an expired lease was taken over', async () => {

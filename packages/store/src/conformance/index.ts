@@ -7,7 +7,7 @@
  * ```
  *
  * Every adapter runs every test: there is no skip list. Capabilities a store declares only add
- * assertions (`boundedMemory` adds the memory budget of the large-message test).
+ * assertions (`boundedMemory` adds the memory budget of the large-message tests).
  */
 import { describe } from "vitest";
 import { appendListReadTests } from "./append-list-read.js";

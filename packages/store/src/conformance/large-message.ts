@@ -84,5 +84,41 @@ export function largeMessageTests(options: ConformanceOptions): void {
       },
       240_000,
     );
+
+    it(
+      "delivers a 50 MB message to two mailboxes intact (bounded memory when the store claims it)",
+      async () => {
+        // SMTP hands every message to deliver, often for several recipients: the path that must stream
+        // the most, and usually not the one append takes.
+        const { store } = await h.fresh();
+        const bounded = store.capabilities.boundedMemory;
+        const probe = bounded ? await MemoryProbe.create() : undefined;
+        const ids = ["alice@example.test", "bob@example.test"];
+
+        const sourceHash = createHash("sha256");
+        probe?.start();
+        const delivered = await store.deliver(ids, generate(sourceHash, probe));
+        const deliverGrowth = probe?.growth ?? 0;
+        const expected = sourceHash.digest("hex");
+        expect(delivered.map((d) => [d.mailbox, d.message.size])).toEqual(ids.map((id) => [id, TOTAL]));
+
+        for (const d of delivered) {
+          const box = store.mailbox(d.mailbox);
+          expect((await box.list()).map((m) => [m.uid, m.size])).toEqual([[d.message.uid, TOTAL]]);
+          const readHash = createHash("sha256");
+          let octets = 0;
+          for await (const chunk of await box.read(d.message.uid)) {
+            readHash.update(chunk);
+            octets += chunk.length;
+          }
+          expect(octets, d.mailbox).toBe(TOTAL);
+          expect(readHash.digest("hex"), d.mailbox).toBe(expected);
+        }
+        if (bounded) {
+          expect(deliverGrowth, `memory growth during deliver: ${megabytes(deliverGrowth)}`).toBeLessThan(MEMORY_BUDGET);
+        }
+      },
+      240_000,
+    );
   });
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
-import type { Mailbox } from "../contract.js";
+import type { Mailbox, Store } from "../contract.js";
 import { isValidUid } from "../names.js";
+import { fromBytes } from "../streams.js";
 import {
   appendBytes,
   expectSameBytes,
@@ -149,6 +150,58 @@ export function uidTests(options: ConformanceOptions): void {
       const later = await again.uidMark();
       await again.skipUids(mark);
       expect(await again.uidMark()).toBe(later);
+    });
+
+    it("generates UIDs through deliver that are unique among everything the mailbox ever held, mixed with append and explicit UIDs", async () => {
+      // deliver is the SMTP path and usually a code path of its own; a UID it hands out twice is mail
+      // that a client which keeps its UIDL list never downloads.
+      const { ns, store } = await h.fresh();
+      const ids = ["alice@example.test", "bob@example.test"];
+      const seen = new Map<string, Set<string>>(ids.map((id) => [id, new Set<string>()]));
+      const note = (id: string, uid: string, how: string): void => {
+        expect(isValidUid(uid), `UID ${JSON.stringify(uid)} from ${how}`).toBe(true);
+        const known = seen.get(id)!;
+        expect(known.has(uid), `${how} gave ${id} the UID ${uid}, which it had before`).toBe(false);
+        known.add(uid);
+      };
+      const deliver = async (s: Store, marker: string): Promise<void> => {
+        for (const d of await s.deliver(ids, fromBytes(message(marker)))) note(d.mailbox, d.message.uid, `deliver ${marker}`);
+      };
+      const expungeNewest = async (s: Store): Promise<void> => {
+        for (const id of ids) {
+          const box = s.mailbox(id);
+          const newest = (await box.list()).at(-1)!.uid;
+          const l = await lease(box);
+          expect(await box.expunge([newest], l)).toBe(1);
+          await l.release();
+        }
+      };
+
+      for (let i = 0; i < 3; i++) await deliver(store, `d${i}`);
+      const alice = store.mailbox("alice@example.test");
+      note("alice@example.test", (await appendBytes(alice, message("appended"))).uid, "append");
+      // Explicit UIDs where a delivery counter would go next.
+      const last = [...seen.get("alice@example.test")!].at(-1)!;
+      for (const uid of likelyNextUids(last).filter((u) => !seen.get("alice@example.test")!.has(u))) {
+        note("alice@example.test", (await appendBytes(alice, message(`imported ${uid}`), { uid })).uid, "explicit append");
+      }
+      await deliver(store, "after explicit");
+      await expungeNewest(store);
+      await deliver(store, "after expunge");
+      await expungeNewest(store);
+      // No close(): a second instance on the same data, as after a crash.
+      await deliver(await h.open(ns), "from a second instance");
+      await expungeNewest(store);
+      await store.close();
+      const reopened = await h.open(ns);
+      await deliver(reopened, "after restart");
+      note("alice@example.test", (await appendBytes(reopened.mailbox("alice@example.test"), message("appended later"))).uid, "append");
+      await deliver(reopened, "last");
+      for (const id of ids) {
+        const listed = await uidsOf(reopened.mailbox(id));
+        expect(new Set(listed).size, `${id} lists a UID twice`).toBe(listed.length);
+        for (const uid of listed) expect(seen.get(id)!.has(uid), `${id} lists ${uid}, which no call returned`).toBe(true);
+      }
     });
 
     it("keeps an explicit UID, also across a restart", async () => {
