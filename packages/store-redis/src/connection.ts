@@ -143,11 +143,21 @@ function pairs(reply: unknown): Map<string, string> {
 }
 
 /**
+ * True for a Redis Cluster client. ioredis marks both of its classes with `isCluster`; a check by
+ * `instanceof` would miss a cluster client made with another copy of ioredis than ours (a user's own
+ * version), and the store would then treat it as one server.
+ */
+export function isCluster(client: unknown): client is Cluster {
+  return typeof client === "object" && client !== null && (client as { isCluster?: unknown }).isCluster === true;
+}
+
+/**
  * Tells the operator at start-up when Redis is set up so that mail acknowledged with 250 can vanish in
  * a crash. Managed services often disable CONFIG; then we can only say that we could not check.
  */
 export async function checkDurability(client: RedisClient, logger: Logger, waitReplicas: number): Promise<void> {
-  if (client instanceof Cluster) {
+  // Not `instanceof`: a client from the user's own copy of ioredis is another class.
+  if (isCluster(client)) {
     // CONFIG and INFO go to one random node in a cluster; every master holds mail, so ask each one.
     for (const node of client.nodes("master")) await checkDurability(node, logger, waitReplicas);
     return;

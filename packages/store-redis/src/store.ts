@@ -1,4 +1,4 @@
-import { Cluster, type Redis } from "ioredis";
+import type { Cluster, Redis } from "ioredis";
 import {
   StoreError,
   assertMailboxId,
@@ -19,6 +19,7 @@ import {
   checkDurability,
   createClient,
   createCluster,
+  isCluster,
   parseNode,
   waitReady,
   watchConnection,
@@ -105,7 +106,7 @@ export function resolveOptions(options: RedisStoreOptions, nameOf: (key: keyof R
   assertPrefix(prefix, nameOf("prefix"));
   const clusterNodes = clusterOption(nameOf("cluster"), options.cluster);
   const waitReplicas = integerOption(nameOf("waitReplicas"), options.waitReplicas, 0) ?? 0;
-  if (waitReplicas > 0 && (clusterNodes !== undefined || options.client instanceof Cluster)) {
+  if (waitReplicas > 0 && (clusterNodes !== undefined || isCluster(options.client))) {
     // WAIT has no key, so a cluster client would send it to a random node rather than the one written.
     throw new Error(`redis store: option "${nameOf("waitReplicas")}" is not supported on Redis Cluster`);
   }

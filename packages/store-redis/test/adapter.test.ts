@@ -100,6 +100,17 @@ describe.skipIf(!available)("redis store set-up", () => {
     expect(eviction.length).toBe(policy === "noeviction" ? 0 : 1);
   });
 
+  it("refuses waitReplicas with a cluster client of the user's own, also one from another copy of ioredis", async () => {
+    const { Cluster } = await import("ioredis");
+    const ours = new Cluster([{ host: "127.0.0.1", port: 6379 }], { lazyConnect: true });
+    // What a cluster client from a second copy of ioredis looks like to us: not our class, but marked.
+    const foreign = { isCluster: true, status: "wait" } as unknown as InstanceType<typeof Cluster>;
+    for (const client of [ours, foreign]) {
+      await expect(createRedisStore({ client, prefix: prefix("cluster"), waitReplicas: 1 })).rejects.toThrow(/not supported on Redis Cluster/);
+    }
+    ours.disconnect();
+  });
+
   it("with waitReplicas and no replica: the mail is kept and the shortfall is logged", async () => {
     const p = prefix("wait");
     const lines: Line[] = [];
