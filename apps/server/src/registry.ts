@@ -4,7 +4,8 @@
  * `store.adapter_modules` plug in further schemes (and may replace a built-in one).
  */
 import { createRequire } from "node:module";
-import { isAbsolute, join, resolve } from "node:path";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { isStoreError, type Store, type StoreAdapter } from "@mailroom/store";
 import { ConfigError, closest } from "./errors.js";
@@ -61,9 +62,45 @@ async function importModule(name: string, baseDir: string): Promise<unknown> {
   } catch (error) {
     if ((error as { code?: unknown }).code !== "ERR_MODULE_NOT_FOUND") throw error;
     // Not installed next to the server: try where the config file lives (a site's own node_modules).
-    const path = createRequire(join(baseDir, "mailroom-config.js")).resolve(name);
-    return import(pathToFileURL(path).href);
+    return import(pathToFileURL(resolveFrom(name, baseDir)).href);
   }
+}
+
+/**
+ * Where `import(name)` would find a package if it were imported from `baseDir`. `require.resolve`
+ * does that for packages with a "require" or "default" export; one that exports only for "import"
+ * (an ESM-only adapter) is looked up by hand: its `node_modules` folder, then its export of ".".
+ */
+function resolveFrom(name: string, baseDir: string): string {
+  const require = createRequire(join(baseDir, "mailroom-config.js"));
+  try {
+    return require.resolve(name);
+  } catch (error) {
+    const found = (require.resolve.paths(name) ?? [])
+      .map((dir) => join(dir, name, "package.json"))
+      .find((path) => existsSync(path));
+    if (found === undefined) throw error;
+    const manifest = JSON.parse(readFileSync(found, "utf8")) as { exports?: unknown };
+    const target = importTarget(manifest.exports);
+    if (target === null) throw error;
+    return join(dirname(found), target);
+  }
+}
+
+/** The file an ESM `import` of a package's root takes from its `exports`, or null. */
+function importTarget(exports: unknown): string | null {
+  if (typeof exports === "string") return exports;
+  if (typeof exports !== "object" || exports === null) return null;
+  const map = exports as Record<string, unknown>;
+  const root = "." in map ? map["."] : map;
+  if (typeof root === "string") return root;
+  if (typeof root !== "object" || root === null) return null;
+  for (const condition of ["node", "import", "default"]) {
+    const value = (root as Record<string, unknown>)[condition];
+    const target = typeof value === "string" ? value : importTarget(value);
+    if (target !== null) return target;
+  }
+  return null;
 }
 
 export async function createRegistry(options: RegistryOptions = {}): Promise<AdapterRegistry> {
@@ -77,7 +114,9 @@ export async function createRegistry(options: RegistryOptions = {}): Promise<Ada
     } catch (error) {
       throw new ConfigError(`${where("store.adapter_modules")}: cannot load ${JSON.stringify(name)}: ${firstLine(error)}`);
     }
-    const adapter = (module as { default?: unknown }).default;
+    // A TypeScript adapter compiled to CommonJS arrives as { default: { default: adapter } }.
+    const exported = (module as { default?: unknown }).default;
+    const adapter = isStoreAdapter(exported) ? exported : (exported as { default?: unknown } | undefined)?.default;
     if (!isStoreAdapter(adapter)) {
       throw new ConfigError(`${where("store.adapter_modules")}: ${JSON.stringify(name)} has no StoreAdapter as its default export`);
     }

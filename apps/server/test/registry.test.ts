@@ -1,5 +1,7 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { ConfigError, createRegistry, loadConfig, openStore } from "../src/index.js";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { cleanup, tempDir, writeFile } from "./helpers.js";
 
 afterAll(cleanup);
@@ -51,6 +53,24 @@ describe("adapter registry", () => {
     expect(registry.schemes).toContain("tape");
     const adapter = await registry.adapterFor("tape:one");
     expect(adapter.name).toBe("tape");
+  });
+
+  it("loads an ESM-only adapter package (exports for import alone) and a CommonJS one from the config's node_modules", async () => {
+    const adapterSource = (scheme: string) =>
+      `{ name: "${scheme}", schemes: ["${scheme}"], optionKeys: [], async open() { throw new Error("not here"); } }`;
+    const packageDir = (name: string) => join(dir, "node_modules", name);
+    const put = (folder: string, name: string, text: string): void => {
+      mkdirSync(folder, { recursive: true });
+      writeFile(folder, name, text);
+    };
+    put(packageDir("esm-only-adapter"), "package.json", JSON.stringify({ name: "esm-only-adapter", type: "module", exports: { ".": { import: "./lib/index.js" } } }));
+    put(join(packageDir("esm-only-adapter"), "lib"), "index.js", `export default ${adapterSource("esmonly")};\n`);
+    // What tsc emits for `export default adapter` with "module": "commonjs".
+    put(packageDir("cjs-adapter"), "package.json", JSON.stringify({ name: "cjs-adapter", main: "index.js" }));
+    put(packageDir("cjs-adapter"), "index.js", `"use strict";\nObject.defineProperty(exports, "__esModule", { value: true });\nexports.default = ${adapterSource("cjsone")};\n`);
+    const registry = await createRegistry({ adapterModules: ["esm-only-adapter", "cjs-adapter"], baseDir: dir, where });
+    expect((await registry.adapterFor("esmonly:x")).name).toBe("esmonly");
+    expect((await registry.adapterFor("cjsone:x")).name).toBe("cjsone");
   });
 
   it("says which module is not an adapter", async () => {
