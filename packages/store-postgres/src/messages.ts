@@ -37,8 +37,16 @@ export function messageSql(s: string) {
     chunk: `
       WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
       INSERT INTO ${s}.body_chunks (body_id, seq, data) SELECT $1::bigint, $2::int, $3::bytea FROM relaxed`,
-    // No row back: the body is gone (swept as abandoned) or was published already.
-    publishBody: `UPDATE ${s}.bodies SET size = $2, refs = $3, staged_at = NULL, staged_by = NULL WHERE id = $1 AND staged_at IS NOT NULL`,
+    // No row back: the body is gone (swept as abandoned), was published already, or lacks a chunk. The
+    // chunks were committed without waiting for the WAL flush, so a database crash between two of
+    // them can lose one while later ones, written on a new connection, are kept: counting them here
+    // is what keeps such a hole from being acknowledged. (octet_length reads a stored value's length
+    // without fetching it.)
+    publishBody: `
+      UPDATE ${s}.bodies SET size = $2, refs = $3, staged_at = NULL, staged_by = NULL
+      WHERE id = $1 AND staged_at IS NOT NULL
+        AND (SELECT count(*) = $4::bigint AND coalesce(max(seq) + 1, 0) = $4::bigint AND coalesce(sum(octet_length(data)), 0) = $2::bigint
+             FROM ${s}.body_chunks WHERE body_id = $1)`,
     // Chunks go with their body (ON DELETE CASCADE). A published body is never touched.
     dropStaged: `DELETE FROM ${s}.bodies WHERE id = $1 AND staged_at IS NOT NULL`,
     sweepStaged: `DELETE FROM ${s}.bodies WHERE staged_at < now() - $1::bigint * interval '1 millisecond'`,
@@ -113,6 +121,8 @@ export function toInfo(row: MessageRow): MessageInfo {
 /** A body whose octets are all stored, not yet referenced by any message or queue item. */
 export interface StagedBody {
   readonly bodyId: string;
+  /** Chunks written, numbered 0 to chunks - 1. */
+  readonly chunks: number;
   readonly size: number;
 }
 
@@ -169,7 +179,7 @@ export async function stageBody(
       }
     }
     await flush();
-    return { bodyId: id, size };
+    return { bodyId: id, size, chunks: seq };
   } catch (error) {
     if (bodyId !== undefined) await dropStaged(db, sql, bodyId);
     if (error instanceof SourceFailure) throw error.cause;
@@ -192,9 +202,9 @@ export async function stageBody(
  * inserts the rows that reference it: readers see the whole message or nothing.
  */
 export async function publishBody(client: pg.PoolClient, sql: MessageSql, body: StagedBody, refs: number): Promise<void> {
-  const result = await client.query(sql.publishBody, [body.bodyId, body.size, refs]);
+  const result = await client.query(sql.publishBody, [body.bodyId, body.size, refs, body.chunks]);
   if ((result.rowCount ?? 0) === 0) {
-    throw new StoreError("temporary", `postgres: staged message body ${body.bodyId} is gone (swept as abandoned)`);
+    throw new StoreError("temporary", `postgres: staged message body ${body.bodyId} is gone or incomplete (swept as abandoned, or a chunk lost in a database crash)`);
   }
 }
 

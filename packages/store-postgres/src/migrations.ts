@@ -1,4 +1,5 @@
 import type pg from "pg";
+import { StoreError } from "@mailroom/store";
 import { quoteIdent } from "./schema.js";
 
 /**
@@ -161,53 +162,95 @@ const LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7193))";
  * the second one finds the work done and applies nothing. The lock ends with the transaction, so a
  * crashed migrator never leaves it behind.
  */
-export async function runMigrations(pool: pg.Pool, schema: string): Promise<MigrationResult> {
+export async function runMigrations(pool: pg.Pool, schema: string, lockWait: LockWait = DEFAULT_LOCK_WAIT): Promise<MigrationResult> {
   const s = quoteIdent(schema);
   const applied: number[] = [];
   let version = 0;
   for (const migration of [...MIGRATIONS].sort((a, b) => a.version - b.version)) {
-    const client = await pool.connect();
-    let broken: unknown;
-    const onError = (error: unknown): void => {
-      broken = error;
-    };
-    client.on("error", onError);
-    try {
-      await client.query("BEGIN");
-      await client.query(LOCK_SQL, [`mailroom:${schema}`]);
-      await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
-      await client.query(
-        `CREATE TABLE IF NOT EXISTS ${s}.migrations (
-           version integer PRIMARY KEY,
-           name text NOT NULL,
-           applied_at timestamptz NOT NULL DEFAULT now()
-         )`,
-      );
-      const current = await client.query<{ v: number | null }>(`SELECT max(version) AS v FROM ${s}.migrations`);
-      version = current.rows[0]?.v ?? 0;
-      if (version >= migration.version) {
-        await client.query("COMMIT");
-        continue;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const done = await applyOne(pool, schema, s, migration, lockWait.timeoutMs);
+        version = done.version;
+        if (done.applied) applied.push(migration.version);
+        break;
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== LOCK_NOT_AVAILABLE) throw error;
+        if (attempt >= lockWait.attempts) {
+          throw new StoreError(
+            "unavailable",
+            `postgres: migration ${migration.version} (${migration.name}) could not lock its tables in ${lockWait.attempts} tries: ` +
+              "transactions of running servers hold them (an older release holds one for the whole DATA of a big message); " +
+              "run `mailroom migrate` when no older server is taking mail",
+            { cause: error },
+          );
+        }
+        await new Promise((resolve) => setTimeout(resolve, lockWait.pauseMs));
       }
-      await client.query(migration.sql(s));
-      await client.query(`INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`, [
-        migration.version,
-        migration.name,
-      ]);
-      await client.query("COMMIT");
-      applied.push(migration.version);
-      version = migration.version;
-    } catch (error) {
-      await client.query("ROLLBACK").catch((rollbackError: unknown) => {
-        broken ??= rollbackError;
-      });
-      throw error;
-    } finally {
-      client.off("error", onError);
-      client.release(broken instanceof Error ? broken : broken !== undefined);
     }
   }
   return { applied, version };
+}
+
+/**
+ * How a migration waits for the locks its DDL needs. Short tries: while an ALTER TABLE waits for its
+ * lock, every other statement on that table queues behind it, so a long wait would stall the running
+ * servers; between tries they go on.
+ */
+export interface LockWait {
+  readonly timeoutMs: number;
+  readonly attempts: number;
+  readonly pauseMs: number;
+}
+
+const DEFAULT_LOCK_WAIT: LockWait = { timeoutMs: 2_000, attempts: 30, pauseMs: 1_000 };
+/** SQLSTATE lock_not_available, what lock_timeout raises. */
+const LOCK_NOT_AVAILABLE = "55P03";
+
+/** One migration in its own transaction, under the advisory lock; nothing if it is applied already. */
+async function applyOne(
+  pool: pg.Pool,
+  schema: string,
+  s: string,
+  migration: (typeof MIGRATIONS)[number],
+  lockTimeoutMs: number,
+): Promise<{ version: number; applied: boolean }> {
+  const client = await pool.connect();
+  let broken: unknown;
+  const onError = (error: unknown): void => {
+    broken = error;
+  };
+  client.on("error", onError);
+  try {
+    await client.query("BEGIN");
+    await client.query(LOCK_SQL, [`mailroom:${schema}`]);
+    await client.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS ${s}.migrations (
+         version integer PRIMARY KEY,
+         name text NOT NULL,
+         applied_at timestamptz NOT NULL DEFAULT now()
+       )`,
+    );
+    const current = await client.query<{ v: number | null }>(`SELECT max(version) AS v FROM ${s}.migrations`);
+    const version = current.rows[0]?.v ?? 0;
+    if (version >= migration.version) {
+      await client.query("COMMIT");
+      return { version, applied: false };
+    }
+    await client.query(`SET LOCAL lock_timeout = ${Math.max(1, Math.round(lockTimeoutMs))}`);
+    await client.query(migration.sql(s));
+    await client.query(`INSERT INTO ${s}.migrations (version, name) VALUES ($1, $2)`, [migration.version, migration.name]);
+    await client.query("COMMIT");
+    return { version: migration.version, applied: true };
+  } catch (error) {
+    await client.query("ROLLBACK").catch((rollbackError: unknown) => {
+      broken ??= rollbackError;
+    });
+    throw error;
+  } finally {
+    client.off("error", onError);
+    client.release(broken instanceof Error ? broken : broken !== undefined);
+  }
 }
 
 /** The version recorded in the schema, or 0 when the schema has never been migrated. */

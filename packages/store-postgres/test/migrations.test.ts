@@ -1,6 +1,8 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { fromBytes, readAll, type Store } from "@mailroom/store";
+import pg from "pg";
 import postgresAdapter, { LATEST_VERSION, createPostgresStore, migrate } from "../src/index.js";
+import { runMigrations } from "../src/migrations.js";
 import { PG_URL, adminQuery, dropSchemas, postgresAvailable, uniqueSchema } from "./pg-env.js";
 
 const available = await postgresAvailable();
@@ -25,6 +27,37 @@ describe.skipIf(!available)("postgres schema and migrations", () => {
     expect(again).toEqual({ applied: [], version: LATEST_VERSION });
     const recorded = await adminQuery<{ version: number }>(`SELECT version FROM "${schema}".migrations`);
     expect(recorded).toEqual([{ version: 1 }, { version: 2 }, { version: 3 }, { version: 4 }]);
+  });
+
+  it("tries a migration's table lock briefly and again, instead of stalling every server behind it", async () => {
+    const schema = fresh("lockwait");
+    await migrate({ url: PG_URL, schema });
+    // The schema as release 3 left it, so that migration 4 has its ALTER TABLE to do again.
+    await adminQuery(
+      `DROP INDEX "${schema}".bodies_staged; ALTER TABLE "${schema}".bodies DROP COLUMN staged_at, DROP COLUMN staged_by; DELETE FROM "${schema}".migrations WHERE version = 4`,
+    );
+    // An older server receiving a big message holds a transaction on bodies for the whole DATA.
+    const older = new pg.Client({ connectionString: PG_URL });
+    await older.connect();
+    const pool = new pg.Pool({ connectionString: PG_URL, max: 2 });
+    try {
+      await older.query(`BEGIN; SELECT count(*) FROM "${schema}".bodies`);
+      const wait = { timeoutMs: 100, attempts: 3, pauseMs: 50 };
+      const failed = await runMigrations(pool, schema, wait).catch((e: unknown) => e);
+      expect(failed).toMatchObject({ code: "unavailable", message: expect.stringMatching(/migration 4 \(staged bodies\) could not lock its tables in 3 tries.*mailroom migrate/) });
+      // Meanwhile the running servers' statements on bodies went on.
+      const started = Date.now();
+      const reading = pool.query(`SELECT count(*) FROM "${schema}".bodies`);
+      const migrating = runMigrations(pool, schema, { timeoutMs: 100, attempts: 50, pauseMs: 50 });
+      await reading;
+      expect(Date.now() - started).toBeLessThan(2_000);
+      // The older transaction ends; the next try goes through.
+      setTimeout(() => void older.query("COMMIT"), 300);
+      expect(await migrating).toEqual({ applied: [4], version: LATEST_VERSION });
+    } finally {
+      await older.end();
+      await pool.end();
+    }
   });
 
   it("opens a store concurrently from four pools on a new schema", async () => {
