@@ -1,7 +1,7 @@
 import { promises as fsp, statSync } from "node:fs";
 import { setImmediate } from "node:timers";
 import type { Logger } from "@mailroom/store";
-import type { SyncPolicy } from "./fsutil.js";
+import type { MailModes, SyncPolicy } from "./fsutil.js";
 import { isErrno } from "./errors.js";
 import type { DirSyncs } from "./groupcommit.js";
 import type { DeliveryLog } from "./deliverylog.js";
@@ -12,6 +12,8 @@ import type { MailboxLocation } from "./layout.js";
 export interface StoreContext {
   readonly root: string;
   readonly policy: SyncPolicy;
+  /** For maildirs and message files: owner-only, plus the group bits of the root (see mailModesOf). */
+  readonly mailModes: MailModes;
   readonly host: string;
   readonly logger: Logger;
   readonly cache: MailboxCaches;

@@ -60,8 +60,8 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
   };
   // Publishes waiting for the append that makes their record durable.
   let held = [];
-  const writeNew = (path, data, mtimeMs) => {
-    const fd = fs.openSync(path, "wx", 0o600);
+  const writeNew = (path, data, mtimeMs, mode) => {
+    const fd = fs.openSync(path, "wx", mode);
     try {
       try {
         let at = 0;
@@ -155,7 +155,7 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
       }
       let failure = null;
       try {
-        if (job.op === "write") writeNew(job.path, job.data, job.mtimeMs);
+        if (job.op === "write") writeNew(job.path, job.data, job.mtimeMs, job.mode);
         else if (job.op === "rename") fs.renameSync(job.from, job.to);
         else if (job.op === "publish") publish(job);
         else if (job.op === "abandon") failedLogs.add(job.log);
@@ -192,7 +192,7 @@ Promise.all([import("node:worker_threads"), import("node:fs")]).then(([{ parentP
  * not copied.
  */
 type Job =
-  | { readonly id: number; readonly op: "write"; readonly path: string; readonly data: ArrayBuffer; readonly mtimeMs: number; readonly gated: boolean }
+  | { readonly id: number; readonly op: "write"; readonly path: string; readonly data: ArrayBuffer; readonly mtimeMs: number; readonly gated: boolean; readonly mode: number }
   | { readonly id: number; readonly op: "rename"; readonly from: string; readonly to: string }
   | { readonly id: number; readonly op: "publish"; readonly from: string; readonly to: string; readonly log: string; readonly end: number }
   | { readonly id: number; readonly op: "append"; readonly log: string; readonly create: LogCreation | null; readonly position: number; readonly data: ArrayBuffer }
@@ -283,9 +283,9 @@ export class FileThread {
    * Creates `path` (failing if it exists), writes `chunks`, sets its modification time and closes it.
    * `gated`: a `publish` of `path` follows, which must fail if this write did.
    */
-  writeNew(path: string, chunks: readonly Uint8Array[], mtimeMs: number, gated = false): Promise<void> {
+  writeNew(path: string, chunks: readonly Uint8Array[], mtimeMs: number, gated = false, mode = 0o600): Promise<void> {
     const data = joined(chunks);
-    return this.#post((id) => ({ id, op: "write", path, data: data.buffer, mtimeMs, gated }), data.buffer);
+    return this.#post((id) => ({ id, op: "write", path, data: data.buffer, mtimeMs, gated, mode }), data.buffer);
   }
 
   rename(from: string, to: string): Promise<void> {

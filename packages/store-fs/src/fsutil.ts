@@ -12,6 +12,24 @@ import { isErrno } from "./errors.js";
 export const PRIVATE_FILE = 0o600;
 export const PRIVATE_DIR = 0o700;
 
+/** Modes of what other Maildir software may share with us: the maildirs and the message files. */
+export interface MailModes {
+  readonly dir: number;
+  readonly file: number;
+}
+
+/**
+ * Dovecot's rule: the group bits of the store's root carry over to the maildirs and message files
+ * made under it, so that an operator who wants Dovecot (or a backup job) running as another user to
+ * share the mail gives the root a group, its bits and the setgid bit (`chgrp mail root; chmod 2770
+ * root`). Others never get any bits, and Mailroom's own files (the directory with its password
+ * hashes, state, leases, the queue) stay owner-only whatever the root says.
+ */
+export function mailModesOf(rootMode: number): MailModes {
+  const group = rootMode & 0o070;
+  return { dir: PRIVATE_DIR | group, file: PRIVATE_FILE | (group & 0o060) };
+}
+
 /** Durability switch shared by every helper: tests and throwaway stores may turn fsync off. */
 export interface SyncPolicy {
   readonly fsync: boolean;
@@ -91,18 +109,18 @@ export async function readdirOrEmpty(path: string): Promise<string[]> {
 }
 
 /** mkdir -p that also syncs each parent it changed, so a new mailbox survives a crash. */
-export async function makeDirs(path: string, policy: SyncPolicy): Promise<void> {
+export async function makeDirs(path: string, policy: SyncPolicy, mode = PRIVATE_DIR): Promise<void> {
   try {
-    await fsp.mkdir(path, PRIVATE_DIR);
+    await fsp.mkdir(path, mode);
     await fsyncDir(dirname(path), policy);
     return;
   } catch (error) {
     if (isErrno(error, "EEXIST")) return;
     if (!isErrno(error, "ENOENT")) throw error;
   }
-  await makeDirs(dirname(path), policy);
+  await makeDirs(dirname(path), policy, mode);
   try {
-    await fsp.mkdir(path, PRIVATE_DIR);
+    await fsp.mkdir(path, mode);
     await fsyncDir(dirname(path), policy);
   } catch (error) {
     if (!isErrno(error, "EEXIST")) throw error;

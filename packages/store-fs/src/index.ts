@@ -4,7 +4,7 @@ import { isAbsolute, resolve } from "node:path";
 import { StoreError, silentLogger, type Logger, type Store, type StoreAdapter, type StoreOptions } from "@mailroom/store";
 import { MailboxCaches, type StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
-import { PRIVATE_DIR } from "./fsutil.js";
+import { PRIVATE_DIR, mailModesOf } from "./fsutil.js";
 import { DirSyncs } from "./groupcommit.js";
 import { DeliveryLog } from "./deliverylog.js";
 import { FileThread } from "./filethread.js";
@@ -69,7 +69,8 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
   const logger = options.logger ?? silentLogger;
   const bulk = new BulkSync((message) => logger.warn(message));
   // Before anything else touches the maildirs: what a crashed process acknowledged becomes durable.
-  const recovery = { root, policy, logger, bulk };
+  const mailModes = mailModesOf((await attempt("read root", root, () => fsp.stat(root))).mode);
+  const recovery = { root, policy, mailModes, logger, bulk };
   const left = await attempt("replay delivery log", root, () => recoverDeliveryLogs(recovery));
   const logBytes = options.deliveryLogBytes ?? DEFAULT_DELIVERY_LOG_BYTES;
   const deliveryLog =
@@ -83,6 +84,7 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
   const ctx: StoreContext = {
     root,
     policy,
+    mailModes,
     deliveryLog,
     host: options.hostname ?? osHostname(),
     logger,

@@ -4,13 +4,14 @@ import { basename, dirname, join, resolve, sep } from "node:path";
 import { currentBootId, processHasEnded, processStamp, type Logger } from "@mailroom/store";
 import { LOG_DIR, liveLogs } from "./deliverylog.js";
 import { isErrno } from "./errors.js";
-import { PRIVATE_FILE, fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type SyncPolicy } from "./fsutil.js";
+import { fsyncDir, makeDirs, uniqueSuffix, unlinkQuiet, withDirLock, type MailModes, type SyncPolicy } from "./fsutil.js";
 import { readRecords, type LogOwner } from "./logformat.js";
 import { indexByBase, movedToCur, type BulkSync } from "./syncfs.js";
 
 export interface RecoveryContext {
   readonly root: string;
   readonly policy: SyncPolicy;
+  readonly mailModes: MailModes;
   readonly logger: Logger;
   readonly bulk: BulkSync;
 }
@@ -203,10 +204,10 @@ function sameContent(path: string, body: Uint8Array): boolean {
 /** Writes `body` to `path` through the maildir's tmp/, durably, with the recorded modification time. */
 async function rewrite(ctx: RecoveryContext, path: string, body: Uint8Array, mtimeMs: number): Promise<void> {
   const maildir = dirname(dirname(path));
-  for (const sub of ["tmp", "new", "cur"]) await makeDirs(join(maildir, sub), ctx.policy);
+  for (const sub of ["tmp", "new", "cur"]) await makeDirs(join(maildir, sub), ctx.policy, ctx.mailModes.dir);
   const temp = join(maildir, "tmp", `${basename(path).split(":")[0]}.restore-${uniqueSuffix()}`);
   try {
-    const handle = await fsp.open(temp, "wx", PRIVATE_FILE);
+    const handle = await fsp.open(temp, "wx", ctx.mailModes.file);
     try {
       await handle.writeFile(body);
       const when = new Date(mtimeMs);

@@ -107,11 +107,11 @@ export class FsMailbox implements Mailbox {
   async ensureDirs(): Promise<void> {
     if (this.ctx.prepared.has(this.dir)) return;
     await attempt("create mailbox", this.dir, async () => {
-      await makeDirs(this.dir, this.ctx.policy);
+      await makeDirs(this.dir, this.ctx.policy, this.ctx.mailModes.dir);
       if (this.hashed && (await readTextOrNull(join(this.dir, ID_FILE))) === null) {
         await writeFileAtomic(join(this.dir, ID_FILE), this.id, this.ctx.policy);
       }
-      for (const sub of ["tmp", "new", "cur"] as const) await makeDirs(this.sub(sub), this.ctx.policy);
+      for (const sub of ["tmp", "new", "cur"] as const) await makeDirs(this.sub(sub), this.ctx.policy, this.ctx.mailModes.dir);
     });
     await this.cleanTmp();
     this.ctx.prepared.add(this.dir);
@@ -288,7 +288,7 @@ export class FsMailbox implements Mailbox {
     const base = newBase(this.ctx.host, uid);
     const temp = this.sub("tmp", base);
     const stamp = options.receivedAt === undefined ? undefined : Math.round(options.receivedAt);
-    const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp);
+    const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp, this.ctx.mailModes.file);
     const retrievedAt = options.retrievedAt ?? null;
     const final =
       retrievedAt === null

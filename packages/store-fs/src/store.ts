@@ -112,7 +112,7 @@ export class FsStore implements Store {
         crlfSize = counter.octets + counter.count;
         receivedAt = stamp ?? Date.now();
       } else {
-        ({ size, crlfSize, receivedAt } = await writeMessageFile(temp, rest ?? guarded, this.ctx.policy, stamp));
+        ({ size, crlfSize, receivedAt } = await writeMessageFile(temp, rest ?? guarded, this.ctx.policy, stamp, this.ctx.mailModes.file));
       }
       // The other mailboxes get hard links first; the first mailbox then takes the tmp/ file itself by
       // rename (same directory tree, so never across file systems), which leaves nothing to clean up.
@@ -133,7 +133,7 @@ export class FsStore implements Store {
         const single = thread !== null && boxes.length === 1;
         const [written, recorded, renamed] = await Promise.allSettled([
           // Posted before the publish, so the thread has written the file when it renames it.
-          writeHeldFile(temp, keep.chunks, receivedAt, thread, single),
+          writeHeldFile(temp, keep.chunks, receivedAt, thread, single, this.ctx.mailModes.file),
           attempt("deliver", temp, () => recording.durable),
           single ? attempt("deliver", own, () => thread!.publish(temp, own, recording.log, recording.end)) : Promise.resolve(),
         ]);

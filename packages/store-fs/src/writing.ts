@@ -2,7 +2,7 @@ import { closeSync, constants, fstatSync, promises as fsp } from "node:fs";
 import { Buffer } from "node:buffer";
 import { basename, join } from "node:path";
 import { attempt, isErrno } from "./errors.js";
-import { unlinkQuiet, type SyncPolicy } from "./fsutil.js";
+import { PRIVATE_FILE, unlinkQuiet, type SyncPolicy } from "./fsutil.js";
 import { BareLfCounter } from "./streams.js";
 import { closeFd, fsyncFd, openForWriting, openNew, openNewSyncing, setTimesFd, SYNC_WRITES, writevAt } from "./fdio.js";
 import type { KeptBody } from "./deliverylog.js";
@@ -67,6 +67,7 @@ export async function writeMessageFile(
   source: AsyncIterable<Uint8Array>,
   policy: SyncPolicy,
   receivedAt: number | undefined,
+  mode = PRIVATE_FILE,
 ): Promise<{ size: number; crlfSize: number; receivedAt: number }> {
   // A message that fits one batch (nearly all mail) is written with one write() at its end. Opened
   // with SYNC_WRITES, that write is also its fsync: one hand-off to the thread pool at the end of the
@@ -75,7 +76,7 @@ export async function writeMessageFile(
   // descriptor and one fsync at the end, rather than a flush per batch. An explicit receivedAt is set
   // after the last write, so those (imports) take the plain path as well.
   let syncing = policy.fsync && receivedAt === undefined && SYNC_WRITES !== null;
-  let fd = await attempt("create", path, () => (syncing ? openNewSyncing(path) : openNew(path)));
+  let fd = await attempt("create", path, () => (syncing ? openNewSyncing(path, mode) : openNew(path, mode)));
   const counter = new BareLfCounter();
   let stamped = 0;
   let synced = false;
@@ -193,9 +194,10 @@ export async function writeHeldFile(
   mtimeMs: number,
   thread: FileThread | null,
   gated = false,
+  mode = PRIVATE_FILE,
 ): Promise<void> {
-  if (thread !== null) return attempt("create", path, () => thread.writeNew(path, chunks, mtimeMs, gated));
-  const fd = await attempt("create", path, () => openNew(path));
+  if (thread !== null) return attempt("create", path, () => thread.writeNew(path, chunks, mtimeMs, gated, mode));
+  const fd = await attempt("create", path, () => openNew(path, mode));
   try {
     try {
       await writeAll(fd, path, [...chunks]);

@@ -10,6 +10,7 @@ import { processStamp, processStampOf, readAll, silentLogger, type Store } from 
 import { createFsStore } from "../src/index.js";
 import { DeliveryLog, LOG_DIR } from "../src/deliverylog.js";
 import { messageName, newBase } from "../src/filenames.js";
+import { mailModesOf } from "../src/fsutil.js";
 import { FileThread } from "../src/filethread.js";
 import { encodeRecord, readRecords, type LogOwner } from "../src/logformat.js";
 import { recoverDeliveryLogs, retryLeftLogs } from "../src/logrecovery.js";
@@ -139,7 +140,7 @@ function asFirstVersion(log: Buffer): Buffer {
 }
 
 const recover = (dir: string, boot: string) =>
-  recoverDeliveryLogs({ root: dir, policy: { fsync: true }, logger: silentLogger, bulk: new BulkSync(() => undefined) }, boot);
+  recoverDeliveryLogs({ root: dir, policy: { fsync: true }, mailModes: mailModesOf(0o700), logger: silentLogger, bulk: new BulkSync(() => undefined) }, boot);
 
 // Everything the log promises holds whether its appends (and single-mailbox renames) run on the file
 // thread or through the thread pool: the same tests, once each way.
@@ -428,7 +429,7 @@ describe.each([
     expect(await recover(dir, me.boot)).toBe(1);
     expect(logsIn(dir)).toHaveLength(1);
     // A store opened meanwhile tries again every so often, and replays it once it has been quiet.
-    const retry = retryLeftLogs({ root: dir, policy: { fsync: true }, logger: silentLogger, bulk: new BulkSync(() => undefined) }, 20);
+    const retry = retryLeftLogs({ root: dir, policy: { fsync: true }, mailModes: mailModesOf(0o700), logger: silentLogger, bulk: new BulkSync(() => undefined) }, 20);
     try {
       await new Promise((resolve) => setTimeout(resolve, 100));
       expect(logsIn(dir)).toHaveLength(1);

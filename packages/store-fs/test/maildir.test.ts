@@ -303,6 +303,32 @@ describe("maildir specifics", () => {
     expect((await readdir(join(ns, "example.test", "alice", "cur"))).length).toBe(1);
   });
 
+  it("gives maildirs and messages the group bits of a shared root, and keeps its own files owner-only", async () => {
+    const ns = join(fresh(), "shared");
+    await mkdir(ns, { recursive: true });
+    // What an operator does to share the mail with Dovecot running as another user of the group.
+    await fsPromises.chmod(ns, 0o2770);
+    const umask = Number.parseInt(/^Umask:\s*([0-7]+)/m.exec(await readFile("/proc/self/status", "utf8"))?.[1] ?? "22", 8);
+    const store = await createFsStore({ root: ns, hostname: "test.host" });
+    try {
+      await store.directory.addDomain("example.test");
+      await store.directory.addAccount({ address: "alice@example.test", passwordHash: "$scrypt$not-a-real-hash" });
+      await store.deliver(["alice@example.test"], text("Subject: small\r\n\r\nhi\r\n"));
+      await store.deliver(["alice@example.test"], text(`Subject: big\r\n\r\n${"x".repeat(100_000)}\r\n`));
+      await store.mailbox("alice@example.test").append(text("Subject: appended\r\n\r\nhi\r\n"));
+    } finally {
+      await store.close();
+    }
+    const mode = async (path: string) => (await stat(path)).mode & 0o777;
+    const box = join(ns, "example.test", "alice");
+    for (const dir of [join(ns, "example.test"), box, join(box, "new"), join(box, "cur"), join(box, "tmp")]) expect(await mode(dir)).toBe(0o770 & ~umask);
+    const messages = await readdir(join(box, "new"));
+    expect(messages).toHaveLength(3);
+    for (const name of messages) expect(await mode(join(box, "new", name))).toBe(0o660 & ~umask);
+    // The password hashes are nobody else's business, shared root or not.
+    expect(await mode(join(ns, DIRECTORY_FILE))).toBe(0o600);
+  });
+
   it("lists past directories and FIFOs in new/ and cur/ instead of failing or hanging", async () => {
     const ns = fresh();
     const dir = await maildir(ns, "odd@example.test");
