@@ -31,7 +31,28 @@ function wrap(inner: PinoLogger): AppLogger {
   };
 }
 
+/** Lines held while the log cannot be written (a full disk under it); more are dropped. */
+const MAX_HELD_LOG_OCTETS = 1024 * 1024;
+
 export function createLogger(level: LogLevel, destination: number = 1): AppLogger {
+  // Synchronous writes: a line logged just before exit (start-up failure, shutdown) is never lost.
+  const stream = pino.destination({ dest: destination, sync: true, maxLength: MAX_HELD_LOG_OCTETS });
+  // A log that cannot be written (ENOSPC on the disk under it, a closed pipe) must not take the mail
+  // server down: without a listener the stream's error is thrown at whoever logged, and the crash
+  // handler's own line throws again. Lines are dropped until writing works again, said once on stderr.
+  let failing = false;
+  stream.on("error", (error: NodeJS.ErrnoException) => {
+    if (failing) return;
+    failing = true;
+    try {
+      process.stderr.write(`mailroom: cannot write the log (${error.code ?? error.message}); dropping log lines until it works again\n`);
+    } catch {
+      // stderr may be the same broken file.
+    }
+  });
+  stream.on("write", () => {
+    failing = false;
+  });
   const inner = pino(
     {
       level,
@@ -41,8 +62,7 @@ export function createLogger(level: LogLevel, destination: number = 1): AppLogge
       timestamp: pino.stdTimeFunctions.isoTime,
       formatters: { level: (label) => ({ level: label }) },
     },
-    // Synchronous writes: a line logged just before exit (start-up failure, shutdown) is never lost.
-    pino.destination({ dest: destination, sync: true }),
+    stream,
   );
   return wrap(inner);
 }

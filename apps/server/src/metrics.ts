@@ -259,6 +259,9 @@ export function localSource(metrics: ServerMetrics, store: Store): MetricsSource
   return { contentType: metrics.registry.contentType, collect: () => metrics.registry.metrics(), health: () => storeHealth(store) };
 }
 
+const MAX_METRICS_CONNECTIONS = 16;
+const METRICS_TIMEOUT_MS = 10_000;
+
 /** `GET /metrics` (Prometheus text format) and `GET /healthz` (200 "ok" when `health` finds no problem). */
 export async function startMetricsServer(address: ListenAddress, source: MetricsSource): Promise<HttpEndpoint> {
   const server: Server = createServer((request, response) => {
@@ -281,6 +284,12 @@ export async function startMetricsServer(address: ListenAddress, source: Metrics
     }
     send(404, "text/plain; charset=utf-8", "not found; try /metrics or /healthz\n");
   });
+  // A scraper needs a connection or two, for a second: anything that holds more, or longer, costs
+  // descriptors the mail listeners need. Connections over the cap are closed at once.
+  server.maxConnections = MAX_METRICS_CONNECTIONS;
+  server.headersTimeout = METRICS_TIMEOUT_MS;
+  server.requestTimeout = METRICS_TIMEOUT_MS;
+  server.setTimeout(METRICS_TIMEOUT_MS, (socket) => socket.destroy());
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(address.port, address.host, () => {

@@ -4,7 +4,7 @@
  * `store.adapter_modules` plug in further schemes (and may replace a built-in one).
  */
 import { createRequire } from "node:module";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { isStoreError, type Store, type StoreAdapter } from "@mailroom/store";
@@ -184,6 +184,30 @@ export async function openStore(config: ServerConfig, registry?: AdapterRegistry
     adapter.open(config.store.url, config.store.options),
   );
   return { store, adapter };
+}
+
+/**
+ * For admin commands: refuses to work as root on a Maildir store that belongs to another user. The
+ * files a command makes (the directory file with every account, a maildir) would belong to root,
+ * owner-only, and the server running as the store's owner could no longer read them: every RCPT and
+ * every login would fail until someone fixed the owner by hand.
+ */
+export function refuseForeignStoreOwner(config: ServerConfig): void {
+  if (process.getuid?.() !== 0) return;
+  const url = config.store.url;
+  if (!url.toLowerCase().startsWith("maildir:")) return;
+  const root = url.slice("maildir:".length);
+  let owner: number;
+  try {
+    owner = statSync(root).uid;
+  } catch {
+    return; // not made yet: whoever makes it owns it
+  }
+  if (owner === 0) return;
+  throw new ConfigError(
+    `${config.where("store.url")}: ${root} belongs to uid ${owner}, not root; run admin commands as that user ` +
+      `(e.g. sudo -u '#${owner}' mailroom ...), or files they make will be unreadable to the server`,
+  );
 }
 
 /** How to name the URL and an option in a message: config keys (`c.toml: store.url`) or a flag. */

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { chownSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import { createServer, type Server } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -239,6 +239,22 @@ print(json.dumps({"out": out.decode(), "code": os.WEXITSTATUS(status)}))
         expect(result, command.join(" ")).toMatchObject({ code: 2, stdout: "", stderr: `mailroom: ${file}: ${key}: ${says}\n` });
       }
     }
+  });
+
+  it.skipIf(process.getuid?.() !== 0)("refuses admin commands as root on a Maildir store that belongs to another user", async () => {
+    const mail = join(dir, "owned-mail");
+    mkdirSync(mail, { recursive: true });
+    chownSync(mail, 65534, 65534);
+    const file = writeFile(dir, "owned.toml", `hostname = "x"\n[store]\nurl = "maildir:${mail}"\n[smtp]\nsubmissions = []\n[pop3]\npop3s = []\n`);
+    for (const command of [["domain", "add", "example.test"], ["queue", "list"]]) {
+      const result = await runCli([...command, "--config", file]);
+      expect(result, command.join(" ")).toMatchObject({
+        code: 2,
+        stderr: `mailroom: ${file}: store.url: ${mail} belongs to uid 65534, not root; run admin commands as that user (e.g. sudo -u '#65534' mailroom ...), or files they make will be unreadable to the server\n`,
+      });
+    }
+    // Nothing was made under it as root.
+    expect(readdirSync(mail)).toEqual([]);
   });
 
   it("refuses to serve with a certificate that is not one, naming the keys", async () => {

@@ -6,6 +6,7 @@
  */
 import { writeFileSync, rmSync } from "node:fs";
 import { request } from "node:http";
+import { connect, type Socket } from "node:net";
 import { join } from "node:path";
 import { pathToFileURL, fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -166,6 +167,38 @@ describe("metrics and health over HTTP", () => {
     rmSync(pingFile);
     expect(await get(port, "/healthz")).toMatchObject({ status: 200, body: "ok\n" });
     expect(await get(port, "/nothing")).toMatchObject({ status: 404 });
+  });
+
+  it("holds at most 16 connections on the metrics port, so idle ones cannot take the mail listeners' descriptors", async () => {
+    const sockets = await Promise.all(
+      Array.from({ length: 40 }, () => new Promise<Socket>((resolve, reject) => {
+        const socket = connect(port, "127.0.0.1", () => resolve(socket));
+        socket.on("error", reject);
+      })),
+    );
+    const closed = sockets.map((socket) => new Promise<void>((resolve) => socket.on("close", () => resolve())));
+    let dropped = 0;
+    for (const c of closed) void c.then(() => dropped++);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    // Over the cap: closed at once (the scrape in progress elsewhere gets through once they go).
+    expect(dropped).toBeGreaterThanOrEqual(24);
+    for (const socket of sockets) socket.destroy();
+    await Promise.all(closed);
+    expect(await get(port, "/healthz")).toMatchObject({ status: 200 });
+  });
+
+  it("ignores SIGUSR1 instead of opening Node's debugger to whoever connects first", async () => {
+    server.child.kill("SIGUSR1");
+    await server.waitForLine((line) => typeof line["msg"] === "string" && line["msg"].startsWith("SIGUSR1 ignored"));
+    const inspector = await new Promise<string>((resolve) => {
+      const socket = connect(9229, "127.0.0.1", () => {
+        socket.destroy();
+        resolve("open");
+      });
+      socket.on("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? "error"));
+    });
+    expect(inspector).toBe("ECONNREFUSED");
+    expect(await get(port, "/healthz")).toMatchObject({ status: 200 });
   });
 
   it("logs the metrics listener's address and closes it on SIGTERM", async () => {

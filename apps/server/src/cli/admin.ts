@@ -16,7 +16,7 @@ import {
 } from "@mailroom/store";
 import type { ServerConfig } from "../config.js";
 import { ConfigError } from "../errors.js";
-import { asConfigErrors, checkStoreOptions, createRegistry, openStore } from "../registry.js";
+import { asConfigErrors, checkStoreOptions, createRegistry, openStore, refuseForeignStoreOwner } from "../registry.js";
 import { ensureDevelopmentDomain } from "../development.js";
 import { readNewPassword } from "./password.js";
 
@@ -52,6 +52,7 @@ function explain(error: unknown, subject: string): never {
 }
 
 async function withStore<T>(config: ServerConfig, action: (store: Store) => Promise<T>): Promise<T> {
+  refuseForeignStoreOwner(config);
   const { store } = await openStore(config);
   try {
     await ensureDevelopmentDomain(store, config);

@@ -8,11 +8,12 @@ import { createOutbound, deleteItem, formatQueue, formatQueueJson, listQueue, re
 import type { ServerConfig } from "../config.js";
 import { ConfigError } from "../errors.js";
 import { createLogger } from "../logger.js";
-import { openStore } from "../registry.js";
+import { openStore, refuseForeignStoreOwner } from "../registry.js";
 import { outboundOptions } from "../outbound-options.js";
 import type { Output } from "./admin.js";
 
 async function withQueueStore<T>(config: ServerConfig, action: (store: Store) => Promise<T>): Promise<T> {
+  refuseForeignStoreOwner(config);
   const { store, adapter } = await openStore(config);
   try {
     if ((store as { queue?: unknown }).queue === undefined) throw new Error(`the ${adapter.name} store has no outbound queue`);

@@ -3,7 +3,7 @@
  * the certificate.
  */
 import type { ServerConfig } from "../config.js";
-import { createLogger } from "../logger.js";
+import { createLogger, type AppLogger } from "../logger.js";
 import { currentRole, isClusterPrimary, onPrimaryGone, reportReady, runPrimary } from "../cluster.js";
 import { startServer, type RunningServer } from "../serve.js";
 
@@ -22,8 +22,23 @@ function developmentHint(server: RunningServer): string {
   ].join("\n");
 }
 
+/**
+ * Node opens its inspector on SIGUSR1 unless the program handles that signal: whoever may signal the
+ * process (its own user, root) would get an unauthenticated debugger on 127.0.0.1:9229, and with it
+ * code running as the server, for any local user who connects first. Dovecot's log rotation sends
+ * USR1 to its processes, so an operator may well do it here; it is only logged.
+ */
+function ignoreDebugSignal(logger: AppLogger): void {
+  try {
+    process.on("SIGUSR1", () => logger.info({}, "SIGUSR1 ignored: the log goes to stdout, there is nothing to reopen"));
+  } catch {
+    // No SIGUSR1 on this platform.
+  }
+}
+
 export async function runServe(config: ServerConfig): Promise<number> {
   const base = createLogger(config.log.level);
+  ignoreDebugSignal(base);
   if (isClusterPrimary(config)) return runPrimary(config, base);
   const role = currentRole(config);
   const logger = role.index === null ? base : base.child({ worker: role.index, pid: process.pid });
