@@ -8,6 +8,11 @@ import { connect as netConnect, type Socket } from "node:net";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
 
 /** Why a network step did not complete. `code` is the system error code (ECONNREFUSED, …) or ours. */
+/** Octets held without a line end before the doctor gives up on a server. */
+const MAX_BUFFERED = 64 * 1024;
+/** Lines of one SMTP reply; the longest EHLO replies have a few dozen. */
+const MAX_REPLY_LINES = 200;
+
 export class NetProblem extends Error {
   override readonly name = "NetProblem";
   constructor(
@@ -155,6 +160,7 @@ export class LineClient {
     for (;;) {
       const line = await this.readLine();
       lines.push(line);
+      if (lines.length > MAX_REPLY_LINES) throw new NetProblem("ELINE", `the server sent a reply of more than ${MAX_REPLY_LINES} lines`);
       if (!/^\d{3}-/.test(line)) return { code: /^\d{3}/.test(line) ? Number(line.slice(0, 3)) : 0, lines };
     }
   }
@@ -187,6 +193,11 @@ export class LineClient {
 
   readonly #onData = (chunk: Uint8Array | string): void => {
     this.#buffer += typeof chunk === "string" ? chunk : Buffer.from(chunk).toString("latin1");
+    // No server line is anywhere near this long; a host that sends one without end is broken or hostile.
+    if (this.#buffer.length > MAX_BUFFERED && (this.#buffer.lastIndexOf("\n") < 0 || this.#buffer.length > 16 * MAX_BUFFERED)) {
+      this.#problem ??= new NetProblem("ELINE", `the server sent a line longer than ${MAX_BUFFERED} octets`);
+      this.#socket.destroy();
+    }
     this.#wake?.();
   };
 

@@ -56,7 +56,9 @@ export class Reporter {
   }
 
   #print(text: string): void {
-    this.#out(this.#mask(text));
+    // What a server sent is shown, but never its control characters: an escape sequence from a hostile
+    // or broken host must not clear or rewrite the operator's terminal.
+    this.#out(this.#mask(text).replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, "?"));
   }
 
   #mask(text: string): string {

@@ -1,4 +1,5 @@
 import { Buffer } from "node:buffer";
+import { createServer, type AddressInfo } from "node:net";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { runDoctor, targetsFromConfig, type DoctorOptions } from "../../src/doctor/index.js";
 import {
@@ -159,6 +160,32 @@ describe("runDoctor against real listeners", () => {
       expect(text).toMatch(/✘ no SMTP greeting: no reply within 0\.3 s\n {6}→ if \d+ is an implicit-TLS port/);
     } finally {
       await silent.close();
+    }
+  });
+
+  it("shows a hostile server's escape codes as '?' and gives up on a line without end", async () => {
+    const hostile = createServer((socket) => {
+      socket.on("error", () => {});
+      // A greeting that would clear the operator's screen, then an EHLO reply line that never ends.
+      socket.write("220 evil\u001b[2J\u001b[H ESMTP\r\n");
+      socket.once("data", () => {
+        const flood = (): void => {
+          while (socket.writable && socket.write("x".repeat(16_384)));
+          if (socket.writable) socket.once("drain", flood);
+        };
+        flood();
+      });
+    });
+    await new Promise<void>((resolve) => hostile.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (hostile.address() as AddressInfo).port;
+      const { ok, text } = await doctor({ targets: [{ name: "submission", host: "127.0.0.1", port, implicitTls: false }], timeoutMs: 5_000 });
+      expect(ok).toBe(false);
+      expect(text).not.toContain("\u001b");
+      expect(text).toContain("220 evil?[2J?[H ESMTP");
+      expect(text).toMatch(/line longer than 65536 octets/);
+    } finally {
+      hostile.close();
     }
   });
 
