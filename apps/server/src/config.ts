@@ -69,7 +69,7 @@ export interface ServerConfig {
     readonly resolver: readonly string[];
     /** Milliseconds; null means the worker's default schedule. */
     readonly retrySchedule: readonly number[] | null;
-    /** null: the sum of the retry schedule (5 days by default). */
+    /** null: the outbound worker's default, 5 days. */
     readonly queueLifetimeHours: number | null;
     readonly concurrency: number;
     readonly perDomainConcurrency: number;

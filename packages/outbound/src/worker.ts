@@ -54,7 +54,7 @@ export interface OutboundOptions {
   /**
    * How long a message may stay queued: a recipient still pending at an attempt made once the
    * message has been queued that long fails (Postfix's maximal_queue_lifetime). Attempts an operator
-   * forces do not shorten it. Default: the sum of `retrySchedule` (5 days for the default schedule).
+   * forces do not shorten it, and the retry schedule does not set it. Default 5 days.
    */
   readonly queueLifetimeMs?: number;
   /** Items delivered in parallel. Default 8. */
@@ -104,6 +104,8 @@ export interface Outbound {
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
+/** Postfix's maximal_queue_lifetime: how long a message may wait, whatever the retry schedule. */
+const DEFAULT_QUEUE_LIFETIME_MS = 5 * 24 * HOUR;
 
 /** 5m, 10m, 20m, 40m, 1h, 2h, 4h, 8h, then every 8h until five days have passed in all. */
 export function defaultRetrySchedule(): number[] {
@@ -216,7 +218,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
   const timeoutMs = options.connectTimeoutMs ?? MINUTE;
   const replyTimeoutMs = options.replyTimeoutMs ?? 5 * MINUTE;
   const addressLimit = Math.max(1, options.mxAddressLimit ?? 5);
-  const lifetimeMs = options.queueLifetimeMs ?? schedule.reduce((a, b) => a + b, 0);
+  const lifetimeMs = options.queueLifetimeMs ?? DEFAULT_QUEUE_LIFETIME_MS;
   const holder = `outbound ${options.hostname} ${randomBytes(4).toString("hex")}`;
 
   const slots = new Semaphore(concurrency);
@@ -384,8 +386,9 @@ export function createOutbound(options: OutboundOptions): Outbound {
           }
           // RFC 5321 4.5.3.1.10: a server that took some recipients and refused the rest as too many
           // gets the rest in a new transaction at once, as Postfix sends them. Only while each round
-          // delivers something: a 452 for a full mailbox would come back the same.
-          if (!delivered) break;
+          // delivers something (a 452 for a full mailbox would come back the same), and on a connection
+          // still in step with its replies and under its transaction limit; otherwise they wait.
+          if (!delivered || !session.usable || session.transactions >= MAX_TRANSACTIONS_PER_CONNECTION) break;
           todo = again;
         }
         log.info({ item: item.id, domain, host: where, result: summary(outcomes) }, "delivery attempt");

@@ -342,10 +342,10 @@ describe("failures and retries", () => {
     expect(dead?.lastError).toContain("disk on fire");
   });
 
-  it("fails the remaining recipients with a DSN once the message has been queued for the whole schedule", async () => {
+  it("fails the remaining recipients with a DSN once the message has been queued for queueLifetimeMs", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.3.0 busy" });
     const store = await ours();
-    const outbound = worker(store, { mxPort: server.port, retrySchedule: [30, 30] });
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [30, 30], queueLifetimeMs: 60 });
     await enqueue(store, "alice@ours.test", ["x@script.test"]);
     for (let i = 0; i < 20 && (await store.queue.list()).length > 0; i++) {
       await outbound.runOnce();
@@ -393,6 +393,24 @@ describe("failures and retries", () => {
     expect(await mailboxTexts(store, "alice@ours.test")).toEqual([]);
   });
 
+  it("sends no follow-up transaction on a connection whose replies came out of turn", async () => {
+    const server = await scripted("127.0.0.7", 0, {
+      rcpt: (a) => (a.startsWith("odd") ? "252 2.1.5 cannot verify" : a.startsWith("many") ? "452 4.5.3 too many recipients" : "250 2.1.5 ok"),
+    });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["a@script.test", "odd@script.test", "many@script.test"]);
+    expect(await worker(store, { mxPort: server.port }).runOnce()).toBe(1);
+    // One transaction only (the script counts the 252 as taken; we do not).
+    expect(server.received).toHaveLength(1);
+    expect(await store.queue.get(item.id)).toMatchObject({
+      recipients: [
+        { address: "a@script.test", status: "delivered" },
+        { address: "odd@script.test", status: "pending" },
+        { address: "many@script.test", status: "pending" },
+      ],
+    });
+  });
+
   it("leaves a recipient that gets 452 in a transaction of its own pending, without looping", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: (a) => (a.startsWith("full") ? "452 4.2.2 mailbox full" : "250 2.1.5 ok") });
     const store = await ours();
@@ -431,7 +449,7 @@ describe("failures and retries", () => {
   it("takes an expiry bounce's status from the start of the last reply, not from digits inside its text", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: (a) => (a.startsWith("ip") ? "451 try later (mx[10.4.5.6]:25)" : "450 4.2.0 mailbox busy") });
     const store = await ours();
-    const outbound = worker(store, { mxPort: server.port, retrySchedule: [30] });
+    const outbound = worker(store, { mxPort: server.port, retrySchedule: [30], queueLifetimeMs: 30 });
     await enqueue(store, "alice@ours.test", ["ip@script.test", "busy@script.test"]);
     for (let i = 0; i < 20 && (await store.queue.list()).length > 0; i++) {
       await outbound.runOnce();
