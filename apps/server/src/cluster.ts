@@ -28,6 +28,19 @@ const HEALTH_TIMEOUT_MS = 3_000;
 /** A worker that dies this soon after it started counts towards the crash-loop limit. */
 const EARLY_DEATH_MS = 10_000;
 const MAX_EARLY_DEATHS = 5;
+/** Early deaths further apart than this are not one crash loop. */
+const EARLY_DEATH_WINDOW_MS = 60_000;
+
+/**
+ * Notes a worker's death (`startedAt`: when it started) in `deaths` and tells whether the workers are
+ * in a crash loop: more than MAX_EARLY_DEATHS of them died within EARLY_DEATH_MS of their start, all
+ * within the last EARLY_DEATH_WINDOW_MS.
+ */
+export function isCrashLoop(deaths: number[], startedAt: number, now: number): boolean {
+  if (now - startedAt < EARLY_DEATH_MS) deaths.push(now);
+  while (deaths.length > 0 && now - deaths[0]! > EARLY_DEATH_WINDOW_MS) deaths.shift();
+  return deaths.length > MAX_EARLY_DEATHS;
+}
 
 /** What this process does in the server. */
 export interface Role {
@@ -182,7 +195,8 @@ export async function runPrimary(config: ServerConfig, logger: AppLogger): Promi
   const pendingHealth = new Map<number, (answer: { index: number; problem: string | null }) => void>();
   let nextHealthId = 1;
   let stopping = false;
-  let earlyDeaths = 0;
+  /** When recent workers died young; only a burst of these is a crash loop, not a few over weeks. */
+  const earlyDeaths: number[] = [];
   let allReadyOnce = false;
   let http: HttpEndpoint | null = null;
   let finish!: (code: number) => void;
@@ -224,8 +238,8 @@ export async function runPrimary(config: ServerConfig, logger: AppLogger): Promi
         stopAll();
         return;
       }
-      if (Date.now() - slot.startedAt < EARLY_DEATH_MS && ++earlyDeaths > MAX_EARLY_DEATHS) {
-        logger.error({ worker: index, code, signal, deaths: earlyDeaths }, "workers keep dying right after start; stopping");
+      if (isCrashLoop(earlyDeaths, slot.startedAt, Date.now())) {
+        logger.error({ worker: index, code, signal, deaths: earlyDeaths.length }, "workers keep dying right after start; stopping");
         exitCode = 1;
         stopAll();
         return;

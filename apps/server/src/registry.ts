@@ -76,28 +76,37 @@ function resolveFrom(name: string, baseDir: string): string {
   try {
     return require.resolve(name);
   } catch (error) {
-    const found = (require.resolve.paths(name) ?? [])
-      .map((dir) => join(dir, name, "package.json"))
+    // "pkg", "pkg/sub", "@scope/pkg", "@scope/pkg/sub": the package, then the export it asks for.
+    const parts = name.split("/");
+    const packageName = parts.slice(0, name.startsWith("@") ? 2 : 1).join("/");
+    const subpath = ["."].concat(parts.slice(name.startsWith("@") ? 2 : 1)).join("/");
+    const found = (require.resolve.paths(packageName) ?? [])
+      .map((dir) => join(dir, packageName, "package.json"))
       .find((path) => existsSync(path));
     if (found === undefined) throw error;
     const manifest = JSON.parse(readFileSync(found, "utf8")) as { exports?: unknown };
-    const target = importTarget(manifest.exports);
-    if (target === null) throw error;
+    const target = importTarget(manifest.exports, subpath);
+    // Only targets inside the package, as Node allows.
+    if (target === null || !target.startsWith("./") || target.split("/").includes("..")) throw error;
     return join(dirname(found), target);
   }
 }
 
-/** The file an ESM `import` of a package's root takes from its `exports`, or null. */
-function importTarget(exports: unknown): string | null {
-  if (typeof exports === "string") return exports;
+/** The file an ESM `import` of a package's `subpath` ("." for its root) takes from its `exports`, or null. */
+function importTarget(exports: unknown, subpath: string): string | null {
+  if (typeof exports === "string") return subpath === "." ? exports : null;
   if (typeof exports !== "object" || exports === null) return null;
   const map = exports as Record<string, unknown>;
-  const root = "." in map ? map["."] : map;
-  if (typeof root === "string") return root;
-  if (typeof root !== "object" || root === null) return null;
+  const keyed = Object.keys(map).some((key) => key.startsWith("."));
+  if (!keyed && subpath !== ".") return null;
+  return conditionTarget(keyed ? map[subpath] : map);
+}
+
+function conditionTarget(entry: unknown): string | null {
+  if (typeof entry === "string") return entry;
+  if (typeof entry !== "object" || entry === null) return null;
   for (const condition of ["node", "import", "default"]) {
-    const value = (root as Record<string, unknown>)[condition];
-    const target = typeof value === "string" ? value : importTarget(value);
+    const target = conditionTarget((entry as Record<string, unknown>)[condition]);
     if (target !== null) return target;
   }
   return null;
@@ -192,20 +201,22 @@ export async function openStore(config: ServerConfig, registry?: AdapterRegistry
  * owner-only, and the server running as the store's owner could no longer read them: every RCPT and
  * every login would fail until someone fixed the owner by hand.
  */
-export function refuseForeignStoreOwner(config: ServerConfig): void {
+export function refuseForeignStoreOwner(url: string, label: string): void {
   if (process.getuid?.() !== 0) return;
-  const url = config.store.url;
   if (!url.toLowerCase().startsWith("maildir:")) return;
-  const root = url.slice("maildir:".length);
-  let owner: number;
-  try {
-    owner = statSync(root).uid;
-  } catch {
-    return; // not made yet: whoever makes it owns it
+  const root = resolve(url.slice("maildir:".length));
+  // A root not made yet is made by this command: then the folder it goes into says whose it is.
+  let owner: number | null = null;
+  for (let dir = root; owner === null; dir = dirname(dir)) {
+    try {
+      owner = statSync(dir).uid;
+    } catch {
+      if (dirname(dir) === dir) return;
+    }
   }
   if (owner === 0) return;
   throw new ConfigError(
-    `${config.where("store.url")}: ${root} belongs to uid ${owner}, not root; run admin commands as that user ` +
+    `${label}: ${root} belongs to uid ${owner}, not root; run admin commands as that user ` +
       `(e.g. sudo -u '#${owner}' mailroom ...), or files they make will be unreadable to the server`,
   );
 }

@@ -246,12 +246,17 @@ print(json.dumps({"out": out.decode(), "code": os.WEXITSTATUS(status)}))
     mkdirSync(mail, { recursive: true });
     chownSync(mail, 65534, 65534);
     const file = writeFile(dir, "owned.toml", `hostname = "x"\n[store]\nurl = "maildir:${mail}"\n[smtp]\nsubmissions = []\n[pop3]\npop3s = []\n`);
-    for (const command of [["domain", "add", "example.test"], ["queue", "list"]]) {
+    const refusal = (label: string, root: string) =>
+      `mailroom: ${label}: ${root} belongs to uid 65534, not root; run admin commands as that user (e.g. sudo -u '#65534' mailroom ...), or files they make will be unreadable to the server\n`;
+    for (const command of [["domain", "add", "example.test"], ["queue", "list"], ["import", "dovecot", "--maildir", dir, "--address", "a@example.test"]]) {
       const result = await runCli([...command, "--config", file]);
-      expect(result, command.join(" ")).toMatchObject({
-        code: 2,
-        stderr: `mailroom: ${file}: store.url: ${mail} belongs to uid 65534, not root; run admin commands as that user (e.g. sudo -u '#65534' mailroom ...), or files they make will be unreadable to the server\n`,
-      });
+      expect(result, command.join(" ")).toMatchObject({ code: 2, stderr: refusal(`${file}: store.url`, mail) });
+    }
+    // A copy into a store of that user's, also one not made yet inside a folder of theirs.
+    const source = writeFile(dir, "own-source.toml", `hostname = "x"\n[store]\nurl = "maildir:${join(dir, "root-mail")}"\n[smtp]\nsubmissions = []\n[pop3]\npop3s = []\n`);
+    for (const target of [mail, join(mail, "not-yet")]) {
+      const result = await runCli(["store", "copy", "--to", `maildir:${target}`, "--config", source]);
+      expect(result).toMatchObject({ code: 2, stderr: refusal("--to", target) });
     }
     // Nothing was made under it as root.
     expect(readdirSync(mail)).toEqual([]);

@@ -68,7 +68,11 @@ describe("adapter registry", () => {
     // What tsc emits for `export default adapter` with "module": "commonjs".
     put(packageDir("cjs-adapter"), "package.json", JSON.stringify({ name: "cjs-adapter", main: "index.js" }));
     put(packageDir("cjs-adapter"), "index.js", `"use strict";\nObject.defineProperty(exports, "__esModule", { value: true });\nexports.default = ${adapterSource("cjsone")};\n`);
-    const registry = await createRegistry({ adapterModules: ["esm-only-adapter", "cjs-adapter"], baseDir: dir, where });
+    // And one that exports the adapter under a subpath, for "import" alone, from a scoped package.
+    put(packageDir("@site/adapters"), "package.json", JSON.stringify({ name: "@site/adapters", type: "module", exports: { "./tape": { node: { import: "./tape.js" } } } }));
+    put(packageDir("@site/adapters"), "tape.js", `export default ${adapterSource("sitetape")};\n`);
+    const registry = await createRegistry({ adapterModules: ["esm-only-adapter", "cjs-adapter", "@site/adapters/tape"], baseDir: dir, where });
+    expect((await registry.adapterFor("sitetape:x")).name).toBe("sitetape");
     expect((await registry.adapterFor("esmonly:x")).name).toBe("esmonly");
     expect((await registry.adapterFor("cjsone:x")).name).toBe("cjsone");
   });

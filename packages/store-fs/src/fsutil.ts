@@ -19,15 +19,25 @@ export interface MailModes {
 }
 
 /**
- * Dovecot's rule: the group bits of the store's root carry over to the maildirs and message files
- * made under it, so that an operator who wants Dovecot (or a backup job) running as another user to
- * share the mail gives the root a group, its bits and the setgid bit (`chgrp mail root; chmod 2770
- * root`). Others never get any bits, and Mailroom's own files (the directory with its password
- * hashes, state, leases, the queue) stay owner-only whatever the root says.
+ * Dovecot's rule, on purpose only: when the store's root has the setgid bit (a group the operator
+ * chose, `chgrp vmail root; chmod 3770 root`), its group bits carry over to the maildirs and message
+ * files made under it, so that Dovecot or a backup job running as another user of that group shares
+ * the mail. A root without setgid (a plain `mkdir`, 0755) shares nothing. Others never get any bit,
+ * and Mailroom's own files (the directory with its password hashes, state, leases, the queue) stay
+ * owner-only whatever the root says.
  */
 export function mailModesOf(rootMode: number): MailModes {
+  if ((rootMode & 0o2000) === 0) return { dir: PRIVATE_DIR, file: PRIVATE_FILE };
   const group = rootMode & 0o070;
   return { dir: PRIVATE_DIR | group, file: PRIVATE_FILE | (group & 0o060) };
+}
+
+/**
+ * A root its group may write in, without the sticky bit, lets a member of that group rename its own
+ * file over one of ours: the directory file, with the accounts and their password hashes.
+ */
+export function groupMayReplaceOwnFiles(rootMode: number): boolean {
+  return (rootMode & 0o020) !== 0 && (rootMode & 0o1000) === 0;
 }
 
 /** Durability switch shared by every helper: tests and throwaway stores may turn fsync off. */

@@ -4,7 +4,7 @@ import { isAbsolute, resolve } from "node:path";
 import { StoreError, silentLogger, type Logger, type Store, type StoreAdapter, type StoreOptions } from "@mailroom/store";
 import { MailboxCaches, type StoreContext } from "./context.js";
 import { attempt } from "./errors.js";
-import { PRIVATE_DIR, mailModesOf } from "./fsutil.js";
+import { PRIVATE_DIR, groupMayReplaceOwnFiles, mailModesOf } from "./fsutil.js";
 import { DirSyncs } from "./groupcommit.js";
 import { DeliveryLog } from "./deliverylog.js";
 import { FileThread } from "./filethread.js";
@@ -68,8 +68,15 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
   const policy = { fsync: options.fsync ?? true };
   const logger = options.logger ?? silentLogger;
   const bulk = new BulkSync((message) => logger.warn(message));
+  const rootMode = (await attempt("read root", root, () => fsp.stat(root))).mode;
+  const mailModes = mailModesOf(rootMode);
+  if (groupMayReplaceOwnFiles(rootMode)) {
+    logger.warn(
+      { root, mode: (rootMode & 0o7777).toString(8) },
+      "maildir: the store's root is group-writable without the sticky bit: a member of its group could replace the directory file (accounts and password hashes); chmod +t it",
+    );
+  }
   // Before anything else touches the maildirs: what a crashed process acknowledged becomes durable.
-  const mailModes = mailModesOf((await attempt("read root", root, () => fsp.stat(root))).mode);
   const recovery = { root, policy, mailModes, logger, bulk };
   const left = await attempt("replay delivery log", root, () => recoverDeliveryLogs(recovery));
   const logBytes = options.deliveryLogBytes ?? DEFAULT_DELIVERY_LOG_BYTES;

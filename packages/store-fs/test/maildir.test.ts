@@ -307,7 +307,7 @@ describe("maildir specifics", () => {
     const ns = join(fresh(), "shared");
     await mkdir(ns, { recursive: true });
     // What an operator does to share the mail with Dovecot running as another user of the group.
-    await fsPromises.chmod(ns, 0o2770);
+    await fsPromises.chmod(ns, 0o3770);
     const umask = Number.parseInt(/^Umask:\s*([0-7]+)/m.exec(await readFile("/proc/self/status", "utf8"))?.[1] ?? "22", 8);
     const store = await createFsStore({ root: ns, hostname: "test.host" });
     try {
@@ -327,6 +327,17 @@ describe("maildir specifics", () => {
     for (const name of messages) expect(await mode(join(box, "new", name))).toBe(0o660 & ~umask);
     // The password hashes are nobody else's business, shared root or not.
     expect(await mode(join(ns, DIRECTORY_FILE))).toBe(0o600);
+  });
+
+  it("shares nothing through a root without the setgid bit, and warns of a root its group could write in", async () => {
+    const { mailModesOf, groupMayReplaceOwnFiles } = await import("../src/fsutil.js");
+    // A plain `mkdir` (0755) or 0775: no group was chosen on purpose, so mail stays owner-only.
+    expect(mailModesOf(0o40755)).toEqual({ dir: 0o700, file: 0o600 });
+    expect(mailModesOf(0o40775)).toEqual({ dir: 0o700, file: 0o600 });
+    expect(mailModesOf(0o42750)).toEqual({ dir: 0o750, file: 0o640 });
+    expect(groupMayReplaceOwnFiles(0o42770)).toBe(true);
+    expect(groupMayReplaceOwnFiles(0o43770)).toBe(false);
+    expect(groupMayReplaceOwnFiles(0o42750)).toBe(false);
   });
 
   it("lists past directories and FIFOs in new/ and cur/ instead of failing or hanging", async () => {

@@ -52,7 +52,7 @@ function explain(error: unknown, subject: string): never {
 }
 
 async function withStore<T>(config: ServerConfig, action: (store: Store) => Promise<T>): Promise<T> {
-  refuseForeignStoreOwner(config);
+  refuseForeignStoreOwner(config.store.url, config.where("store.url"));
   const { store } = await openStore(config);
   try {
     await ensureDevelopmentDomain(store, config);

@@ -6,7 +6,7 @@ import { resolve } from "node:path";
 import { isStoreError, normalizeAddress, type Store } from "@mailroom/store";
 import type { ServerConfig } from "../config.js";
 import { ConfigError } from "../errors.js";
-import { asConfigErrors, checkStoreOptions, createRegistry, openStore, type AdapterRegistry } from "../registry.js";
+import { asConfigErrors, checkStoreOptions, createRegistry, openStore, refuseForeignStoreOwner, type AdapterRegistry } from "../registry.js";
 import { copyStore, importDovecotMaildir, type CopyReport, type VerifyReport } from "../migrate/index.js";
 import type { Output } from "./admin.js";
 
@@ -29,6 +29,7 @@ function registryFor(config: ServerConfig): Promise<AdapterRegistry> {
 /** A store named on the command line: no adapter options, unless it is the configured store itself. */
 async function openUrl(config: ServerConfig, registry: AdapterRegistry, url: string, flag: string): Promise<Store> {
   if (!/^[A-Za-z][A-Za-z0-9+.-]*:/.test(url)) throw new ConfigError(`${flag}: "${url}" is not a store URL (e.g. maildir:/var/mail or postgres://host/db)`);
+  refuseForeignStoreOwner(url, url === config.store.url ? config.where("store.url") : flag);
   const adapter = await registry.adapterFor(url).catch((error: unknown) => {
     throw error instanceof ConfigError ? new ConfigError(error.message.replace(/^.*?store\.url: /, `${flag}: `)) : error;
   });
@@ -130,6 +131,7 @@ export async function importDovecot(config: ServerConfig, flags: ImportFlags, io
     if (isStoreError(error)) throw new ConfigError(`--address: ${error.message}`);
     throw error;
   }
+  refuseForeignStoreOwner(config.store.url, config.where("store.url"));
   const { store } = await openStore(config);
   const { signal, done } = interruptible();
   try {

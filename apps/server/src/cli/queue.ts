@@ -13,7 +13,7 @@ import { outboundOptions } from "../outbound-options.js";
 import type { Output } from "./admin.js";
 
 async function withQueueStore<T>(config: ServerConfig, action: (store: Store) => Promise<T>): Promise<T> {
-  refuseForeignStoreOwner(config);
+  refuseForeignStoreOwner(config.store.url, config.where("store.url"));
   const { store, adapter } = await openStore(config);
   try {
     if ((store as { queue?: unknown }).queue === undefined) throw new Error(`the ${adapter.name} store has no outbound queue`);

@@ -10,7 +10,7 @@ import { connect as tlsConnect, type TLSSocket } from "node:tls";
 /** Why a network step did not complete. `code` is the system error code (ECONNREFUSED, …) or ours. */
 /** Octets held without a line end before the doctor gives up on a server. */
 const MAX_BUFFERED = 64 * 1024;
-/** Lines of one SMTP reply; the longest EHLO replies have a few dozen. */
+/** Lines of one SMTP reply or POP3 answer; the longest EHLO and CAPA replies have a few dozen. */
 const MAX_REPLY_LINES = 200;
 
 export class NetProblem extends Error {
@@ -172,6 +172,8 @@ export class LineClient {
       const line = await this.readLine();
       if (line === ".") return lines;
       lines.push(line.startsWith("..") ? line.slice(1) : line);
+      // The doctor reads only CAPA and the like, a few dozen lines at most.
+      if (lines.length > MAX_REPLY_LINES) throw new NetProblem("ELINE", `the server sent a reply of more than ${MAX_REPLY_LINES} lines`);
     }
   }
 

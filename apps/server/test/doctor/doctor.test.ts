@@ -189,6 +189,30 @@ describe("runDoctor against real listeners", () => {
     }
   });
 
+  it("gives up on a POP3 server whose CAPA answer never ends", async () => {
+    const hostile = createServer((socket) => {
+      socket.on("error", () => {});
+      socket.write("+OK ready\r\n");
+      socket.once("data", () => {
+        socket.write("+OK capabilities follow\r\n");
+        const flood = (): void => {
+          while (socket.writable && socket.write("X-MORE\r\n".repeat(2_000)));
+          if (socket.writable) socket.once("drain", flood);
+        };
+        flood();
+      });
+    });
+    await new Promise<void>((resolve) => hostile.listen(0, "127.0.0.1", resolve));
+    try {
+      const port = (hostile.address() as AddressInfo).port;
+      const { ok, text } = await doctor({ targets: [{ name: "pop3", host: "127.0.0.1", port, implicitTls: false }], timeoutMs: 5_000 });
+      expect(ok).toBe(false);
+      expect(text).toMatch(/reply of more than 200 lines/);
+    } finally {
+      hostile.close();
+    }
+  });
+
   const expired = expiredCertificate("localhost");
   it.skipIf(expired === null)("flags an expired certificate", async () => {
     const s = await servers(expired!);
