@@ -151,6 +151,15 @@ export function isCluster(client: unknown): client is Cluster {
   return typeof client === "object" && client !== null && (client as { isCluster?: unknown }).isCluster === true;
 }
 
+/** One CONFIG value, or undefined where CONFIG is restricted or the key unknown. */
+async function configValue(client: RedisClient, key: string): Promise<string | undefined> {
+  try {
+    return pairs(await client.call("CONFIG", "GET", key)).get(key);
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Tells the operator at start-up when Redis is set up so that mail acknowledged with 250 can vanish in
  * a crash. Managed services often disable CONFIG; then we can only say that we could not check.
@@ -183,6 +192,11 @@ export async function checkDurability(client: RedisClient, logger: Logger, waitR
     logger.warn(
       { appendfsync },
       "redis store: appendfsync is not 'always'; about the last second of acknowledged mail can be lost if the Redis host crashes",
+    );
+  } else if ((await configValue(client, "no-appendfsync-on-rewrite")) === "yes") {
+    logger.warn(
+      { "no-appendfsync-on-rewrite": "yes" },
+      "redis store: no-appendfsync-on-rewrite is on; while Redis rewrites its AOF or saves a snapshot, acknowledged mail is not fsynced and can be lost if the host crashes",
     );
   }
   try {

@@ -36,11 +36,21 @@ export function call<T>(ctx: Context, context: string, action: () => Promise<T>)
 /**
  * After a write that acknowledges mail, optionally waits until `waitReplicas` replicas have it. A
  * shortfall is logged, not thrown: the write is already visible on the primary, and failing now would
- * make the sender retry and deliver a duplicate.
+ * make the sender retry and deliver a duplicate. So is a WAIT that fails outright (a failover answers
+ * it with UNBLOCKED, a broken connection with an error): the commit before it succeeded.
  */
 export async function afterDurableWrite(ctx: Context, what: string): Promise<void> {
   if (ctx.waitReplicas <= 0) return;
-  const acked = await call(ctx, `wait for replicas after ${what}`, () => ctx.client.wait(ctx.waitReplicas, ctx.waitTimeoutMs));
+  let acked: number;
+  try {
+    acked = await call(ctx, `wait for replicas after ${what}`, () => ctx.client.wait(ctx.waitReplicas, ctx.waitTimeoutMs));
+  } catch (error) {
+    ctx.logger.warn(
+      { err: error instanceof Error ? error.message : String(error), wanted: ctx.waitReplicas },
+      `redis store: ${what} is committed, but waiting for its replicas failed`,
+    );
+    return;
+  }
   if (acked < ctx.waitReplicas) {
     ctx.logger.warn(
       { acked, wanted: ctx.waitReplicas, timeoutMs: ctx.waitTimeoutMs },

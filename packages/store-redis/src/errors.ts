@@ -29,6 +29,8 @@ const CLIENT_GONE = [
 /** Redis error prefixes (the first word of a reply error) that mean "try again later". */
 const REPLY_PREFIX: Readonly<Record<string, StoreErrorCode>> = {
   LOADING: "unavailable",
+  // A blocked command (WAIT) cut short by a failover.
+  UNBLOCKED: "temporary",
   MASTERDOWN: "unavailable",
   CLUSTERDOWN: "unavailable",
   // A password or ACL the operator got wrong (Redis restarted with requirepass, a user disabled or

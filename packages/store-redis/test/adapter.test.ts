@@ -111,6 +111,39 @@ describe.skipIf(!available)("redis store set-up", () => {
     ours.disconnect();
   });
 
+  it("with waitReplicas: a WAIT cut off after the commit keeps the mail acknowledged (no 4xx, no duplicate on retry)", async () => {
+    const p = prefix("waitcut");
+    const lines: Line[] = [];
+    const name = `mrtest-waitcut-${process.pid}`;
+    const store = await createRedisStore({ url: redisUrl, prefix: p, waitReplicas: 1, waitTimeoutMs: 10_000, connectionName: name, logger: capturingLogger(lines) });
+    const admin = adminClient();
+    await admin.connect();
+    try {
+      const box = store.mailbox("alice@example.test");
+      const appending = box.append(fromBytes("Subject: hi\r\n\r\nhello\r\n"));
+      // The commit is done once the store sits in WAIT; then its connection breaks (or a failover
+      // answers UNBLOCKED).
+      let killed = false;
+      for (let i = 0; i < 200 && !killed; i++) {
+        const list = String(await admin.call("CLIENT", "LIST"));
+        const line = list.split("\n").find((l) => l.includes(`name=${name}`) && l.includes("cmd=wait"));
+        if (line) {
+          await admin.call("CLIENT", "KILL", "ID", /id=(\d+)/.exec(line)![1]!);
+          killed = true;
+        } else await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(killed).toBe(true);
+      const info = await appending;
+      await new Promise((resolve) => setTimeout(resolve, 300)); // the connection comes back by itself
+      expect((await box.list()).map((m) => m.uid)).toEqual([info.uid]);
+      expect(lines.some((l) => l.level === "warn" && /committed, but waiting for its replicas failed/.test(l.message))).toBe(true);
+    } finally {
+      admin.disconnect();
+      await store.close();
+      await deletePrefix(p);
+    }
+  });
+
   it("with waitReplicas and no replica: the mail is kept and the shortfall is logged", async () => {
     const p = prefix("wait");
     const lines: Line[] = [];

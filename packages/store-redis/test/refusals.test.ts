@@ -119,6 +119,16 @@ describe.skipIf(!available)("a private Redis that cannot persist", () => {
   });
 });
 
+describe.skipIf(!available)("a private Redis whose AOF skips the fsync during rewrites", () => {
+  it("warns at start that acknowledged mail can be lost while a rewrite runs", async () => {
+    const server = await start(freshDir(), ["--save", "", "--appendonly", "yes", "--appendfsync", "always", "--no-appendfsync-on-rewrite", "yes"]);
+    const warnings: string[] = [];
+    const logger = { debug() {}, info() {}, warn: (_f: unknown, m?: string) => void warnings.push(m ?? ""), error() {}, child: () => logger };
+    await open({ url: server.url, connectTimeoutMs: 10_000, logger });
+    expect(warnings.filter((w) => /no-appendfsync-on-rewrite is on/.test(w))).toHaveLength(1);
+  });
+});
+
 describe.skipIf(!available)("a private Redis with a password or ACL the store does not match", () => {
   it("fails to open with \"unavailable\" when the password is wrong", async () => {
     const server = await start(freshDir(), ["--save", "", "--requirepass", "s3cret"]);
