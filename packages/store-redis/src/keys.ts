@@ -10,7 +10,7 @@
  *   <p>{dir}:alias-seq            string  counter behind the alias scores
  *   <p>{dir}:mailboxes            set     raw ids of mailboxes that ever received mail
  *
- *   <p>{mb:<id>}:next             string  UID counter (INCR); never decreases, so UIDs are never reused
+ *   <p>{mb:<id>}:next             string  UID counter (INCR), never below Redis' TIME in µs, so UIDs are never reused
  *   <p>{mb:<id>}:used             set     UIDs given explicitly by callers (imports), kept after expunge
  *   <p>{mb:<id>}:seq              string  arrival counter behind the order scores
  *   <p>{mb:<id>}:order            zset    uid, scored by arrival

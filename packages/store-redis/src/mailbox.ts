@@ -107,11 +107,11 @@ export class RedisMailbox implements Mailbox {
 
   async uidMark(): Promise<string | null> {
     const next = await call(this.ctx, "uid mark", () => this.ctx.client.get(this.keys.next));
-    return next !== null && /^[1-9][0-9]{0,14}$/.test(next) ? `redis:${next}` : null;
+    return next !== null && /^[1-9][0-9]{0,15}$/.test(next) ? `redis:${next}` : null;
   }
 
   async skipUids(mark: string): Promise<void> {
-    const last = /^redis:([1-9][0-9]{0,14})$/.exec(mark);
+    const last = /^redis:([1-9][0-9]{0,15})$/.exec(mark);
     if (!last) return;
     await runScript(this.ctx, "skip uids", "mailroomSkipUids", [this.keys.next], [last[1]!]);
     await afterDurableWrite(this.ctx, "skip uids");

@@ -11,8 +11,15 @@ import type { RedisClient } from "./connection.js";
  * real Redis error is never confused with a refusal.
  */
 const SOURCES = {
-  // KEYS: next, used, info. Skips numbers that a caller already took as explicit UIDs.
+  // KEYS: next, used, info. Skips numbers that a caller already took as explicit UIDs. The counter
+  // never starts below Redis' clock in microseconds: writes Redis loses (a crash with a weaker fsync
+  // setting, a failover to a replica that lagged) take the counter back with them, and the numbers
+  // they gave out must not come again for other messages, or a POP3 client that kept a lost one's
+  // UIDL would never download the new one. The clock has moved on past them since.
   mailroomAllocUid: String.raw`
+    local now = redis.call('TIME')
+    local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+    if tonumber(redis.call('GET', KEYS[1]) or '0') < floor then redis.call('SET', KEYS[1], string.format('%d', floor)) end
     while true do
       local uid = string.format('%d', redis.call('INCR', KEYS[1]))
       if redis.call('SISMEMBER', KEYS[2], uid) == 0 and redis.call('HEXISTS', KEYS[3], uid) == 0 then
