@@ -163,54 +163,45 @@ describe("runDoctor against real listeners", () => {
     }
   });
 
-  it("shows a hostile server's escape codes as '?' and gives up on a line without end", async () => {
+  /**
+   * A server that greets, answers the first command with `answer`, then sends `flood` without end
+   * (as fast as the doctor takes it), and the doctor's report on it.
+   */
+  async function doctorAgainstFlood(name: "submission" | "pop3", greeting: string, answer: string, flood: string) {
     const hostile = createServer((socket) => {
       socket.on("error", () => {});
-      // A greeting that would clear the operator's screen, then an EHLO reply line that never ends.
-      socket.write("220 evil\u001b[2J\u001b[H ESMTP\r\n");
+      socket.write(greeting);
       socket.once("data", () => {
-        const flood = (): void => {
-          while (socket.writable && socket.write("x".repeat(16_384)));
-          if (socket.writable) socket.once("drain", flood);
+        socket.write(answer);
+        const more = (): void => {
+          while (socket.writable && socket.write(flood));
+          if (socket.writable) socket.once("drain", more);
         };
-        flood();
+        more();
       });
     });
     await new Promise<void>((resolve) => hostile.listen(0, "127.0.0.1", resolve));
     try {
       const port = (hostile.address() as AddressInfo).port;
-      const { ok, text } = await doctor({ targets: [{ name: "submission", host: "127.0.0.1", port, implicitTls: false }], timeoutMs: 5_000 });
-      expect(ok).toBe(false);
-      expect(text).not.toContain("\u001b");
-      expect(text).toContain("220 evil?[2J?[H ESMTP");
-      expect(text).toMatch(/line longer than 65536 octets/);
+      return await doctor({ targets: [{ name, host: "127.0.0.1", port, implicitTls: false }], timeoutMs: 5_000 });
     } finally {
       hostile.close();
     }
+  }
+
+  it("shows a hostile server's escape codes as '?' and gives up on a line without end", async () => {
+    // A greeting that would clear the operator's screen, then an EHLO reply line that never ends.
+    const { ok, text } = await doctorAgainstFlood("submission", "220 evil\u001b[2J\u001b[H ESMTP\r\n", "", "x".repeat(16_384));
+    expect(ok).toBe(false);
+    expect(text).not.toContain("\u001b");
+    expect(text).toContain("220 evil?[2J?[H ESMTP");
+    expect(text).toMatch(/line longer than 65536 octets/);
   });
 
   it("gives up on a POP3 server whose CAPA answer never ends", async () => {
-    const hostile = createServer((socket) => {
-      socket.on("error", () => {});
-      socket.write("+OK ready\r\n");
-      socket.once("data", () => {
-        socket.write("+OK capabilities follow\r\n");
-        const flood = (): void => {
-          while (socket.writable && socket.write("X-MORE\r\n".repeat(2_000)));
-          if (socket.writable) socket.once("drain", flood);
-        };
-        flood();
-      });
-    });
-    await new Promise<void>((resolve) => hostile.listen(0, "127.0.0.1", resolve));
-    try {
-      const port = (hostile.address() as AddressInfo).port;
-      const { ok, text } = await doctor({ targets: [{ name: "pop3", host: "127.0.0.1", port, implicitTls: false }], timeoutMs: 5_000 });
-      expect(ok).toBe(false);
-      expect(text).toMatch(/reply of more than 200 lines/);
-    } finally {
-      hostile.close();
-    }
+    const { ok, text } = await doctorAgainstFlood("pop3", "+OK ready\r\n", "+OK capabilities follow\r\n", "X-MORE\r\n".repeat(2_000));
+    expect(ok).toBe(false);
+    expect(text).toMatch(/reply of more than 200 lines/);
   });
 
   const expired = expiredCertificate("localhost");
