@@ -20,6 +20,11 @@ import { afterDurableWrite, call, runScript, type Context } from "./context.js";
 import type { DirectoryKeys, MailboxKeys } from "./keys.js";
 import { MailboxStaging, allocateUid, commit, firstChunk, parseInfo, readChunks, stageAll } from "./messages.js";
 
+/** A counter value the scripts handle exactly: digits, below 2^53 (Lua's numbers are doubles). */
+function isCounterValue(text: string): boolean {
+  return /^[1-9][0-9]{0,15}$/.test(text) && Number(text) <= Number.MAX_SAFE_INTEGER;
+}
+
 export class RedisMailbox implements Mailbox {
   constructor(
     private readonly ctx: Context,
@@ -107,12 +112,12 @@ export class RedisMailbox implements Mailbox {
 
   async uidMark(): Promise<string | null> {
     const next = await call(this.ctx, "uid mark", () => this.ctx.client.get(this.keys.next));
-    return next !== null && /^[1-9][0-9]{0,15}$/.test(next) ? `redis:${next}` : null;
+    return next !== null && isCounterValue(next) ? `redis:${next}` : null;
   }
 
   async skipUids(mark: string): Promise<void> {
     const last = /^redis:([1-9][0-9]{0,15})$/.exec(mark);
-    if (!last) return;
+    if (!last || !isCounterValue(last[1]!)) return;
     await runScript(this.ctx, "skip uids", "mailroomSkipUids", [this.keys.next], [last[1]!]);
     await afterDurableWrite(this.ctx, "skip uids");
   }

@@ -15,13 +15,15 @@ const SOURCES = {
   // never starts below Redis' clock in microseconds: writes Redis loses (a crash with a weaker fsync
   // setting, a failover to a replica that lagged) take the counter back with them, and the numbers
   // they gave out must not come again for other messages, or a POP3 client that kept a lost one's
-  // UIDL would never download the new one. The clock has moved on past them since.
+  // UIDL would never download the new one. The clock has moved on past them since. Numbers are
+  // formatted with %.0f, exact for integers below 2^53: Redis' Lua formats %d through a C long, which
+  // is 32 bits on 32-bit builds and would mangle a 16-digit number.
   mailroomAllocUid: String.raw`
     local now = redis.call('TIME')
     local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
-    if tonumber(redis.call('GET', KEYS[1]) or '0') < floor then redis.call('SET', KEYS[1], string.format('%d', floor)) end
+    if tonumber(redis.call('GET', KEYS[1]) or '0') < floor then redis.call('SET', KEYS[1], string.format('%.0f', floor)) end
     while true do
-      local uid = string.format('%d', redis.call('INCR', KEYS[1]))
+      local uid = string.format('%.0f', redis.call('INCR', KEYS[1]))
       if redis.call('SISMEMBER', KEYS[2], uid) == 0 and redis.call('HEXISTS', KEYS[3], uid) == 0 then
         return uid
       end

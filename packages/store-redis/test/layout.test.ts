@@ -101,6 +101,17 @@ describe.skipIf(!available)("key layout", () => {
     expect(BigInt(first.uid) < BigInt(lost.uid)).toBe(true);
   });
 
+  it("takes and gives UID marks only below 2^53, where the scripts' numbers are exact", async () => {
+    const box = store.mailbox("marks@example.test") as unknown as { uidMark(): Promise<string | null>; skipUids(mark: string): Promise<void> };
+    const nextKey = `${prefix}{mb:${escapeKeyPart("marks@example.test")}}:next`;
+    await box.skipUids("redis:9999999999999999");
+    expect(await admin.get(nextKey)).toBeNull();
+    await box.skipUids("redis:9007199254740000");
+    expect(await box.uidMark()).toBe("redis:9007199254740000");
+    await admin.set(nextKey, "9999999999999999");
+    expect(await box.uidMark()).toBeNull();
+  });
+
   it("keeps ids that differ only in escaping apart", async () => {
     const a = store.mailbox("50:@example.test");
     const b = store.mailbox("50%3A@example.test");
