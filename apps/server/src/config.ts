@@ -73,6 +73,8 @@ export interface ServerConfig {
     readonly queueLifetimeHours: number | null;
     readonly concurrency: number;
     readonly perDomainConcurrency: number;
+    /** MX addresses (all hosts together, in preference order) tried per domain and delivery attempt. */
+    readonly mxAddressLimit: number;
     readonly smarthost: OutboundSmarthost | null;
     /** Test-only: the port MX hosts are contacted on (25 in real life). */
     readonly mxPort: number;
@@ -175,6 +177,9 @@ const SCHEMA: Readonly<Record<string, Readonly<Record<string, Kind>>>> = {
     queue_lifetime_hours: { type: "integer", min: 1, max: 8760 },
     concurrency: { type: "integer", min: 1, max: 1000 },
     per_domain_concurrency: { type: "integer", min: 1, max: 100 },
+    // Each address may cost a whole connect timeout (60 s) while the item holds a delivery slot: at 100,
+    // a domain whose MX hosts are all dead already holds one for over an hour and a half per attempt.
+    mx_address_limit: { type: "integer", min: 1, max: 100 },
     smarthost: { type: "address" },
     smarthost_tls: { type: "enum", values: ["starttls", "implicit", "none"] },
     smarthost_tls_verify: { type: "boolean" },
@@ -218,6 +223,7 @@ const PRODUCTION_DEFAULTS: Record<string, unknown> = {
   "outbound.resolver": [],
   "outbound.concurrency": 8,
   "outbound.per_domain_concurrency": 2,
+  "outbound.mx_address_limit": 5,
   "outbound.smarthost_tls": "starttls",
   "outbound.smarthost_tls_verify": false,
   "outbound.mx_port": 25,
@@ -361,6 +367,7 @@ export function loadConfig(options: LoadOptions = {}): ServerConfig {
       queueLifetimeHours: get<number | undefined>("outbound.queue_lifetime_hours") ?? null,
       concurrency: get("outbound.concurrency"),
       perDomainConcurrency: get("outbound.per_domain_concurrency"),
+      mxAddressLimit: get("outbound.mx_address_limit"),
       smarthost,
       mxPort: get("outbound.mx_port"),
     },

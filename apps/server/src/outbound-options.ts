@@ -13,6 +13,7 @@ export function outboundOptions(config: ServerConfig, store: Store, logger: Logg
     logger,
     concurrency: o.concurrency,
     perDomainConcurrency: o.perDomainConcurrency,
+    mxAddressLimit: o.mxAddressLimit,
     mxPort: o.mxPort,
     ...(o.resolver.length > 0 ? { resolver: { servers: o.resolver } } : {}),
     ...(o.retrySchedule ? { retrySchedule: o.retrySchedule } : {}),

@@ -31,6 +31,7 @@ describe("[outbound] and [metrics]", () => {
       queueLifetimeHours: null,
       concurrency: 8,
       perDomainConcurrency: 2,
+      mxAddressLimit: 5,
       smarthost: null,
       mxPort: 25,
     });
@@ -47,6 +48,7 @@ retry_schedule_minutes = [1, 2.5, 60]
 queue_lifetime_hours = 72
 concurrency = 4
 per_domain_concurrency = 1
+mx_address_limit = 12
 smarthost = "relay.example.net:587"
 smarthost_tls = "implicit"
 smarthost_tls_verify = true
@@ -64,6 +66,7 @@ listen = "127.0.0.1:9187"
       queueLifetimeHours: 72,
       concurrency: 4,
       perDomainConcurrency: 1,
+      mxAddressLimit: 12,
       smarthost: { host: "relay.example.net", port: 587, tls: "implicit", verify: true, auth: { username: "mailroom", passwordFile: secret } },
       mxPort: 2526,
     });
@@ -75,6 +78,7 @@ listen = "127.0.0.1:9187"
     expect(options.resolver).toEqual({ servers: ["127.0.0.1:5353", "::1", "[::1]:53"] });
     expect(options.mxPort).toBe(2526);
     expect(options.queueLifetimeMs).toBe(72 * 3_600_000);
+    expect(options.mxAddressLimit).toBe(12);
   });
 
   it("takes MAILROOM_OUTBOUND_* and MAILROOM_METRICS_* overrides", () => {
@@ -142,6 +146,12 @@ listen = "127.0.0.1:9187"
       "FILE: outbound.retry_schedule_minutes: expected a non-empty list of positive numbers (minutes), got an array",
     );
     expect(check(`[outbound]\nconcurrency = 0\n`)).toBe("FILE: outbound.concurrency: must be at least 1, got 0");
+    expect(check(`[outbound]\nmx_address_limit = 0\n`)).toBe("FILE: outbound.mx_address_limit: must be at least 1, got 0");
+    expect(check(`[outbound]\nmx_address_limit = 101\n`)).toBe("FILE: outbound.mx_address_limit: must be at most 100, got 101");
+    expect(check(`[outbound]\nmx_address_limit = 2.5\n`)).toBe("FILE: outbound.mx_address_limit: expected an integer, got number 2.5");
+    expect(check("", { MAILROOM_OUTBOUND_MX_ADDRESS_LIMIT: "lots" })).toBe(
+      'MAILROOM_OUTBOUND_MX_ADDRESS_LIMIT: expected an integer, got the string "lots"',
+    );
     expect(check(`[metrics]\nlisten = "9187"\n`)).toBe(`FILE: metrics.listen: "9187" is not "host:port" (e.g. "0.0.0.0:25" or "[::]:25")`);
     expect(check("", { MAILROOM_OUTBOUND_MX_PORT: "none" })).toBe("MAILROOM_OUTBOUND_MX_PORT: expected an integer, got the string \"none\"");
     expect(check("", { MAILROOM_OUTBOUND_CONCURENCY: "3" })).toBe(
