@@ -134,7 +134,7 @@ export function parseAnyPath(text: string, allowNull: boolean): { path: Path; en
     while (peek() !== undefined && (ATEXT.test(peek()!) || peek() === ".")) local += next();
   }
   if (local === "" || local.length > 256) return "bad local part";
-  if (peek() === ">" && local.toLowerCase() === "postmaster") {
+  if (peek() === ">" && isPostmaster(local)) {
     next();
     return { path: { address: local, local, domain: "", utf8: false }, end: offset };
   }
@@ -153,6 +153,17 @@ export function parseAnyPath(text: string, allowNull: boolean): { path: Path; en
   const address = `${local}@${domain}`;
   // eslint-disable-next-line no-control-regex
   return { path: { address, local, domain, utf8: /[^\x00-\x7f]/.test(address) }, end: offset };
+}
+
+/**
+ * The local part names the postmaster: in any letter case (RFC 5321 4.5.1), and also quoted, since a
+ * quoted string that spells the same characters is the same local part (RFC 5321 4.1.2), so
+ * `"PostMaster"` and `"post\master"` count and `"post master"` does not.
+ */
+export function isPostmaster(local: string): boolean {
+  // Only the general parser keeps quotes, and then the local part is exactly one quoted string.
+  const name = local.startsWith('"') ? local.slice(1, -1).replace(/\\(.)/gsu, "$1") : local;
+  return name.toLowerCase() === "postmaster";
 }
 
 function parseParams(text: string): Params | string {

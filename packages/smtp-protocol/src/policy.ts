@@ -10,6 +10,7 @@ import {
   type Store,
 } from "@mailroom/store";
 import type { Path } from "./commands.js";
+import { isPostmaster } from "./parser.js";
 import { R, rejectReply, type Reply } from "./replies.js";
 import type { ListenerMode, RecipientVerdict, SessionInfo, SmtpHooks } from "./types.js";
 
@@ -85,7 +86,7 @@ export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<De
   // `<postmaster>` without a domain must always be accepted (RFC 5321 4.5.1): it means ours. So must
   // postmaster at our host name, which is in our greeting, Received headers and bounces even when it
   // is not a mail domain (Postfix: myhostname is in mydestination).
-  if (path.domain === "" || (path.local.toLowerCase() === "postmaster" && sameDomain(path.domain, ctx.hostname))) return postmaster(ctx);
+  if (path.domain === "" || (isPostmaster(path.local) && sameDomain(path.domain, ctx.hostname))) return postmaster(ctx);
   // One fetch for the domain check and the resolution below (a database store answers both at once).
   const lookups = await lookupsFor(ctx.store.directory, path.address);
   if (!(await isLocalDomain(lookups, path.domain))) {
