@@ -31,11 +31,16 @@ import type { UidBlocks } from "./uids.js";
  */
 export function deliverySql(s: string) {
   return {
+    // next_uid becomes GREATEST(next_uid, clock in µs) + k: commits lost in a crash or a failover to
+    // an asynchronous replica take the counter back, but not the clock, which has moved on past every
+    // UID handed out before, so none comes again (see the README). The clock is read once (a CTE with
+    // a volatile function is not inlined), so EXCLUDED.next_uid - clock is k. All bigint.
     takeUids: `
-      WITH relaxed AS (SELECT set_config('synchronous_commit', $3::text, true))
+      WITH relaxed AS (SELECT set_config('synchronous_commit', $3::text, true)),
+      clock AS (SELECT floor(extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us FROM relaxed)
       INSERT INTO ${s}.mailboxes AS m (id, next_uid)
-      SELECT t.id, t.k + 1 FROM unnest($1::text[], $2::int[]) AS t (id, k), relaxed ORDER BY t.id
-      ON CONFLICT (id) DO UPDATE SET next_uid = m.next_uid + EXCLUDED.next_uid - 1
+      SELECT t.id, clock.us + t.k FROM unnest($1::text[], $2::int[]) AS t (id, k), clock ORDER BY t.id
+      ON CONFLICT (id) DO UPDATE SET next_uid = GREATEST(m.next_uid - (SELECT us FROM clock), 0) + EXCLUDED.next_uid
       RETURNING id, next_uid::text AS next`,
     storeWhole: `
       WITH strict AS (SELECT set_config('synchronous_commit', 'on', true)),
@@ -97,6 +102,26 @@ async function* resumed(first: Uint8Array, spill: Uint8Array | null, iterator: A
 }
 
 /**
+ * The start of a message: `whole` when the source ended within the first chunk (nearly all mail), so
+ * that it can be stored by one statement; otherwise `rest`, the source again from its first octet,
+ * for stageBody. Source errors are rethrown as they are, and the source is released.
+ */
+export async function readHead(
+  source: AsyncIterable<Uint8Array>,
+  signal: AbortSignal | undefined,
+): Promise<{ readonly whole: Buffer } | { readonly whole: null; readonly rest: AsyncIterable<Uint8Array> }> {
+  const iterator = source[Symbol.asyncIterator]();
+  try {
+    const head = await firstChunk(iterator, signal);
+    return head.ended ? { whole: head.data } : { whole: null, rest: resumed(head.data, head.spill, iterator) };
+  } catch (error) {
+    iterator.return?.().catch(() => undefined);
+    if (error instanceof SourceFailure) throw error.cause;
+    throw error;
+  }
+}
+
+/**
  * Stores one message into every mailbox of `mailboxes` (one body shared by all), all or none, and
  * returns their MessageInfo in the same order. The source must already be guarded (size, abort).
  */
@@ -109,26 +134,19 @@ export async function storeNewMessage(
   source: AsyncIterable<Uint8Array>,
   options: NewMessageOptions,
 ): Promise<MessageInfo[]> {
-  const iterator = source[Symbol.asyncIterator]();
-  let head: Awaited<ReturnType<typeof firstChunk>>;
-  try {
-    head = await firstChunk(iterator, options.signal);
-  } catch (error) {
-    iterator.return?.().catch(() => undefined);
-    if (error instanceof SourceFailure) throw error.cause;
-    throw error;
-  }
+  const head = await readHead(source, options.signal);
   // Every row of one delivery carries the same times, so the first row speaks for all.
   const toInfos = (uids: readonly Uid[], size: number, rows: readonly { received_at: number; retrieved_at: number | null }[]) =>
     uids.map((uid): MessageInfo => ({ uid, size, receivedAt: rows[0]!.received_at, retrievedAt: rows[0]!.retrieved_at }));
 
-  if (head.ended) {
-    const size = head.data.length;
+  if (head.whole !== null) {
+    const whole = head.whole;
+    const size = whole.length;
     return withUids(uidBlocks, mailboxes, async (uids) => {
       const result = await db.query<{ received_at: number; retrieved_at: number | null }>("deliver", dsql.storeWhole, [
         size,
         mailboxes.length,
-        head.data,
+        whole,
         msParam(options.receivedAt),
         msParam(options.retrievedAt),
         [...mailboxes],
@@ -137,7 +155,7 @@ export async function storeNewMessage(
       return toInfos(uids, size, result.rows);
     });
   }
-  const body = await stageBody(db, sql, resumed(head.data, head.spill, iterator), options.signal);
+  const body = await stageBody(db, sql, head.rest, options.signal);
   try {
     // UIDs are taken only now that the octets are in: a sender that gives up leaves no gap.
     return await withUids(uidBlocks, mailboxes, (uids) =>

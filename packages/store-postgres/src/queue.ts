@@ -20,6 +20,7 @@ import {
 } from "@mailroom/store";
 import type pg from "pg";
 import type { Db } from "./db.js";
+import { readHead } from "./delivery.js";
 import { dropStaged, publishBody, readBody, stageBody, type MessageSql } from "./messages.js";
 import { msToTs, tsToMs } from "./schema.js";
 
@@ -40,6 +41,15 @@ export function queueSql(s: string) {
     insert: `
       INSERT INTO ${s}.queue_items (id, sender, recipients, meta, body_id, size, created_at, next_attempt_at, state)
       VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, $6, ${msToTs("$7")}, ${msToTs("$8")}, 'queued')
+      RETURNING ${COLUMNS(`${s}.queue_items`)}`,
+    // A body that fits in one chunk goes in with its row in one statement, committed synchronously
+    // (as storeWhole in delivery.ts does for mail): no staged row, one round trip. Empty: no chunk.
+    insertWhole: `
+      WITH strict AS (SELECT set_config('synchronous_commit', 'on', true)),
+      body AS (INSERT INTO ${s}.bodies (size, refs) SELECT $6::bigint, 1 FROM strict RETURNING id),
+      chunk AS (INSERT INTO ${s}.body_chunks (body_id, seq, data) SELECT id, 0, $5::bytea FROM body WHERE $6::bigint > 0)
+      INSERT INTO ${s}.queue_items (id, sender, recipients, meta, body_id, size, created_at, next_attempt_at, state)
+      SELECT $1, $2, $3::jsonb, $4::jsonb, body.id, $6::bigint, ${msToTs("$7")}, ${msToTs("$8")}, 'queued' FROM body
       RETURNING ${COLUMNS(`${s}.queue_items`)}`,
     list: `SELECT ${COLUMNS("q")} FROM ${s}.queue_items q ORDER BY q.created_at, q.id`,
     get: `SELECT ${COLUMNS("q")} FROM ${s}.queue_items q WHERE q.id = $1`,
@@ -169,21 +179,27 @@ export class PostgresQueue implements Queue {
   ): Promise<QueueItem> {
     const now = Date.now();
     const recipients: QueueRecipient[] = envelope.recipients.map((address) => ({ address, status: "pending" }));
-    // Staged outside any transaction (see stageBody), so a slow submission holds no connection.
-    const body = await stageBody(this.db, this.messages, guardAppendSource(source, options), options.signal);
+    const row = (bodyParam: unknown, size: number): unknown[] => [
+      newQueueId(now),
+      storableText(envelope.sender),
+      storableJson(recipients),
+      storableMeta(envelope.meta),
+      bodyParam,
+      size,
+      String(now),
+      String(Math.round(options.notBefore ?? now)),
+    ];
+    const head = await readHead(guardAppendSource(source, options), options.signal);
+    if (head.whole !== null) {
+      const inserted = await this.db.query<ItemRow>("enqueue", this.sql.insertWhole, row(head.whole, head.whole.length));
+      return toItem(inserted.rows[0]!);
+    }
+    // Bigger: staged outside any transaction (see stageBody), so a slow submission holds no connection.
+    const body = await stageBody(this.db, this.messages, head.rest, options.signal);
     try {
       return await this.db.transaction("enqueue", async (client) => {
         await publishBody(client, this.messages, body, 1);
-        const inserted = await client.query<ItemRow>(this.sql.insert, [
-          newQueueId(now),
-          storableText(envelope.sender),
-          storableJson(recipients),
-          storableMeta(envelope.meta),
-          body.bodyId,
-          body.size,
-          String(now),
-          String(Math.round(options.notBefore ?? now)),
-        ]);
+        const inserted = await client.query<ItemRow>(this.sql.insert, row(body.bodyId, body.size));
         return toItem(inserted.rows[0]!);
       });
     } catch (error) {

@@ -64,8 +64,8 @@ describe.skipIf(!available)("postgres schema and migrations", () => {
     const schema = fresh("open");
     const stores = await Promise.all(Array.from({ length: 4 }, () => createPostgresStore({ url: PG_URL, schema, poolSize: 2 })));
     try {
-      await stores[0]!.mailbox("m").append(fromBytes("from the first"));
-      for (const store of stores) expect((await store.mailbox("m").list()).map((m) => m.uid)).toEqual(["u1"]);
+      const { uid } = await stores[0]!.mailbox("m").append(fromBytes("from the first"));
+      for (const store of stores) expect((await store.mailbox("m").list()).map((m) => m.uid)).toEqual([uid]);
     } finally {
       await Promise.all(stores.map((s) => s.close()));
     }
@@ -100,10 +100,10 @@ describe.skipIf(!available)("postgres schema and migrations", () => {
       expect(first.kind).toBe("postgres");
       expect(first.capabilities).toEqual({ sharedAcrossProcesses: true, boundedMemory: true });
       await first.directory.addDomain("example.test");
-      await first.mailbox("a@example.test").append(fromBytes("hello"));
+      const { uid } = await first.mailbox("a@example.test").append(fromBytes("hello"));
       expect(await second.directory.listDomains()).toEqual(["example.test"]);
       const box = second.mailbox("a@example.test");
-      expect(new TextDecoder().decode(await readAll(await box.read("u1")))).toBe("hello");
+      expect(new TextDecoder().decode(await readAll(await box.read(uid)))).toBe("hello");
     } finally {
       await first.close();
       await second.close();

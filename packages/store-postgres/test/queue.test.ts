@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { fromBytes, type Store } from "@mailroom/store";
+import { fromBytes, readAll, type QueueItem, type Store } from "@mailroom/store";
 import { createPostgresStore } from "../src/index.js";
 import { PG_URL, adminQuery, dropSchemas, postgresAvailable, uniqueSchema } from "./pg-env.js";
 
@@ -73,6 +73,48 @@ describe.skipIf(!available)("postgres outbound queue", () => {
     await store.queue.deadLetter(second!, { error: "gave up\u0000", recipients: [{ address: "good@remote.test", status: "failed", diagnostic: "\u0000" }] });
     expect(await store.queue.get(item.id)).toMatchObject({ state: "dead", attempts: 2, lastError: "gave up\uFFFD" });
     await store.queue.remove(item.id);
+  });
+
+  it("enqueues a body that fits in one chunk in one statement, never staged, and stages a bigger one", async () => {
+    const staged = async (): Promise<number> =>
+      Number((await adminQuery<{ n: string }>(`SELECT count(*) AS n FROM "${schema}".bodies WHERE staged_at IS NOT NULL`))[0]!.n);
+    /** Sends `text` in 64 KiB parts and notes, at every pull after the first, how many staged bodies there are. */
+    function sender(text: string): { source: AsyncGenerator<Uint8Array>; seen: number[] } {
+      const seen: number[] = [];
+      const bytes = new TextEncoder().encode(text);
+      async function* source(): AsyncGenerator<Uint8Array> {
+        for (let at = 0; at < bytes.length; at += 64 * 1024) {
+          yield bytes.slice(at, at + 64 * 1024);
+          seen.push(await staged());
+        }
+      }
+      return { source: source(), seen };
+    }
+    const small = "Subject: small\r\n\r\n" + "s".repeat(200_000);
+    const big = "Subject: big\r\n\r\n" + "b".repeat(600_000);
+    const envelope = { sender: "a@example.test", recipients: ["b@remote.test"] };
+    const made: QueueItem[] = [];
+    try {
+      const smallSender = sender(small);
+      made.push(await store.queue.enqueue(envelope, smallSender.source));
+      expect(smallSender.seen).toEqual([0, 0, 0, 0]);
+      const bigSender = sender(big);
+      made.push(await store.queue.enqueue(envelope, bigSender.source));
+      // The first 256 KiB (four parts) are read before anything is written; then the body is staged.
+      expect(bigSender.seen).toEqual([0, 0, 0, 1, 1, 1, 1, 1, 1, 1]);
+      made.push(await store.queue.enqueue(envelope, fromBytes("")));
+      expect(await staged()).toBe(0);
+      for (const [item, text] of made.map((item, i) => [item, [small, big, ""][i]!] as const)) {
+        expect(item.size).toBe(text.length);
+        expect(await store.queue.get(item.id)).toEqual(item);
+        expect(new TextDecoder().decode(await readAll(await store.queue.readMessage(item.id)))).toBe(text);
+      }
+    } finally {
+      // Also when it failed: the other tests count the bodies left.
+      for (const item of made) await store.queue.remove(item.id);
+    }
+    expect(await adminQuery(`SELECT 1 FROM "${schema}".bodies`)).toEqual([]);
+    expect(await adminQuery(`SELECT 1 FROM "${schema}".body_chunks`)).toEqual([]);
   });
 
   it("deletes the body with the item on finish", async () => {
