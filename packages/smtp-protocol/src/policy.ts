@@ -94,8 +94,8 @@ export async function checkRecipient(ctx: PolicyContext, path: Path): Promise<De
     if (ctx.hooks.onRelay) return fromVerdict(await ctx.hooks.onRelay(path.address, ctx.info));
     return ctx.relay === "queue" && ctx.store.queue ? { ok: true, value: { mailboxes: [], relay: true } } : refuse(R.relayNotEnabled());
   }
-  // The domain is ours. Anything that does not resolve to a mailbox (including `%`, `!` and quoted
-  // local parts, which the store refuses as names) is an unknown user, never a relay.
+  // The domain is ours. Anything that does not resolve to a mailbox (including `%`, `!`, and quoted
+  // local parts spelling characters the store refuses in names) is an unknown user, never a relay.
   const resolution = await resolveRecipient(lookups, path.address);
   if (resolution.kind === "local") return { ok: true, value: { mailboxes: resolution.mailboxes, relay: false } };
   return refuse(R.unknownUser());

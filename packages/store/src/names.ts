@@ -98,7 +98,8 @@ function addressOnce(input: string): string {
   const { local: rawLocal, domain: rawDomain } = splitAddress(trimmed);
   // Case mapping first: lower-casing an NFC string can leave it non-NFC (U+03AA U+0301 → U+03CA U+0301,
   // which composes to U+0390), and a name that normalises differently the second time cannot log in.
-  const local = rawLocal.toLowerCase().normalize("NFC");
+  const local = unquoteLocal(rawLocal).toLowerCase().normalize("NFC");
+  if (local === "") throw invalid("address", input, "empty local part");
   if (FORBIDDEN_LOCAL.test(local) || CONTROL.test(local)) {
     throw invalid("address", input, "local part has a character that is not allowed");
   }
@@ -113,6 +114,16 @@ function addressOnce(input: string): string {
     throw invalid("address", input, `longer than ${MAX_ADDRESS} octets`);
   }
   return address;
+}
+
+/**
+ * `"bob"@example.com` is the same mailbox as `bob@example.com` (RFC 5321 4.1.2: a quoted string stands
+ * for the characters it spells), so the quotes and escapes go; what is left is then held to the same
+ * rules as any local part, so a quoted string cannot smuggle in a space, `@` or `%`.
+ */
+function unquoteLocal(local: string): string {
+  if (local.length < 2 || !local.startsWith('"') || !local.endsWith('"')) return local;
+  return local.slice(1, -1).replace(/\\(.)/gsu, "$1");
 }
 
 /** Like normalizeAddress, but also accepts a catch-all alias source `@domain`. */

@@ -67,6 +67,10 @@ describe("normalizeAddress", () => {
     ["Ü@BÜCHER.de", "ü@xn--bcher-kva.de"],
     // Decomposed and composed forms of one name are one account.
     ["e\u0301@example.test", "é@example.test"],
+    // A quoted string that spells a plain local part is that local part (RFC 5321 4.1.2).
+    ['"q"@example.test', "q@example.test"],
+    ['"Bob.Smith"@Example.TEST', "bob.smith@example.test"],
+    ['"b\\ob"@example.test', "bob@example.test"],
   ])("%j → %j", (input, expected) => {
     expect(normalizeAddress(input)).toBe(expected);
   });
@@ -77,8 +81,11 @@ describe("normalizeAddress", () => {
     ["empty domain", "alice@"],
     ["percent routing", "user%other@example.test"],
     ["bang path", "a!b@example.test"],
-    ["quoted local part", '"q"@example.test'],
     ["quoted with space", '"a b"@example.test'],
+    ["quoted at sign", '"a@b"@example.test'],
+    ["quoted percent routing", '"user%other"@example.test'],
+    ["quoted double dot", '"a..b"@example.test'],
+    ["empty quoted string", '""@example.test'],
     ["two at signs", "a@b@example.test"],
     ["slash", "a/b@example.test"],
     ["backslash", "a\\b@example.test"],

@@ -104,6 +104,8 @@ export function directoryTests(options: ConformanceOptions): void {
       expect(fields(await d.getAccount("alice@example.test"))).toEqual(fields(account));
       expect(fields(await d.getAccount("ALICE@example.test"))).toEqual(fields(account));
       expect(fields(await d.getAccount("Alice@Example.TEST"))).toEqual(fields(account));
+      // A quoted local part that spells the same name is the same address (RFC 5321 4.1.2).
+      expect(fields(await d.getAccount('"Alice"@example.test'))).toEqual(fields(account));
       expect(await d.getAccount("bob@example.test")).toBeNull();
     });
 
@@ -215,7 +217,7 @@ export function directoryTests(options: ConformanceOptions): void {
       }
       await d.addDomain("example.test");
       const hash = await cheap("pw");
-      for (const address of ["no-at-sign", "user%other@example.test", "a!b@example.test", '"q"@example.test', "a\r\nb@example.test"]) {
+      for (const address of ["no-at-sign", "user%other@example.test", "a!b@example.test", '"q r"@example.test', "a\r\nb@example.test"]) {
         await expectStoreError(d.addAccount({ address, passwordHash: hash }), "invalid-name");
         await expectStoreError(d.addAlias({ source: address, target: "alice@example.test" }), "invalid-name");
       }
