@@ -7,6 +7,7 @@ import type { DirSyncs } from "./groupcommit.js";
 import type { DeliveryLog } from "./deliverylog.js";
 import type { BulkSync } from "./syncfs.js";
 import type { MailboxLocation } from "./layout.js";
+import type { SpaceReserve } from "./reserve.js";
 
 /** What every part of one store instance shares. */
 export interface StoreContext {
@@ -31,6 +32,8 @@ export interface StoreContext {
   readonly bulk: BulkSync;
   /** Retries for delivery logs that opening the store left to another container's process. */
   readonly laterRecovery: { stop(): void } | null;
+  /** Refuses new mail that would eat into the file system's last `min_free_mb` (null: no reserve). */
+  readonly space: SpaceReserve | null;
 }
 
 /** What listing learns about one message file, kept so the next listing needs no stat or read. */

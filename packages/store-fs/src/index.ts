@@ -12,6 +12,7 @@ import { recoverDeliveryLogs, retryLeftLogs } from "./logrecovery.js";
 import { BulkSync } from "./syncfs.js";
 import { mailboxLocator } from "./layout.js";
 import { FsStore } from "./store.js";
+import { SpaceReserve, statfsFreeSpace } from "./reserve.js";
 
 export interface FsStoreOptions {
   /** The directory holding `<domain>/<local>/` maildirs and `mailroom-directory.json`. Created if missing. */
@@ -51,6 +52,15 @@ export interface FsStoreOptions {
    * thread pool.
    */
   readonly fileThread?: boolean;
+  /**
+   * Free space, in MiB, kept on the store's file system for existing mail (default 64; 0 turns it
+   * off). Deliveries, appends and enqueues are refused with "no-space" (SMTP 452 4.3.1, the sender
+   * retries) once the space an unprivileged user may still write falls below it, so that POP3 users
+   * can still log in and delete: a login writes a lease file, a QUIT with deletions a journal. Free
+   * space is measured with `statfs` at most once a second; where the runtime has no `statfs` the
+   * reserve is not enforced (said once in the log).
+   */
+  readonly minFreeMb?: number;
   readonly logger?: Logger;
 }
 
@@ -61,9 +71,28 @@ const DEFAULT_SYNC_READ_BYTES = 128 * 1024;
  * bandwidth than the flushes it saves.
  */
 const DEFAULT_DELIVERY_LOG_BYTES = 32 * 1024;
+/**
+ * Room for some sixteen thousand of the small files POP3 sessions and the store itself still have to
+ * write on a full disk (a lease or a journal takes one 4 KiB block), for a few seconds of a busy
+ * server's delivery logs, and for anything else on the same file system that fails at ENOSPC (the
+ * server's own log); and still a negligible share of any disk that holds mail.
+ */
+const DEFAULT_MIN_FREE_MB = 64;
+const MIB = 1024 * 1024;
+
+/** A reserve in MiB as octets, or a clear error naming `key`. */
+function reserveOctets(value: unknown, key: string): number {
+  // TOML integers may arrive as bigint from some parsers.
+  const mb = typeof value === "bigint" ? Number(value) : value;
+  if (typeof mb !== "number" || !Number.isSafeInteger(mb) || mb < 0 || !Number.isSafeInteger(mb * MIB)) {
+    throw new StoreError("invalid-name", `maildir: option ${key} must be a whole number of MiB, 0 or more (0 turns the free-space reserve off)`);
+  }
+  return mb * MIB;
+}
 
 export async function createFsStore(options: FsStoreOptions): Promise<Store> {
   const root = resolve(options.root);
+  const reserve = reserveOctets(options.minFreeMb ?? DEFAULT_MIN_FREE_MB, "minFreeMb");
   await attempt("create root", root, () => fsp.mkdir(root, { recursive: true, mode: PRIVATE_DIR }));
   const policy = { fsync: options.fsync ?? true };
   const logger = options.logger ?? silentLogger;
@@ -88,6 +117,18 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
           ...(options.deliveryLogMs === undefined ? {} : { checkpointMs: options.deliveryLogMs }),
         })
       : null;
+  let space: SpaceReserve | null = null;
+  if (reserve > 0) {
+    const measure = statfsFreeSpace();
+    if (measure === null) {
+      // Said once per store; loudly only to an operator who asked for a reserve in so many words.
+      const note = "maildir: this runtime has no fs.statfs: the free-space reserve (min_free_mb) is not enforced";
+      if (options.minFreeMb === undefined) logger.debug({ root }, note);
+      else logger.warn({ root }, note);
+    } else {
+      space = new SpaceReserve(root, reserve, measure, logger);
+    }
+  }
   const ctx: StoreContext = {
     root,
     policy,
@@ -102,6 +143,7 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
     syncReadBytes: options.syncReadBytes ?? DEFAULT_SYNC_READ_BYTES,
     bulk,
     laterRecovery: left > 0 ? retryLeftLogs(recovery) : null,
+    space,
   };
   return new FsStore(ctx);
 }
@@ -143,13 +185,15 @@ function byteCount(options: StoreOptions, key: string): number | undefined {
 export const fsAdapter: StoreAdapter = {
   name: "maildir",
   schemes: ["maildir"],
-  optionKeys: ["fsync", "hostname", "sync_read_bytes", "delivery_log_bytes", "file_thread"],
+  optionKeys: ["fsync", "hostname", "sync_read_bytes", "delivery_log_bytes", "file_thread", "min_free_mb"],
   async open(url: string, options: StoreOptions = {}): Promise<Store> {
     const fsync = optionValue<boolean>(options, "fsync", "boolean");
     const hostname = optionValue<string>(options, "hostname", "string");
     const syncReadBytes = byteCount(options, "sync_read_bytes");
     const deliveryLogBytes = byteCount(options, "delivery_log_bytes");
     const fileThread = optionValue<boolean>(options, "file_thread", "boolean");
+    const minFree = options["min_free_mb"];
+    const minFreeMb = minFree === undefined ? undefined : reserveOctets(minFree, "min_free_mb") / MIB;
     return createFsStore({
       root: pathFromUrl(url),
       ...(fsync === undefined ? {} : { fsync }),
@@ -157,6 +201,7 @@ export const fsAdapter: StoreAdapter = {
       ...(syncReadBytes === undefined ? {} : { syncReadBytes }),
       ...(deliveryLogBytes === undefined ? {} : { deliveryLogBytes }),
       ...(fileThread === undefined ? {} : { fileThread }),
+      ...(minFreeMb === undefined ? {} : { minFreeMb }),
     });
   },
 };

@@ -26,6 +26,9 @@ import { BareLfCounter } from "./streams.js";
 import { renamePath } from "./fdio.js";
 import type { FileThread } from "./filethread.js";
 
+/** About what a delivery log record adds to its message per target (framing and the JSON header with the path). */
+const LOG_RECORD_HEADER = 256;
+
 async function hasEntry(dir: string): Promise<boolean> {
   let handle: Dir | undefined;
   try {
@@ -90,6 +93,7 @@ export class FsStore implements Store {
     const temp = `${first.dir}${sep}tmp${sep}${base}`;
     const stamp = options.receivedAt === undefined ? undefined : Math.round(options.receivedAt);
     const log = this.ctx.deliveryLog;
+    const space = this.ctx.space;
     const keep = log?.keeper();
     const linked: string[] = [];
     const delivered: Delivered[] = [];
@@ -111,8 +115,19 @@ export class FsStore implements Store {
         size = counter.octets;
         crlfSize = counter.octets + counter.count;
         receivedAt = stamp ?? Date.now();
+        // Before anything is written: the size is known. Decided from a cached measurement, so
+        // nearly always without a wait (see reserve.ts). Until the log is retired its record takes
+        // as much room again, plus its header (the paths).
+        const room = space?.admit(size, size + LOG_RECORD_HEADER * boxes.length);
+        if (room !== undefined) await room;
       } else {
+        // The size comes with the end of the stream: refused up front only if the reserve is
+        // already reached, and again (file removed below) if this message reached it.
+        const room = space?.admit(0);
+        if (room !== undefined) await room;
         ({ size, crlfSize, receivedAt } = await writeMessageFile(temp, rest ?? guarded, this.ctx.policy, stamp, this.ctx.mailModes.file));
+        const after = space?.admit(size);
+        if (after !== undefined) await after;
       }
       // The other mailboxes get hard links first; the first mailbox then takes the tmp/ file itself by
       // rename (same directory tree, so never across file systems), which leaves nothing to clean up.
