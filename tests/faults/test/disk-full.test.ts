@@ -1,12 +1,14 @@
 // Fault 5 (store fs only): the Maildir's file system fills up. A new message is refused with
 // 452 4.3.1, the messages accepted before stay byte-exact, and delivery works again once space is freed.
+// With the free-space reserve (min_free_mb), mail stops before the disk is full, so a POP3 user can
+// still log in and delete.
 import { execFileSync } from "node:child_process";
 import { mkdirSync, statfsSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
-  addUsers, cleanup, deliver, message, onCleanup, peek, retr, serve, smtpOpen, smtpSend, tempDir, uidl, uniqueTag,
-  writeConfig,
+  addUsers, cleanup, deliver, message, onCleanup, peek, popLogin, retr, serve, sleep, smtpOpen, smtpSend, tempDir, uidl,
+  uniqueTag, writeConfig,
 } from "./harness.js";
 
 afterAll(cleanup);
@@ -41,7 +43,7 @@ function free(dir: string): number {
 }
 
 describe("store fs", () => {
-  it("full disk → 452 4.3.1, earlier mail intact, works again after freeing space", async (context) => {
+  it("full disk (no reserve) → 452 4.3.1, earlier mail intact, works again after freeing space", async (context) => {
     const tag = uniqueTag();
     const scratch = tempDir("diskfull");
     const mount = join(scratch, "small");
@@ -51,7 +53,8 @@ describe("store fs", () => {
       context.skip();
       return;
     }
-    const store = { kind: "fs" as const, section: `url = "maildir:${join(mount, "mail")}"`, visibleCopies: () => [] };
+    // The reserve off: this is what the file system's own ENOSPC does.
+    const store = { kind: "fs" as const, section: `url = "maildir:${join(mount, "mail")}"\nmin_free_mb = 0`, visibleCopies: () => [] };
     const config = writeConfig(scratch, store);
     const [user] = addUsers(config, ["full"]);
     const server = await serve(config);
@@ -86,6 +89,53 @@ describe("store fs", () => {
     expect(bodies[1]!.endsWith(early[1]!)).toBe(true);
     expect(bodies[2]).toContain(`Message-ID: <late${tag}@faults.test>`);
     expect(bodies.join("")).not.toContain(`big${tag}`);
+    process.kill(server.pid, "SIGKILL");
+    await server.exited;
+  });
+
+  it("with min_free_mb, mail stops at 452 before the disk is full, and a POP3 user can still log in and delete", async (context) => {
+    const tag = uniqueTag();
+    const scratch = tempDir("diskreserve");
+    const mount = join(scratch, "small");
+    const reason = smallFilesystem(mount, scratch);
+    if (reason) {
+      console.log(`disk-reserve test skipped: ${reason}`);
+      context.skip();
+      return;
+    }
+    const store = { kind: "fs" as const, section: `url = "maildir:${join(mount, "mail")}"\nmin_free_mb = 2`, visibleCopies: () => [] };
+    const config = writeConfig(scratch, store);
+    const [user] = addUsers(config, ["reserve"]);
+    const server = await serve(config);
+
+    // Fill the disk with mail until the server refuses it.
+    const client = await smtpOpen(server.smtp);
+    let accepted = 0;
+    let refusal = "";
+    for (let i = 0; i < 200 && refusal === ""; i++) {
+      const answer = await smtpSend(client, user!, message(`fill${i}${tag}`, user!, 200_000));
+      if (answer.startsWith("250 ")) accepted++;
+      else refusal = answer;
+    }
+    expect(refusal).toMatch(/^452 4\.3\.1 /);
+    expect(accepted).toBeGreaterThan(5);
+    // Refused while the reserve is still there, not by the file system running out.
+    expect(free(mount)).toBeGreaterThan(1024 * 1024);
+
+    // The user logs in (a lease file), deletes everything and QUITs (a journal, then the unlinks).
+    const pop = await popLogin(server.pop3, user!);
+    const listed = await uidl(pop);
+    expect(listed.size).toBe(accepted);
+    for (const number of listed.keys()) await pop.expect(`DELE ${number}`, /^\+OK/);
+    await pop.expect("QUIT", /^\+OK/);
+    pop.close();
+    expect(await peek(server.pop3, user!, async (again) => (await uidl(again)).size)).toBe(0);
+
+    // Room again: once free space is measured anew (at most a second), mail is taken.
+    await sleep(1_200);
+    expect(await smtpSend(client, user!, message(`after${tag}`, user!, 200_000))).toMatch(/^250 /);
+    await client.expect("QUIT", /^221/);
+    client.close();
     process.kill(server.pid, "SIGKILL");
     await server.exited;
   });
