@@ -3,7 +3,8 @@ import { rfc5322Date } from "@mailroom/store";
 
 /**
  * Delivery status notifications (RFC 3464, RFC 6522): the bounce a sender gets when some recipients
- * could not be reached. One per queued item, naming only the recipients that failed.
+ * could not be reached. One per queued item, naming only the recipients that failed. For mail that came
+ * with SMTPUTF8, the internationalised form of RFC 6533.
  */
 
 export interface FailedRecipient {
@@ -22,6 +23,36 @@ export interface DsnInput {
   /** The original message's header section (up to and without the empty line), or "". */
   readonly originalHeaders: string;
   readonly date?: Date;
+  /**
+   * The original came with SMTPUTF8 (RFC 6531), so its addresses and header fields may be UTF-8, which
+   * message/delivery-status and text/rfc822-headers cannot carry: the report uses RFC 6533's
+   * message/global-delivery-status and message/global-headers instead. A non-ASCII address in `to` or
+   * `failed` implies it.
+   */
+  readonly utf8?: boolean;
+}
+
+/** Whether `buildDsn` makes the RFC 6533 report for this input: its text is then UTF-8, not ASCII. */
+export function isGlobalDsn(input: Pick<DsnInput, "to" | "failed" | "utf8">): boolean {
+  return input.utf8 === true || !isAscii(input.to) || input.failed.some((r) => !isAscii(r.address));
+}
+
+function isAscii(text: string): boolean {
+  return !/[^\x00-\x7f]/.test(text);
+}
+
+/**
+ * RFC 6533 section 3, utf-8-addr-unitext: non-ASCII stays UTF-8, and of ASCII only QCHAR (printable
+ * characters other than backslash, "+" and "=") stands for itself; controls, space, backslash, "+" and
+ * "=" become EmbeddedUnicodeChar `\x{HEX}` (two uppercase digits, as the ABNF's HEXPOINT spells them).
+ */
+function utf8AddrUnitext(address: string): string {
+  return address.replace(/[\x00-\x20\x7f\\+=]/g, (c) => `\\x{${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0")}}`);
+}
+
+/** RFC 3464's rfc822 type for an ASCII address; RFC 6533's utf-8 type (unitext form) for any other. */
+function recipientField(address: string): string {
+  return isAscii(address) ? `rfc822; ${address}` : `utf-8; ${utf8AddrUnitext(address)}`;
 }
 
 /** The enhanced status code (RFC 3463) of a diagnostic, else a generic one of its class. */
@@ -39,6 +70,7 @@ function diagnosticCode(diagnostic: string): string {
 }
 
 export function buildDsn(input: DsnInput): string {
+  const global = isGlobalDsn(input);
   const boundary = `=_mailroom_${randomBytes(12).toString("hex")}`;
   const date = input.date ?? new Date();
   const id = `${date.getTime().toString(36)}.${randomBytes(6).toString("hex")}@${input.hostname}`;
@@ -54,11 +86,14 @@ export function buildDsn(input: DsnInput): string {
   ].join("\r\n");
   const perMessage = [`Reporting-MTA: dns; ${input.hostname}`, `Arrival-Date: ${rfc5322Date(input.arrivalDate)}`].join("\r\n");
   const perRecipient = input.failed.map((r) =>
-    [`Final-Recipient: rfc822; ${r.address}`, "Action: failed", `Status: ${statusOf(r.diagnostic)}`, `Diagnostic-Code: ${diagnosticCode(r.diagnostic)}`].join(
+    [`Final-Recipient: ${recipientField(r.address)}`, "Action: failed", `Status: ${statusOf(r.diagnostic)}`, `Diagnostic-Code: ${diagnosticCode(r.diagnostic)}`].join(
       "\r\n",
     ),
   );
   const headers = input.originalHeaders.replace(/\r?\n/g, "\r\n").replace(/(\r\n)*$/, "");
+  // Raw UTF-8 in a part (addresses, the original's header fields) is 8-bit data, which RFC 2045 wants
+  // labelled: each such part and the multipart around it say 8bit (RFC 6533's types allow it).
+  const eightBit = global ? ["Content-Transfer-Encoding: 8bit"] : [];
   const parts = [
     `From: Mail Delivery System <MAILER-DAEMON@${input.hostname}>`,
     `To: <${input.to}>`,
@@ -67,25 +102,30 @@ export function buildDsn(input: DsnInput): string {
     `Message-ID: <${id}>`,
     "Auto-Submitted: auto-replied",
     "MIME-Version: 1.0",
-    `Content-Type: multipart/report; report-type=delivery-status; boundary="${boundary}"`,
+    // RFC 6522: the report type is the subtype of the second part, so it follows RFC 6533's global type.
+    `Content-Type: multipart/report; report-type=${global ? "global-delivery-status" : "delivery-status"}; boundary="${boundary}"`,
+    ...eightBit,
     "",
     "This is a MIME-encapsulated delivery status notification.",
     "",
     `--${boundary}`,
     "Content-Type: text/plain; charset=utf-8",
+    ...eightBit,
     "Content-Description: Notification",
     "",
     human,
     "",
     `--${boundary}`,
-    "Content-Type: message/delivery-status",
+    global ? "Content-Type: message/global-delivery-status" : "Content-Type: message/delivery-status",
+    ...eightBit,
     "Content-Description: Delivery report",
     "",
     perMessage,
     "",
     ...perRecipient.flatMap((block) => [block, ""]),
     `--${boundary}`,
-    "Content-Type: text/rfc822-headers",
+    global ? "Content-Type: message/global-headers" : "Content-Type: text/rfc822-headers",
+    ...eightBit,
     "Content-Description: Undelivered message headers",
     "",
     headers,

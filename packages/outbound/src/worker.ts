@@ -14,7 +14,7 @@ import {
 } from "@mailroom/store";
 import { ConnectionError, formatReply, SmtpReplyError, SmtpSession } from "./client.js";
 import { MailRouter, type MailHost } from "./dns.js";
-import { buildDsn, readHeaders } from "./dsn.js";
+import { buildDsn, isGlobalDsn, readHeaders } from "./dsn.js";
 import { withoutReturnPath, withReturnPath } from "./message.js";
 import { formatAge, queueStats } from "./admin.js";
 import { TlsHandshakeError, type TlsClientOptions } from "./socket.js";
@@ -584,13 +584,17 @@ export function createOutbound(options: OutboundOptions): Outbound {
 
   async function sendDsn(item: QueueItem, failed: readonly QueueRecipient[]): Promise<void> {
     const originalHeaders = await readHeaders(await queue!.readMessage(item.id));
-    const text = buildDsn({
+    const input = {
       hostname: options.hostname,
       to: item.sender,
       arrivalDate: new Date(item.createdAt),
       failed: failed.map((r) => ({ address: r.address, diagnostic: r.diagnostic ?? "5.0.0 delivery failed" })),
       originalHeaders,
-    });
+      // Mail that came with SMTPUTF8 may have UTF-8 addresses and header fields: RFC 6533's report.
+      utf8: item.meta["smtputf8"] === "1",
+    };
+    const utf8 = isGlobalDsn(input);
+    const text = buildDsn(input);
     const bytes = new TextEncoder().encode(text);
     const resolution = await resolveRecipient(options.store.directory, item.sender);
     if (resolution.kind === "local") {
@@ -601,7 +605,11 @@ export function createOutbound(options: OutboundOptions): Outbound {
       // Our own domain but nobody there: nowhere to bounce to.
       log.warn({ item: item.id, to: item.sender }, "bounce dropped: the sender is not a local user");
     } else {
-      const bounce = await queue!.enqueue({ sender: "", recipients: [item.sender] }, fromBytes(bytes));
+      // The RFC 6533 report is UTF-8: queued as SMTPUTF8 like the mail it reports on, so that it asks for
+      // the extension, and a server without it gets the report only if the envelope and header section
+      // are ASCII (needsUtf8); a UTF-8 sender's address never is.
+      const envelope = { sender: "", recipients: [item.sender], ...(utf8 ? { meta: { smtputf8: "1" } } : {}) };
+      const bounce = await queue!.enqueue(envelope, fromBytes(bytes));
       log.info({ item: item.id, bounce: bounce.id, to: item.sender }, "bounce queued");
     }
   }

@@ -262,7 +262,7 @@ export interface ParsedDsn {
   readonly headers: string;
   readonly contentType: string;
   readonly parts: readonly { readonly contentType: string; readonly body: string }[];
-  /** The per-recipient blocks of the message/delivery-status part, as field maps. */
+  /** The per-recipient blocks of the message/(global-)delivery-status part, as field maps. */
   readonly recipients: readonly Record<string, string>[];
   readonly perMessage: Record<string, string>;
 }
@@ -282,7 +282,8 @@ export function parseDsn(text: string): ParsedDsn {
       const end = part.indexOf("\r\n\r\n");
       return { contentType: /^Content-Type: ([^;\r\n]*)/im.exec(part.slice(0, end))?.[1] ?? "", body: part.slice(end + 4) };
     });
-  const status = parts.find((p) => p.contentType === "message/delivery-status")?.body ?? "";
+  // RFC 6533's message/global-delivery-status has the same fields (UTF-8 allowed).
+  const status = parts.find((p) => p.contentType === "message/delivery-status" || p.contentType === "message/global-delivery-status")?.body ?? "";
   const blocks = status
     .split(/\r\n\r\n/)
     .map((b) => b.trim())

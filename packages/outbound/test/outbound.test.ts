@@ -521,6 +521,94 @@ describe("failures and retries", () => {
   });
 });
 
+describe("bounces of SMTPUTF8 mail (RFC 6533)", () => {
+  const UTF8_MESSAGE = "From: J\u00f6rg <j\u00f6rg@script.test>\r\nTo: <j\u00fcrgen@script.test>\r\nSubject: Gr\u00fc\u00dfe\r\n\r\nHallo\r\n";
+  const partTypes = (dsn: ReturnType<typeof parseDsn>): string[] => dsn.parts.map((p) => p.contentType);
+
+  it("queues the bounce to a UTF-8 sender as SMTPUTF8 and relays it with SMTPUTF8, in the global types", async () => {
+    const server = await scripted("127.0.0.7", 0, {
+      ehlo: ["8BITMIME", "SMTPUTF8"],
+      rcpt: (a) => (a.startsWith("j\u00fcrgen") ? "550 5.1.1 no such user" : "250 2.1.5 ok"),
+    });
+    const store = await ours();
+    await enqueueRelay(store.queue, { sender: "j\u00f6rg@script.test", recipients: ["j\u00fcrgen@script.test"], utf8: true }, fromBytes(UTF8_MESSAGE));
+    const outbound = worker(store, { mxPort: server.port });
+    await outbound.runOnce();
+    expect(server.received).toEqual([]);
+    const [bounce] = await store.queue.list();
+    expect(bounce).toMatchObject({ sender: "", recipients: [{ address: "j\u00f6rg@script.test", status: "pending" }], meta: { smtputf8: "1" } });
+
+    await outbound.runOnce();
+    expect(server.received).toHaveLength(1);
+    const sent = server.received[0]!;
+    expect(sent.from).toBe("");
+    expect(sent.to).toEqual(["j\u00f6rg@script.test"]);
+    expect(sent.mailLine).toMatch(/^MAIL FROM:<> .*\bSMTPUTF8\b/);
+    const dsn = parseDsn(sent.body);
+    expect(dsn.headers).toContain("To: <j\u00f6rg@script.test>");
+    expect(dsn.contentType).toMatch(/^multipart\/report; report-type=global-delivery-status; boundary=/);
+    expect(partTypes(dsn)).toEqual(["text/plain", "message/global-delivery-status", "message/global-headers"]);
+    expect(dsn.recipients).toEqual([
+      {
+        "final-recipient": "utf-8; j\u00fcrgen@script.test",
+        action: "failed",
+        status: "5.1.1",
+        "diagnostic-code": expect.stringMatching(/^smtp; 550 5\.1\.1 no such user/),
+      },
+    ]);
+    expect(dsn.parts[2]!.body).toBe("From: J\u00f6rg <j\u00f6rg@script.test>\r\nTo: <j\u00fcrgen@script.test>\r\nSubject: Gr\u00fc\u00dfe\r\n");
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("does not hand that bounce to a server without SMTPUTF8 (no bounce for the bounce)", async () => {
+    const plain = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 no such user" });
+    const store = await ours();
+    await enqueueRelay(store.queue, { sender: "j\u00f6rg@script.test", recipients: ["nobody@script.test"], utf8: true }, fromBytes(UTF8_MESSAGE));
+    const outbound = worker(store, { mxPort: plain.port });
+    await outbound.runOnce();
+    const [bounce] = await store.queue.list();
+    expect(bounce?.meta).toMatchObject({ smtputf8: "1" });
+    await outbound.runOnce();
+    expect(plain.received).toEqual([]);
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("delivers the global report straight into a local sender's mailbox, UTF-8 address and headers intact", async () => {
+    const server = await scripted("127.0.0.7", 0, { ehlo: ["8BITMIME", "SMTPUTF8"], rcpt: () => "550 5.1.1 no such user" });
+    const store = await makeStore("ours.test", ["alice", "j\u00f6rg"]);
+    const text = "From: <j\u00f6rg@ours.test>\r\nSubject: Gr\u00fc\u00dfe\r\n\r\nHallo\r\n";
+    await enqueueRelay(store.queue, { sender: "j\u00f6rg@ours.test", recipients: ["j\u00fcrgen@script.test", "x@script.test"], utf8: true }, fromBytes(text));
+    await worker(store, { mxPort: server.port }).runOnce();
+    const [dsn, more] = await dsnsOf(store, "j\u00f6rg@ours.test");
+    expect(more).toBeUndefined();
+    expect(dsn!.headers).toContain("To: <j\u00f6rg@ours.test>");
+    expect(partTypes(dsn!)).toEqual(["text/plain", "message/global-delivery-status", "message/global-headers"]);
+    expect(dsn!.recipients.map((r) => [r["final-recipient"], r.status])).toEqual([
+      ["utf-8; j\u00fcrgen@script.test", "5.1.1"],
+      ["rfc822; x@script.test", "5.1.1"],
+    ]);
+    expect(dsn!.parts[2]!.body).toBe("From: <j\u00f6rg@ours.test>\r\nSubject: Gr\u00fc\u00dfe\r\n");
+    // Delivered, not queued.
+    expect(await store.queue.list()).toEqual([]);
+  });
+
+  it("keeps the RFC 3464 report for mail that did not come with SMTPUTF8, locally and through the queue", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 no such user" });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["nobody@script.test"]);
+    await enqueue(store, "someone@far.test", ["nobody@script.test"]);
+    await worker(store, { mxPort: server.port }).runOnce();
+    const [local] = await dsnsOf(store);
+    expect(partTypes(local!)).toEqual(["text/plain", "message/delivery-status", "text/rfc822-headers"]);
+    expect(local!.headers).not.toContain("Content-Transfer-Encoding");
+    const [queued] = await store.queue.list();
+    expect(queued).toMatchObject({ sender: "", recipients: [{ address: "someone@far.test" }], meta: {} });
+    const dsn = parseDsn(new TextDecoder().decode(await readAll(await store.queue.readMessage(queued!.id))));
+    expect(partTypes(dsn)).toEqual(["text/plain", "message/delivery-status", "text/rfc822-headers"]);
+    expect(dsn.recipients[0]!["final-recipient"]).toBe("rfc822; nobody@script.test");
+  });
+});
+
 describe("replies that do not mean delivered", () => {
   it.each([
     ["252 to RCPT", { rcpt: () => "252 2.1.5 cannot verify, will try" }, "4.5.0 unexpected reply to RCPT: 252 2.1.5 cannot verify"],

@@ -61,6 +61,123 @@ describe("delivery status notifications", () => {
     ]);
     expect(dsn.parts[2]).toEqual({ contentType: "text/rfc822-headers", body: "Subject: hi\r\nFrom: alice@ours.test\r\n" });
   });
+
+  it("keeps the RFC 3464 report, byte for byte, for an original that did not come with SMTPUTF8", () => {
+    const input = {
+      hostname: "mail.ours.test",
+      to: "alice@ours.test",
+      arrivalDate: new Date(Date.UTC(2026, 10, 27, 3, 4, 5)),
+      date: new Date(Date.UTC(2026, 10, 27, 4, 0, 0)),
+      failed: [
+        { address: "a@far.test", diagnostic: "550 5.1.1 unknown" },
+        { address: "b@far.test", diagnostic: "5.1.10 domain far.test does not accept mail (null MX)" },
+      ],
+      originalHeaders: "Subject: hi\nFrom: alice@ours.test",
+    };
+    // The boundary and the Message-ID are random: everything else is fixed.
+    const fixed = (text: string): string => text.replace(/=_mailroom_[0-9a-f]{24}/g, "=_B").replace(/^Message-ID: <[^>]*>/m, "Message-ID: <ID>");
+    const expected = [
+      "From: Mail Delivery System <MAILER-DAEMON@mail.ours.test>",
+      "To: <alice@ours.test>",
+      "Subject: Undelivered Mail Returned to Sender",
+      "Date: Fri, 27 Nov 2026 04:00:00 +0000",
+      "Message-ID: <ID>",
+      "Auto-Submitted: auto-replied",
+      "MIME-Version: 1.0",
+      'Content-Type: multipart/report; report-type=delivery-status; boundary="=_B"',
+      "",
+      "This is a MIME-encapsulated delivery status notification.",
+      "",
+      "--=_B",
+      "Content-Type: text/plain; charset=utf-8",
+      "Content-Description: Notification",
+      "",
+      "This is the mail system at mail.ours.test.",
+      "",
+      "Your message could not be delivered to the following recipients:",
+      "",
+      "  <a@far.test>: 550 5.1.1 unknown",
+      "  <b@far.test>: 5.1.10 domain far.test does not accept mail (null MX)",
+      "",
+      "The headers of your message are attached below.",
+      "",
+      "--=_B",
+      "Content-Type: message/delivery-status",
+      "Content-Description: Delivery report",
+      "",
+      "Reporting-MTA: dns; mail.ours.test",
+      "Arrival-Date: Fri, 27 Nov 2026 03:04:05 +0000",
+      "",
+      "Final-Recipient: rfc822; a@far.test",
+      "Action: failed",
+      "Status: 5.1.1",
+      "Diagnostic-Code: smtp; 550 5.1.1 unknown",
+      "",
+      "Final-Recipient: rfc822; b@far.test",
+      "Action: failed",
+      "Status: 5.1.10",
+      "Diagnostic-Code: X-Mailroom; 5.1.10 domain far.test does not accept mail (null MX)",
+      "",
+      "--=_B",
+      "Content-Type: text/rfc822-headers",
+      "Content-Description: Undelivered message headers",
+      "",
+      "Subject: hi",
+      "From: alice@ours.test",
+      "",
+      "--=_B--",
+      "",
+    ].join("\r\n");
+    expect(fixed(buildDsn(input))).toBe(expected);
+    expect(fixed(buildDsn({ ...input, utf8: false }))).toBe(expected);
+  });
+
+  it("builds an RFC 6533 report for an SMTPUTF8 original: global types, utf-8 addresses, the UTF-8 headers as they were", () => {
+    const text = buildDsn({
+      hostname: "mail.ours.test",
+      to: "j\u00f6rg@ours.test",
+      arrivalDate: new Date(Date.UTC(2026, 10, 27, 3, 4, 5)),
+      failed: [
+        { address: "j\u00fcrgen+tag=x@far.test", diagnostic: "550 5.1.1 unknown" },
+        { address: "\u4f8b\u5b50@far.test", diagnostic: "550 5.1.1 unknown" },
+        { address: "b@far.test", diagnostic: "5.1.10 domain far.test does not accept mail (null MX)" },
+      ],
+      originalHeaders: "From: J\u00f6rg <j\u00f6rg@ours.test>\nSubject: Gr\u00fc\u00dfe \u4f8b\u5b50",
+      utf8: true,
+    });
+    const dsn = parseDsn(text);
+    // RFC 6522: the report type names the second part's subtype.
+    expect(dsn.contentType).toMatch(/^multipart\/report; report-type=global-delivery-status; boundary=/);
+    expect(dsn.headers).toContain("To: <j\u00f6rg@ours.test>");
+    // The parts carry raw UTF-8: labelled 8bit, not the default 7bit.
+    expect(dsn.headers).toContain("\r\nContent-Transfer-Encoding: 8bit");
+    expect(dsn.parts.map((p) => p.contentType)).toEqual(["text/plain", "message/global-delivery-status", "message/global-headers"]);
+    expect(text.match(/^Content-Transfer-Encoding: 8bit\r$/gm)).toHaveLength(4);
+    expect(dsn.perMessage).toEqual({ "reporting-mta": "dns; mail.ours.test", "arrival-date": "Fri, 27 Nov 2026 03:04:05 +0000" });
+    // utf-8-addr-unitext (RFC 6533 section 3): UTF-8 as it is; "+" and "=" (like backslash, space and controls) as \x{HEX}.
+    expect(dsn.recipients.map((r) => r["final-recipient"])).toEqual([
+      "utf-8; j\u00fcrgen\\x{2B}tag\\x{3D}x@far.test",
+      "utf-8; \u4f8b\u5b50@far.test",
+      "rfc822; b@far.test",
+    ]);
+    expect(dsn.recipients.map((r) => r.status)).toEqual(["5.1.1", "5.1.1", "5.1.10"]);
+    expect(dsn.parts[0]!.body).toContain("  <j\u00fcrgen+tag=x@far.test>: 550 5.1.1 unknown\r\n");
+    expect(dsn.parts[2]!.body).toBe("From: J\u00f6rg <j\u00f6rg@ours.test>\r\nSubject: Gr\u00fc\u00dfe \u4f8b\u5b50\r\n");
+  });
+
+  it("builds the RFC 6533 report for a UTF-8 address even when the original is not marked SMTPUTF8", () => {
+    const dsn = parseDsn(
+      buildDsn({
+        hostname: "mail.ours.test",
+        to: "alice@ours.test",
+        arrivalDate: new Date(),
+        failed: [{ address: "j\u00fcrgen@far.test", diagnostic: "5.6.7 no SMTPUTF8" }],
+        originalHeaders: "Subject: hi",
+      }),
+    );
+    expect(dsn.parts.map((p) => p.contentType)).toEqual(["text/plain", "message/global-delivery-status", "message/global-headers"]);
+    expect(dsn.recipients[0]!["final-recipient"]).toBe("utf-8; j\u00fcrgen@far.test");
+  });
 });
 
 describe("retry schedule", () => {
