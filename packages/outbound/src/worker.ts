@@ -528,6 +528,15 @@ export function createOutbound(options: OutboundOptions): Outbound {
           await sendDsn(item, failed);
         } catch (error) {
           log.error({ item: item.id, error: message(error) }, "could not make the delivery status notification");
+          // A store that is down or short of space now may take the bounce later: the item stays queued
+          // (recipients settled, only the bounce left to make), as Postfix keeps a bounce it cannot
+          // write yet, for up to another queue lifetime. Only then, or for an error that will not go
+          // away, is it parked for an operator.
+          if (isTemporaryError(error) && Date.now() < expiresAt + lifetimeMs) {
+            const delay = schedule[Math.min(item.attempts, schedule.length - 1)] ?? 0;
+            await record((current) => queue!.reschedule(current, { nextAttemptAt: Date.now() + delay, error: `bounce failed: ${message(error)}`, recipients }));
+            return;
+          }
           await record((current) => queue!.deadLetter(current, { error: `bounce failed: ${message(error)}`, recipients }));
           return;
         }

@@ -342,6 +342,32 @@ describe("failures and retries", () => {
     expect(dead?.lastError).toContain("disk on fire");
   });
 
+  it("keeps the item queued when the bounce cannot be stored for now, and bounces once the store takes it", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 unknown" });
+    const store = await ours();
+    const item = await enqueue(store, "alice@ours.test", ["nobody@script.test"]);
+    let full = true;
+    const flaky = new Proxy(store, {
+      get(target, property) {
+        if (property === "deliver" && full) return () => Promise.reject(new StoreError("no-space", "disk full for now"));
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const outbound = worker(flaky, { mxPort: server.port, retrySchedule: [0, 0, 60_000] });
+    await outbound.runOnce();
+    const waiting = await store.queue.get(item.id);
+    expect(waiting).toMatchObject({ state: "queued", recipients: [{ address: "nobody@script.test", status: "failed" }] });
+    expect(waiting?.lastError).toContain("disk full for now");
+    expect(await dsnsOf(store)).toEqual([]);
+    full = false;
+    await outbound.runOnce();
+    expect(await store.queue.list()).toEqual([]);
+    const dsns = await dsnsOf(store);
+    expect(dsns).toHaveLength(1);
+    expect(dsns[0]!.recipients[0]).toMatchObject({ "final-recipient": "rfc822; nobody@script.test", status: "5.1.1" });
+  });
+
   it("fails the remaining recipients with a DSN once the message has been queued for queueLifetimeMs", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: () => "451 4.3.0 busy" });
     const store = await ours();
