@@ -457,11 +457,13 @@ export class Session {
       return this.#close(R.tooManyTransactions(this.#ctx.hostname));
     }
     let utf8 = false;
+    let declared = 0;
     for (const [key, value] of c.params) {
       if (key === "SIZE") {
         if (typeof value !== "string" || !/^\d{1,15}$/.test(value)) return this.#error(R.syntax("SIZE needs a number"));
         // RFC 1870: refuse before any data is sent when the declared size is already too big.
-        if (Number(value) > this.#ctx.limits.maxMessageBytes) return this.#error(R.sizeExceeded());
+        declared = Number(value);
+        if (declared > this.#ctx.limits.maxMessageBytes) return this.#error(R.sizeExceeded());
       } else if (key === "BODY" && typeof value === "string" && ["7BIT", "8BITMIME"].includes(value.toUpperCase())) {
         // Nothing to do: messages are stored as the octets received.
       } else if (key === "SMTPUTF8" && value === true && this.#helo?.extended) {
@@ -473,6 +475,14 @@ export class Session {
     if (c.path.utf8 && !utf8) return this.#error(R.needUtf8());
     const pathOctets = c.path.utf8 ? encoder.encode(c.path.address).length : c.path.address.length;
     if (pathOctets > MAX_PATH_OCTETS) return this.#error(R.syntax("path too long"));
+    // RFC 1870 (452 for a size the server cannot take now), as Postfix does: a store that cannot take
+    // the message (its free-space reserve is reached) says so before the client uploads it only to
+    // hear the same at the end. Without SIZE= the question is whether it takes new mail at all.
+    // (A session that ended while the store was asked is caught after the sender check below.)
+    if (!(await this.#storeHasRoom(declared)) && this.#phase.kind !== "closed") {
+      this.#log.info({ from: cleanText(c.path.address, 100), size: declared }, "mail from refused: insufficient storage");
+      return this.#error(R.storeNoSpace());
+    }
     const decision = await checkSender(this.#policy(), c.path);
     if (this.#phase.kind === "closed") return; // the session ended while the sender was checked
     if (!decision.ok) {
@@ -484,6 +494,21 @@ export class Session {
     this.#phase = { kind: "mail", tx: { id, mailFrom: c.path.address, utf8, recipients: [], keys: new Set(), accepted: 0, bdat: null } };
     this.#log.info({ id, from: cleanText(c.path.address, 100) }, "mail from");
     this.#write(R.senderOk());
+  }
+
+  /**
+   * The store's own answer where it has one (`Store.hasRoomFor`). A store that cannot answer does not
+   * keep mail out: the delivery itself still refuses what does not fit.
+   */
+  async #storeHasRoom(octets: number): Promise<boolean> {
+    const store = this.#ctx.store;
+    if (store.hasRoomFor === undefined) return true;
+    try {
+      return (await store.hasRoomFor(octets)) !== false;
+    } catch (error) {
+      this.#log.warn({ error: describe(error) }, "store could not say whether it has room; taking the mail");
+      return true;
+    }
   }
 
   async #rcpt(c: Extract<Command, { verb: "RCPT" }>): Promise<void> {

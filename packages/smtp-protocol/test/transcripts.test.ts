@@ -1,14 +1,16 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createLoginThrottle } from "@mailroom/store";
+import { createLoginThrottle, StoreError } from "@mailroom/store";
 import { createSmtpServer, type SmtpServerOptions } from "../src/index.js";
 import { HOST, makeCertificate, RawClient, seededStore, storedMessages, tlsContext } from "./helpers.js";
 
 /**
  * Runs every test/transcripts/*.txt against a fresh server and memory store over loopback TCP.
  *
- * Header lines:   `@listen mx|submission [implicit-tls]`, `@options {json SmtpServerOptions subset}`
+ * Header lines:   `@listen mx|submission [implicit-tls]`, `@options {json SmtpServerOptions subset}`,
+ *                 `@room <octets>|throw` (the store gets `hasRoomFor`: room for at most that many
+ *                 octets, or an error).
  * Conversation:   `C: line` (sent with CRLF; consecutive C: lines go out together, i.e. pipelined),
  *                 `C~: raw` (sent as is after decoding \r \n \t \\ \xNN escapes, no CRLF added),
  *                 `S: line` (one server line, exact; {ID} {DATE} {TLS} {*} are placeholders),
@@ -49,14 +51,22 @@ describe("transcripts", () => {
       let mode: "mx" | "submission" = "mx";
       let implicitTls = false;
       let extra: Partial<SmtpServerOptions> = {};
+      let room: string | null = null;
       for (const line of lines) {
         if (line.startsWith("@listen ")) {
           const parts = line.split(" ");
           mode = parts[1] === "submission" ? "submission" : "mx";
           implicitTls = parts[2] === "implicit-tls";
         } else if (line.startsWith("@options ")) extra = JSON.parse(line.slice(9)) as Partial<SmtpServerOptions>;
+        else if (line.startsWith("@room ")) room = line.slice(6).trim();
       }
       const store = await seededStore();
+      if (room !== null) {
+        const limit = room;
+        // A store with a soft limit of its own (store-fs's free-space reserve), as the contract allows.
+        store.hasRoomFor = (octets: number): Promise<boolean> =>
+          limit === "throw" ? Promise.reject(new StoreError("unavailable", "cannot tell")) : Promise.resolve(octets <= Number(limit));
+      }
       const server = createSmtpServer({
         store,
         hostname: HOST,

@@ -53,12 +53,14 @@ export interface FsStoreOptions {
    */
   readonly fileThread?: boolean;
   /**
-   * Free space, in MiB, kept on the store's file system for existing mail (default 64; 0 turns it
-   * off). Deliveries, appends and enqueues are refused with "no-space" (SMTP 452 4.3.1, the sender
+   * Free space, in MiB, kept on the store's file system for existing mail (default 64, or a
+   * sixteenth of the file system where that is less; 0 turns it off; a value given is kept as given).
+   * Deliveries, appends and enqueues are refused with "no-space" (SMTP 452 4.3.1, the sender
    * retries) once the space an unprivileged user may still write falls below it, so that POP3 users
-   * can still log in and delete: a login writes a lease file, a QUIT with deletions a journal. Free
-   * space is measured with `statfs` at most once a second; where the runtime has no `statfs` the
-   * reserve is not enforced (said once in the log).
+   * can still log in and delete: a login writes a lease file, a QUIT with deletions a journal. Mail
+   * already acknowledged (`accepted: true`) is never refused by it. Free space is measured with
+   * `statfs` at most once a second; where the runtime has no `statfs` the reserve is not enforced
+   * (said once in the log).
    */
   readonly minFreeMb?: number;
   readonly logger?: Logger;
@@ -75,7 +77,8 @@ const DEFAULT_DELIVERY_LOG_BYTES = 32 * 1024;
  * Room for some sixteen thousand of the small files POP3 sessions and the store itself still have to
  * write on a full disk (a lease or a journal takes one 4 KiB block), for a few seconds of a busy
  * server's delivery logs, and for anything else on the same file system that fails at ENOSPC (the
- * server's own log); and still a negligible share of any disk that holds mail.
+ * server's own log); and still a negligible share of any disk that holds mail. On a file system of
+ * less than 1 GiB the default is a sixteenth of it instead (see SpaceReserve's fitToDisk).
  */
 const DEFAULT_MIN_FREE_MB = 64;
 const MIB = 1024 * 1024;
@@ -126,7 +129,8 @@ export async function createFsStore(options: FsStoreOptions): Promise<Store> {
       if (options.minFreeMb === undefined) logger.debug({ root }, note);
       else logger.warn({ root }, note);
     } else {
-      space = new SpaceReserve(root, reserve, measure, logger);
+      // The default gives way on a small file system (a sixteenth of it); a reserve set is kept as set.
+      space = new SpaceReserve(root, reserve, measure, logger, { fitToDisk: options.minFreeMb === undefined });
     }
   }
   const ctx: StoreContext = {

@@ -288,18 +288,10 @@ export class FsMailbox implements Mailbox {
     const base = newBase(this.ctx.host, uid);
     const temp = this.sub("tmp", base);
     const stamp = options.receivedAt === undefined ? undefined : Math.round(options.receivedAt);
-    // New mail keeps off the free-space reserve, as deliveries do (see reserve.ts).
-    const space = this.ctx.space;
-    const room = space?.admit(0);
-    if (room !== undefined) await room;
-    const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp, this.ctx.mailModes.file);
-    try {
-      const after = space?.admit(size);
-      if (after !== undefined) await after;
-    } catch (error) {
-      await unlinkQuiet(temp).catch(() => undefined);
-      throw error;
-    }
+    // New mail keeps off the free-space reserve, as deliveries do, let through as it is written
+    // (see reserve.ts); a refusal removes the file.
+    const meter = this.ctx.space?.meter() ?? null;
+    const { size, crlfSize, receivedAt } = await writeMessageFile(temp, guardAppendSource(source, options), this.ctx.policy, stamp, this.ctx.mailModes.file, meter);
     const retrievedAt = options.retrievedAt ?? null;
     const final =
       retrievedAt === null

@@ -118,16 +118,13 @@ export class FsQueue implements Queue {
       await makeDirs(this.tmp, this.ctx.policy);
       await makeDirs(this.items, this.ctx.policy);
     });
-    // New mail keeps off the free-space reserve, as deliveries do (see reserve.ts).
-    const space = this.ctx.space;
-    const room = space?.admit(0);
-    if (room !== undefined) await room;
     const staging = join(this.tmp, id);
+    // New mail keeps off the free-space reserve, as deliveries do, let through as it is written (see
+    // reserve.ts); mail this server already acknowledged (a bounce) is counted, never refused.
+    const meter = this.ctx.space?.meter(options.accepted !== true) ?? null;
     await attempt("create queue item", staging, () => fsp.mkdir(staging, PRIVATE_DIR));
     try {
-      const { size } = await writeMessageFile(join(staging, MESSAGE_FILE), guardAppendSource(source, options), this.ctx.policy, now);
-      const after = space?.admit(size);
-      if (after !== undefined) await after;
+      const { size } = await writeMessageFile(join(staging, MESSAGE_FILE), guardAppendSource(source, options), this.ctx.policy, now, undefined, meter);
       const item: QueueItem = {
         id,
         sender: envelope.sender,

@@ -94,6 +94,9 @@ export class FsStore implements Store {
     const stamp = options.receivedAt === undefined ? undefined : Math.round(options.receivedAt);
     const log = this.ctx.deliveryLog;
     const space = this.ctx.space;
+    // Mail this server already acknowledged (a bounce, queued mail for a local mailbox) is counted
+    // against the reserve but never refused by it: only the disk itself may stop it.
+    const refuse = options.accepted !== true;
     const keep = log?.keeper();
     const linked: string[] = [];
     const delivered: Delivered[] = [];
@@ -118,16 +121,14 @@ export class FsStore implements Store {
         // Before anything is written: the size is known. Decided from a cached measurement, so
         // nearly always without a wait (see reserve.ts). Until the log is retired its record takes
         // as much room again, plus its header (the paths).
-        const room = space?.admit(size, size + LOG_RECORD_HEADER * boxes.length);
+        const room = space?.admit(size, size + LOG_RECORD_HEADER * boxes.length, refuse);
         if (room !== undefined) await room;
       } else {
-        // The size comes with the end of the stream: refused up front only if the reserve is
-        // already reached, and again (file removed below) if this message reached it.
-        const room = space?.admit(0);
-        if (room !== undefined) await room;
-        ({ size, crlfSize, receivedAt } = await writeMessageFile(temp, rest ?? guarded, this.ctx.policy, stamp, this.ctx.mailModes.file));
-        const after = space?.admit(size);
-        if (after !== undefined) await after;
+        // The size comes with the end of the stream: let through step by step as it is written, so
+        // that concurrent large messages cannot all pass one check and then fill the disk together;
+        // a refusal stops the file part way, and the file is removed.
+        const meter = space?.meter(refuse) ?? null;
+        ({ size, crlfSize, receivedAt } = await writeMessageFile(temp, rest ?? guarded, this.ctx.policy, stamp, this.ctx.mailModes.file, meter));
       }
       // The other mailboxes get hard links first; the first mailbox then takes the tmp/ file itself by
       // rename (same directory tree, so never across file systems), which leaves nothing to clean up.
@@ -214,6 +215,14 @@ export class FsStore implements Store {
     } catch (error) {
       throw new StoreError("unavailable", `maildir: ${this.ctx.root} is not writable: ${String(error)}`, { cause: error });
     }
+  }
+
+  /**
+   * From the reserve's last measurement (a new one if it is over a second old), minus what was let
+   * through since: cheap enough for every MAIL FROM, and it sets nothing aside.
+   */
+  hasRoomFor(octets: number): boolean | Promise<boolean> {
+    return this.ctx.space?.hasRoom(octets) ?? true;
   }
 
   async close(): Promise<void> {

@@ -7,6 +7,7 @@ import { BareLfCounter } from "./streams.js";
 import { closeFd, fsyncFd, openForWriting, openNew, openNewSyncing, setTimesFd, SYNC_WRITES, writevAt } from "./fdio.js";
 import type { KeptBody } from "./deliverylog.js";
 import type { FileThread } from "./filethread.js";
+import type { SpaceMeter } from "./reserve.js";
 
 /**
  * A message is gathered up to this much before one write. Every write is a hand-off to the thread pool
@@ -61,6 +62,10 @@ async function writeAll(fd: number, path: string, parts: Uint8Array[]): Promise<
  * Without a `receivedAt` the file keeps the modification time its last write gave it, and that time
  * (as `list()` will read it) is returned: fresh mail needs no utimes call, one thread-pool round trip
  * less per message.
+ *
+ * With a `meter` (the free-space reserve), every chunk is let through by it before it is written,
+ * so a refusal ("no-space") stops the file part way; the meter is closed here, once the file is
+ * complete or removed.
  */
 export async function writeMessageFile(
   path: string,
@@ -68,6 +73,7 @@ export async function writeMessageFile(
   policy: SyncPolicy,
   receivedAt: number | undefined,
   mode = PRIVATE_FILE,
+  meter: SpaceMeter | null = null,
 ): Promise<{ size: number; crlfSize: number; receivedAt: number }> {
   // A message that fits one batch (nearly all mail) is written with one write() at its end. Opened
   // with SYNC_WRITES, that write is also its fsync: one hand-off to the thread pool at the end of the
@@ -88,6 +94,11 @@ export async function writeMessageFile(
       // as the batch allows.
       let staged = 0;
       for await (const chunk of source) {
+        // Before the chunk is copied: the source cannot reuse its buffer until we ask for the next one.
+        if (meter !== null) {
+          const room = meter.add(chunk.length);
+          if (room !== undefined) await room;
+        }
         counter.push(chunk);
         let from = 0;
         while (from < chunk.length) {
@@ -133,12 +144,17 @@ export async function writeMessageFile(
       else await closeFd(fd);
     }
   } catch (error) {
-    await unlinkQuiet(path).catch(() => undefined);
+    const removed = await unlinkQuiet(path).then(
+      () => true,
+      () => false,
+    );
+    meter?.close(removed);
     throw error;
   } finally {
     // Every write that used it has ended (each was awaited, also one that failed).
     giveBack(buffer);
   }
+  meter?.close();
   return { size: counter.octets, crlfSize: counter.octets + counter.count, receivedAt: stamped };
 }
 

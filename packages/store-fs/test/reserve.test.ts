@@ -1,4 +1,4 @@
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { join } from "node:path";
 import { hasStoreErrorCode, silentLogger, type Logger } from "@mailroom/store";
 import { createFsStore, fsAdapter } from "../src/index.js";
@@ -16,7 +16,7 @@ interface FakeDisk {
   readonly measure: FreeSpace;
 }
 
-function fakeDisk(free: number, blockSize = 4096): FakeDisk {
+function fakeDisk(free: number, blockSize = 4096, size?: number): FakeDisk {
   const disk: FakeDisk = {
     free,
     calls: 0,
@@ -24,7 +24,7 @@ function fakeDisk(free: number, blockSize = 4096): FakeDisk {
     measure: async () => {
       disk.calls++;
       if (disk.fail) throw disk.fail;
-      return { free: disk.free, blockSize };
+      return { free: disk.free, blockSize, ...(size === undefined ? {} : { size }) };
     },
   };
   return disk;
@@ -44,7 +44,7 @@ describe("free-space reserve", () => {
   it("measures at most once a second, however many messages come in", async () => {
     const disk = fakeDisk(100 * MIB);
     const c = clock();
-    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, c.now);
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: c.now });
     await reserve.admit(0);
     expect(disk.calls).toBe(1);
     for (let i = 0; i < 1000; i++) {
@@ -64,7 +64,7 @@ describe("free-space reserve", () => {
 
   it("callers that find the measurement stale share one statfs", async () => {
     const disk = fakeDisk(100 * MIB);
-    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, clock().now);
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: clock().now });
     await Promise.all(Array.from({ length: 50 }, () => reserve.admit(1000)));
     expect(disk.calls).toBe(1);
   });
@@ -72,7 +72,7 @@ describe("free-space reserve", () => {
   it("refuses below the reserve, and counts what it let through since the last measurement", async () => {
     const disk = fakeDisk(10 * MIB);
     const c = clock();
-    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, c.now);
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: c.now });
     await reserve.admit(0);
     // 10 MiB free, 4 kept: 6 MiB may go, in whole blocks.
     admitNow(reserve, 3 * MIB);
@@ -98,7 +98,7 @@ describe("free-space reserve", () => {
 
   it("deliveries waiting for a measurement are decided one after another against it", async () => {
     const disk = fakeDisk(10 * MIB);
-    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, clock().now);
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: clock().now });
     const outcomes = await Promise.allSettled(Array.from({ length: 10 }, () => reserve.admit(MIB)));
     expect(disk.calls).toBe(1);
     expect(outcomes.map((o) => o.status)).toEqual([...Array(6).fill("fulfilled"), ...Array(4).fill("rejected")]);
@@ -110,7 +110,7 @@ describe("free-space reserve", () => {
     const warnings: unknown[] = [];
     const logger: Logger = { ...silentLogger, warn: (...args: unknown[]) => void warnings.push(args), child: () => logger };
     const c = clock();
-    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, logger, c.now);
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, logger, { now: c.now });
     await reserve.admit(MIB);
     admitNow(reserve, 100 * MIB);
     c.t += 1000;
@@ -122,6 +122,193 @@ describe("free-space reserve", () => {
     disk.free = 5 * MIB;
     c.t += 1000;
     await expect(Promise.resolve().then(() => reserve.admit(2 * MIB))).rejects.toSatisfy(noSpace);
+  });
+
+  it("lets a message of unknown size through as it is written, refusing part way, and charges it once", async () => {
+    const disk = fakeDisk(10 * MIB);
+    const c = clock();
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: c.now });
+    await reserve.admit(0);
+    const chunk = 64 * 1024;
+    // Writes through a meter until it is done or refused; says how far it got.
+    const write = async (meter: ReturnType<SpaceReserve["meter"]>, octets: number): Promise<{ written: number; refusal: unknown }> => {
+      let written = 0;
+      try {
+        while (written < octets) {
+          const room = meter.add(chunk);
+          if (room !== undefined) await room;
+          written += chunk;
+        }
+        return { written, refusal: null };
+      } catch (error) {
+        return { written, refusal: error };
+      } finally {
+        meter.close();
+      }
+    };
+    // 6 MiB above the reserve: one 2 MiB message goes through and is charged exactly its blocks.
+    expect(await write(reserve.meter(), 2 * MIB)).toEqual({ written: 2 * MIB, refusal: null });
+    expect(reserve.hasRoom(4 * MIB)).toBe(true);
+    expect(reserve.hasRoom(4 * MIB + 1)).toBe(false);
+    // Two at once, each wanting 3 MiB of the 4 left: at least one is refused part way, before it
+    // writes past the reserve, and together they never write more than there was room for.
+    const outcomes = await Promise.all([write(reserve.meter(), 3 * MIB), write(reserve.meter(), 3 * MIB)]);
+    const refusals = outcomes.map((o) => o.refusal).filter((r) => r !== null);
+    expect(refusals.length).toBeGreaterThan(0);
+    for (const refusal of refusals) expect(noSpace(refusal)).toBe(true);
+    for (const o of outcomes) if (o.refusal === null) expect(o.written).toBe(3 * MIB);
+    const written = outcomes[0]!.written + outcomes[1]!.written;
+    expect(written).toBeLessThanOrEqual(4 * MIB);
+    // What a refused one was let through and did not write was given back; what it wrote stays
+    // counted until the next measurement (its file is being removed). Nothing was counted twice.
+    expect(reserve.hasRoom(4 * MIB - written)).toBe(true);
+    expect(reserve.hasRoom(4 * MIB - written + 1)).toBe(false);
+    // Another message gets only as far as what is left.
+    const last = reserve.meter();
+    const steps = [128, 256, 512, 1024, 1024, 1024].map((k) => k * 1024);
+    let through = 0;
+    await expect(
+      (async () => {
+        for (const step of steps) {
+          const room = last.add(step);
+          if (room !== undefined) await room;
+          through += step;
+        }
+      })(),
+    ).rejects.toSatisfy(noSpace);
+    // Its file removed, all it was let through comes back, written or not.
+    last.close(true);
+    expect(through).toBeLessThanOrEqual(4 * MIB - written);
+    expect(reserve.hasRoom(4 * MIB - written)).toBe(true);
+    expect(reserve.hasRoom(4 * MIB - written + 1)).toBe(false);
+  });
+
+  it("keeps octets a meter was let through but has not written counted across a new measurement", async () => {
+    const disk = fakeDisk(10 * MIB);
+    const c = clock();
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: c.now });
+    await reserve.admit(0);
+    const meter = reserve.meter();
+    // 1.5 MiB written in steps of 128, 256, 512 and 1024 KiB: 1920 KiB let through so far.
+    for (let i = 0; i < 24; i++) {
+      const room = meter.add(64 * 1024);
+      if (room !== undefined) await room;
+    }
+    // The disk saw the 1.5 MiB written; the 384 KiB let through and not written yet stay counted.
+    c.t += 1000;
+    disk.free = 10 * MIB - 1.5 * MIB;
+    await reserve.admit(0);
+    expect(reserve.hasRoom(6 * MIB - 1.5 * MIB - 384 * 1024)).toBe(true);
+    expect(reserve.hasRoom(6 * MIB - 1.5 * MIB - 384 * 1024 + 1)).toBe(false);
+    // Closed after exactly 1.5 MiB: the 384 KiB come back.
+    meter.close();
+    meter.close();
+    expect(reserve.hasRoom(6 * MIB - 1.5 * MIB)).toBe(true);
+    expect(reserve.hasRoom(6 * MIB - 1.5 * MIB + 1)).toBe(false);
+  });
+
+  it("counts mail already acknowledged but never refuses it, nor waits for a measurement", async () => {
+    const disk = fakeDisk(5 * MIB);
+    const c = clock();
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: c.now });
+    await reserve.admit(0);
+    expect(reserve.admit(2 * MIB, 0, false)).toBeUndefined();
+    // Below the reserve now: new mail is refused, acknowledged mail still goes (the disk decides).
+    expect(() => reserve.admit(1)).toThrow(expect.objectContaining({ code: "no-space" }));
+    c.t += 5000;
+    const meter = reserve.meter(false);
+    for (let i = 0; i < 64; i++) expect(meter.add(64 * 1024)).toBeUndefined();
+    meter.close();
+    expect(disk.calls).toBe(1);
+  });
+
+  it("answers hasRoom from the last measurement without letting anything through, measuring when it is stale", async () => {
+    const disk = fakeDisk(10 * MIB);
+    const c = clock();
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: c.now });
+    // Not measured yet: a promise, and the answer.
+    const first = reserve.hasRoom(MIB);
+    expect(first).toBeInstanceOf(Promise);
+    expect(await first).toBe(true);
+    expect(disk.calls).toBe(1);
+    for (let i = 0; i < 100; i++) expect(reserve.hasRoom(6 * MIB)).toBe(true);
+    expect(reserve.hasRoom(6 * MIB + 1)).toBe(false);
+    // Asking set nothing aside.
+    admitNow(reserve, 6 * MIB);
+    expect(reserve.hasRoom(0)).toBe(true);
+    expect(reserve.hasRoom(1)).toBe(false);
+    c.t += 1000;
+    disk.free = 3 * MIB;
+    expect(await reserve.hasRoom(0)).toBe(false);
+    // A failing statfs is room, as for deliveries.
+    c.t += 1000;
+    disk.fail = new Error("statfs: EIO");
+    expect(await reserve.hasRoom(100 * MIB)).toBe(true);
+  });
+
+  it("ages the measurement by a monotonic clock: the wall clock stepped back does not freeze it", async () => {
+    const disk = fakeDisk(100 * MIB);
+    // The default clock, with a short age so the test need not wait a second.
+    const reserve = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { maxAgeMs: 20 });
+    await reserve.admit(0);
+    expect(disk.calls).toBe(1);
+    const real = Date.now();
+    const stepped = vi.spyOn(Date, "now").mockImplementation(() => real - 3_600_000);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 40));
+      const waiting = reserve.admit(0);
+      expect(waiting).toBeInstanceOf(Promise);
+      await waiting;
+      expect(disk.calls).toBe(2);
+    } finally {
+      stepped.mockRestore();
+    }
+    // An injected clock that goes back counts the measurement as stale, not as fresh for the step.
+    const c = clock();
+    const other = new SpaceReserve("/x", 4 * MIB, disk.measure, silentLogger, { now: c.now });
+    await other.admit(0);
+    c.t -= 3_600_000;
+    const again = other.admit(0);
+    expect(again).toBeInstanceOf(Promise);
+    await again;
+    expect(disk.calls).toBe(4);
+  });
+
+  it("keeps by default at most a sixteenth of the file system; a reserve that was set is kept as set", async () => {
+    // A 64 MiB file system, 32 MiB free: the 64 MiB default would refuse everything.
+    const disk = fakeDisk(32 * MIB, 4096, 64 * MIB);
+    const fitted = new SpaceReserve("/x", 64 * MIB, disk.measure, silentLogger, { now: clock().now, fitToDisk: true });
+    expect(await fitted.hasRoom(28 * MIB)).toBe(true);
+    expect(fitted.kept).toBe(4 * MIB);
+    expect(fitted.hasRoom(28 * MIB + 1)).toBe(false);
+    // On a large one the default stays 64 MiB.
+    const large = new SpaceReserve("/x", 64 * MIB, fakeDisk(32 * MIB, 4096, 2048 * MIB).measure, silentLogger, { now: clock().now, fitToDisk: true });
+    expect(await large.hasRoom(0)).toBe(false);
+    expect(large.kept).toBe(64 * MIB);
+    const set = new SpaceReserve("/x", 64 * MIB, disk.measure, silentLogger, { now: clock().now });
+    await expect(Promise.resolve().then(() => set.admit(0))).rejects.toSatisfy(noSpace);
+    expect(set.kept).toBe(64 * MIB);
+  });
+
+  it("lets mail already acknowledged through the store below the reserve: deliveries and enqueues with accepted: true", async () => {
+    const root = await tempRoot("accepted");
+    const full = await fsAdapter.open(`maildir:${join(root, "a")}`, { min_free_mb: 2 ** 30, fsync: false });
+    const small = "Subject: bounce\r\n\r\nx\r\n";
+    const large = `Subject: large\r\n\r\n${"y".repeat(200_000)}\r\n`;
+    expect(await full.hasRoomFor?.(0)).toBe(false);
+    await expect(full.deliver(["a@example.test"], text(small))).rejects.toSatisfy(noSpace);
+    await full.deliver(["a@example.test"], text(small), { accepted: true });
+    await full.deliver(["a@example.test", "b@example.test"], text(large), { accepted: true });
+    const item = await full.queue.enqueue({ sender: "", recipients: ["c@far.test"] }, text(large), { accepted: true });
+    expect(item.size).toBe(large.length);
+    expect((await full.mailbox("a@example.test").list()).map((m) => m.size)).toEqual([small.length, large.length]);
+    await expect(full.queue.enqueue({ sender: "a@example.test", recipients: ["c@far.test"] }, text(small))).rejects.toSatisfy(noSpace);
+    expect(await full.queue.list()).toHaveLength(1);
+    await full.close();
+    // With room, hasRoomFor says so (the default reserve on the test machine's disk).
+    const roomy = await fsAdapter.open(`maildir:${join(root, "b")}`, { fsync: false });
+    expect(await roomy.hasRoomFor?.(1000)).toBe(true);
+    await roomy.close();
   });
 
   it("is a store option: min_free_mb through the adapter, minFreeMb in code; invalid values are refused by name", async () => {

@@ -58,6 +58,13 @@ export interface DeliverOptions {
    */
   readonly signal?: AbortSignal;
   readonly receivedAt?: number;
+  /**
+   * The message was already acknowledged by this server (a bounce the delivery worker generates, queued
+   * mail it hands to a local mailbox): a store must not refuse it for a soft limit of its own, such as
+   * store-fs's free-space reserve. Only a hard failure (the disk itself full, the backend down) may
+   * stop it. Stores without such limits ignore it.
+   */
+  readonly accepted?: boolean;
 }
 
 /** One copy made by {@link Store.deliver}. */
@@ -248,6 +255,17 @@ export interface Store {
 
   /** Releases connections and handles. Idempotent. */
   close(): Promise<void>;
+
+  /**
+   * Optional: whether new mail of `octets` (0 when the size is not known yet) would be taken now, for
+   * a store with a soft limit of its own (store-fs's free-space reserve). The SMTP server asks at MAIL
+   * FROM with the client's SIZE= and answers 452 4.3.1 for false, before any data is sent. A cheap
+   * check from numbers the store keeps anyway (it may refresh them when they are stale), with no side
+   * effect: nothing is set aside, and `deliver` may still refuse the message. False is the answer
+   * "no room"; it never throws for that (a caller treats an error as room). Stores without such a
+   * limit leave it out.
+   */
+  hasRoomFor?(octets: number): boolean | Promise<boolean>;
 }
 
 /** Options from the server's `[store]` config section, other than `url`. Keys are adapter-specific. */

@@ -56,6 +56,8 @@ export interface EnqueueOptions {
   readonly signal?: AbortSignal;
   /** First attempt not before this time; default now. */
   readonly notBefore?: number;
+  /** The message was already acknowledged by this server: no soft limit may refuse it (see DeliverOptions). */
+  readonly accepted?: boolean;
 }
 
 /** A claimed item: exclusive to the claimer until `expiresAt`, or until it finishes, reschedules or dead-letters it. */

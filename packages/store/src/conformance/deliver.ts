@@ -99,6 +99,27 @@ export function deliverTests(options: ConformanceOptions): void {
       expect(await store.mailbox("alice@example.test").list()).toEqual([]);
     });
 
+    it("takes accepted: true (mail this server already acknowledged) like any delivery", async () => {
+      const { store } = await h.fresh();
+      const data = message("acknowledged", "k".repeat(70_000));
+      const delivered = await store.deliver(targets, fromBytes(data, 8192), { accepted: true });
+      expect(delivered).toHaveLength(3);
+      for (const d of delivered) {
+        expect(d.message.size).toBe(data.length);
+        expectSameBytes(await readBytes(store.mailbox(d.mailbox), d.message.uid), data, d.mailbox);
+      }
+    });
+
+    it("answers hasRoomFor, where the store has it, with true on an empty store with room", async () => {
+      const { store } = await h.fresh();
+      if (store.hasRoomFor === undefined) return;
+      expect(await store.hasRoomFor(0)).toBe(true);
+      expect(await store.hasRoomFor(10_000)).toBe(true);
+      // No side effect: asking many times sets nothing aside, and the delivery still goes through.
+      for (let i = 0; i < 100; i++) expect(await store.hasRoomFor(1_000_000)).toBe(true);
+      expect(await store.deliver(["alice@example.test"], fromBytes(message("after asking")))).toHaveLength(1);
+    });
+
     it("delivers to a single mailbox like append", async () => {
       const { store } = await h.fresh();
       const data = message("single");

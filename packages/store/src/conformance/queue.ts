@@ -115,6 +115,15 @@ export function queueTests(options: ConformanceOptions): void {
       expect((await queue.get(item.id))?.sender).toBe("");
     });
 
+    it("takes accepted: true (mail this server already acknowledged, such as a bounce) like any enqueue", async () => {
+      const { store } = await h.fresh();
+      const queue = queueOf(store);
+      const data = message("a bounce", "b".repeat(5000));
+      const item = await enqueueBytes(queue, data, { sender: "" }, { accepted: true });
+      expect(item.size).toBe(data.length);
+      expectSameBytes(await readQueued(queue, item.id), data);
+    });
+
     it("leaves nothing behind after a failing, too-big or aborted enqueue", async () => {
       const { ns, store } = await h.fresh();
       const queue = queueOf(store);
