@@ -579,7 +579,9 @@ export function createOutbound(options: OutboundOptions): Outbound {
     const mailboxes = [...new Set([...local.values()].flat())];
     let outcome: Outcome;
     try {
-      await options.store.deliver(mailboxes, withReturnPath(item.sender, await queue!.readMessage(item.id)));
+      // Acknowledged when it was queued: no soft limit of the store (store-fs's free-space reserve) may
+      // turn it away now, only a hard failure.
+      await options.store.deliver(mailboxes, withReturnPath(item.sender, await queue!.readMessage(item.id)), { accepted: true });
       outcome = { status: "delivered", diagnostic: "2.0.0 delivered to a local mailbox" };
     } catch (error) {
       const tooBig = isStoreError(error) && error.code === "too-big";
@@ -608,7 +610,8 @@ export function createOutbound(options: OutboundOptions): Outbound {
     const resolution = await resolveRecipient(options.store.directory, item.sender);
     if (resolution.kind === "local") {
       const withPath = new TextEncoder().encode(`Return-Path: <>\r\n${text}`);
-      await options.store.deliver(resolution.mailboxes, fromBytes(withPath));
+      // The bounce stands for mail already acknowledged: like that mail, never refused by a soft limit.
+      await options.store.deliver(resolution.mailboxes, fromBytes(withPath), { accepted: true });
       log.info({ item: item.id, to: item.sender }, "bounce delivered locally");
     } else if (resolution.kind === "unknown") {
       // Our own domain but nobody there: nowhere to bounce to.
@@ -618,7 +621,7 @@ export function createOutbound(options: OutboundOptions): Outbound {
       // the extension, and a server without it gets the report only if the envelope and header section
       // are ASCII (needsUtf8); a UTF-8 sender's address never is.
       const envelope = { sender: "", recipients: [item.sender], ...(utf8 ? { meta: { smtputf8: "1" } } : {}) };
-      const bounce = await queue!.enqueue(envelope, fromBytes(bytes));
+      const bounce = await queue!.enqueue(envelope, fromBytes(bytes), { accepted: true });
       log.info({ item: item.id, bounce: bounce.id, to: item.sender }, "bounce queued");
     }
   }

@@ -342,6 +342,45 @@ describe("failures and retries", () => {
     expect(dead?.lastError).toContain("disk on fire");
   });
 
+  it("hands queued mail and bounces to the store as already accepted, so a soft limit of the store does not refuse them", async () => {
+    const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 unknown" });
+    const store = await ours();
+    await enqueue(store, "alice@ours.test", ["nobody@script.test"]);
+    await enqueue(store, "someone@far.test", ["alice@ours.test", "nobody@script.test"]);
+    // A store whose free-space reserve is reached: new mail is refused, mail already accepted is not.
+    const reserved = new Proxy(store, {
+      get(target, property) {
+        const value: unknown = Reflect.get(target, property, target);
+        if (property === "deliver") {
+          return (mailboxes: readonly string[], source: AsyncIterable<Uint8Array>, options?: { accepted?: boolean }) =>
+            options?.accepted === true ? target.deliver(mailboxes, source, options) : Promise.reject(new StoreError("no-space", "reserve reached"));
+        }
+        if (property === "queue") {
+          return new Proxy(target.queue, {
+            get(queue, name) {
+              const member: unknown = Reflect.get(queue, name, queue);
+              if (name === "enqueue") {
+                return (envelope: Parameters<Queue["enqueue"]>[0], source: AsyncIterable<Uint8Array>, options?: { accepted?: boolean }) =>
+                  options?.accepted === true ? queue.enqueue(envelope, source, options) : Promise.reject(new StoreError("no-space", "reserve reached"));
+              }
+              return typeof member === "function" ? (member as (...args: unknown[]) => unknown).bind(queue) : member;
+            },
+          });
+        }
+        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    await worker(reserved, { mxPort: server.port }).runOnce();
+    // Alice got the second item's copy and the bounce of the first; far.test's sender gets its bounce
+    // through the queue.
+    const texts = await mailboxTexts(store, "alice@ours.test");
+    expect(texts).toHaveLength(2);
+    expect(texts.filter((text) => text.startsWith("Return-Path: <>\r\n"))).toHaveLength(1);
+    const items = await store.queue.list();
+    expect(items).toHaveLength(1);
+    expect(items[0]).toMatchObject({ sender: "", recipients: [{ address: "someone@far.test", status: "pending" }] });
+  });
+
   it("keeps the item queued when the bounce cannot be stored for now, and bounces once the store takes it", async () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 unknown" });
     const store = await ours();
