@@ -478,8 +478,11 @@ export class Session {
     // RFC 1870 (452 for a size the server cannot take now), as Postfix does: a store that cannot take
     // the message (its free-space reserve is reached) says so before the client uploads it only to
     // hear the same at the end. Without SIZE= the question is whether it takes new mail at all.
-    // (A session that ended while the store was asked is caught after the sender check below.)
-    if (!(await this.#storeHasRoom(declared)) && this.#phase.kind !== "closed") {
+    const room = await this.#storeHasRoom(declared);
+    // The client may have gone while the store was asked: nothing is left to answer, and the sender
+    // check (the onMailFrom hook, perhaps a lookup of its own) would be work for a dead session.
+    if (this.#isClosed()) return;
+    if (!room) {
       this.#log.info({ from: cleanText(c.path.address, 100), size: declared }, "mail from refused: insufficient storage");
       return this.#error(R.storeNoSpace());
     }

@@ -339,6 +339,43 @@ describe("hooks", () => {
     client.close();
   });
 
+  it("a MAIL FROM whose client left while the store was asked for room runs no sender check", async () => {
+    const base = await seededStore();
+    let answer: (room: boolean) => void = () => undefined;
+    const asked = new Promise<void>((resolveAsked) => {
+      Object.defineProperty(base, "hasRoomFor", {
+        configurable: true,
+        value: (): Promise<boolean> =>
+          new Promise<boolean>((resolve) => {
+            answer = resolve;
+            resolveAsked();
+          }),
+      });
+    });
+    const checked: string[] = [];
+    const { server, port } = await start({
+      store: base,
+      hooks: {
+        onMailFrom: (address) => {
+          checked.push(address);
+          return { ok: true };
+        },
+      },
+    });
+    const client = await RawClient.connect(port);
+    expect(await client.reply()).toMatch(/^220 /);
+    expect(await client.command("EHLO c")).toMatch(/^250-/);
+    client.write("MAIL FROM:<a@far.example> SIZE=1000\r\n");
+    await asked;
+    // A reset, not a FIN: a client that only shut down its side still gets its answers.
+    client.socket.resetAndDestroy();
+    // The server has seen the connection go before the store answers.
+    await waitFor(() => server.sessionCount === 0);
+    answer(true);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(checked).toEqual([]);
+  });
+
   it("onRelay lets submission accept other domains (the outbound queue seam)", async () => {
     const { store, port } = await start(
       {

@@ -59,7 +59,9 @@ export interface FsStoreOptions {
    * retries) once the space an unprivileged user may still write falls below it, so that POP3 users
    * can still log in and delete: a login writes a lease file, a QUIT with deletions a journal. Mail
    * already acknowledged (`accepted: true`) is never refused by it. Free space is measured with
-   * `statfs` at most once a second; where the runtime has no `statfs` the reserve is not enforced
+   * `statfs` at most once a second, and again (no sooner than 50 ms after the last) once this
+   * process let through a quarter of the headroom, so that up to four processes on one file system
+   * keep the reserve between them; where the runtime has no `statfs` the reserve is not enforced
    * (said once in the log).
    */
   readonly minFreeMb?: number;

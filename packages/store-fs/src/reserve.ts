@@ -10,6 +10,18 @@ export type FreeSpace = (path: string) => Promise<{ readonly free: number; reado
 
 /** How long one measurement stands in for the file system's free space. */
 const MAX_AGE_MS = 1_000;
+/**
+ * Between measurements a process lets through at most this share of the headroom it measured (free
+ * space above the reserve) before it measures again: each worker process has a reserve of its own
+ * and cannot see what the others let through, so with up to this many on one file system their
+ * shares together stay within the headroom.
+ */
+const SHARE = 4;
+/**
+ * A process that used up its share measures again, but not sooner than this after the last
+ * measurement (statfs at most twenty times a second): what comes meanwhile waits for it.
+ */
+const MIN_GAP_MS = 50;
 /** The default reserve is at most this share of the file system (1/16: 4 MiB of a 64 MiB tmpfs). */
 const DEFAULT_SHARE = 16;
 /**
@@ -50,6 +62,12 @@ export interface SpaceReserveOptions {
    */
   readonly now?: () => number;
   readonly maxAgeMs?: number;
+  readonly minGapMs?: number;
+  /**
+   * The share of the headroom let through between measurements is 1/`share` (default 4, see SHARE).
+   * Tests set 1 to see the arithmetic of one process alone.
+   */
+  readonly share?: number;
 }
 
 /**
@@ -63,7 +81,17 @@ export interface SpaceReserveOptions {
  * clock read and a comparison. What was let through since the last measurement is subtracted from
  * it, so a burst of mail within that second cannot run past the reserve either; a message of unknown
  * size is let through step by step as it is written (see `meter`), so neither can a burst of large
- * ones.
+ * ones. Octets count as let through and unseen until their write has completed (a known-size message
+ * until `landed`, a metered one until `SpaceMeter.wrote`): a measurement taken before cannot have seen
+ * them.
+ *
+ * Several worker processes on one file system each keep a reserve of their own and do not see what
+ * the others let through, so each lets through at most a quarter of the headroom it measured (free
+ * space above the reserve) before it measures again (no sooner than 50 ms after the last
+ * measurement; what comes meanwhile waits). With up to four such processes the reserve holds between
+ * measurements; with more, they can together let through more than the headroom, by up to a quarter
+ * of it for each process beyond the fourth, before the next measurements see it. On a large disk
+ * with little headroom used this costs nothing: a quarter of it is not reached within a second.
  */
 export class SpaceReserve {
   /** Free octets at the last measurement (Infinity: not measured, or it failed). */
@@ -74,16 +102,26 @@ export class SpaceReserve {
   /** Octets let through since the measurement in `free` (set-aside steps of meters included). */
   private charged = 0;
   /**
-   * Octets let through to meters ahead of their writing and not written yet: a measurement cannot
-   * have seen them, so they stay charged across it.
+   * Octets let through ahead of their writing and not written yet (an admit until `landed`, a meter's
+   * steps until `wrote`): a measurement cannot have seen them, so they stay charged across it.
    */
   private ahead = 0;
+  /** Octets let through (and not given back) since the last measurement: this process's share used. */
+  private since = 0;
+  /** How much may be let through between measurements: a share of the headroom last measured. */
+  private quota = Infinity;
+  /** A statfs is on its way: what lands now may or may not be in its answer. */
+  private statting = false;
+  /** Octets that landed while a statfs was on its way: counted as unseen by it. */
+  private meanwhile = 0;
   private measuredAt = -Infinity;
   private measuring: Promise<void> | null = null;
   private warned = false;
   private readonly fitToDisk: boolean;
   private readonly now: () => number;
   private readonly maxAgeMs: number;
+  private readonly minGapMs: number;
+  private readonly share: number;
 
   constructor(
     private readonly path: string,
@@ -97,6 +135,8 @@ export class SpaceReserve {
     this.fitToDisk = options.fitToDisk ?? false;
     this.now = options.now ?? (() => performance.now());
     this.maxAgeMs = options.maxAgeMs ?? MAX_AGE_MS;
+    this.minGapMs = options.minGapMs ?? MIN_GAP_MS;
+    this.share = options.share ?? SHARE;
   }
 
   /** Octets kept free as of the last measurement. */
@@ -105,14 +145,28 @@ export class SpaceReserve {
   }
 
   /**
-   * Lets a message file of `octets` through (0 before its size is known), with `alongside` octets
-   * appended to a file that already exists (the delivery log's record), or throws "no-space".
-   * Returns a promise only when the last measurement is too old and a new one has to be waited for;
-   * otherwise it decides at once, without a system call. With `refuse` false (mail already
-   * acknowledged) it only counts the octets, and never waits.
+   * Lets a message file of `octets` through, with `alongside` octets appended to a file that already
+   * exists (the delivery log's record), or throws "no-space". Returns the octets it charged, which
+   * the caller MUST hand to `landed` exactly once when the writes that carry them have completed or
+   * failed (in a `finally`; not when admit threw): until then no measurement can have seen them, so
+   * they stay charged across it. Returns a promise only when a new measurement has to be waited for;
+   * otherwise it decides at once, without a system call or an allocation. With `refuse` false (mail
+   * already acknowledged) it only counts the octets, and never waits.
    */
-  admit(octets: number, alongside = 0, refuse = true): Promise<void> | undefined {
-    return this.take(this.blocks(octets) + alongside, refuse);
+  admit(octets: number, alongside = 0, refuse = true): number | Promise<number> {
+    const amount = this.blocks(octets) + alongside;
+    const taken = this.takeAhead(amount, refuse);
+    return taken === undefined ? amount : taken.then(() => amount);
+  }
+
+  /**
+   * The writes carrying `octets` an `admit` returned have completed (or failed): from now on a
+   * measurement sees them, and they count as let through until the next one.
+   */
+  landed(octets: number): void {
+    this.ahead -= octets;
+    // A statfs already on its way may have looked before they landed: counted as unseen by it.
+    if (this.statting) this.meanwhile += octets;
   }
 
   /**
@@ -121,14 +175,15 @@ export class SpaceReserve {
    * measurement is stale; never throws.
    */
   hasRoom(octets: number): boolean | Promise<boolean> {
-    if (this.fresh()) return this.roomFor(octets);
+    if (this.fresh() && this.decidable(this.blocks(octets))) return this.roomFor(octets);
     return this.measure().then(() => this.roomFor(octets));
   }
 
   /**
    * Lets a message of unknown size through as `writeMessageFile` writes it: each step is decided (or
-   * counted, with `refuse` false) before the octets it covers are written. Closed once the file is
-   * written or removed (`writeMessageFile` does): what was let through and not written is given back.
+   * counted, with `refuse` false) before the octets it covers are written, and told (`wrote`) when
+   * their write has completed. Closed once the file is written or removed (`writeMessageFile` does):
+   * what was let through and not written is given back.
    */
   meter(refuse = true): SpaceMeter {
     return new SpaceMeter(this, refuse);
@@ -146,11 +201,6 @@ export class SpaceReserve {
     });
   }
 
-  /** @internal `octets` let through ahead were written (a measurement may see them from now on). */
-  written(octets: number): void {
-    this.ahead -= octets;
-  }
-
   /**
    * @internal A meter closes: `unwritten` octets let through ahead will never be written, and
    * `change` more (the file's last block) or fewer (a file that was removed) stay taken.
@@ -158,6 +208,9 @@ export class SpaceReserve {
   settle(unwritten: number, change: number): void {
     this.ahead -= unwritten;
     this.charged -= unwritten - change;
+    // Given back from this process's share too (not below nothing: they may be from before the last
+    // measurement).
+    this.since = Math.max(0, this.since - (unwritten - change));
   }
 
   /** @internal `octets` in whole blocks of the file system (as of the last measurement). */
@@ -176,16 +229,35 @@ export class SpaceReserve {
     return this.free - this.charged - this.blocks(octets) >= this.keep;
   }
 
+  /**
+   * Whether the last measurement may decide on `amount`: it refuses it, or it is within this
+   * process's share since that measurement (the first one after a measurement always is, however
+   * large: it is decided against that measurement).
+   */
+  private decidable(amount: number): boolean {
+    return this.since === 0 || this.since + amount <= this.quota || this.free - this.charged - amount < this.keep;
+  }
+
   private take(amount: number, refuse: boolean): Promise<void> | undefined {
     if (!refuse) {
       this.charged += amount;
+      this.since += amount;
       return undefined;
     }
-    if (this.fresh()) {
+    if (this.fresh() && this.decidable(amount)) {
       this.decide(amount);
       return undefined;
     }
-    return this.measure().then(() => this.decide(amount));
+    return this.measure().then(() => this.retake(amount));
+  }
+
+  /** After a measurement: decided against it, unless those decided before used up the share again. */
+  private retake(amount: number): Promise<void> | undefined {
+    if (this.decidable(amount)) {
+      this.decide(amount);
+      return undefined;
+    }
+    return this.measure().then(() => this.retake(amount));
   }
 
   private decide(amount: number): void {
@@ -196,18 +268,32 @@ export class SpaceReserve {
       );
     }
     this.charged += amount;
+    this.since += amount;
   }
 
   /** One measurement at a time; everyone who needs a fresh one waits for the same. */
   private measure(): Promise<void> {
-    this.measuring ??= this.takeMeasurement().finally(() => {
+    this.measuring ??= this.nextMeasurement().finally(() => {
       this.measuring = null;
     });
     return this.measuring;
   }
 
+  private async nextMeasurement(): Promise<void> {
+    // A share used up within MIN_GAP_MS of the last measurement waits for the gap to pass, rather than
+    // being decided from a number the other processes may have made stale (or statfs run per message).
+    const wait = this.minGapMs - (this.now() - this.measuredAt);
+    if (wait > 0 && wait <= this.minGapMs) await new Promise((resolve) => setTimeout(resolve, wait));
+    await this.takeMeasurement();
+  }
+
   private async takeMeasurement(): Promise<void> {
     const started = this.now();
+    // What is let through from here on (only acknowledged mail: new mail waits for this measurement)
+    // counts against the next share.
+    const sinceBefore = this.since;
+    this.statting = true;
+    this.meanwhile = 0;
     try {
       const { free, blockSize, size } = await this.freeSpace(this.path);
       this.free = free;
@@ -220,11 +306,16 @@ export class SpaceReserve {
         this.warned = true;
         this.logger.warn({ path: this.path, error: error instanceof Error ? error.message : String(error) }, "maildir: cannot measure free space (statfs failed); min_free_mb is not enforced while it fails");
       }
+    } finally {
+      this.statting = false;
     }
-    // What was written before is in the answer (but for a write batch or two still on its way), and
-    // nobody else is let through while a measurement runs: they all wait for it. What meters were
-    // let through ahead and have not written yet is not in it.
-    this.charged = this.ahead;
+    // What landed before is in the answer, and new mail is not let through while a measurement runs:
+    // it waits for it. What was let through and has not landed (its write not completed) is not in
+    // it, nor perhaps what landed while the statfs was on its way.
+    this.charged = this.ahead + this.meanwhile;
+    this.meanwhile = 0;
+    this.since = Math.max(0, this.since - sinceBefore);
+    this.quota = Math.max(0, this.free - this.keep) / this.share;
     this.measuredAt = started;
   }
 }
@@ -237,8 +328,10 @@ export class SpaceReserve {
 export class SpaceMeter {
   /** Octets let through so far, ahead of the writing. */
   private allowed = 0;
-  /** Octets written (or about to be: handed to the write loop). */
+  /** Octets handed to the write loop (gathered, perhaps not written yet). */
   private passed = 0;
+  /** Octets whose write completed (see `wrote`). */
+  private landed = 0;
   private step = FIRST_STEP;
   private open = true;
 
@@ -256,7 +349,6 @@ export class SpaceMeter {
     const passed = this.passed + octets;
     if (passed <= this.allowed) {
       this.passed = passed;
-      this.reserve.written(octets);
       return undefined;
     }
     const step = this.reserve.blocks(Math.max(this.step, passed - this.allowed));
@@ -265,24 +357,32 @@ export class SpaceMeter {
     if (taken === undefined) {
       this.allowed += step;
       this.passed = passed;
-      this.reserve.written(octets);
       return undefined;
     }
     return taken.then(() => {
       this.allowed += step;
       this.passed = passed;
-      this.reserve.written(octets);
     });
   }
 
   /**
-   * The file is written, or given up: gives back what was let through and not written, and with
-   * `removed` (the file is gone) what was written too, so that a refused message does not stand in the
-   * way of the others until the next measurement. Idempotent.
+   * The write that carries `octets` (handed over by `add` before) has completed: a measurement may see
+   * them from now on. Until then they stay charged across measurements, also while they sit in a
+   * gathering buffer.
+   */
+  wrote(octets: number): void {
+    this.landed += octets;
+    this.reserve.landed(octets);
+  }
+
+  /**
+   * The file is written, or given up: gives back what was let through and not written (what `wrote`
+   * did not report), and with `removed` (the file is gone) what was written too, so that a refused
+   * message does not stand in the way of the others until the next measurement. Idempotent.
    */
   close(removed = false): void {
     if (!this.open) return;
     this.open = false;
-    this.reserve.settle(this.allowed - this.passed, removed ? -this.passed : this.reserve.blocks(this.passed) - this.passed);
+    this.reserve.settle(this.allowed - this.landed, removed ? -this.landed : this.reserve.blocks(this.landed) - this.landed);
   }
 }

@@ -101,6 +101,9 @@ export class FsStore implements Store {
     const linked: string[] = [];
     const delivered: Delivered[] = [];
     let release: (() => void) | undefined;
+    // What the reserve charged ahead of the writes (a message of known size): handed back as landed
+    // once they completed or failed, whichever way this ends.
+    let admitted = 0;
     try {
       const guarded = guardAppendSource(source, options);
       // Small messages are held in memory for the delivery log; null means all of it fit.
@@ -121,8 +124,10 @@ export class FsStore implements Store {
         // Before anything is written: the size is known. Decided from a cached measurement, so
         // nearly always without a wait (see reserve.ts). Until the log is retired its record takes
         // as much room again, plus its header (the paths).
-        const room = space?.admit(size, size + LOG_RECORD_HEADER * boxes.length, refuse);
-        if (room !== undefined) await room;
+        if (space !== null) {
+          const room = space.admit(size, size + LOG_RECORD_HEADER * boxes.length, refuse);
+          admitted = typeof room === "number" ? room : await room;
+        }
       } else {
         // The size comes with the end of the stream: let through step by step as it is written, so
         // that concurrent large messages cannot all pass one check and then fill the disk together;
@@ -182,6 +187,8 @@ export class FsStore implements Store {
       }
       throw error;
     } finally {
+      // Every write of this delivery has completed or failed by now (both were awaited above).
+      if (admitted > 0) space?.landed(admitted);
       keep?.drop();
       release?.();
     }

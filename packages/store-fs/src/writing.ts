@@ -64,8 +64,8 @@ async function writeAll(fd: number, path: string, parts: Uint8Array[]): Promise<
  * less per message.
  *
  * With a `meter` (the free-space reserve), every chunk is let through by it before it is written,
- * so a refusal ("no-space") stops the file part way; the meter is closed here, once the file is
- * complete or removed.
+ * so a refusal ("no-space") stops the file part way, and told when the write that carries it has
+ * completed; the meter is closed here, once the file is complete or removed.
  */
 export async function writeMessageFile(
   path: string,
@@ -119,11 +119,16 @@ export async function writeMessageFile(
               syncing = false;
             }
             await writeAll(fd, path, [buffer]);
+            // Only now: while gathered, a measurement of free space cannot see them.
+            meter?.wrote(WRITE_BATCH);
             staged = 0;
           }
         }
       }
-      if (staged > 0) await writeAll(fd, path, [buffer.subarray(0, staged)]);
+      if (staged > 0) {
+        await writeAll(fd, path, [buffer.subarray(0, staged)]);
+        meter?.wrote(staged);
+      }
       if (receivedAt === undefined) {
         // A stat of an open descriptor touches no disk and cannot block; rounded as list() rounds it.
         stamped = Math.round(fstatSync(fd).mtimeMs);

@@ -192,6 +192,62 @@ describe("maildir on a full disk", () => {
     );
   });
 
+  it("two workers' stores on one file system delivering side by side keep the reserve between them", async ({ skip }) => {
+    await withSmallDisk(
+      skip,
+      async (dir) => {
+        const reserve = 4 * MIB;
+        // Two stores as two `[server] workers` would open them: each with a reserve of its own, neither
+        // seeing what the other lets through until it measures.
+        const stores = [
+          await createFsStore({ root: join(dir, "a"), minFreeMb: 4, hostname: "test.host" }),
+          await createFsStore({ root: join(dir, "b"), minFreeMb: 4, hostname: "test.host" }),
+        ];
+        try {
+          const body = `Subject: large\r\n\r\n${"x".repeat(200 * 1024 - 21)}\r\n`;
+          let lowest = Infinity;
+          let sampling = true;
+          const sampler = (async () => {
+            while (sampling) {
+              lowest = Math.min(lowest, await freeOctets(dir));
+              await new Promise((resolve) => setTimeout(resolve, 1));
+            }
+          })();
+          // Four connections per worker, each delivering until it is refused.
+          const accepted = [0, 0];
+          const refusals: unknown[] = [];
+          await Promise.all(
+            stores.flatMap((store, w) =>
+              Array.from({ length: 4 }, async (_, k) => {
+                for (let i = 0; i < 500; i++) {
+                  try {
+                    await store.deliver([`user${k}@example.test`], text(body));
+                    accepted[w]!++;
+                  } catch (error) {
+                    refusals.push(error);
+                    return;
+                  }
+                }
+              }),
+            ),
+          );
+          sampling = false;
+          await sampler;
+          lowest = Math.min(lowest, await freeOctets(dir));
+          expect(refusals).toHaveLength(8);
+          for (const r of refusals) expect(hasStoreErrorCode(r, "no-space"), String(r)).toBe(true);
+          for (const r of refusals) expect(String(r)).toContain("min_free_mb");
+          expect(accepted[0]! + accepted[1]!).toBeGreaterThan(20);
+          // Not below the reserve by more than a write batch or two on their way while it was sampled.
+          expect(lowest).toBeGreaterThanOrEqual(reserve - 256 * 1024);
+        } finally {
+          for (const store of stores) await store.close();
+        }
+      },
+      16,
+    );
+  });
+
   it("by default keeps a sixteenth of a small file system, not 64 MiB: a 16 MiB disk takes mail and keeps 1 MiB", async ({ skip }) => {
     await withSmallDisk(
       skip,
