@@ -301,3 +301,17 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
     await sleep(20);
   }
 }
+
+/**
+ * `target` with some members replaced (a store or queue that fails, or refuses, in a test's own way);
+ * every other method still runs on the real object, so stores with private fields keep working.
+ */
+export function overriding<T extends object>(target: T, overrides: Partial<Record<keyof T, unknown>>): T {
+  return new Proxy(target, {
+    get(inner, property) {
+      if (Object.hasOwn(overrides, property)) return overrides[property as keyof T];
+      const value: unknown = Reflect.get(inner, property, inner);
+      return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(inner) : value;
+    },
+  });
+}

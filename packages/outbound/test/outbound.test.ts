@@ -5,7 +5,7 @@ import { TlsContext } from "@mailroom/transport";
 import { createOutbound, enqueueRelay, retryAll, type Outbound, type OutboundOptions } from "../src/index.js";
 import { SmtpSession } from "../src/client.js";
 import { relayToQueue } from "../src/relay.js";
-import { makeStore, mailboxTexts, parseDsn, selfSignedCert, sleep, startDns, startScripted, waitFor, type Zone } from "./helpers.js";
+import { makeStore, mailboxTexts, overriding, parseDsn, selfSignedCert, sleep, startDns, startScripted, waitFor, type Zone } from "./helpers.js";
 
 const zones: Record<string, Zone> = {
   "far.test": { mx: [[10, "mx1.far.test"]] },
@@ -329,13 +329,7 @@ describe("failures and retries", () => {
     const server = await scripted("127.0.0.7", 0, { rcpt: () => "550 5.1.1 unknown" });
     const store = await ours();
     const item = await enqueue(store, "alice@ours.test", ["nobody@script.test"]);
-    const failing = new Proxy(store, {
-      get(target, property) {
-        if (property === "deliver") return () => Promise.reject(new StoreError("permanent", "disk on fire"));
-        const value: unknown = Reflect.get(target, property, target);
-        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
-    });
+    const failing = overriding(store, { deliver: () => Promise.reject(new StoreError("permanent", "disk on fire")) });
     await worker(failing, { mxPort: server.port }).runOnce();
     const dead = await store.queue.get(item.id);
     expect(dead).toMatchObject({ state: "dead", recipients: [{ address: "nobody@script.test", status: "failed" }] });
@@ -348,27 +342,14 @@ describe("failures and retries", () => {
     await enqueue(store, "alice@ours.test", ["nobody@script.test"]);
     await enqueue(store, "someone@far.test", ["alice@ours.test", "nobody@script.test"]);
     // A store whose free-space reserve is reached: new mail is refused, mail already accepted is not.
-    const reserved = new Proxy(store, {
-      get(target, property) {
-        const value: unknown = Reflect.get(target, property, target);
-        if (property === "deliver") {
-          return (mailboxes: readonly string[], source: AsyncIterable<Uint8Array>, options?: { accepted?: boolean }) =>
-            options?.accepted === true ? target.deliver(mailboxes, source, options) : Promise.reject(new StoreError("no-space", "reserve reached"));
-        }
-        if (property === "queue") {
-          return new Proxy(target.queue, {
-            get(queue, name) {
-              const member: unknown = Reflect.get(queue, name, queue);
-              if (name === "enqueue") {
-                return (envelope: Parameters<Queue["enqueue"]>[0], source: AsyncIterable<Uint8Array>, options?: { accepted?: boolean }) =>
-                  options?.accepted === true ? queue.enqueue(envelope, source, options) : Promise.reject(new StoreError("no-space", "reserve reached"));
-              }
-              return typeof member === "function" ? (member as (...args: unknown[]) => unknown).bind(queue) : member;
-            },
-          });
-        }
-        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
+    const refused = () => Promise.reject(new StoreError("no-space", "reserve reached"));
+    const reserved = overriding(store, {
+      deliver: (mailboxes: readonly string[], source: AsyncIterable<Uint8Array>, options?: { accepted?: boolean }) =>
+        options?.accepted === true ? store.deliver(mailboxes, source, options) : refused(),
+      queue: overriding(store.queue, {
+        enqueue: (envelope: Parameters<Queue["enqueue"]>[0], source: AsyncIterable<Uint8Array>, options?: { accepted?: boolean }) =>
+          options?.accepted === true ? store.queue.enqueue(envelope, source, options) : refused(),
+      }),
     });
     await worker(reserved, { mxPort: server.port }).runOnce();
     // Alice got the second item's copy and the bounce of the first; far.test's sender gets its bounce
@@ -386,12 +367,9 @@ describe("failures and retries", () => {
     const store = await ours();
     const item = await enqueue(store, "alice@ours.test", ["nobody@script.test"]);
     let full = true;
-    const flaky = new Proxy(store, {
-      get(target, property) {
-        if (property === "deliver" && full) return () => Promise.reject(new StoreError("no-space", "disk full for now"));
-        const value: unknown = Reflect.get(target, property, target);
-        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
+    const flaky = overriding(store, {
+      deliver: (...args: Parameters<typeof store.deliver>) =>
+        full ? Promise.reject(new StoreError("no-space", "disk full for now")) : store.deliver(...args),
     });
     const outbound = worker(flaky, { mxPort: server.port, retrySchedule: [0, 0, 60_000] });
     await outbound.runOnce();
@@ -966,14 +944,7 @@ describe("concurrency and crashes", () => {
     const store = await ours();
     await enqueue(store, "alice@ours.test", ["x@script.test"]);
     // A frozen process: its renewals never complete, so its claim runs out.
-    const frozenQueue = new Proxy(store.queue, {
-      get(target, property) {
-        if (property === "renew") return () => new Promise(() => undefined);
-        const value: unknown = Reflect.get(target, property, target);
-        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-      },
-    });
-    const frozenStore = new Proxy(store, { get: (t, p) => (p === "queue" ? frozenQueue : Reflect.get(t, p, t)) });
+    const frozenStore = overriding(store, { queue: overriding(store.queue, { renew: () => new Promise(() => undefined) }) });
     const dying = worker(frozenStore, { mxPort: server.port, claimTtlMs: 300, connectTimeoutMs: 10_000 });
     const run = dying.runOnce();
     await waitFor(() => server.connections === 1 && !first);
